@@ -1,0 +1,249 @@
+//! The embedded default KEK: a 32-byte key in a local file, created with mode 0600 on first start.
+//!
+//! It offers the same semantics as a KMS v2 plugin (key_id, refusal of unknown key_ids) so that the
+//! engine cannot tell the difference, but the key lives beside the data: use a real KMS plugin when
+//! the data directory and the key must be separated.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use async_trait::async_trait;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretBox};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{Kms, KmsError, KmsStatus, Wrapped};
+
+const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 12;
+
+/// A key-encryption key held in a local file.
+pub struct LocalKek {
+    key: SecretBox<[u8; KEY_LEN]>,
+    key_id: String,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LocalKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKek")
+            .field("key", &"[REDACTED]")
+            .field("key_id", &self.key_id)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl LocalKek {
+    /// Opens the key file at `path`, creating it (mode 0600, 32 random bytes) if it does not
+    /// exist. Refuses a file of the wrong size or one readable by group or others.
+    pub fn open_or_create(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir)?;
+        }
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let key = SecretBox::init_with_mut(|k: &mut [u8; KEY_LEN]| {
+                    rand::rngs::OsRng.fill_bytes(k)
+                });
+                f.write_all(key.expose_secret())?;
+                f.sync_all()?;
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(Self::from_key(key, path))
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Self::open(path),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(path: PathBuf) -> io::Result<Self> {
+        let mut f = fs::File::open(&path)?;
+        let mode = f.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "key file {} has mode {:o}; it must not be readable by group or others (chmod 600)",
+                    path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+        let mut buf = Zeroizing::new(Vec::with_capacity(KEY_LEN + 1));
+        f.read_to_end(&mut buf)?;
+        if buf.len() != KEY_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "key file {} holds {} bytes, expected {KEY_LEN}",
+                    path.display(),
+                    buf.len()
+                ),
+            ));
+        }
+        let key = SecretBox::init_with_mut(|k: &mut [u8; KEY_LEN]| k.copy_from_slice(&buf));
+        Ok(Self::from_key(key, path))
+    }
+
+    fn from_key(key: SecretBox<[u8; KEY_LEN]>, path: PathBuf) -> Self {
+        // The key_id is a hash of the key under a domain label: stable, public, and revealing
+        // nothing about the key.
+        let digest = Sha256::new()
+            .chain_update(b"coffer local kek id v1\0")
+            .chain_update(key.expose_secret())
+            .finalize();
+        let key_id = format!("local-{}", hex::encode(&digest[..16]));
+        Self { key, key_id, path }
+    }
+
+    /// The key_id of this KEK.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(self.key.expose_secret().into())
+    }
+}
+
+#[async_trait]
+impl Kms for LocalKek {
+    async fn status(&self) -> Result<KmsStatus, KmsError> {
+        Ok(KmsStatus {
+            version: "v2".into(),
+            healthz: "ok".into(),
+            key_id: self.key_id.clone(),
+        })
+    }
+
+    async fn encrypt(&self, _uid: &str, plaintext: &[u8]) -> Result<Wrapped, KmsError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ct = self
+            .cipher()
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: plaintext,
+                    aad: self.key_id.as_bytes(),
+                },
+            )
+            .map_err(|_| KmsError::Rejected("plaintext too large to wrap".into()))?;
+        let mut ciphertext = nonce.to_vec();
+        ciphertext.extend_from_slice(&ct);
+        Ok(Wrapped {
+            ciphertext,
+            key_id: self.key_id.clone(),
+            annotations: Default::default(),
+        })
+    }
+
+    async fn decrypt(&self, _uid: &str, wrapped: &Wrapped) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        if wrapped.key_id != self.key_id {
+            return Err(KmsError::Rejected(format!(
+                "unknown key_id {:?} (this key file's key_id is {:?})",
+                wrapped.key_id, self.key_id
+            )));
+        }
+        if wrapped.ciphertext.len() < NONCE_LEN + 16 {
+            return Err(KmsError::Rejected("ciphertext is too short".into()));
+        }
+        let (nonce, ct) = wrapped.ciphertext.split_at(NONCE_LEN);
+        self.cipher()
+            .decrypt(
+                nonce.into(),
+                Payload {
+                    msg: ct,
+                    aad: self.key_id.as_bytes(),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| KmsError::Rejected("ciphertext failed its integrity check".into()))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "local key file {} (key_id {})",
+            self.path.display(),
+            self.key_id
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn creates_0600_and_round_trips_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/kek.key");
+        let kek = LocalKek::open_or_create(&path).expect("create");
+        let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let w = kek.encrypt("uid", b"seed bytes").await.expect("encrypt");
+        assert_eq!(w.key_id, kek.key_id());
+        let again = LocalKek::open_or_create(&path).expect("reopen");
+        assert_eq!(again.key_id(), kek.key_id());
+        let pt = again.decrypt("uid", &w).await.expect("decrypt");
+        assert_eq!(&pt[..], b"seed bytes");
+        assert!(kek.status().await.expect("status").check().is_ok());
+    }
+
+    #[tokio::test]
+    async fn refuses_unknown_key_id_and_tampering() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kek = LocalKek::open_or_create(dir.path().join("k")).expect("create");
+        let mut w = kek.encrypt("u", b"x").await.expect("encrypt");
+        let mut other = w.clone();
+        other.key_id = "someone-else".into();
+        assert!(matches!(
+            kek.decrypt("u", &other).await,
+            Err(KmsError::Rejected(_))
+        ));
+        w.ciphertext[NONCE_LEN] ^= 1;
+        assert!(matches!(
+            kek.decrypt("u", &w).await,
+            Err(KmsError::Rejected(_))
+        ));
+        w.ciphertext.truncate(3);
+        assert!(matches!(
+            kek.decrypt("u", &w).await,
+            Err(KmsError::Rejected(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_world_readable_or_wrong_size_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k");
+        fs::write(&path, [0u8; 32]).expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = LocalKek::open_or_create(&path).expect_err("must refuse 0644");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        fs::write(&path, [0u8; 5]).expect("write");
+        let err = LocalKek::open_or_create(&path).expect_err("must refuse 5 bytes");
+        assert!(err.to_string().contains("expected 32"), "{err}");
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kek = LocalKek::open_or_create(dir.path().join("k")).expect("create");
+        assert!(format!("{kek:?}").contains("[REDACTED]"));
+    }
+}

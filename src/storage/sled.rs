@@ -1,0 +1,1123 @@
+//! The sled backend, made durable by a write-ahead log of our own.
+//!
+//! sled 0.34's `flush()` uses `sync_file_range` on Linux, which flushes neither the device cache
+//! nor file metadata, so an acknowledged sled write could still be lost on power failure. This
+//! backend therefore keeps a small write-ahead log (`wal.log`, see the `wal` module) that it
+//! `fdatasync`s itself, with group commit.
+//!
+//! # Layout
+//!
+//! `<path>/sled/` holds the sled database, `<path>/wal.log` the log.
+//!
+//! # Write path
+//!
+//! [`Backend::apply`] runs under one mutex: it takes the next [`Lsn`], applies the batch to sled
+//! in one sled transaction together with the stored lsn (kept in a separate tree, `coffer/meta`,
+//! so the caller's key space has no reserved keys), appends the encoded entry to an in-memory
+//! pending buffer and wakes the committer thread. The committer takes the whole buffer, writes it
+//! to the log, `fdatasync`s once, and publishes the new durable lsn; whatever accumulates while it
+//! syncs goes out in the next round, so one sync covers many writers.
+//!
+//! A batch reaches sled before the log: readers must wait for [`Backend::wait_durable`] on the
+//! position they observed before showing data (the [`Backend`] contract). If sled persists a batch
+//! whose log entry never made it, that is an unacknowledged write surviving a crash.
+//!
+//! # Recovery and checkpoints
+//!
+//! On open the backend reads the lsn stored in sled, replays every valid log entry after it (each
+//! atomically with the stored lsn), drops a torn tail, and checkpoints. A checkpoint flushes sled,
+//! `fsync`s every file and directory under `<path>/sled/`, and only then empties the log; it runs
+//! on open, whenever the log grows past [`SledConfig::wal_checkpoint_bytes`], and on close.
+//!
+//! # Failure
+//!
+//! If a log write, `fdatasync`, checkpoint or sled write fails, the backend enters a failed state:
+//! every later [`Backend::apply`], [`Backend::wait_durable`] and [`Backend::sync`] returns
+//! [`StorageError::Failed`]. A failed `fsync` is never retried (the page cache state after it is
+//! unknown); restart the process to recover from the log.
+
+use std::convert::Infallible;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::watch;
+
+use super::wal::{self, Wal};
+use super::{Backend, Batch, Lsn, Op, StorageError};
+
+/// The sled tree holding backend metadata (the applied lsn), apart from the caller's keys.
+const META_TREE: &[u8] = b"coffer/meta";
+/// The key of the last applied lsn (big-endian u64) in [`META_TREE`].
+const LSN_KEY: &[u8] = b"lsn";
+/// The log file's name under the data directory.
+const WAL_FILE: &str = "wal.log";
+/// The sled directory's name under the data directory.
+const SLED_DIR: &str = "sled";
+/// How long relaxed mode lets log entries wait before syncing them.
+const RELAXED_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The default [`SledConfig::wal_checkpoint_bytes`]: 64 MiB.
+pub const DEFAULT_WAL_CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// When a write counts as durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// [`Backend::wait_durable`] resolves once the write-ahead log holding the write has been
+    /// `fdatasync`ed. Concurrent writers share syncs (group commit).
+    #[default]
+    Sync,
+    /// [`Backend::wait_durable`] resolves at once; the log is `fdatasync`ed in the background
+    /// about every 100 ms. **A crash (power loss, kernel panic) may lose the last ~100 ms of
+    /// acknowledged writes.** A process crash alone loses nothing that was written to the log,
+    /// and [`Backend::sync`] still makes everything durable on demand.
+    Relaxed,
+}
+
+/// Settings of a [`SledBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SledConfig {
+    /// The data directory (created if missing): `sled/` and `wal.log` live under it.
+    pub path: PathBuf,
+    /// When writes count as durable.
+    pub durability: Durability,
+    /// The write-ahead log is checkpointed (sled flushed and `fsync`ed, the log emptied) once it
+    /// grows past this many bytes.
+    pub wal_checkpoint_bytes: u64,
+    /// sled's page cache size in bytes; `None` keeps sled's default.
+    pub cache_capacity: Option<u64>,
+}
+
+impl SledConfig {
+    /// The defaults for a data directory: [`Durability::Sync`], a 64 MiB log between
+    /// checkpoints, sled's default cache size.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            durability: Durability::Sync,
+            wal_checkpoint_bytes: DEFAULT_WAL_CHECKPOINT_BYTES,
+            cache_capacity: None,
+        }
+    }
+}
+
+/// Durability progress, published by the committer.
+#[derive(Debug, Clone)]
+struct Status {
+    /// Every batch up to here is on stable storage.
+    durable: Lsn,
+    /// Set once the backend has failed; never cleared.
+    failed: Option<Arc<str>>,
+}
+
+/// The state behind the write mutex.
+#[derive(Debug)]
+struct State {
+    /// The last lsn applied to sled.
+    lsn: Lsn,
+    /// Encoded log entries not yet handed to the committer, in lsn order, ending with `lsn`.
+    pending: Vec<u8>,
+    /// When `pending` became non-empty (relaxed mode syncs ~100 ms after that).
+    pending_since: Option<Instant>,
+    /// [`Backend::sync`] wants the pending entries synced now, even in relaxed mode.
+    sync_requested: bool,
+    /// The backend is closing: the committer syncs what is pending, checkpoints and exits.
+    shutdown: bool,
+    /// Set once the backend has failed; never cleared.
+    failed: Option<Arc<str>>,
+}
+
+/// What the backend and its committer thread share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the committer.
+    wake: Condvar,
+    status: watch::Sender<Status>,
+    applied: AtomicU64,
+    syncs: AtomicU64,
+    checkpoints: AtomicU64,
+    /// Test hook: the next log write fails.
+    #[cfg(test)]
+    fail_next_write: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("storage write lock poisoned")
+    }
+
+    /// Puts the backend into the failed state (first message wins) and wakes every waiter.
+    /// `state` is the caller's guard if it already holds the lock.
+    fn fail(&self, state: Option<&mut State>, message: String) -> Arc<str> {
+        tracing::error!(error = %message, "storage failed; refusing writes until restart");
+        let message: Arc<str> = message.into();
+        let message = match state {
+            Some(st) => st.failed.get_or_insert(message).clone(),
+            None => {
+                // Also reached from the committer's exit guard during a panic: do not panic again
+                // on a poisoned lock.
+                let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                st.failed.get_or_insert(message).clone()
+            }
+        };
+        self.status.send_modify(|s| {
+            s.failed.get_or_insert_with(|| message.clone());
+        });
+        message
+    }
+
+    fn publish_durable(&self, lsn: Lsn) {
+        self.status.send_if_modified(|s| {
+            if lsn > s.durable {
+                s.durable = lsn;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// A [`Backend`] on sled with its own `fdatasync`ed, group-committed write-ahead log.
+///
+/// Dropping it (or [`SledBackend::close`]) syncs pending log entries, checkpoints, and releases
+/// the sled database before returning, so the same directory can be opened again at once. Both
+/// block the calling thread for that final sync.
+pub struct SledBackend {
+    shared: Arc<Shared>,
+    /// The caller's keys (sled's default tree).
+    data: sled::Tree,
+    /// [`META_TREE`].
+    meta: sled::Tree,
+    durability: Durability,
+    path: PathBuf,
+    committer: Option<JoinHandle<Result<(), StorageError>>>,
+    /// Dropped last, after the committer has exited with its own handle.
+    _db: sled::Db,
+}
+
+impl std::fmt::Debug for SledBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.shared.status.borrow();
+        f.debug_struct("SledBackend")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .field("applied", &self.applied())
+            .field("durable", &status.durable)
+            .field("failed", &status.failed)
+            .finish()
+    }
+}
+
+impl SledBackend {
+    /// Opens (creating if needed) the data directory, recovers from the write-ahead log, and
+    /// checkpoints.
+    ///
+    /// Fails with [`StorageError::Corrupt`] when the log cannot continue the database (entries
+    /// missing between the lsn stored in sled and the log's first entry, or out of order), which
+    /// means acknowledged writes were lost.
+    pub fn open(config: SledConfig) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(&config.path)?;
+        let sled_dir = config.path.join(SLED_DIR);
+        let mut sled_config = sled::Config::new().path(&sled_dir);
+        if let Some(capacity) = config.cache_capacity {
+            sled_config = sled_config.cache_capacity(capacity);
+        }
+        let db = sled_config.open()?;
+        let meta = db.open_tree(META_TREE)?;
+        let data: sled::Tree = (*db).clone();
+
+        let stored = read_lsn(&meta)?;
+        let (mut wal, entries) = Wal::open(&config.path.join(WAL_FILE))?;
+        let lsn = replay(&data, &meta, stored, entries)?;
+        // Everything in sled is durable after this, including batches sled persisted without
+        // their log entry, which from now on count as written.
+        checkpoint(&db, &sled_dir, &mut wal)?;
+        sync_dir(&config.path)?;
+
+        let (status, _) = watch::channel(Status {
+            durable: lsn,
+            failed: None,
+        });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                lsn,
+                pending: Vec::new(),
+                pending_since: None,
+                sync_requested: false,
+                shutdown: false,
+                failed: None,
+            }),
+            wake: Condvar::new(),
+            status,
+            applied: AtomicU64::new(lsn),
+            syncs: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(1),
+            #[cfg(test)]
+            fail_next_write: Default::default(),
+        });
+        let committer = Committer {
+            shared: shared.clone(),
+            db: db.clone(),
+            wal,
+            sled_dir,
+            durability: config.durability,
+            checkpoint_bytes: config.wal_checkpoint_bytes,
+        };
+        let handle = std::thread::Builder::new()
+            .name("coffer-wal".into())
+            .spawn(move || committer.run())?;
+        Ok(Self {
+            shared,
+            data,
+            meta,
+            durability: config.durability,
+            path: config.path,
+            committer: Some(handle),
+            _db: db,
+        })
+    }
+
+    /// Syncs pending log entries, checkpoints, and releases the database, reporting any error
+    /// (dropping does the same but can only log errors).
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.shutdown()
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sled database directory, `<path>/sled`.
+    pub fn sled_path(&self) -> PathBuf {
+        self.path.join(SLED_DIR)
+    }
+
+    /// The write-ahead log file, `<path>/wal.log`.
+    pub fn wal_path(&self) -> PathBuf {
+        self.path.join(WAL_FILE)
+    }
+
+    /// The position up to which every batch is on stable storage.
+    pub fn durable(&self) -> Lsn {
+        self.shared.status.borrow().durable
+    }
+
+    /// How many `fdatasync`s of the log the committer has done since open (for tests and
+    /// benchmarks: with group commit this is far below the number of writes).
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
+    /// How many checkpoints have completed since open, counting the one at open.
+    pub fn checkpoints(&self) -> u64 {
+        self.shared.checkpoints.load(Ordering::Relaxed)
+    }
+
+    /// Test hook: makes the committer's next log write fail as if the disk had.
+    #[cfg(test)]
+    fn inject_write_failure(&self) {
+        self.shared.fail_next_write.store(true, Ordering::SeqCst);
+    }
+
+    fn shutdown(&mut self) -> Result<(), StorageError> {
+        let Some(handle) = self.committer.take() else {
+            return Ok(());
+        };
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_all();
+        match handle.join() {
+            Ok(result) => result,
+            Err(_) => Err(StorageError::Failed(
+                "the write-ahead log thread panicked".into(),
+            )),
+        }
+    }
+
+    fn failed(&self) -> Option<StorageError> {
+        let status = self.shared.status.borrow();
+        status
+            .failed
+            .as_ref()
+            .map(|m| StorageError::Failed(m.to_string()))
+    }
+
+    /// Waits until `lsn` is durable (or the backend fails), whatever the durability mode.
+    async fn wait_synced(&self, lsn: Lsn) -> Result<(), StorageError> {
+        let mut rx = self.shared.status.subscribe();
+        let failed = match rx
+            .wait_for(|s| s.failed.is_some() || s.durable >= lsn)
+            .await
+        {
+            Ok(status) => status.failed.clone(),
+            Err(_) => Some("the write-ahead log is closed".into()),
+        };
+        match failed {
+            Some(message) => Err(StorageError::Failed(message.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SledBackend {
+    fn drop(&mut self) {
+        if let Err(error) = self.shutdown() {
+            tracing::error!(%error, path = %self.path.display(), "closing the sled backend failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for SledBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.data.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// A scan is not a snapshot: sled makes each step atomic, so a batch applied while the scan
+    /// runs may be seen in part (its keys before the cursor missing, those after present).
+    fn scan(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<super::KeyValues, StorageError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let lower = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        for item in self.data.range::<&[u8], _>((lower, Bound::Unbounded)) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, batch: Batch) -> Result<Lsn, StorageError> {
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
+        if let Some(message) = &st.failed {
+            return Err(StorageError::Failed(message.to_string()));
+        }
+        let lsn = st.lsn + 1;
+        let start = st.pending.len();
+        wal::encode_entry(lsn, &batch.ops, &mut st.pending)?;
+        if let Err(error) = apply_to_sled(&self.data, &self.meta, lsn, batch.ops) {
+            st.pending.truncate(start);
+            self.shared.fail(
+                Some(st),
+                format!("applying batch {lsn} to sled failed: {error}"),
+            );
+            return Err(error);
+        }
+        st.lsn = lsn;
+        self.shared.applied.store(lsn, Ordering::Release);
+        let was_idle = st.pending_since.is_none();
+        if was_idle {
+            st.pending_since = Some(Instant::now());
+        }
+        drop(guard);
+        // A relaxed committer with entries already pending is on a timer and needs no wake-up.
+        if self.durability == Durability::Sync || was_idle {
+            self.shared.wake.notify_one();
+        }
+        Ok(lsn)
+    }
+
+    fn applied(&self) -> Lsn {
+        self.shared.applied.load(Ordering::Acquire)
+    }
+
+    async fn wait_durable(&self, lsn: Lsn) -> Result<(), StorageError> {
+        match self.durability {
+            Durability::Sync => self.wait_synced(lsn).await,
+            Durability::Relaxed => self.failed().map_or(Ok(()), Err),
+        }
+    }
+
+    async fn sync(&self) -> Result<(), StorageError> {
+        let target = {
+            let mut st = self.shared.lock();
+            if let Some(message) = &st.failed {
+                return Err(StorageError::Failed(message.to_string()));
+            }
+            if self.shared.status.borrow().durable < st.lsn {
+                st.sync_requested = true;
+            }
+            st.lsn
+        };
+        self.shared.wake.notify_one();
+        self.wait_synced(target).await
+    }
+}
+
+/// The thread that writes and syncs the log, and checkpoints.
+struct Committer {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    wal: Wal,
+    sled_dir: PathBuf,
+    durability: Durability,
+    checkpoint_bytes: u64,
+}
+
+/// Marks the backend failed if the committer exits other than through its own return (a panic),
+/// so that waiters do not hang.
+struct ExitGuard {
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared
+                .fail(None, "the write-ahead log thread panicked".into());
+        }
+    }
+}
+
+impl Committer {
+    fn run(mut self) -> Result<(), StorageError> {
+        let mut guard = ExitGuard {
+            shared: self.shared.clone(),
+            armed: true,
+        };
+        let result = self.rounds();
+        guard.armed = false;
+        result
+    }
+
+    fn rounds(&mut self) -> Result<(), StorageError> {
+        let mut buf = Vec::new();
+        loop {
+            let (lsn, shutdown) = self.next_round(&mut buf);
+            if !buf.is_empty() {
+                if let Err(error) = self.write(&buf) {
+                    let message = self.shared.fail(
+                        None,
+                        format!("writing or syncing the write-ahead log failed: {error}"),
+                    );
+                    return Err(StorageError::Failed(message.to_string()));
+                }
+                buf.clear();
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+                self.shared.publish_durable(lsn);
+            }
+            if shutdown || self.wal.len() > self.checkpoint_bytes {
+                if let Err(error) = checkpoint(&self.db, &self.sled_dir, &mut self.wal) {
+                    let message = self
+                        .shared
+                        .fail(None, format!("checkpointing the database failed: {error}"));
+                    return Err(StorageError::Failed(message.to_string()));
+                }
+                self.shared.checkpoints.fetch_add(1, Ordering::Relaxed);
+            }
+            if shutdown {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits until a round is due, then swaps the pending entries into `buf` (empty on entry) and
+    /// returns the lsn they end at and whether the backend is shutting down.
+    fn next_round(&self, buf: &mut Vec<u8>) -> (Lsn, bool) {
+        let mut st = self.shared.lock();
+        loop {
+            if st.shutdown {
+                break;
+            }
+            if !st.pending.is_empty() {
+                let wait = match self.durability {
+                    Durability::Sync => Duration::ZERO,
+                    Durability::Relaxed if st.sync_requested => Duration::ZERO,
+                    Durability::Relaxed => st.pending_since.map_or(Duration::ZERO, |t| {
+                        RELAXED_INTERVAL.saturating_sub(t.elapsed())
+                    }),
+                };
+                if wait.is_zero() {
+                    break;
+                }
+                st = self
+                    .shared
+                    .wake
+                    .wait_timeout(st, wait)
+                    .expect("storage write lock poisoned")
+                    .0;
+            } else {
+                st = self
+                    .shared
+                    .wake
+                    .wait(st)
+                    .expect("storage write lock poisoned");
+            }
+        }
+        std::mem::swap(&mut st.pending, buf);
+        st.pending_since = None;
+        st.sync_requested = false;
+        (st.lsn, st.shutdown)
+    }
+
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.shared.fail_next_write.swap(false, Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        self.wal.append_sync(buf)
+    }
+}
+
+fn read_lsn(meta: &sled::Tree) -> Result<Lsn, StorageError> {
+    match meta.get(LSN_KEY)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(|_| {
+                StorageError::Corrupt(format!("stored lsn has {} bytes, not 8", bytes.len()))
+            })?;
+            Ok(Lsn::from_be_bytes(bytes))
+        }
+    }
+}
+
+/// Applies `ops` and records `lsn` in one sled transaction (crash-atomic across both trees).
+fn apply_to_sled(
+    data: &sled::Tree,
+    meta: &sled::Tree,
+    lsn: Lsn,
+    ops: Vec<Op>,
+) -> Result<(), StorageError> {
+    let mut batch = sled::Batch::default();
+    for op in ops {
+        match op {
+            Op::Put(key, value) => batch.insert(key, value),
+            Op::Delete(key) => batch.remove(key),
+        }
+    }
+    let lsn_bytes = lsn.to_be_bytes();
+    (data, meta)
+        .transaction(|(data, meta)| {
+            data.apply_batch(&batch)?;
+            meta.insert(LSN_KEY, &lsn_bytes[..])?;
+            Ok::<_, ConflictableTransactionError<Infallible>>(())
+        })
+        .map_err(|error| match error {
+            TransactionError::Abort(never) => match never {},
+            TransactionError::Storage(error) => StorageError::Sled(error),
+        })
+}
+
+/// Replays the log entries after `stored` (the lsn sled has) and returns the last lsn.
+fn replay(
+    data: &sled::Tree,
+    meta: &sled::Tree,
+    stored: Lsn,
+    entries: Vec<wal::Entry>,
+) -> Result<Lsn, StorageError> {
+    // Entries are consecutive and the first one is at most `stored + 1`: a checkpoint only
+    // empties the log after sled holds every entry in it, and entries are only added after sled.
+    if let Some(first) = entries.first()
+        && first.lsn > stored.saturating_add(1)
+    {
+        return Err(StorageError::Corrupt(format!(
+            "the write-ahead log starts at lsn {} but the database stops at {stored}: \
+             acknowledged writes are missing",
+            first.lsn
+        )));
+    }
+    let mut last = stored;
+    let mut previous: Option<Lsn> = None;
+    let mut replayed = 0usize;
+    for entry in entries {
+        if let Some(previous) = previous
+            && entry.lsn != previous.wrapping_add(1)
+        {
+            return Err(StorageError::Corrupt(format!(
+                "write-ahead log entry {} follows entry {previous}",
+                entry.lsn
+            )));
+        }
+        previous = Some(entry.lsn);
+        if entry.lsn > stored {
+            apply_to_sled(data, meta, entry.lsn, entry.ops)?;
+            last = entry.lsn;
+            replayed += 1;
+        }
+    }
+    if replayed > 0 {
+        tracing::info!(
+            replayed,
+            from = stored,
+            to = last,
+            "replayed the write-ahead log"
+        );
+    }
+    Ok(last)
+}
+
+/// Makes everything applied to sled durable, then empties the log. Every entry in the log was
+/// applied to sled before it was appended, so none is lost.
+fn checkpoint(db: &sled::Db, sled_dir: &Path, wal: &mut Wal) -> Result<(), StorageError> {
+    db.flush()?;
+    sync_tree(sled_dir)?;
+    wal.truncate()?;
+    Ok(())
+}
+
+/// `fsync`s every file and directory under `dir`, and `dir` itself. Files that sled removes
+/// meanwhile are skipped.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    fn skip_missing(result: std::io::Result<()>) -> std::io::Result<()> {
+        match result {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        let path = entry.path();
+        let file_type = match entry.file_type() {
+            Ok(file_type) => file_type,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        if file_type.is_dir() {
+            skip_missing(sync_tree(&path))?;
+        } else if file_type.is_file() {
+            skip_missing(std::fs::File::open(&path).and_then(|f| f.sync_all()))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// `fsync`s a directory so that the names in it are durable (a no-op where directories cannot be
+/// opened as files).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    fn kv(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn open(dir: &Path) -> SledBackend {
+        SledBackend::open(SledConfig::new(dir)).unwrap()
+    }
+
+    fn put(key: &str, value: &str) -> Batch {
+        let mut batch = Batch::new();
+        batch.put(key, value);
+        batch
+    }
+
+    /// Appends encoded entries to the log file as a crashed process would have left them.
+    fn append_wal(dir: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(WAL_FILE))
+            .unwrap();
+        file.write_all(bytes).unwrap();
+        file.sync_all().unwrap();
+    }
+
+    fn entry(lsn: Lsn, ops: &[Op]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wal::encode_entry(lsn, ops, &mut out).unwrap();
+        out
+    }
+
+    fn put_op(key: &str, value: &str) -> Op {
+        Op::Put(key.into(), value.into())
+    }
+
+    #[tokio::test]
+    async fn apply_get_scan_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        assert_eq!(db.applied(), 0);
+        let mut batch = Batch::new();
+        batch
+            .put("a/1", "one")
+            .put("a/2", "two")
+            .put("a/3", "three")
+            .put("b/1", "other")
+            .put("a", "bare");
+        let lsn = db.apply(batch).unwrap();
+        assert_eq!(lsn, 1);
+        assert_eq!(db.applied(), 1);
+        db.wait_durable(lsn).await.unwrap();
+        assert!(db.durable() >= 1);
+
+        // The whole batch is visible at once.
+        assert_eq!(db.get(b"a/2").unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(db.get(b"b/1").unwrap().as_deref(), Some(&b"other"[..]));
+        assert_eq!(db.get(b"zzz").unwrap(), None);
+
+        let all_a = kv(&[("a/1", "one"), ("a/2", "two"), ("a/3", "three")]);
+        assert_eq!(db.scan(b"a/", None, 100).unwrap(), all_a);
+        assert_eq!(db.scan(b"a/", None, 2).unwrap(), all_a[..2].to_vec());
+        assert_eq!(
+            db.scan(b"a/", Some(b"a/1"), 100).unwrap(),
+            all_a[1..].to_vec()
+        );
+        assert_eq!(
+            db.scan(b"a/", Some(b"a/15"), 1).unwrap(),
+            all_a[1..2].to_vec()
+        );
+        // start_after before the prefix starts at the prefix; after it, nothing.
+        assert_eq!(db.scan(b"a/", Some(b"a"), 100).unwrap(), all_a);
+        assert!(db.scan(b"a/", Some(b"a/3"), 100).unwrap().is_empty());
+        assert!(db.scan(b"a/", Some(b"b"), 100).unwrap().is_empty());
+        assert!(db.scan(b"a/", None, 0).unwrap().is_empty());
+        assert_eq!(db.scan(b"", None, 100).unwrap().len(), 5);
+        assert!(db.scan(b"c/", None, 100).unwrap().is_empty());
+        // The metadata tree is not part of the key space.
+        assert!(db.get(LSN_KEY).unwrap().is_none());
+
+        let mut batch = Batch::new();
+        batch
+            .delete("a/2")
+            .delete("missing")
+            .put("a/4", "four")
+            .put("a/1", "uno");
+        assert_eq!(db.apply(batch).unwrap(), 2);
+        assert_eq!(db.get(b"a/2").unwrap(), None);
+        assert_eq!(
+            db.scan(b"a/", None, 100).unwrap(),
+            kv(&[("a/1", "uno"), ("a/3", "three"), ("a/4", "four")])
+        );
+        // Later ops in a batch win over earlier ones on the same key.
+        let mut batch = Batch::new();
+        batch.put("x", "1").delete("x").put("y", "1").put("y", "2");
+        db.apply(batch).unwrap();
+        assert_eq!(db.get(b"x").unwrap(), None);
+        assert_eq!(db.get(b"y").unwrap().as_deref(), Some(&b"2"[..]));
+        // An empty batch still takes a position.
+        assert_eq!(db.apply(Batch::new()).unwrap(), 4);
+        db.sync().await.unwrap();
+        assert_eq!(db.durable(), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_share_syncs() {
+        const TASKS: usize = 64;
+        const WRITES: usize = 50;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(open(dir.path()));
+        let mut tasks = Vec::new();
+        for t in 0..TASKS {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..WRITES {
+                    let lsn = db.apply(put(&format!("k/{t:02}/{i:02}"), "v")).unwrap();
+                    db.wait_durable(lsn).await.unwrap();
+                    assert!(db.durable() >= lsn);
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let writes = (TASKS * WRITES) as u64;
+        assert_eq!(db.applied(), writes);
+        assert_eq!(db.durable(), writes);
+        assert_eq!(
+            db.scan(b"k/", None, usize::MAX).unwrap().len(),
+            TASKS * WRITES
+        );
+        let syncs = db.syncs();
+        assert!(syncs > 0);
+        assert!(syncs < writes, "{syncs} syncs for {writes} writes");
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_lsn() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        for i in 0..3 {
+            let lsn = db.apply(put(&format!("k{i}"), "v")).unwrap();
+            db.wait_durable(lsn).await.unwrap();
+        }
+        drop(db);
+
+        let db = open(dir.path());
+        assert_eq!(db.applied(), 3);
+        assert_eq!(db.durable(), 3);
+        assert_eq!(db.scan(b"k", None, 10).unwrap().len(), 3);
+        assert_eq!(db.apply(put("k3", "v")).unwrap(), 4);
+        db.close().unwrap();
+        // The log was emptied by the checkpoint at close.
+        assert_eq!(
+            std::fs::metadata(dir.path().join(WAL_FILE)).unwrap().len(),
+            0
+        );
+
+        for round in 0..3 {
+            let db = open(dir.path());
+            assert_eq!(db.applied(), 4 + round);
+            db.apply(put("again", "v")).unwrap();
+        }
+        let db = open(dir.path());
+        assert_eq!(db.applied(), 7);
+        assert_eq!(db.sled_path(), dir.path().join("sled"));
+        assert_eq!(db.wal_path(), dir.path().join("wal.log"));
+        assert_eq!(db.path(), dir.path());
+    }
+
+    #[tokio::test]
+    async fn replays_wal_entries_sled_did_not_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.apply(put("a", "1")).unwrap();
+        db.close().unwrap();
+
+        // The crash: sled stopped at lsn 1, the log holds 1..=3 (1 must be skipped, not
+        // re-applied over newer data).
+        let mut log = entry(1, &[put_op("a", "stale"), put_op("stale", "x")]);
+        log.extend(entry(2, &[put_op("a", "2"), put_op("b", "2")]));
+        log.extend(entry(3, &[Op::Delete("b".into()), put_op("c", "3")]));
+        append_wal(dir.path(), &log);
+
+        let db = open(dir.path());
+        assert_eq!(db.applied(), 3);
+        assert_eq!(db.durable(), 3);
+        assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(db.get(b"b").unwrap(), None);
+        assert_eq!(db.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
+        assert_eq!(db.get(b"stale").unwrap(), None);
+        assert_eq!(std::fs::metadata(db.wal_path()).unwrap().len(), 0);
+        assert_eq!(db.apply(put("d", "4")).unwrap(), 4);
+        drop(db);
+
+        // The replay reached sled's stored lsn: a second open replays nothing.
+        let db = open(dir.path());
+        assert_eq!(db.applied(), 4);
+        assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).close().unwrap();
+        let mut log = entry(1, &[put_op("a", "1")]);
+        let torn = entry(2, &[put_op("b", "2")]);
+        log.extend_from_slice(&torn[..torn.len() - 1]);
+        append_wal(dir.path(), &log);
+
+        let db = open(dir.path());
+        assert_eq!(db.applied(), 1);
+        assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get(b"b").unwrap(), None);
+        assert_eq!(std::fs::metadata(db.wal_path()).unwrap().len(), 0);
+        // The torn entry's lsn is reused: it was never acknowledged.
+        assert_eq!(db.apply(put("c", "3")).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn bad_crc_in_the_middle_stops_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).close().unwrap();
+        let mut log = entry(1, &[put_op("a", "1")]);
+        let mut bad = entry(2, &[put_op("b", "2")]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x55;
+        log.extend(bad);
+        log.extend(entry(3, &[put_op("c", "3")]));
+        append_wal(dir.path(), &log);
+
+        let db = open(dir.path());
+        assert_eq!(db.applied(), 1);
+        assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get(b"b").unwrap(), None);
+        assert_eq!(db.get(b"c").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn missing_wal_entries_are_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).close().unwrap();
+        append_wal(dir.path(), &entry(5, &[put_op("a", "1")]));
+        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).close().unwrap();
+        let mut log = entry(1, &[]);
+        log.extend(entry(3, &[]));
+        append_wal(dir.path(), &log);
+        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn relaxed_mode_and_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SledConfig {
+            durability: Durability::Relaxed,
+            ..SledConfig::new(dir.path())
+        };
+        let db = SledBackend::open(config.clone()).unwrap();
+        let lsn = db.apply(put("a", "1")).unwrap();
+        // Resolves at once, before any sync.
+        db.wait_durable(lsn).await.unwrap();
+        // The background sync comes within ~100 ms.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while db.durable() < lsn {
+            assert!(Instant::now() < deadline, "relaxed mode never synced");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(db.syncs() >= 1);
+
+        // sync() makes everything applied so far durable, without waiting for the timer.
+        for i in 0..10 {
+            db.apply(put(&format!("k{i}"), "v")).unwrap();
+        }
+        db.sync().await.unwrap();
+        assert_eq!(db.durable(), 11);
+        // Nothing to do: returns at once.
+        db.sync().await.unwrap();
+        drop(db);
+
+        let db = SledBackend::open(config).unwrap();
+        assert_eq!(db.applied(), 11);
+        assert_eq!(db.scan(b"k", None, 100).unwrap().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn sync_in_sync_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.sync().await.unwrap();
+        for i in 0..20 {
+            db.apply(put(&format!("k{i}"), "v")).unwrap();
+        }
+        db.sync().await.unwrap();
+        assert_eq!(db.durable(), 20);
+        // wait_durable for an old position resolves at once.
+        db.wait_durable(0).await.unwrap();
+        db.wait_durable(5).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn small_checkpoint_threshold_truncates_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SledConfig {
+            wal_checkpoint_bytes: 100,
+            ..SledConfig::new(dir.path())
+        };
+        let db = SledBackend::open(config.clone()).unwrap();
+        assert_eq!(db.checkpoints(), 1);
+        let value = "v".repeat(200);
+        for i in 0..5 {
+            let lsn = db.apply(put(&format!("k{i}"), &value)).unwrap();
+            db.wait_durable(lsn).await.unwrap();
+        }
+        // Each round outgrows the threshold; its checkpoint follows the publication.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while db.checkpoints() < 2 || std::fs::metadata(db.wal_path()).unwrap().len() > 100 {
+            assert!(Instant::now() < deadline, "no checkpoint");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(db);
+
+        let db = SledBackend::open(config).unwrap();
+        assert_eq!(db.applied(), 5);
+        for i in 0..5 {
+            assert_eq!(
+                db.get(format!("k{i}").as_bytes()).unwrap().as_deref(),
+                Some(value.as_bytes())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let lsn = db.apply(put("a", "1")).unwrap();
+        db.wait_durable(lsn).await.unwrap();
+
+        db.inject_write_failure();
+        let lsn = db.apply(put("b", "2")).unwrap();
+        let error = db.wait_durable(lsn).await.unwrap_err();
+        assert!(matches!(error, StorageError::Failed(_)), "{error}");
+        assert!(error.to_string().contains("injected"), "{error}");
+        // Everything afterwards fails too, old positions included.
+        assert!(matches!(
+            db.apply(put("c", "3")),
+            Err(StorageError::Failed(_))
+        ));
+        assert!(matches!(
+            db.wait_durable(1).await,
+            Err(StorageError::Failed(_))
+        ));
+        assert!(matches!(db.sync().await, Err(StorageError::Failed(_))));
+        assert!(format!("{db:?}").contains("injected"));
+        assert!(matches!(db.close(), Err(StorageError::Failed(_))));
+
+        // A restart recovers: the acknowledged write is there.
+        let db = open(dir.path());
+        assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(db.get(b"c").unwrap(), None);
+        let lsn = db.apply(put("d", "4")).unwrap();
+        db.wait_durable(lsn).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_relaxed_waiters_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SledConfig {
+            durability: Durability::Relaxed,
+            ..SledConfig::new(dir.path())
+        };
+        let db = SledBackend::open(config).unwrap();
+        db.inject_write_failure();
+        db.apply(put("a", "1")).unwrap();
+        assert!(matches!(db.sync().await, Err(StorageError::Failed(_))));
+        assert!(matches!(
+            db.wait_durable(1).await,
+            Err(StorageError::Failed(_))
+        ));
+        assert!(matches!(
+            db.apply(put("b", "2")),
+            Err(StorageError::Failed(_))
+        ));
+    }
+}
