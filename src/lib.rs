@@ -13,5 +13,6 @@ pub mod crypto;
 pub mod kms;
 pub mod model;
 pub mod proto;
+pub mod server;
 pub mod storage;
 pub mod store;
