@@ -5,6 +5,7 @@
 //! that the envelope seals.
 
 pub mod codec;
+pub mod manifest;
 pub mod selector;
 pub mod validation;
 
@@ -166,6 +167,25 @@ impl Secret {
             string_data: dup_map(&self.string_data),
             immutable: self.immutable,
         }
+    }
+
+    /// A rough size in bytes of the whole object (data, metadata, and a little per entry for
+    /// framing), for bounding pages and buffers; not the exact size of any encoding.
+    pub fn approx_size(&self) -> usize {
+        const PER_ENTRY: usize = 8;
+        let m = &self.metadata;
+        let maps = |it: &mut dyn Iterator<Item = usize>| -> usize {
+            it.fold(0usize, |a, n| a.saturating_add(n).saturating_add(PER_ENTRY))
+        };
+        let data = maps(&mut self.data.iter().map(|(k, v)| k.len() + v.len()));
+        let string_data = maps(&mut self.string_data.iter().map(|(k, v)| k.len() + v.len()));
+        let labels = maps(&mut m.labels.iter().map(|(k, v)| k.len() + v.len()));
+        let annotations = maps(&mut m.annotations.iter().map(|(k, v)| k.len() + v.len()));
+        (m.name.len() + m.namespace.len() + m.uid.len() + self.type_.len() + 64)
+            .saturating_add(data)
+            .saturating_add(string_data)
+            .saturating_add(labels)
+            .saturating_add(annotations)
     }
 
     /// The sum of the data values' lengths (the quantity the 1 MiB limit bounds).

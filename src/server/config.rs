@@ -1,20 +1,52 @@
 //! `coffer serve` settings: flags, with an optional TOML file holding the same settings.
+//!
+//! [`ServeArgs`] is what the CLI parses; [`ServeArgs::resolve`] merges it with the `--config`
+//! file (a flag given on the command line wins) and the defaults into a [`ServeConfig`].
+//!
+//! The file uses the flags' names with `_` (or `-`) between words, e.g.
+//!
+//! ```toml
+//! data_dir = "/var/lib/coffer"
+//! listen = ["127.0.0.1:7070", "unix:///run/coffer.sock"]
+//! aead = "xchacha20-poly1305"
+//! metrics_listen = "127.0.0.1:9090"
+//! relaxed_durability = false
+//! token_cleaner_interval = "60s"
+//! bookmark_interval = "1m"
+//! shutdown_grace = "30s"
+//! watch_window = 1000
+//! ```
+//!
+//! A relative `data_dir` or socket path is relative to the working directory.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use clap::Args;
+use serde::Deserialize;
+
+use super::ServeError;
+use crate::crypto::Algorithm;
+use crate::storage::Durability;
+
+/// The data directory when none is given.
+pub const DEFAULT_DATA_DIR: &str = "./coffer-data";
+/// The listen address when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
 /// Settings of `coffer serve`. Every flag can also be set in the `--config` TOML file (same names,
 /// with `_` for `-`); a flag given on the command line wins over the file.
 #[derive(Debug, Clone, Args, Default)]
 pub struct ServeArgs {
-    /// Data directory (sled database, write-ahead log, and the local KEK file).
+    /// Data directory (sled database, write-ahead log, and the local KEK file) [default: ./coffer-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on: HOST:PORT or unix:///path/to.sock. Repeatable.
+    /// Address to listen on: HOST:PORT or unix:///path/to.sock. Repeatable [default: 127.0.0.1:7070].
     #[arg(long)]
     pub listen: Vec<String>,
-    /// AEAD for new records: aes-256-gcm or xchacha20-poly1305.
+    /// AEAD for new records: aes-256-gcm or xchacha20-poly1305 [default: aes-256-gcm].
     #[arg(long)]
     pub aead: Option<String>,
     /// Prometheus text endpoint address (HOST:PORT); off when unset.
@@ -26,4 +58,361 @@ pub struct ServeArgs {
     /// TOML file with the same settings.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// How often expired bootstrap tokens are deleted, e.g. 60s or 5m; 0 turns the cleaner off
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub token_cleaner_interval: Option<String>,
+    /// How often a watch that allows bookmarks gets one [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub bookmark_interval: Option<String>,
+    /// How long shutdown waits for in-flight calls before it closes connections [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+    /// How many recent changes are kept for watches to resume from [default: 1000].
+    #[arg(long, value_name = "EVENTS")]
+    pub watch_window: Option<usize>,
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// `HOST:PORT` (port 0 picks a free port).
+    Tcp(String),
+    /// A unix socket path (`unix:///path/to.sock`).
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = ServeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            ServeError::Config(format!(
+                "listen address {s:?}: {why} (expected HOST:PORT or unix:///path/to.sock)"
+            ))
+        };
+        if let Some(path) = s
+            .strip_prefix("unix://")
+            .or_else(|| s.strip_prefix("unix:"))
+        {
+            if path.is_empty() {
+                return Err(bad("empty socket path"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        let hostport = s.strip_prefix("tcp://").unwrap_or(s);
+        let Some((host, port)) = hostport.rsplit_once(':') else {
+            return Err(bad("missing port"));
+        };
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        if port.parse::<u16>().is_err() {
+            return Err(bad("bad port"));
+        }
+        Ok(ListenAddr::Tcp(hostport.to_owned()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => f.write_str(a),
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Tunables of a running server, with documented defaults.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// How often a watch that allows bookmarks gets one. Default 60 s.
+    pub bookmark_interval: Duration,
+    /// How often the bootstrap token cleaner runs; `None` turns it off. Default 60 s.
+    pub token_cleaner_interval: Option<Duration>,
+    /// How long shutdown waits for in-flight calls and streams before it stops waiting.
+    /// Default 30 s.
+    pub shutdown_grace: Duration,
+    /// How many recent change events are kept for watches. Default 1000.
+    pub watch_window_events: usize,
+    /// The most bytes (approximate object sizes) the watch window keeps. Default 64 MiB.
+    pub watch_window_bytes: usize,
+    /// The largest request message accepted; a larger one gets RESOURCE_EXHAUSTED. Default
+    /// 4 MiB: a 1 MiB Secret, 256 KiB of annotations, and room for labels and framing.
+    pub max_decoding_message_size: usize,
+    /// The largest response message sent. Default 8 MiB (a response is never larger than the
+    /// object it returns; list pages are cut at `list_page_bytes`).
+    pub max_encoding_message_size: usize,
+    /// The soft cap on the size of one List page, so that pages stay readable by clients with
+    /// the default 4 MiB receive limit. Default 3 MiB.
+    pub list_page_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            bookmark_interval: Duration::from_secs(60),
+            token_cleaner_interval: Some(Duration::from_secs(60)),
+            shutdown_grace: Duration::from_secs(30),
+            watch_window_events: 1000,
+            watch_window_bytes: 64 << 20,
+            max_decoding_message_size: 4 << 20,
+            max_encoding_message_size: 8 << 20,
+            list_page_bytes: 3 << 20,
+        }
+    }
+}
+
+/// Everything `coffer serve` needs, resolved from flags, the file and the defaults.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where to listen (at least one address).
+    pub listen: Vec<ListenAddr>,
+    /// The AEAD for new records.
+    pub aead: Algorithm,
+    /// The metrics endpoint, if any.
+    pub metrics_listen: Option<String>,
+    /// When writes count as durable.
+    pub durability: Durability,
+    /// Server tunables.
+    pub options: ServerOptions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(alias = "data-dir")]
+    data_dir: Option<PathBuf>,
+    listen: Option<OneOrMany>,
+    aead: Option<String>,
+    #[serde(alias = "metrics-listen")]
+    metrics_listen: Option<String>,
+    #[serde(alias = "relaxed-durability")]
+    relaxed_durability: Option<bool>,
+    #[serde(alias = "token-cleaner-interval")]
+    token_cleaner_interval: Option<String>,
+    #[serde(alias = "bookmark-interval")]
+    bookmark_interval: Option<String>,
+    #[serde(alias = "shutdown-grace")]
+    shutdown_grace: Option<String>,
+    #[serde(alias = "watch-window")]
+    watch_window: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl ServeArgs {
+    /// Merges the flags with the `--config` file (flags win) and the defaults.
+    pub fn resolve(&self) -> Result<ServeConfig, ServeError> {
+        let file = match &self.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen: Vec<String> = if !self.listen.is_empty() {
+            self.listen.clone()
+        } else {
+            match file.listen {
+                Some(OneOrMany::One(a)) => vec![a],
+                Some(OneOrMany::Many(v)) if !v.is_empty() => v,
+                _ => vec![DEFAULT_LISTEN.to_owned()],
+            }
+        };
+        let listen = listen
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<Vec<ListenAddr>, _>>()?;
+        let aead = match self.aead.as_deref().or(file.aead.as_deref()) {
+            Some(a) => a
+                .parse::<Algorithm>()
+                .map_err(|e| ServeError::Config(format!("--aead: {e}")))?,
+            None => Algorithm::default(),
+        };
+        let metrics_listen = self.metrics_listen.clone().or(file.metrics_listen);
+        if let Some(m) = &metrics_listen {
+            match m.parse::<ListenAddr>()? {
+                ListenAddr::Tcp(_) => {}
+                ListenAddr::Unix(_) => {
+                    return Err(ServeError::Config(format!(
+                        "--metrics-listen {m:?}: must be HOST:PORT"
+                    )));
+                }
+            }
+        }
+        let relaxed = self.relaxed_durability || file.relaxed_durability.unwrap_or(false);
+        let mut options = ServerOptions::default();
+        let duration = |flag: &Option<String>, file: Option<String>, name: &str| {
+            flag.clone()
+                .or(file)
+                .map(|d| {
+                    parse_duration(&d).map_err(|e| ServeError::Config(format!("--{name}: {e}")))
+                })
+                .transpose()
+        };
+        if let Some(d) = duration(
+            &self.token_cleaner_interval,
+            file.token_cleaner_interval,
+            "token-cleaner-interval",
+        )? {
+            options.token_cleaner_interval = (!d.is_zero()).then_some(d);
+        }
+        if let Some(d) = duration(
+            &self.bookmark_interval,
+            file.bookmark_interval,
+            "bookmark-interval",
+        )? {
+            if d.is_zero() {
+                return Err(ServeError::Config(
+                    "--bookmark-interval: must be more than 0".into(),
+                ));
+            }
+            options.bookmark_interval = d;
+        }
+        if let Some(d) = duration(&self.shutdown_grace, file.shutdown_grace, "shutdown-grace")? {
+            options.shutdown_grace = d;
+        }
+        if let Some(n) = self.watch_window.or(file.watch_window) {
+            if n == 0 {
+                return Err(ServeError::Config(
+                    "--watch-window: must be at least 1".into(),
+                ));
+            }
+            options.watch_window_events = n;
+        }
+        Ok(ServeConfig {
+            data_dir,
+            listen,
+            aead,
+            metrics_listen,
+            durability: if relaxed {
+                Durability::Relaxed
+            } else {
+                Durability::Sync
+            },
+            options,
+        })
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, ServeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServeError::Io {
+        context: format!("cannot read config file {}", path.display()),
+        source: e,
+    })?;
+    toml::from_str(&text)
+        .map_err(|e| ServeError::Config(format!("config file {}: {}", path.display(), e.message())))
+}
+
+/// Parses a duration: a number with a unit `ms`, `s`, `m` or `h` (`250ms`, `60s`, `5m`), or a
+/// bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 250ms, 60s, 5m, 1h)"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit (expected ms, s, m or h)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = ServeArgs::default().resolve().expect("resolve");
+        assert_eq!(c.data_dir, PathBuf::from("./coffer-data"));
+        assert_eq!(c.listen, vec![ListenAddr::Tcp("127.0.0.1:7070".into())]);
+        assert_eq!(c.aead, Algorithm::Aes256Gcm);
+        assert_eq!(c.durability, Durability::Sync);
+        assert!(c.metrics_listen.is_none());
+        assert_eq!(
+            c.options.token_cleaner_interval,
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            "unix:///run/c.sock".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::Unix("/run/c.sock".into()))
+        );
+        assert_eq!(
+            "[::1]:0".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::Tcp("[::1]:0".into()))
+        );
+        assert_eq!(
+            "localhost:7070".parse::<ListenAddr>().ok(),
+            Some(ListenAddr::Tcp("localhost:7070".into()))
+        );
+        for bad in ["7070", ":7070", "host:port", "unix://", "h:99999"] {
+            assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn file_and_flags_merge_with_flags_winning() {
+        let dir = std::env::temp_dir().join(format!("coffer-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/from/file\"\nlisten = [\"127.0.0.1:1\", \"unix:///tmp/x.sock\"]\n\
+             aead = \"xchacha20-poly1305\"\nrelaxed-durability = true\n\
+             token_cleaner_interval = \"0\"\nbookmark_interval = \"250ms\"\nwatch_window = 7\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            data_dir: Some("/from/flag".into()),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().expect("resolve");
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.aead, Algorithm::XChaCha20Poly1305);
+        assert_eq!(c.durability, Durability::Relaxed);
+        assert_eq!(c.options.token_cleaner_interval, None);
+        assert_eq!(c.options.bookmark_interval, Duration::from_millis(250));
+        assert_eq!(c.options.watch_window_events, 7);
+
+        std::fs::write(&path, "data_dir = \"/x\"\nlisen = \"typo\"\n").expect("write");
+        let err = args.resolve().expect_err("unknown key");
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
 }

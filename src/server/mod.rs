@@ -1,8 +1,685 @@
-//! The network face of Coffer: the gRPC Secret service, health, reflection, metrics, and the
-//! `coffer serve` entry point.
+//! The network face of Coffer: the gRPC Secret service, health, reflection, metrics, the
+//! bootstrap token cleaner, and the `coffer serve` entry point.
 //!
-//! (Skeleton: `ServeArgs` is the contract between the CLI and the server.)
+//! # Layout
+//!
+//! - [`config`]: `ServeArgs` (the contract with the CLI), the TOML file, defaults.
+//! - [`service`]: the `coffer.v1.Secrets` implementation over [`Store`].
+//! - `watch`: Watch and WatchMany streams over a window of recent change events.
+//! - [`status`]: the one mapping from engine errors to gRPC codes.
+//! - [`convert`]: wire messages to and from the engine's `Secret`.
+//! - [`metrics`]: Prometheus counters, the RPC observer, the KMS call counter, `/metrics`.
+//! - [`cleaner`]: deletes expired bootstrap tokens.
+//! - `health`: the gRPC health service, ending its watches at shutdown.
+//!
+//! # Running
+//!
+//! `coffer serve` calls [`run`]: it opens the embedded default store, starts a [`Server`], and
+//! shuts down gracefully on SIGTERM or SIGINT. Tests (and embedders) build a [`Server`] over a
+//! store of their own, listen on `127.0.0.1:0` or a temporary unix socket, read the bound
+//! addresses from the [`RunningServer`], and stop it with [`RunningServer::shutdown`]:
+//!
+//! ```no_run
+//! # async fn example(store: std::sync::Arc<coffer::store::Store>) -> Result<(), coffer::server::ServeError> {
+//! use coffer::server::{ListenAddr, Server};
+//! let running = Server::new(store)
+//!     .listen(ListenAddr::Tcp("127.0.0.1:0".into()))
+//!     .start()
+//!     .await?;
+//! let addr = running.tcp_addr();
+//! // ... talk to `addr` ...
+//! running.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Shutdown stops accepting connections, ends watch streams with `UNAVAILABLE` "server shutting
+//! down", lets in-flight calls finish (for at most [`ServerOptions::shutdown_grace`]), syncs the
+//! store, and removes the unix sockets it created.
 
+pub mod cleaner;
 pub mod config;
+pub mod convert;
+mod health;
+pub mod metrics;
+pub mod service;
+pub mod status;
+mod watch;
 
-pub use self::config::ServeArgs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
+use self::health::ShutdownAwareHealth;
+use self::metrics::MetricsService;
+pub use self::metrics::{CountingKms, Metrics};
+pub use self::service::SecretsService;
+pub use self::watch::MAX_WATCHES_PER_STREAM;
+use self::watch::{EventWindow, WatchContext};
+use crate::proto::v1::FILE_DESCRIPTOR_SET;
+use crate::proto::v1::secrets_server::SecretsServer;
+use crate::store::{Store, StoreConfig, StoreError};
+
+/// Errors of starting or running the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A setting is wrong; the message names it.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address, as configured.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// The store could not be opened or synced.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The gRPC transport failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    /// A server task panicked or was cancelled.
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// Runs `coffer serve`: resolves the settings, opens the store (sled under the data directory,
+/// the local key-file KEK), serves until SIGTERM or SIGINT, then shuts down gracefully.
+///
+/// Sets up logging (tracing to stderr, filtered by `RUST_LOG`, default `info`) unless the caller
+/// already has.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    init_tracing();
+    let config = args.resolve()?;
+    create_data_dir(&config.data_dir)?;
+    let metrics = Metrics::new();
+    let store_config = StoreConfig {
+        algorithm: config.aead,
+        ..StoreConfig::default()
+    };
+    let counting = metrics.clone();
+    let store = Store::open_default_with_kms(
+        &config.data_dir,
+        config.durability,
+        store_config,
+        move |kms| CountingKms::wrap(kms, counting),
+    )
+    .await?;
+    tracing::info!(
+        "data directory {} ({:?} durability)",
+        config.data_dir.display(),
+        config.durability
+    );
+    let mut server = Server::new(Arc::new(store))
+        .options(config.options)
+        .metrics(metrics);
+    for addr in config.listen {
+        server = server.listen(addr);
+    }
+    if let Some(m) = config.metrics_listen {
+        server = server.metrics_listen(m);
+    }
+    let running = server.start().await?;
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = token.cancelled() => {}
+            signal = wait_for_signal() => {
+                tracing::info!("{signal} received: shutting down");
+                token.cancel();
+            }
+        }
+    });
+    running.wait().await
+}
+
+/// Creates the data directory if missing, owner-only (it holds the local KEK); an existing
+/// directory is left as it is.
+fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| ServeError::Io {
+        context: format!("cannot create data directory {}", dir.display()),
+        source: e,
+    })
+}
+
+/// Installs the default log subscriber (stderr, `RUST_LOG`, default `info`) unless one is set.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .try_init();
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// An address the server is listening on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    /// A TCP address (with the port chosen, when 0 was asked for).
+    Tcp(SocketAddr),
+    /// A unix socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BoundAddr::Tcp(a) => write!(f, "{a}"),
+            BoundAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Builds and starts a server over a store.
+#[derive(Debug)]
+pub struct Server {
+    store: Arc<Store>,
+    listen: Vec<ListenAddr>,
+    metrics_listen: Option<String>,
+    options: ServerOptions,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Server {
+    /// A server over `store` with the default [`ServerOptions`] and no address yet.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            listen: Vec::new(),
+            metrics_listen: None,
+            options: ServerOptions::default(),
+            metrics: None,
+        }
+    }
+
+    /// Adds an address to listen on (TCP or unix socket; several may be given).
+    pub fn listen(mut self, addr: ListenAddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Serves Prometheus metrics on `addr` (`HOST:PORT`; port 0 picks one).
+    pub fn metrics_listen(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_listen = Some(addr.into());
+        self
+    }
+
+    /// Replaces the tunables.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Uses `metrics` (for instance one whose [`CountingKms`] wraps the store's KMS) instead of
+    /// a fresh registry.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Binds every address, starts serving, and returns at once.
+    pub async fn start(self) -> Result<RunningServer, ServeError> {
+        if self.listen.is_empty() {
+            return Err(ServeError::Config("no address to listen on".into()));
+        }
+        let Self {
+            store,
+            listen,
+            metrics_listen,
+            options,
+            metrics,
+        } = self;
+        let metrics = metrics.unwrap_or_else(Metrics::new);
+        let shutdown = CancellationToken::new();
+
+        // Bind everything first, so a bad address fails the start and nothing is half-up.
+        let Bound {
+            listeners,
+            addrs,
+            sockets,
+            metrics: metrics_listener,
+            metrics_addr,
+        } = bind_all(&listen, metrics_listen.as_deref()).await?;
+
+        // The services.
+        let window = EventWindow::start(
+            &store,
+            options.watch_window_events,
+            options.watch_window_bytes,
+            shutdown.clone(),
+        );
+        let ctx = WatchContext {
+            store: store.clone(),
+            window,
+            metrics: metrics.clone(),
+            bookmark_interval: options.bookmark_interval,
+            list_page_bytes: options.list_page_bytes,
+            shutdown: shutdown.clone(),
+        };
+        let secrets = SecretsServer::new(SecretsService::new(ctx))
+            .max_decoding_message_size(options.max_decoding_message_size)
+            .max_encoding_message_size(options.max_encoding_message_size);
+        let (health, _) = tonic_health::server::health_reporter();
+        health.set_serving::<SecretsServer<SecretsService>>().await;
+        let health_service = ShutdownAwareHealth::server(health.clone(), shutdown.clone());
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let routes = Routes::new(secrets)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .prepare();
+        let service = MetricsService::new(routes, metrics.clone());
+
+        let mut serving = JoinSet::new();
+        for listener in listeners {
+            // Server pings find dead peers, so their watch streams do not linger.
+            let builder = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+            let signal = shutdown.clone().cancelled_owned();
+            let service = service.clone();
+            match listener {
+                Listener::Tcp(l) => {
+                    serving.spawn(builder.serve_with_incoming_shutdown(
+                        service,
+                        tcp_incoming(l),
+                        signal,
+                    ));
+                }
+                Listener::Unix(l) => {
+                    serving.spawn(builder.serve_with_incoming_shutdown(
+                        service,
+                        unix_incoming(l),
+                        signal,
+                    ));
+                }
+            }
+        }
+        let mut background = JoinSet::new();
+        if let Some(interval) = options.token_cleaner_interval {
+            background.spawn(cleaner::run(store.clone(), interval, shutdown.clone()));
+        }
+        if let Some(l) = metrics_listener {
+            background.spawn(metrics::serve(
+                l,
+                metrics.clone(),
+                store.clone(),
+                shutdown.clone(),
+            ));
+        }
+
+        let listening = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(
+            "coffer listening on {listening}; KMS: {}; AEAD: {}{}",
+            store.seeds().describe_kms(),
+            store.algorithm(),
+            metrics_addr
+                .map(|a| format!("; metrics on http://{a}/metrics"))
+                .unwrap_or_default()
+        );
+
+        let supervisor = tokio::spawn(supervise(Supervised {
+            store: store.clone(),
+            shutdown: shutdown.clone(),
+            serving,
+            background,
+            health,
+            sockets,
+            grace: options.shutdown_grace,
+        }));
+        Ok(RunningServer {
+            addrs,
+            metrics_addr,
+            shutdown,
+            store,
+            metrics,
+            done: Some(supervisor),
+        })
+    }
+}
+
+/// Everything [`Server::start`] binds.
+struct Bound {
+    listeners: Vec<Listener>,
+    addrs: Vec<BoundAddr>,
+    sockets: Vec<PathBuf>,
+    metrics: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Binds every address; on a failure, removes the socket files it had created.
+async fn bind_all(listen: &[ListenAddr], metrics: Option<&str>) -> Result<Bound, ServeError> {
+    let mut bound = Bound {
+        listeners: Vec::new(),
+        addrs: Vec::new(),
+        sockets: Vec::new(),
+        metrics: None,
+        metrics_addr: None,
+    };
+    let result = bind_into(&mut bound, listen, metrics).await;
+    match result {
+        Ok(()) => Ok(bound),
+        Err(e) => {
+            drop(bound.listeners);
+            for path in &bound.sockets {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn bind_into(
+    bound: &mut Bound,
+    listen: &[ListenAddr],
+    metrics: Option<&str>,
+) -> Result<(), ServeError> {
+    for addr in listen {
+        match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a.as_str())
+                    .await
+                    .map_err(|e| listen_error(addr, e))?;
+                let local = l.local_addr().map_err(|e| listen_error(addr, e))?;
+                bound.addrs.push(BoundAddr::Tcp(local));
+                bound.listeners.push(Listener::Tcp(l));
+            }
+            ListenAddr::Unix(path) => {
+                let l = bind_unix(path).await.map_err(|e| listen_error(addr, e))?;
+                bound.sockets.push(path.clone());
+                bound.addrs.push(BoundAddr::Unix(path.clone()));
+                bound.listeners.push(Listener::Unix(l));
+            }
+        }
+    }
+    if let Some(a) = metrics {
+        let err = |source| ServeError::Listen {
+            addr: a.to_owned(),
+            source,
+        };
+        let l = TcpListener::bind(a).await.map_err(err)?;
+        bound.metrics_addr = Some(l.local_addr().map_err(err)?);
+        bound.metrics = Some(l);
+    }
+    Ok(())
+}
+
+fn listen_error(addr: &ListenAddr, source: io::Error) -> ServeError {
+    ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Accepted TCP connections (with `TCP_NODELAY`). An accept error (out of file descriptors,
+/// say) is passed on after a short pause, so the accept loop cannot spin.
+fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(l, |l| async move {
+        let r = match l.accept().await {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Err(e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(e)
+            }
+        };
+        Some((r, l))
+    })
+}
+
+/// Accepted unix socket connections, as [`tcp_incoming`].
+fn unix_incoming(l: UnixListener) -> impl Stream<Item = io::Result<tokio::net::UnixStream>> {
+    futures::stream::unfold(l, |l| async move {
+        let r = match l.accept().await {
+            Ok((s, _)) => Ok(s),
+            Err(e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(e)
+            }
+        };
+        Some((r, l))
+    })
+}
+
+/// Binds a unix socket at `path`, replacing a stale socket file (one nobody answers on) but
+/// never a live socket or any other kind of file. The socket is made owner-only (0600): until
+/// authentication exists, whoever can connect can read every Secret.
+async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    #[cfg(unix)]
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is serving on this socket",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket; refusing to replace it",
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+struct Supervised {
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+    serving: JoinSet<Result<(), tonic::transport::Error>>,
+    background: JoinSet<()>,
+    health: tonic_health::server::HealthReporter,
+    sockets: Vec<PathBuf>,
+    grace: std::time::Duration,
+}
+
+/// Waits for the shutdown signal (or a listener failing), then shuts down in order.
+async fn supervise(mut s: Supervised) -> Result<(), ServeError> {
+    let mut failure: Option<ServeError> = None;
+    tokio::select! {
+        biased;
+        _ = s.shutdown.cancelled() => {}
+        Some(ended) = s.serving.join_next() => {
+            // A listener ended by itself, before any shutdown was asked for.
+            let e = match ended {
+                Ok(Ok(())) => ServeError::Task("a listener stopped unexpectedly".into()),
+                Ok(Err(e)) => ServeError::Transport(e),
+                Err(e) => ServeError::Task(e.to_string()),
+            };
+            tracing::error!(error = %e, "listener failed; shutting down");
+            failure = Some(e);
+            s.shutdown.cancel();
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing in-flight calls");
+    s.health
+        .set_not_serving::<SecretsServer<SecretsService>>()
+        .await;
+    s.health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let drained = tokio::time::timeout(s.grace, async {
+        while let Some(ended) = s.serving.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "listener task failed"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after {:?}; closing them", s.grace);
+        s.serving.abort_all();
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while s.background.join_next().await.is_some() {}
+    })
+    .await;
+    s.background.abort_all();
+    let synced = s.store.sync().await;
+    for path in &s.sockets {
+        if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove socket file");
+        }
+    }
+    synced?;
+    tracing::info!("shut down cleanly");
+    failure.map_or(Ok(()), Err)
+}
+
+/// A started server: its bound addresses, and the handle to stop it. Dropping it starts a
+/// shutdown too (without waiting for it).
+#[derive(Debug)]
+pub struct RunningServer {
+    addrs: Vec<BoundAddr>,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    done: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl RunningServer {
+    /// Every address the server listens on, in the order given.
+    pub fn addrs(&self) -> &[BoundAddr] {
+        &self.addrs
+    }
+
+    /// The first TCP address, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.addrs.iter().find_map(|a| match a {
+            BoundAddr::Tcp(s) => Some(*s),
+            BoundAddr::Unix(_) => None,
+        })
+    }
+
+    /// The first unix socket, if any.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.addrs.iter().find_map(|a| match a {
+            BoundAddr::Unix(p) => Some(p.as_path()),
+            BoundAddr::Tcp(_) => None,
+        })
+    }
+
+    /// The metrics endpoint's address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The store being served.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// A token that shuts the server down when cancelled (as SIGTERM does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server has shut down (after its token is cancelled, or a listener
+    /// failed).
+    pub async fn wait(mut self) -> Result<(), ServeError> {
+        match self.done.take() {
+            Some(handle) => handle.await.map_err(|e| ServeError::Task(e.to_string()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -48,6 +48,18 @@ pub enum StoreError {
         /// The stored resource_version.
         current: u64,
     },
+    /// A delete's uid precondition does not hold: the name now belongs to another object.
+    #[error(
+        "Precondition failed for secrets \"{name}\": UID in precondition: {expected}, UID in object meta: {current}"
+    )]
+    UidMismatch {
+        /// The name.
+        name: String,
+        /// The uid the request named.
+        expected: String,
+        /// The stored object's uid.
+        current: String,
+    },
     /// The KMS cannot be used, so the write (or the read of a seed not in memory) cannot proceed.
     #[error("KMS is unavailable: {0}")]
     Unavailable(String),

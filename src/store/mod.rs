@@ -93,6 +93,22 @@ pub struct ListOptions {
     pub limit: usize,
     /// The token from the previous page.
     pub continue_token: String,
+    /// A soft cap on a page's size in bytes (by [`Secret::approx_size`]); 0 means no cap. A page
+    /// always holds at least one item; once adding the next match would pass the cap the page
+    /// ends with a continue token, so that one page of large Secrets stays within a response
+    /// size that clients can read.
+    pub max_bytes: usize,
+}
+
+/// Conditions a delete must meet; an unmet one fails with [`StoreError::Conflict`] or
+/// [`StoreError::UidMismatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    /// The object's current resource_version must be this; 0 means no condition.
+    pub resource_version: u64,
+    /// The object's uid must be this (so a Secret deleted and re-created under the same name is
+    /// not deleted by mistake); `None` means no condition.
+    pub uid: Option<String>,
 }
 
 /// One page of a list.
@@ -119,6 +135,10 @@ pub struct Store {
     /// Events of writes applied but not yet published (they wait for durability).
     pending: std::sync::Mutex<VecDeque<(Lsn, Arc<ChangeEvent>)>>,
     events: broadcast::Sender<Arc<ChangeEvent>>,
+    /// Records sealed so far (for metrics).
+    seals: AtomicU64,
+    /// Records opened so far (for metrics).
+    opens: AtomicU64,
 }
 
 impl Store {
@@ -129,13 +149,24 @@ impl Store {
         durability: Durability,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
+        Self::open_default_with_kms(data_dir, durability, config, |kms| kms).await
+    }
+
+    /// As [`Store::open_default`], but hands the local KEK to `wrap_kms` first, so that the
+    /// caller can put a decorator (a call counter for metrics, say) between the store and it.
+    pub async fn open_default_with_kms(
+        data_dir: impl Into<PathBuf>,
+        durability: Durability,
+        config: StoreConfig,
+        wrap_kms: impl FnOnce(Arc<dyn Kms>) -> Arc<dyn Kms>,
+    ) -> Result<Self, StoreError> {
         let data_dir = data_dir.into();
         let kek = LocalKek::open_or_create(data_dir.join("kek.key"))
             .map_err(|e| StoreError::Unavailable(format!("local key file: {e}")))?;
         let mut sled = SledConfig::new(data_dir.join("db"));
         sled.durability = durability;
         let backend = SledBackend::open(sled)?;
-        Self::open(Arc::new(backend), Arc::new(kek), config).await
+        Self::open(Arc::new(backend), wrap_kms(Arc::new(kek)), config).await
     }
 
     /// Opens a store over any backend and KMS.
@@ -162,6 +193,8 @@ impl Store {
             applied_revision: AtomicU64::new(revision),
             pending: std::sync::Mutex::new(VecDeque::new()),
             events,
+            seals: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
         })
     }
 
@@ -178,6 +211,16 @@ impl Store {
     /// The highest revision applied so far.
     pub fn revision(&self) -> u64 {
         self.applied_revision.load(Ordering::Acquire)
+    }
+
+    /// How many records this store has sealed (written) since it was opened.
+    pub fn seal_count(&self) -> u64 {
+        self.seals.load(Ordering::Relaxed)
+    }
+
+    /// How many records this store has opened (decrypted) since it was opened.
+    pub fn open_count(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
     }
 
     /// Subscribes to change events (in revision order, each after it is durable).
@@ -265,6 +308,21 @@ impl Store {
         name: &str,
         resource_version: u64,
     ) -> Result<Secret, StoreError> {
+        let preconditions = Preconditions {
+            resource_version,
+            uid: None,
+        };
+        self.delete_with(namespace, name, &preconditions).await
+    }
+
+    /// Deletes a Secret if it meets `preconditions` (resource_version and/or uid). Returns its
+    /// last state with `resource_version` set to the delete's revision.
+    pub async fn delete_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        preconditions: &Preconditions,
+    ) -> Result<Secret, StoreError> {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
         let (lsn, last) = {
@@ -276,7 +334,16 @@ impl Store {
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
                 })?;
-            check_precondition(&old, resource_version)?;
+            check_precondition(&old, preconditions.resource_version)?;
+            if let Some(uid) = &preconditions.uid
+                && *uid != old.metadata.uid
+            {
+                return Err(StoreError::UidMismatch {
+                    name: old.metadata.name.clone(),
+                    expected: uid.clone(),
+                    current: old.metadata.uid.clone(),
+                });
+            }
             let last = old.duplicate();
             let lsn = self
                 .write_locked(&mut seq, &key, Change::Delete(Box::new(old)))
@@ -341,6 +408,7 @@ impl Store {
             (rv, Some(start))
         };
         let mut items = Vec::new();
+        let mut page_bytes = 0usize;
         let mut more = false;
         'scan: loop {
             let rows = self.backend.scan(
@@ -359,10 +427,20 @@ impl Store {
                     break 'scan;
                 }
                 let secret = self.open_record(key, &v).await?;
-                cursor = Some(bkey);
                 if fields.matches(&secret) && labels.matches(&secret.metadata.labels) {
+                    let size = secret.approx_size();
+                    if opts.max_bytes > 0
+                        && !items.is_empty()
+                        && page_bytes.saturating_add(size) > opts.max_bytes
+                    {
+                        // The page is full: the next page starts at this row.
+                        more = true;
+                        break 'scan;
+                    }
+                    page_bytes = page_bytes.saturating_add(size);
                     items.push(secret);
                 }
+                cursor = Some(bkey);
             }
             if exhausted {
                 break;
@@ -396,6 +474,7 @@ impl Store {
                 let plaintext = codec::encode(secret);
                 let record =
                     crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
+                self.seals.fetch_add(1, Ordering::Relaxed);
                 batch.put(bkey, record);
                 (kind, secret.duplicate())
             }
@@ -454,6 +533,7 @@ impl Store {
             .ok_or_else(|| {
                 StoreError::open_failed(key, crypto::OpenError::UnknownSeed(header.seed_id))
             })?;
+        self.opens.fetch_add(1, Ordering::Relaxed);
         let plaintext = header
             .open(&seed, key.as_bytes())
             .map_err(|e| StoreError::open_failed(key, e))?;
