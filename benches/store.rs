@@ -48,8 +48,7 @@ fn put_get(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_store(&rt, dir.path(), Durability::Relaxed);
         let raw_dir = tempfile::tempdir().expect("tempdir");
-        let raw = sled::Config::new()
-            .path(raw_dir.path())
+        let raw = coffer::storage::sled_tuning(sled::Config::new().path(raw_dir.path()))
             .open()
             .expect("raw sled");
         for i in 0..KEYS {

@@ -4,8 +4,16 @@
 //!
 //! - [`model`]: the Secret object, Kubernetes validation, selectors, and the plaintext encoding
 //!   that the envelope seals.
+//! - [`crypto`]: the AEADs, zeroizing key types, HKDF per-write keys, the sealed-record format.
+//! - [`kms`]: the `Kms` trait (KMS v2 semantics), the local key-file KEK, and the seed manager
+//!   that keeps KMS calls off the write path.
 //! - [`storage`]: the `Backend` trait (ordered KV, atomic batches, explicit durability) and the
 //!   sled backend with its group-committed write-ahead log.
+//! - [`store`]: the engine: validate -> seal -> write with a revision -> publish a change event.
+//! - [`proto`]: generated code for the public gRPC contract.
+//! - [`server`]: the tonic services (Secrets, health, reflection), error-to-status mapping,
+//!   watch window, metrics, the bootstrap token cleaner, and `coffer serve`.
+//! - [`cli`]: the `coffer` binary's commands (thin: they call the library or the gRPC API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
