@@ -11,6 +11,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_with_config(
             config,
             &[std::path::PathBuf::from("proto/coffer/v1/secrets.proto")],
+            &[std::path::PathBuf::from("proto"), include.clone()],
+        )?;
+    // The Kubernetes KMS v2 plugin API (package `v2`): the client Coffer dials and the server its
+    // plugins serve. Its own descriptor set, so the Secret service's reflection does not list it.
+    let mut kms_config = tonic_prost_build::Config::new();
+    kms_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("kms_v2_descriptor.bin"))
+        .compile_with_config(
+            kms_config,
+            &[std::path::PathBuf::from("proto/kms/v2/api.proto")],
             &[std::path::PathBuf::from("proto"), include],
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -13,6 +13,8 @@
 //! - [`proto`]: generated code for the public gRPC contract.
 //! - [`server`]: the tonic services (Secrets, health, reflection), error-to-status mapping,
 //!   watch window, metrics, the bootstrap token cleaner, and `coffer serve`.
+//! - [`mount`]: the mount agent (Secrets as files, kept current, in the kubelet's atomic-writer
+//!   layout) and environment variables from Secrets (`coffer exec`).
 //! - [`cli`]: the `coffer` binary's commands (thin: they call the library or the gRPC API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod crypto;
 pub mod kms;
 pub mod model;
+pub mod mount;
 pub mod proto;
 pub mod server;
 pub mod storage;

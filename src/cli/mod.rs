@@ -1,5 +1,6 @@
 //! The `coffer` command line: `coffer serve`, and kubectl-like client commands for Secrets
-//! (`create secret generic|tls|docker-registry`, `get`, `apply -f`, `delete`, `get -w`).
+//! (`create secret generic|tls|docker-registry`, `get`, `apply -f`, `delete`, `get -w`), and the
+//! offline KMS operations `coffer kms status` and `coffer migrate` (see [`kms`]).
 //!
 //! The commands are thin: they parse flags, build a [`Secret`](crate::model::Secret) or a
 //! request, call the gRPC API, and print what kubectl would print. Errors are one line on stderr
@@ -11,8 +12,12 @@ mod convert;
 mod create;
 mod delete;
 mod error;
+mod exec;
 mod get;
 pub mod jsonpath;
+pub mod kms;
+pub mod migrate;
+mod mount;
 pub mod printer;
 mod serve;
 mod tls;
@@ -23,6 +28,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub use self::client::ServerAddr;
 pub use self::error::CliError;
+pub use self::exec::{EnvFromArg, ExecArgs};
+pub use self::mount::MountArgs;
 use self::printer::{OutputFormat, parse_get_format, parse_write_format};
 use crate::server::ServeArgs;
 
@@ -56,6 +63,15 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Delete Secrets by name, selector or manifest.
     Delete(DeleteArgs),
+    /// Write Secrets into directories (the Kubernetes secret-volume layout) and keep them current.
+    Mount(MountArgs),
+    /// Run a command with Secrets as environment variables (`coffer exec --env-from NS/NAME -- CMD`).
+    Exec(ExecArgs),
+    /// KMS operations on a data directory (offline: stop the server first).
+    Kms(kms::KmsArgs),
+    /// Rewrite the records still under an old KEK (after a KMS key rotation), so the old KEK
+    /// version can be removed (offline: stop the server first).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// `coffer create ...`.
@@ -272,9 +288,12 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    if let Command::Serve(args) = cli.command {
-        return serve::serve(args).map(|()| ExitCode::SUCCESS);
-    }
+    let cli = match cli.command {
+        Command::Serve(args) => return serve::serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Kms(args) => return offline(kms::run(args)),
+        Command::Migrate(args) => return offline(migrate::run(args)),
+        command => Cli { command, ..cli },
+    };
     let server = ServerAddr::parse(&cli.server)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -282,15 +301,29 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::msg(format_args!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(_) => Ok(ExitCode::SUCCESS),
+            Command::Serve(_) | Command::Kms(_) | Command::Migrate(_) => Ok(ExitCode::SUCCESS),
             Command::Create(args) => match args.what {
                 CreateWhat::Secret(s) => self::create_cmd::run(&server, s.flavor).await,
             },
             Command::Get(args) => get::run(&server, args).await,
             Command::Apply(args) => apply::run(&server, args).await,
             Command::Delete(args) => delete::run(&server, args).await,
+            Command::Mount(args) => mount::run(&server, args).await,
+            Command::Exec(args) => exec::run(&server, args).await,
         }
     })
+}
+
+/// Runs a command that opens the data directory itself (no server involved).
+fn offline(
+    command: impl std::future::Future<Output = Result<ExitCode, CliError>>,
+) -> Result<ExitCode, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::msg(format_args!("cannot start the async runtime: {e}")))?
+        .block_on(command)
 }
 
 /// Parses the resource argument: `secret`, `secrets` or `secret/NAME` (`secrets/NAME`).

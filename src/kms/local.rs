@@ -69,6 +69,52 @@ impl LocalKek {
         }
     }
 
+    /// Opens an existing key file (never creates one); refuses the same files as
+    /// [`LocalKek::open_or_create`].
+    pub fn open_existing(path: impl AsRef<Path>) -> io::Result<Self> {
+        Self::open(path.as_ref().to_path_buf())
+    }
+
+    /// Creates a new key file at `path` (32 random bytes, mode 0600) and fails if the path
+    /// exists. The file appears whole or not at all: it is written and synced under a temporary
+    /// name, then linked into place, so a reader never sees a partial key.
+    pub fn create_new(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let name = path
+            .file_name()
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "key path has no file name")
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let key = SecretBox::init_with_mut(|k: &mut [u8; KEY_LEN]| rand::rngs::OsRng.fill_bytes(k));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(key.expose_secret())?;
+            f.sync_all()?;
+            fs::hard_link(&tmp, &path)
+        })();
+        let _ = fs::remove_file(&tmp);
+        written?;
+        fs::File::open(&dir)?.sync_all()?;
+        Ok(Self::from_key(key, path))
+    }
+
+    /// The key file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn open(path: PathBuf) -> io::Result<Self> {
         let mut f = fs::File::open(&path)?;
         let mode = f.metadata()?.permissions().mode();

@@ -15,6 +15,10 @@
 //! bookmark_interval = "1m"
 //! shutdown_grace = "30s"
 //! watch_window = 1000
+//! kms = "unix:///run/kms/kms.sock"
+//! kms_timeout = "3s"
+//! kms_grace = "3m"
+//! kms_poll_interval = "60s"
 //! ```
 //!
 //! A relative `data_dir` or socket path is relative to the working directory.
@@ -29,6 +33,7 @@ use serde::Deserialize;
 
 use super::ServeError;
 use crate::crypto::Algorithm;
+use crate::kms::{KmsConfig, KmsEndpoint};
 use crate::storage::Durability;
 
 /// The data directory when none is given.
@@ -71,6 +76,21 @@ pub struct ServeArgs {
     /// How many recent changes are kept for watches to resume from [default: 1000].
     #[arg(long, value_name = "EVENTS")]
     pub watch_window: Option<usize>,
+    /// KMS v2 plugin socket (unix:///path/to/kms.sock); unset: the local key file
+    /// <data-dir>/kek.key.
+    #[arg(long, value_name = "unix:///PATH")]
+    pub kms: Option<String>,
+    /// Deadline of each KMS call [default: 3s].
+    #[arg(long, value_name = "DURATION")]
+    pub kms_timeout: Option<String>,
+    /// How long writes keep working after the last good KMS Status; reads go on regardless
+    /// [default: 3m].
+    #[arg(long, value_name = "DURATION")]
+    pub kms_grace: Option<String>,
+    /// How often the KMS Status is polled while healthy (every 10s, or this if shorter, while
+    /// failing) [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub kms_poll_interval: Option<String>,
 }
 
 /// Where the server listens.
@@ -178,6 +198,8 @@ pub struct ServeConfig {
     pub durability: Durability,
     /// Server tunables.
     pub options: ServerOptions,
+    /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
+    pub kms: KmsConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,6 +221,13 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     #[serde(alias = "watch-window")]
     watch_window: Option<usize>,
+    kms: Option<String>,
+    #[serde(alias = "kms-timeout")]
+    kms_timeout: Option<String>,
+    #[serde(alias = "kms-grace")]
+    kms_grace: Option<String>,
+    #[serde(alias = "kms-poll-interval")]
+    kms_poll_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -290,6 +319,33 @@ impl ServeArgs {
             }
             options.watch_window_events = n;
         }
+        let mut kms = KmsConfig::default();
+        if let Some(e) = self.kms.clone().or(file.kms) {
+            kms.endpoint = Some(
+                e.parse::<KmsEndpoint>()
+                    .map_err(|e| ServeError::Config(format!("--kms: {e}")))?,
+            );
+        }
+        let positive = |d: Duration, name: &str| {
+            if d.is_zero() {
+                Err(ServeError::Config(format!("--{name}: must be more than 0")))
+            } else {
+                Ok(d)
+            }
+        };
+        if let Some(d) = duration(&self.kms_timeout, file.kms_timeout, "kms-timeout")? {
+            kms.timeout = positive(d, "kms-timeout")?;
+        }
+        if let Some(d) = duration(&self.kms_grace, file.kms_grace, "kms-grace")? {
+            kms.outage.grace = d;
+        }
+        if let Some(d) = duration(
+            &self.kms_poll_interval,
+            file.kms_poll_interval,
+            "kms-poll-interval",
+        )? {
+            kms.outage.healthy_interval = positive(d, "kms-poll-interval")?;
+        }
         Ok(ServeConfig {
             data_dir,
             listen,
@@ -301,6 +357,7 @@ impl ServeArgs {
                 Durability::Sync
             },
             options,
+            kms,
         })
     }
 }
@@ -353,6 +410,45 @@ mod tests {
             c.options.token_cleaner_interval,
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn kms_settings() {
+        let c = ServeArgs::default().resolve().expect("resolve");
+        assert_eq!(c.kms, KmsConfig::default());
+        assert_eq!(c.kms.timeout, Duration::from_secs(3));
+        assert_eq!(c.kms.outage.grace, Duration::from_secs(180));
+        let args = ServeArgs {
+            kms: Some("unix:///run/kms.sock".into()),
+            kms_timeout: Some("500ms".into()),
+            kms_grace: Some("10s".into()),
+            kms_poll_interval: Some("2s".into()),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().expect("resolve");
+        assert_eq!(c.kms.endpoint, Some(KmsEndpoint::unix("/run/kms.sock")));
+        assert_eq!(c.kms.timeout, Duration::from_millis(500));
+        assert_eq!(c.kms.outage.grace, Duration::from_secs(10));
+        assert_eq!(c.kms.outage.healthy_interval, Duration::from_secs(2));
+        for (args, flag) in [
+            (
+                ServeArgs {
+                    kms: Some("/run/kms.sock".into()),
+                    ..ServeArgs::default()
+                },
+                "--kms",
+            ),
+            (
+                ServeArgs {
+                    kms_timeout: Some("0".into()),
+                    ..ServeArgs::default()
+                },
+                "--kms-timeout",
+            ),
+        ] {
+            let err = args.resolve().expect_err(flag).to_string();
+            assert!(err.contains(flag), "{err}");
+        }
     }
 
     #[test]

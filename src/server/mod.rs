@@ -105,7 +105,8 @@ pub enum ServeError {
 }
 
 /// Runs `coffer serve`: resolves the settings, opens the store (sled under the data directory,
-/// the local key-file KEK), serves until SIGTERM or SIGINT, then shuts down gracefully.
+/// the local key-file KEK or the `--kms` plugin), serves until SIGTERM or SIGINT, then shuts
+/// down gracefully.
 ///
 /// Sets up logging (tracing to stderr, filtered by `RUST_LOG`, default `info`) unless the caller
 /// already has.
@@ -116,14 +117,20 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let metrics = Metrics::new();
     let store_config = StoreConfig {
         algorithm: config.aead,
+        outage: config.kms.outage,
         ..StoreConfig::default()
     };
-    let counting = metrics.clone();
-    let store = Store::open_default_with_kms(
+    // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
+    // leaves the server up but not ready, and the Status poller retries).
+    let kms = config
+        .kms
+        .open(&config.data_dir)
+        .map_err(StoreError::from)?;
+    let store = Store::open_dir(
         &config.data_dir,
         config.durability,
         store_config,
-        move |kms| CountingKms::wrap(kms, counting),
+        CountingKms::wrap(kms, metrics.clone()),
     )
     .await?;
     tracing::info!(
@@ -310,6 +317,11 @@ impl Server {
             .max_encoding_message_size(options.max_encoding_message_size);
         let (health, _) = tonic_health::server::health_reporter();
         health.set_serving::<SecretsServer<SecretsService>>().await;
+        // Not ready while the KMS is unusable for writes (started while the plugin is down, or
+        // an outage past the grace period); the Status poller retries and flips it back.
+        let kms_ready = store.seeds().readiness();
+        let ready_now = *kms_ready.borrow();
+        set_kms_readiness(&health, ready_now).await;
         let health_service = ShutdownAwareHealth::server(health.clone(), shutdown.clone());
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -355,6 +367,12 @@ impl Server {
             }
         }
         let mut background = JoinSet::new();
+        background.spawn(poll_kms(store.clone(), shutdown.clone()));
+        background.spawn(mirror_kms_readiness(
+            kms_ready,
+            health.clone(),
+            shutdown.clone(),
+        ));
         if let Some(interval) = options.token_cleaner_interval {
             background.spawn(cleaner::run(store.clone(), interval, shutdown.clone()));
         }
@@ -398,6 +416,53 @@ impl Server {
             metrics,
             done: Some(supervisor),
         })
+    }
+}
+
+/// Runs the KMS Status poller until shutdown.
+async fn poll_kms(store: Arc<Store>, shutdown: CancellationToken) {
+    crate::kms::poller::run(store.seeds(), shutdown).await;
+}
+
+/// Sets the overall and the Secrets service's health from the KMS's usability.
+async fn set_kms_readiness(health: &tonic_health::server::HealthReporter, ready: bool) {
+    let status = if ready {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    if ready {
+        health.set_serving::<SecretsServer<SecretsService>>().await;
+    } else {
+        health
+            .set_not_serving::<SecretsServer<SecretsService>>()
+            .await;
+    }
+}
+
+/// Mirrors the KMS's usability into the health service until shutdown (which sets
+/// NOT_SERVING itself).
+async fn mirror_kms_readiness(
+    mut ready: tokio::sync::watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = ready.changed() => if changed.is_err() { return },
+        }
+        let now = *ready.borrow_and_update();
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if now {
+            tracing::info!("KMS usable: health SERVING");
+        } else {
+            tracing::warn!("KMS unusable for writes: health NOT_SERVING until it answers again");
+        }
+        set_kms_readiness(&health, now).await;
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod continue_token;
 mod error;
+mod reseal;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -20,8 +21,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 pub use self::error::StoreError;
+pub use self::reseal::{RecordCounts, ResealBatch};
 use crate::crypto::{self, Algorithm, RecordHeader};
-use crate::kms::{Kms, LocalKek, SeedManager, SeedPolicy};
+use crate::kms::{Kms, LocalKek, OutagePolicy, SeedManager, SeedPolicy};
 use crate::model::selector::{FieldSelector, LabelSelector};
 use crate::model::validation::{
     self, FieldError, FieldErrorKind, ValidationErrors, validate_name, validate_namespace,
@@ -66,6 +68,8 @@ pub struct StoreConfig {
     pub algorithm: Algorithm,
     /// When seeds are replaced.
     pub seed_policy: SeedPolicy,
+    /// KMS `Status` polling and how long writes outlive a KMS outage.
+    pub outage: OutagePolicy,
     /// How many change events a slow subscriber may lag before it is told it lagged.
     pub event_capacity: usize,
 }
@@ -75,6 +79,7 @@ impl Default for StoreConfig {
         Self {
             algorithm: Algorithm::default(),
             seed_policy: SeedPolicy::default(),
+            outage: OutagePolicy::default(),
             event_capacity: 4096,
         }
     }
@@ -169,13 +174,28 @@ impl Store {
         Self::open(Arc::new(backend), wrap_kms(Arc::new(kek)), config).await
     }
 
+    /// Opens sled under `data_dir` (as [`Store::open_default`]) with any KMS, such as a KMS v2
+    /// plugin ([`crate::kms::GrpcKms`]); see [`crate::kms::KmsConfig::open`].
+    pub async fn open_dir(
+        data_dir: impl Into<PathBuf>,
+        durability: Durability,
+        config: StoreConfig,
+        kms: Arc<dyn Kms>,
+    ) -> Result<Self, StoreError> {
+        let mut sled = SledConfig::new(data_dir.into().join("db"));
+        sled.durability = durability;
+        let backend = SledBackend::open(sled)?;
+        Self::open(Arc::new(backend), kms, config).await
+    }
+
     /// Opens a store over any backend and KMS.
     pub async fn open(
         backend: Arc<dyn Backend>,
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
-        let seeds = SeedManager::load(kms, backend.clone(), config.seed_policy).await?;
+        let seeds =
+            SeedManager::load_with(kms, backend.clone(), config.seed_policy, config.outage).await?;
         let revision = match backend.get(REVISION_KEY)? {
             Some(v) => u64::from_be_bytes(
                 v.as_slice()

@@ -1,0 +1,173 @@
+//! Re-encryption of records under old seeds (what `coffer migrate` drives), and per-seed record
+//! counts (what `coffer kms status` shows).
+//!
+//! A reseal rewrites a record's envelope only: the same plaintext bytes, sealed under the
+//! current seed for the same storage key. The object, its `resource_version` and the store
+//! revision do not change, so no watch event is published and no client sees a change. Each
+//! batch runs under the sequencing lock (no write interleaves between the check that a record is
+//! still under an old seed and its rewrite), is applied atomically, and is durable before the
+//! call returns; a crash loses at most the batch in flight, and running again picks up where the
+//! last durable batch ended, because the record headers themselves say what is left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use super::{SECRET_PREFIX, Store, StoreError, backend_key};
+use crate::crypto::{self, RecordHeader};
+use crate::storage::Batch;
+
+/// Rows read per scan round when counting.
+const COUNT_CHUNK: usize = 1024;
+
+/// How many records each seed protects, from the record headers (nothing is decrypted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records per seed id.
+    pub by_seed: BTreeMap<u32, u64>,
+    /// Records whose header cannot be parsed (damaged, or of an unknown format version).
+    pub unreadable: u64,
+    /// Every record.
+    pub total: u64,
+}
+
+/// The outcome of one [`Store::reseal_batch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResealBatch {
+    /// Records looked at.
+    pub scanned: usize,
+    /// Records rewritten under the current seed.
+    pub rewritten: usize,
+    /// Records that could not be rewritten, as (storage key `namespace/name`, why); never any
+    /// content.
+    pub failed: Vec<(String, String)>,
+    /// The storage key to continue after, or `None` when the scan reached the end.
+    pub next: Option<String>,
+}
+
+impl Store {
+    /// Counts the records per seed by reading their headers.
+    pub fn records_per_seed(&self) -> Result<RecordCounts, StoreError> {
+        let mut counts = RecordCounts::default();
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let rows =
+                self.backend
+                    .scan(SECRET_PREFIX.as_bytes(), cursor.as_deref(), COUNT_CHUNK)?;
+            let done = rows.len() < COUNT_CHUNK;
+            for (_, v) in &rows {
+                counts.total += 1;
+                match RecordHeader::parse(v) {
+                    Ok(h) => *counts.by_seed.entry(h.seed_id).or_default() += 1,
+                    Err(_) => counts.unreadable += 1,
+                }
+            }
+            cursor = rows.into_iter().next_back().map(|(k, _)| k);
+            if done || cursor.is_none() {
+                return Ok(counts);
+            }
+        }
+    }
+
+    /// Rewrites, under the seed new writes use, every record among the next `limit` records
+    /// after the storage key `after` (from the start when `None`) whose seed is in `stale`.
+    /// A record that fails to open is reported in [`ResealBatch::failed`] and left as it is.
+    pub async fn reseal_batch(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        stale: &BTreeSet<u32>,
+    ) -> Result<ResealBatch, StoreError> {
+        let limit = limit.max(1);
+        let start = after.map(backend_key);
+        let rows = self.backend.scan(
+            SECRET_PREFIX.as_bytes(),
+            start.as_deref().map(str::as_bytes),
+            limit,
+        )?;
+        let mut out = ResealBatch {
+            scanned: rows.len(),
+            ..ResealBatch::default()
+        };
+        if rows.len() == limit {
+            out.next = rows
+                .last()
+                .and_then(|(k, _)| std::str::from_utf8(k).ok())
+                .and_then(|k| k.strip_prefix(SECRET_PREFIX))
+                .map(str::to_owned);
+        }
+        let candidates: Vec<Vec<u8>> = rows
+            .into_iter()
+            .filter(|(_, v)| RecordHeader::parse(v).is_ok_and(|h| stale.contains(&h.seed_id)))
+            .map(|(k, _)| k)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(out);
+        }
+        let (seed_id, seed) = self.seeds.for_write().await?;
+        if stale.contains(&seed_id) {
+            return Err(StoreError::Unavailable(format!(
+                "the seed for new writes ({seed_id}) is itself under an old key_id; check the KMS status"
+            )));
+        }
+        let mut batch = Batch::new();
+        let lsn = {
+            let _seq = self.sequencer.lock().await;
+            for bkey in candidates {
+                let Ok(key) = std::str::from_utf8(&bkey[SECRET_PREFIX.len()..]) else {
+                    out.failed.push((
+                        String::from_utf8_lossy(&bkey).into_owned(),
+                        "storage key is not UTF-8".into(),
+                    ));
+                    continue;
+                };
+                // Read again under the lock: the record may have been rewritten or deleted
+                // since the scan.
+                let Some(record) = self.backend.get(&bkey)? else {
+                    continue;
+                };
+                let header = match RecordHeader::parse(&record) {
+                    Ok(h) if stale.contains(&h.seed_id) => h,
+                    _ => continue,
+                };
+                let old_seed = match self.seeds.seed_for_read(header.seed_id).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        out.failed.push((
+                            key.to_owned(),
+                            format!("its seed {} is missing", header.seed_id),
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.failed.push((key.to_owned(), e.to_string()));
+                        continue;
+                    }
+                };
+                let plaintext = match header.open(&old_seed, key.as_bytes()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        out.failed.push((key.to_owned(), e.to_string()));
+                        continue;
+                    }
+                };
+                let sealed = crypto::seal(
+                    self.algorithm,
+                    seed_id,
+                    &seed,
+                    key.as_bytes(),
+                    plaintext.expose(),
+                );
+                batch.put(bkey.clone(), sealed);
+                out.rewritten += 1;
+            }
+            if batch.ops.is_empty() {
+                return Ok(out);
+            }
+            self.backend.apply(batch)?
+        };
+        self.backend.wait_durable(lsn).await?;
+        self.seals
+            .fetch_add(out.rewritten as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+}
