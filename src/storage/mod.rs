@@ -1,4 +1,4 @@
-//! The storage layer under the engine: an ordered key-value store with atomic batches and explicit
+//! The storage layer under the engine: an ordered key-value store with batches and explicit
 //! durability.
 //!
 //! The engine never talks to sled directly; it goes through [`Backend`], so that an etcd backend
@@ -48,7 +48,12 @@ impl std::fmt::Debug for Op {
     }
 }
 
-/// Writes applied atomically: all of them or none, after a crash too.
+/// Writes applied together, in order.
+///
+/// Atomic where it matters: once [`Backend::wait_durable`] has confirmed a batch, a crash keeps
+/// all of it. A batch that was never confirmed may survive a crash whole, not at all, or as a
+/// prefix of its ops, so put first the ops whose presence alone is harmless. Concurrent readers
+/// may observe a batch while it is being applied; writers serialise above the backend.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
     /// The writes, applied in order.
@@ -109,7 +114,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<KeyValues, StorageError>;
 
-    /// Applies `batch` atomically and makes it visible to readers; returns its position.
+    /// Applies `batch` (see [`Batch`] for its crash atomicity) and makes it visible to readers;
+    /// returns its position.
     /// Durability is not awaited here: see [`Backend::wait_durable`].
     fn apply(&self, batch: Batch) -> Result<Lsn, StorageError>;
 

@@ -486,7 +486,11 @@ impl Store {
     ) -> Result<Lsn, StoreError> {
         let revision = *seq + 1;
         let bkey = backend_key(key);
+        // The revision goes first: if a crash keeps only a prefix of a batch that was never
+        // acknowledged, a bumped revision without its record is harmless, while a record without
+        // its revision would let the next write reuse that resource_version.
         let mut batch = Batch::new();
+        batch.put(REVISION_KEY, revision.to_be_bytes().to_vec());
         let (kind, object) = match change {
             Change::Put(secret, kind) => {
                 secret.metadata.resource_version = revision;
@@ -505,7 +509,6 @@ impl Store {
                 (EventKind::Deleted, last)
             }
         };
-        batch.put(REVISION_KEY, revision.to_be_bytes().to_vec());
         let lsn = self.backend.apply(batch)?;
         *seq = revision;
         self.applied_revision.store(revision, Ordering::Release);
