@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: `ServeArgs` (the contract with the CLI), the TOML file, defaults.
 //! - [`service`]: the `coffer.v1.Secrets` implementation over [`Store`].
-//! - `watch`: Watch and WatchMany streams over a window of recent change events.
+//! - `hub`: routes change events to the watchers they concern (indexed, converted once).
+//! - `watch`: Watch and WatchMany streams over the hub and a window of recent change events.
 //! - [`status`]: the one mapping from engine errors to gRPC codes.
 //! - [`convert`]: wire messages to and from the engine's `Secret`.
 //! - [`metrics`]: Prometheus counters, the RPC observer, the KMS call counter, `/metrics`.
@@ -40,6 +41,7 @@ pub mod cleaner;
 pub mod config;
 pub mod convert;
 mod health;
+mod hub;
 pub mod metrics;
 pub mod service;
 pub mod status;
@@ -58,14 +60,31 @@ use tonic::service::Routes;
 
 pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
 use self::health::ShutdownAwareHealth;
+use self::hub::Hub;
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
-use self::watch::{EventWindow, WatchContext};
+use self::watch::WatchContext;
 use crate::proto::v1::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::secrets_server::SecretsServer;
 use crate::store::{Store, StoreConfig, StoreError};
+
+/// The most streams (calls, including Watch and WatchMany streams) one HTTP/2 connection may
+/// have open at once. 100,000 watch streams therefore need at least 98 connections; a client
+/// that wants more per connection should multiplex watches over `WatchMany` instead (up to
+/// [`MAX_WATCHES_PER_STREAM`] per stream).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// The HTTP/2 receive window the server grants each stream (32 KiB): what one stream's peer may
+/// send before the server reads it. Requests larger than this just take more round trips.
+pub const INITIAL_STREAM_WINDOW: u32 = 32 * 1024;
+/// The HTTP/2 receive window of a whole connection (256 KiB): bounds what a connection, however
+/// many streams it holds, may make the server buffer. 1,000 connections: at most 256 MiB.
+pub const INITIAL_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// How often the server pings an idle connection.
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a ping may go unanswered before the connection (and its streams) is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Errors of starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +317,7 @@ impl Server {
         } = bind_all(&listen, metrics_listen.as_deref()).await?;
 
         // The services.
-        let window = EventWindow::start(
+        let hub = Hub::start(
             &store,
             options.watch_window_events,
             options.watch_window_bytes,
@@ -306,7 +325,7 @@ impl Server {
         );
         let ctx = WatchContext {
             store: store.clone(),
-            window,
+            hub,
             metrics: metrics.clone(),
             bookmark_interval: options.bookmark_interval,
             list_page_bytes: options.list_page_bytes,
@@ -343,10 +362,16 @@ impl Server {
 
         let mut serving = JoinSet::new();
         for listener in listeners {
-            // Server pings find dead peers, so their watch streams do not linger.
+            // Many long-lived streams per connection, small flow-control windows (they bound
+            // what a peer may make us buffer), and pings that find dead peers so that their
+            // watch streams do not linger. See the constants.
             let builder = tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
-                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)));
+                .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+                .initial_stream_window_size(Some(INITIAL_STREAM_WINDOW))
+                .initial_connection_window_size(Some(INITIAL_CONNECTION_WINDOW))
+                .http2_adaptive_window(Some(false))
+                .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
             let signal = shutdown.clone().cancelled_owned();
             let service = service.clone();
             match listener {
@@ -580,30 +605,7 @@ fn unix_incoming(l: UnixListener) -> impl Stream<Item = io::Result<tokio::net::U
 /// never a live socket or any other kind of file. The socket is made owner-only (0600): until
 /// authentication exists, whoever can connect can read every Secret.
 async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    #[cfg(unix)]
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is serving on this socket",
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket; refusing to replace it",
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    crate::kms::plugin::bind_unix(path).await
 }
 
 struct Supervised {

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{secret_from_proto, secret_into_proto};
 use super::status;
-use super::watch::{self, WATCH_BUFFER, WATCH_MANY_BUFFER, WatchContext, WatchSpec};
+use super::watch::{self, WatchContext, WatchEvents, WatchManyEvents, WatchSpec};
 use crate::proto::v1 as pb;
 use crate::proto::v1::secrets_server::Secrets;
 use crate::store::{ListOptions, Store, StoreError};
@@ -133,7 +131,7 @@ impl Secrets for SecretsService {
         }))
     }
 
-    type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+    type WatchStream = WatchEvents;
 
     async fn watch(
         &self,
@@ -143,12 +141,12 @@ impl Secrets for SecretsService {
             return Err(status::shutting_down());
         }
         let spec = WatchSpec::parse(&self.watch, request.into_inner())?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (tx, events) = watch::watch_channel();
         watch::spawn_watch(self.watch.clone(), spec, tx);
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(events))
     }
 
-    type WatchManyStream = ReceiverStream<Result<pb::WatchManyEvent, Status>>;
+    type WatchManyStream = WatchManyEvents;
 
     async fn watch_many(
         &self,
@@ -157,8 +155,8 @@ impl Secrets for SecretsService {
         if self.watch.shutdown.is_cancelled() {
             return Err(status::shutting_down());
         }
-        let (tx, rx) = mpsc::channel(WATCH_MANY_BUFFER);
+        let (tx, events) = watch::watch_many_channel();
         watch::spawn_watch_many(self.watch.clone(), request.into_inner(), tx);
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(events))
     }
 }

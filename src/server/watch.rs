@@ -1,11 +1,13 @@
-//! Watch streams, the simple way (issue 5 replaces this with an indexed hub).
+//! Watch streams over the [`Hub`].
 //!
-//! One task subscribes to the store's change events and keeps the most recent ones in an
-//! [`EventWindow`] (bounded by count and by bytes). Every watcher holds a cursor (the last
-//! revision it has looked at) and reads the window after it, filtering by namespace and
-//! selectors; a watcher whose cursor falls below the window (it resumed from too old a revision,
-//! or it fell behind) ends with `OUT_OF_RANGE` "too old resource version", and the client
-//! re-lists. Watchers wait on a `watch` channel that carries the window's newest revision.
+//! A watch registers with the hub (indexed by what it selects), then catches up from the
+//! [`EventWindow`] of recent events: from its `resource_version` up to the revision it was
+//! registered at, or with initial events (a list) and their bookmark. After that its events come
+//! from its bounded hub queue, already converted to their wire form and shared with every other
+//! receiver. A resume from below the window ends with `OUT_OF_RANGE` "too old resource version:
+//! N (oldest M)"; a watcher whose queue fills (it does not read fast enough) is ended with
+//! `ABORTED` "watch fell behind ...; resume from resource version N", N being the last revision it
+//! was given, so it can resume without a re-list while N is still in the window.
 //!
 //! Limitation: without the previous state of an object, a MODIFIED that moves an object into or
 //! out of a label selector is sent (or dropped) as MODIFIED, not turned into ADDED/DELETED as the
@@ -15,12 +17,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use super::convert::{bookmark_object, secret_into_proto, secret_to_proto};
+use super::hub::{Hub, HubEvent, WATCH_QUEUE};
 use super::metrics::Metrics;
 use super::status::{self, fix_decode_limit};
 use crate::model::Secret;
@@ -34,14 +37,16 @@ use crate::store::{ChangeEvent, EventKind, ListOptions, Store, StoreError};
 const READ_BATCH: usize = 128;
 /// Items per page while sending initial events.
 const INITIAL_PAGE: usize = 500;
-/// Messages buffered per Watch stream before the watcher waits for the client.
-pub(crate) const WATCH_BUFFER: usize = 64;
+/// Messages buffered per Watch stream before the watcher waits for the client (its hub queue
+/// holds more).
+pub(crate) const WATCH_BUFFER: usize = 16;
 /// Messages buffered per WatchMany stream.
 pub(crate) const WATCH_MANY_BUFFER: usize = 256;
 /// The most watches one WatchMany stream may hold.
 pub const MAX_WATCHES_PER_STREAM: usize = 100_000;
-/// How long a final status may wait for room in a stream's buffer.
-const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a final status may wait for room in a stream's buffer: a watcher ended for falling
+/// behind has a full buffer, and sees its status once it reads again (within this time).
+const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 // =============================================================================================
 // The event window
@@ -60,11 +65,10 @@ struct Window {
     max_bytes: usize,
 }
 
-/// The most recent change events, shared by every watcher.
+/// The most recent change events, shared by every watcher (fed by the [`Hub`]).
 #[derive(Debug)]
 pub(crate) struct EventWindow {
     inner: RwLock<Window>,
-    notify: tokio::sync::watch::Sender<u64>,
 }
 
 /// A watcher's cursor fell below the window: the oldest revision it could resume from.
@@ -74,19 +78,9 @@ pub(crate) struct TooOld {
 }
 
 impl EventWindow {
-    /// Subscribes to `store` and starts the task that feeds the window; it stops with
-    /// `shutdown` (or when the store's event channel closes).
-    pub(crate) fn start(
-        store: &Arc<Store>,
-        max_events: usize,
-        max_bytes: usize,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
-        let mut rx = store.subscribe();
-        // Subscribed first: every change after `floor` reaches the feeder.
-        let floor = store.revision();
-        let (notify, _) = tokio::sync::watch::channel(floor);
-        let window = Arc::new(Self {
+    /// An empty window holding every change after `floor`.
+    pub(crate) fn new(floor: u64, max_events: usize, max_bytes: usize) -> Self {
+        Self {
             inner: RwLock::new(Window {
                 events: VecDeque::new(),
                 bytes: 0,
@@ -95,29 +89,7 @@ impl EventWindow {
                 max_events: max_events.max(1),
                 max_bytes: max_bytes.max(1),
             }),
-            notify,
-        });
-        let w = window.clone();
-        tokio::spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    ev = rx.recv() => ev,
-                };
-                match ev {
-                    Ok(ev) => w.push(ev),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // The next event shows a gap; push() resets the window there.
-                        tracing::warn!(
-                            missed = n,
-                            "watch window fell behind the store's events; older resumes will re-list"
-                        );
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-        window
+        }
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Window> {
@@ -128,30 +100,26 @@ impl EventWindow {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, ev: Arc<ChangeEvent>) {
-        let latest = {
-            let mut w = self.write();
-            if ev.revision <= w.latest {
-                return;
+    pub(crate) fn push(&self, ev: Arc<ChangeEvent>) {
+        let mut w = self.write();
+        if ev.revision <= w.latest {
+            return;
+        }
+        if ev.revision != w.latest + 1 {
+            // Events were missed: nothing before this one can be served any more.
+            w.events.clear();
+            w.bytes = 0;
+            w.floor = ev.revision - 1;
+        }
+        w.bytes = w.bytes.saturating_add(ev.object.approx_size());
+        w.latest = ev.revision;
+        w.events.push_back(ev);
+        while w.events.len() > w.max_events || (w.bytes > w.max_bytes && w.events.len() > 1) {
+            if let Some(old) = w.events.pop_front() {
+                w.bytes = w.bytes.saturating_sub(old.object.approx_size());
+                w.floor = old.revision;
             }
-            if ev.revision != w.latest + 1 {
-                // Events were missed: nothing before this one can be served any more.
-                w.events.clear();
-                w.bytes = 0;
-                w.floor = ev.revision - 1;
-            }
-            w.bytes = w.bytes.saturating_add(ev.object.approx_size());
-            w.latest = ev.revision;
-            w.events.push_back(ev);
-            while w.events.len() > w.max_events || (w.bytes > w.max_bytes && w.events.len() > 1) {
-                if let Some(old) = w.events.pop_front() {
-                    w.bytes = w.bytes.saturating_sub(old.object.approx_size());
-                    w.floor = old.revision;
-                }
-            }
-            w.latest
-        };
-        self.notify.send_replace(latest);
+        }
     }
 
     /// The oldest revision a watch can resume from.
@@ -168,10 +136,6 @@ impl EventWindow {
         let start = w.events.partition_point(|e| e.revision <= cursor);
         Ok(w.events.range(start..).take(max).cloned().collect())
     }
-
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.notify.subscribe()
-    }
 }
 
 // =============================================================================================
@@ -182,7 +146,7 @@ impl EventWindow {
 #[derive(Debug, Clone)]
 pub(crate) struct WatchContext {
     pub(crate) store: Arc<Store>,
-    pub(crate) window: Arc<EventWindow>,
+    pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) bookmark_interval: Duration,
     pub(crate) list_page_bytes: usize,
@@ -243,7 +207,7 @@ impl WatchSpec {
                     ),
                 ));
             }
-            let floor = ctx.window.floor();
+            let floor = ctx.hub.window().floor();
             if req.resource_version < floor {
                 return Err(status::too_old(req.resource_version, floor));
             }
@@ -260,7 +224,17 @@ impl WatchSpec {
         })
     }
 
-    fn matches(&self, s: &Secret) -> bool {
+    /// The namespace asked for (empty: all).
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The field selector.
+    pub(crate) fn fields(&self) -> &FieldSelector {
+        &self.fields
+    }
+
+    pub(crate) fn matches(&self, s: &Secret) -> bool {
         (self.namespace.is_empty() || s.metadata.namespace == self.namespace)
             && self.fields.matches(s)
             && self.labels.matches(&s.metadata.labels)
@@ -276,15 +250,78 @@ pub(crate) enum Stop {
     Status(Status),
 }
 
+/// What a stream's buffer holds: small (two words), so that an idle stream's channel block is
+/// small too; a shared hub event is cloned into its wire message only when tonic encodes it.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// A change, shared with every other receiver.
+    Shared(Arc<HubEvent>),
+    /// An event of this watch only (initial, catch-up, bookmark).
+    Owned(Box<pb::WatchEvent>),
+    /// A WatchMany acknowledgement or per-watch error.
+    Control(Box<pb::WatchManyEvent>),
+    /// The stream ends with this status.
+    End(Box<Status>),
+}
+
+/// The response stream of Watch.
+#[derive(Debug)]
+pub struct WatchEvents(mpsc::Receiver<Out>);
+
+impl futures::Stream for WatchEvents {
+    type Item = Result<pb::WatchEvent, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            return match std::task::ready!(self.0.poll_recv(cx)) {
+                None => std::task::Poll::Ready(None),
+                Some(Out::Shared(ev)) => std::task::Poll::Ready(Some(Ok(ev.event.clone()))),
+                Some(Out::Owned(ev)) => std::task::Poll::Ready(Some(Ok(*ev))),
+                Some(Out::End(s)) => std::task::Poll::Ready(Some(Err(*s))),
+                Some(Out::Control(_)) => continue,
+            };
+        }
+    }
+}
+
+/// The response stream of WatchMany.
+#[derive(Debug)]
+pub struct WatchManyEvents(mpsc::Receiver<(u64, Out)>);
+
+impl futures::Stream for WatchManyEvents {
+    type Item = Result<pb::WatchManyEvent, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let tagged = |watch_id, ev| pb::WatchManyEvent {
+            watch_id,
+            event: Some(ev),
+            ..pb::WatchManyEvent::default()
+        };
+        std::task::Poll::Ready(match std::task::ready!(self.0.poll_recv(cx)) {
+            None => None,
+            Some((id, Out::Shared(ev))) => Some(Ok(tagged(id, ev.event.clone()))),
+            Some((id, Out::Owned(ev))) => Some(Ok(tagged(id, *ev))),
+            Some((_, Out::Control(ev))) => Some(Ok(*ev)),
+            Some((_, Out::End(s))) => Some(Err(*s)),
+        })
+    }
+}
+
 /// Where a watch's events go.
 #[derive(Debug)]
 pub(crate) enum Sink {
     /// A Watch stream.
-    Single(mpsc::Sender<Result<pb::WatchEvent, Status>>),
+    Single(mpsc::Sender<Out>),
     /// One watch of a WatchMany stream.
     Many {
         /// The stream.
-        tx: mpsc::Sender<Result<pb::WatchManyEvent, Status>>,
+        tx: mpsc::Sender<(u64, Out)>,
         /// The watch's id.
         id: u64,
     },
@@ -292,24 +329,42 @@ pub(crate) enum Sink {
 
 impl Sink {
     async fn send(&self, event: pb::WatchEvent, cancel: &CancellationToken) -> Result<(), Stop> {
+        self.send_or_overflow(Out::Owned(Box::new(event)), cancel, None)
+            .await
+    }
+
+    /// Sends `event`, unless `cancel` fires first, or `overflow` does (the watcher's hub queue
+    /// filled while it waited for the client): then the watch ends as fallen behind at
+    /// `overflow`'s revision.
+    async fn send_or_overflow(
+        &self,
+        event: Out,
+        cancel: &CancellationToken,
+        overflow: Option<(&CancellationToken, u64)>,
+    ) -> Result<(), Stop> {
+        let overflowed = async {
+            match overflow {
+                Some((t, _)) => t.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let behind = || Stop::Status(fell_behind(overflow.map_or(0, |(_, rv)| rv)));
         let sent = match self {
             Sink::Single(tx) => {
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Err(Stop::Closed),
-                    r = tx.send(Ok(event)) => r.is_ok(),
+                    _ = overflowed => return Err(behind()),
+                    r = tx.send(event) => r.is_ok(),
                 }
             }
             Sink::Many { tx, id } => {
-                let ev = pb::WatchManyEvent {
-                    watch_id: *id,
-                    event: Some(event),
-                    ..pb::WatchManyEvent::default()
-                };
+                let ev = (*id, event);
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Err(Stop::Closed),
-                    r = tx.send(Ok(ev)) => r.is_ok(),
+                    _ = overflowed => return Err(behind()),
+                    r = tx.send(ev) => r.is_ok(),
                 }
             }
         };
@@ -343,7 +398,7 @@ fn kind_of(k: EventKind) -> EventType {
 /// server is shutting down, the result is `UNAVAILABLE` "server shutting down".
 pub(crate) async fn run(
     ctx: &WatchContext,
-    spec: &WatchSpec,
+    spec: &Arc<WatchSpec>,
     sink: &Sink,
     cancel: &CancellationToken,
 ) -> Stop {
@@ -357,52 +412,138 @@ pub(crate) async fn run(
     }
 }
 
+/// `ABORTED`: the watcher's queue filled; it may resume after `rv`, the last revision it was
+/// given.
+fn fell_behind(rv: u64) -> Status {
+    status::status(
+        Code::Aborted,
+        format!(
+            "watch fell behind: more than {WATCH_QUEUE} events queued for it; \
+             resume from resource version {rv}"
+        ),
+    )
+}
+
 async fn run_inner(
+    ctx: &WatchContext,
+    spec: &Arc<WatchSpec>,
+    sink: &Sink,
+    cancel: &CancellationToken,
+) -> Result<(), Stop> {
+    // Registered first, so that nothing after `registered_at` is missed.
+    let (tx, mut rx) = mpsc::channel::<Arc<HubEvent>>(WATCH_QUEUE);
+    let overflow = CancellationToken::new();
+    let registration = ctx.hub.register(spec.clone(), tx, overflow.clone());
+    let mut cursor = match spec.start {
+        Start::After(rv) => rv,
+        // Boxed: a list's future is large, and would otherwise be part of every idle watch's
+        // state.
+        Start::Initial => Box::pin(send_initial(ctx, spec, sink, cancel)).await?,
+    };
+    // Catch up from the window: the changes after `cursor` dispatched before registration.
+    if cursor < registration.registered_at {
+        cursor = Box::pin(catch_up(
+            ctx,
+            spec,
+            sink,
+            cancel,
+            &overflow,
+            cursor,
+            registration.registered_at,
+        ))
+        .await?;
+    }
+    cursor = cursor.max(registration.registered_at);
+    let period = ctx.bookmark_interval.max(Duration::from_millis(1));
+    // A timer only for the watches that asked for bookmarks.
+    let mut bookmarks = spec.bookmarks.then(|| {
+        let mut i = tokio::time::interval_at(Instant::now() + period, period);
+        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        i
+    });
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Stop::Closed),
+            _ = overflow.cancelled() => return Err(Stop::Status(fell_behind(cursor))),
+            ev = rx.recv() => match ev {
+                // Events up to `cursor` were sent already (initial events or catch-up).
+                Some(ev) if ev.revision <= cursor => {}
+                Some(ev) => {
+                    let delivered = cursor;
+                    cursor = ev.revision;
+                    sink.send_or_overflow(Out::Shared(ev), cancel, Some((&overflow, delivered)))
+                        .await?;
+                }
+                None => {
+                    return Err(Stop::Status(status::status(Code::Unavailable, "watch feed ended")));
+                }
+            },
+            _ = sink.closed() => return Err(Stop::Closed),
+            () = tick(&mut bookmarks) => {
+                // Every event up to `dispatched` that concerns this watcher is in its queue;
+                // with the queue empty they have all been sent.
+                let dispatched = ctx.hub.dispatched();
+                let rv = if rx.is_empty() { dispatched.max(cursor) } else { cursor };
+                cursor = rv;
+                sink.send_or_overflow(
+                    Out::Owned(Box::new(event(EventType::Bookmark, bookmark_object(rv, false)))),
+                    cancel,
+                    Some((&overflow, rv)),
+                )
+                .await?;
+            }
+        }
+    }
+}
+
+/// The next tick of `interval`, or never.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the matching changes in (`cursor`, `until`] from the window; returns the new cursor.
+async fn catch_up(
     ctx: &WatchContext,
     spec: &WatchSpec,
     sink: &Sink,
     cancel: &CancellationToken,
-) -> Result<(), Stop> {
-    let mut notified = ctx.window.subscribe();
-    let mut cursor = match spec.start {
-        Start::After(rv) => rv,
-        Start::Initial => send_initial(ctx, spec, sink, cancel).await?,
-    };
-    let period = ctx.bookmark_interval.max(Duration::from_millis(1));
-    let mut bookmarks = tokio::time::interval_at(Instant::now() + period, period);
-    bookmarks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        notified.borrow_and_update();
-        loop {
-            let batch = ctx
-                .window
-                .read_after(cursor, READ_BATCH)
-                .map_err(|t| Stop::Status(status::too_old(cursor, t.floor)))?;
-            if batch.is_empty() {
-                break;
-            }
-            for ev in batch {
-                cursor = ev.revision;
-                if spec.matches(&ev.object) {
-                    let obj = secret_to_proto(&ev.object);
-                    sink.send(event(kind_of(ev.kind), obj), cancel).await?;
-                }
-            }
+    overflow: &CancellationToken,
+    mut cursor: u64,
+    until: u64,
+) -> Result<u64, Stop> {
+    while cursor < until {
+        let batch = ctx
+            .hub
+            .window()
+            .read_after(cursor, READ_BATCH)
+            .map_err(|t| Stop::Status(status::too_old(cursor, t.floor)))?;
+        if batch.is_empty() {
+            break;
         }
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(Stop::Closed),
-            _ = sink.closed() => return Err(Stop::Closed),
-            changed = notified.changed() => {
-                if changed.is_err() {
-                    return Err(Stop::Status(status::status(Code::Unavailable, "watch feed ended")));
-                }
+        for ev in batch {
+            if ev.revision > until {
+                return Ok(cursor);
             }
-            _ = bookmarks.tick(), if spec.bookmarks => {
-                sink.send(event(EventType::Bookmark, bookmark_object(cursor, false)), cancel).await?;
+            if spec.matches(&ev.object) {
+                let obj = secret_to_proto(&ev.object);
+                // Until it is sent, the watch has delivered up to `cursor`.
+                sink.send_or_overflow(
+                    Out::Owned(Box::new(event(kind_of(ev.kind), obj))),
+                    cancel,
+                    Some((overflow, cursor)),
+                )
+                .await?;
             }
+            cursor = ev.revision;
         }
     }
+    Ok(cursor)
 }
 
 /// Sends ADDED for every matching object, then the bookmark that ends the initial events;
@@ -449,26 +590,35 @@ async fn send_initial(
 // The two RPCs
 // =============================================================================================
 
-async fn send_final<T>(tx: &mpsc::Sender<Result<T, Status>>, s: Status) {
-    let _ = tokio::time::timeout(FINAL_SEND_TIMEOUT, tx.send(Err(s))).await;
+async fn send_final<T>(tx: &mpsc::Sender<T>, end: T) {
+    let _ = tokio::time::timeout(FINAL_SEND_TIMEOUT, tx.send(end)).await;
+}
+
+/// A Watch stream's buffer and response stream.
+pub(crate) fn watch_channel() -> (mpsc::Sender<Out>, WatchEvents) {
+    let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+    (tx, WatchEvents(rx))
+}
+
+/// A WatchMany stream's buffer and response stream.
+pub(crate) fn watch_many_channel() -> (mpsc::Sender<(u64, Out)>, WatchManyEvents) {
+    let (tx, rx) = mpsc::channel(WATCH_MANY_BUFFER);
+    (tx, WatchManyEvents(rx))
 }
 
 /// Starts the task behind one Watch stream.
-pub(crate) fn spawn_watch(
-    ctx: WatchContext,
-    spec: WatchSpec,
-    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
-) {
+pub(crate) fn spawn_watch(ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<Out>) {
     let stream_guard = ctx.metrics.watch_stream();
     let watch_guard = ctx.metrics.watch();
     tokio::spawn(async move {
         let _guards = (stream_guard, watch_guard);
         let sink = Sink::Single(tx);
+        let spec = Arc::new(spec);
         let cancel = ctx.shutdown.clone();
         if let Stop::Status(s) = run(&ctx, &spec, &sink, &cancel).await
             && let Sink::Single(tx) = &sink
         {
-            send_final(tx, s).await;
+            send_final(tx, Out::End(Box::new(s))).await;
         }
     });
 }
@@ -478,7 +628,7 @@ pub(crate) fn spawn_watch(
 pub(crate) fn spawn_watch_many(
     ctx: WatchContext,
     mut input: tonic::Streaming<pb::WatchManyRequest>,
-    tx: mpsc::Sender<Result<pb::WatchManyEvent, Status>>,
+    tx: mpsc::Sender<(u64, Out)>,
 ) {
     let stream_guard = ctx.metrics.watch_stream();
     tokio::spawn(async move {
@@ -498,7 +648,7 @@ pub(crate) fn spawn_watch_many(
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => {
-                    send_final(&tx, status::shutting_down()).await;
+                    send_final(&tx, (0, Out::End(Box::new(status::shutting_down())))).await;
                     break;
                 }
                 _ = tx.closed() => break,
@@ -523,7 +673,7 @@ pub(crate) fn spawn_watch_many(
                     }
                     Err(s) => {
                         if s.code() != Code::Cancelled {
-                            send_final(&tx, fix_decode_limit(s)).await;
+                            send_final(&tx, (0, Out::End(Box::new(fix_decode_limit(s))))).await;
                         }
                         break;
                     }
@@ -539,7 +689,7 @@ pub(crate) fn spawn_watch_many(
 #[derive(Debug)]
 struct Mux {
     ctx: WatchContext,
-    tx: mpsc::Sender<Result<pb::WatchManyEvent, Status>>,
+    tx: mpsc::Sender<(u64, Out)>,
     /// Active watches: id -> (its cancel token, the generation of its task).
     watches: HashMap<u64, (CancellationToken, u64)>,
     /// Each task returns (watch id, generation) when its watch ends.
@@ -553,7 +703,7 @@ impl Mux {
     async fn reply(&self, ev: pb::WatchManyEvent) {
         tokio::select! {
             _ = self.ctx.shutdown.cancelled() => {}
-            _ = self.tx.send(Ok(ev)) => {}
+            _ = self.tx.send((ev.watch_id, Out::Control(Box::new(ev)))) => {}
         }
     }
 
@@ -623,18 +773,19 @@ impl Mux {
         self.tasks.spawn(async move {
             let _guard = guard;
             let sink = Sink::Many { tx, id };
+            let spec = Arc::new(spec);
             let stop = run(&ctx, &spec, &sink, &cancel).await;
             if let Sink::Many { tx, .. } = &sink {
                 match stop {
                     // Shutdown ends the whole stream; nothing per watch.
                     Stop::Status(s) if ctx.shutdown.is_cancelled() => drop(s),
                     Stop::Status(s) => {
-                        let ev = Ok(canceled(id, Some(&s)));
+                        let ev = (id, Out::Control(Box::new(canceled(id, Some(&s)))));
                         let _ = tokio::time::timeout(FINAL_SEND_TIMEOUT, tx.send(ev)).await;
                     }
                     // Cancelled by the client (not the stream going away): acknowledge.
                     Stop::Closed if cancel.is_cancelled() && !tx.is_closed() => {
-                        let ev = Ok(canceled(id, None));
+                        let ev = (id, Out::Control(Box::new(canceled(id, None))));
                         let _ = tokio::time::timeout(FINAL_SEND_TIMEOUT, tx.send(ev)).await;
                     }
                     Stop::Closed => {}

@@ -17,6 +17,7 @@
 mod report;
 mod spawn;
 mod unary;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ struct Cli {
 enum Command {
     /// Unary RPCs: timed Create, Get and Update phases over N connections and M callers.
     Unary(UnaryArgs),
+    /// Watch streams at scale: delivery latency and server memory per stream.
+    Watch(watch::WatchArgs),
 }
 
 /// Flags of `coffer-load unary`.
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Unary(args) => runtime.block_on(unary::run(args)),
+        Command::Watch(args) => runtime.block_on(watch::run(args)),
     };
     match result {
         Ok(outcome) => outcome,
@@ -202,7 +206,9 @@ mod tests {
             "update,get",
         ])
         .unwrap();
-        let Command::Unary(a) = cli.command;
+        let Command::Unary(a) = cli.command else {
+            panic!("not unary")
+        };
         assert!(a.spawn);
         assert_eq!(a.duration, Duration::from_millis(500));
         assert_eq!(a.ops, vec![Op::Update, Op::Get]);
