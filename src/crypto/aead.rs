@@ -58,9 +58,13 @@ impl Algorithm {
         }
     }
 
-    /// Encrypts `msg`; returns ciphertext || 16-byte tag. `None` only if the message exceeds the
-    /// AEAD's length limit (far above the 1 MiB Secret limit).
+    /// Encrypts `msg`; returns ciphertext || 16-byte tag. `None` if the nonce has the wrong
+    /// length or the message exceeds the AEAD's length limit (far above the 1 MiB Secret limit).
     pub fn encrypt(self, key: &DataKey, nonce: &[u8], msg: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        // A wrong-length nonce would panic inside generic-array; refuse it instead.
+        if nonce.len() != self.nonce_len() {
+            return None;
+        }
         let payload = Payload { msg, aad };
         match self {
             Algorithm::Aes256Gcm => Aes256Gcm::new(key.expose().into())
@@ -103,6 +107,21 @@ impl FromStr for Algorithm {
             "aes-256-gcm" | "aes256gcm" | "aes-gcm" => Ok(Algorithm::Aes256Gcm),
             "xchacha20-poly1305" | "xchacha20poly1305" => Ok(Algorithm::XChaCha20Poly1305),
             _ => Err(UnknownAlgorithm(s.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Seed;
+
+    #[test]
+    fn wrong_nonce_length_is_refused_not_a_panic() {
+        let key = Seed::generate().derive(b"info");
+        for alg in [Algorithm::Aes256Gcm, Algorithm::XChaCha20Poly1305] {
+            assert!(alg.encrypt(&key, &[0u8; 8], b"m", b"").is_none());
+            assert!(alg.decrypt(&key, &[0u8; 8], &[0u8; 32], b"").is_none());
         }
     }
 }

@@ -60,6 +60,19 @@ impl fmt::Debug for Seed {
 pub struct DataKey(SecretBox<[u8; SEED_LEN]>);
 
 impl DataKey {
+    /// A data key from raw bytes; `None` if the length is not [`SEED_LEN`]. Coffer itself only
+    /// derives data keys (see [`Seed::derive`]); this exists for known-answer tests (Wycheproof
+    /// vectors) that must drive the AEADs with a given key. The key is built in place in zeroizing
+    /// memory; the caller still owns (and should wipe) `bytes`.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != SEED_LEN {
+            return None;
+        }
+        Some(Self(SecretBox::init_with_mut(|k: &mut [u8; SEED_LEN]| {
+            k.copy_from_slice(bytes)
+        })))
+    }
+
     /// The key bytes.
     pub fn expose(&self) -> &[u8; SEED_LEN] {
         self.0.expose_secret()
@@ -120,5 +133,9 @@ mod tests {
     fn wrong_length_seed_is_refused() {
         assert!(Seed::from_slice(&[0u8; 31]).is_none());
         assert!(Seed::from_slice(&[0u8; 33]).is_none());
+        assert!(DataKey::from_slice(&[0u8; 31]).is_none());
+        assert!(DataKey::from_slice(&[0u8; 33]).is_none());
+        let k = DataKey::from_slice(&[9u8; 32]).expect("32 bytes");
+        assert_eq!(k.expose(), &[9u8; 32]);
     }
 }
