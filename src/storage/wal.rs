@@ -16,8 +16,10 @@
 //!
 //! Reading stops at the first entry that is truncated, has a bad checksum or a length too small
 //! to hold a payload (a zero-filled tail looks like that): that is a torn tail, an unacknowledged
-//! write interrupted by a crash. An entry whose checksum matches but whose payload cannot be
-//! decoded is corruption (or a format mismatch), not a torn write, and is reported as an error.
+//! write interrupted by a crash, provided no intact entry follows it. A damaged entry followed by
+//! an intact one is corruption in the middle of the log (a torn write only damages the end), and
+//! so is an entry whose checksum matches but whose payload cannot be decoded: both are reported as
+//! errors, because cutting the log there would silently drop acknowledged writes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -208,11 +210,65 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed, StorageError> {
         entries.push(entry);
         pos += HEADER_LEN + len;
     };
+    if torn.is_some() {
+        let last = entries.last().map(|e: &Entry| e.lsn);
+        if let Some((at, lsn)) = intact_entry_after(data, pos, last) {
+            return Err(StorageError::Corrupt(format!(
+                "write-ahead log entry at offset {pos} is damaged ({}), but an intact entry \
+                 (lsn {lsn}) follows at offset {at}: this is not a torn write, and cutting the log \
+                 there would silently drop acknowledged writes. Restore the data directory from a \
+                 backup, or move wal.log aside to accept losing the writes after offset {pos}",
+                torn.as_deref().unwrap_or("unknown")
+            )));
+        }
+    }
     Ok(Parsed {
         entries,
         valid_len: pos,
         torn,
     })
+}
+
+/// Looks for an intact entry after a damaged one at `bad`, which tells mid-log corruption apart
+/// from a torn tail (a torn write only ever damages the end of the log). The damaged entry's
+/// length field may itself be wrong, so entries are found by their lsn: the next few lsns after
+/// the last good one are searched for as bytes, and each hit is checked as a whole entry (length,
+/// checksum, decode). With no good entry before the damage (so no lsn to search for), every offset
+/// in the next 1 MiB is tried instead.
+fn intact_entry_after(data: &[u8], bad: usize, last: Option<Lsn>) -> Option<(usize, Lsn)> {
+    let Some(base) = last else {
+        let end = data.len().min(bad.saturating_add(1 << 20));
+        return (bad + 1..end).find_map(|at| parse_one(&data[at..]).ok().map(|e| (at, e.lsn)));
+    };
+    for lsn in (1..=3).filter_map(|d| base.checked_add(d)) {
+        let needle = lsn.to_be_bytes();
+        let mut from = bad + HEADER_LEN + 1;
+        while let Some(i) = data
+            .get(from..)
+            .and_then(|rest| rest.windows(8).position(|w| w == needle))
+        {
+            let at = from + i - HEADER_LEN;
+            if parse_one(&data[at..]).is_ok_and(|e| e.lsn == lsn) {
+                return Some((at, lsn));
+            }
+            from += i + 1;
+        }
+    }
+    None
+}
+
+/// Parses exactly one whole, checksummed entry at the start of `data`.
+fn parse_one(data: &[u8]) -> Result<Entry, ()> {
+    let header = data.get(..HEADER_LEN).ok_or(())?;
+    let len = u32::from_be_bytes(header[..4].try_into().map_err(|_| ())?) as usize;
+    let crc = u32::from_be_bytes(header[4..].try_into().map_err(|_| ())?);
+    let payload = data
+        .get(HEADER_LEN..HEADER_LEN.checked_add(len).ok_or(())?)
+        .ok_or(())?;
+    if len < MIN_PAYLOAD || crc32fast::hash(payload) != crc {
+        return Err(());
+    }
+    decode_payload(payload).map_err(|_| ())
 }
 
 /// The open log file. Writes append; [`Wal::truncate`] empties it after a checkpoint.
@@ -348,15 +404,32 @@ mod tests {
     }
 
     #[test]
-    fn bad_crc_in_the_middle_stops_there() {
+    fn bad_crc_in_the_middle_is_corruption_not_a_torn_tail() {
         let mut data = encode_all(&sample());
         let mut first = Vec::new();
         encode_entry(1, &sample()[0].ops, &mut first).unwrap();
-        // Flip a byte in the second entry's payload.
+        // Flip a byte in the second entry's payload: intact entries follow it.
         data[first.len() + HEADER_LEN + 3] ^= 0xff;
+        let err = parse(&data).unwrap_err();
+        assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
+        assert!(err.to_string().contains("acknowledged writes"), "{err}");
+        // So is a flip in the second entry's length field.
+        let mut data = encode_all(&sample());
+        data[first.len() + 1] ^= 0x40;
+        assert!(matches!(parse(&data), Err(StorageError::Corrupt(_))));
+        // And a flip in the very first entry.
+        let mut data = encode_all(&sample());
+        data[HEADER_LEN + 2] ^= 0x01;
+        assert!(matches!(parse(&data), Err(StorageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn bad_crc_in_the_last_entry_is_a_torn_tail() {
+        let mut data = encode_all(&sample());
+        let n = data.len();
+        data[n - 1] ^= 0xff;
         let parsed = parse(&data).unwrap();
-        assert_eq!(parsed.entries, sample()[..1].to_vec());
-        assert_eq!(parsed.valid_len, first.len());
+        assert_eq!(parsed.entries.len(), sample().len() - 1);
         assert!(parsed.torn.unwrap().contains("checksum"));
     }
 
