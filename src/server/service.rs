@@ -52,17 +52,20 @@ impl SecretsService {
     }
 }
 
+/// The `secret` field of a Create or Update request, which is required.
+fn required_secret(secret: Option<pb::Secret>) -> Result<crate::model::Secret, Status> {
+    secret
+        .map(secret_from_proto)
+        .ok_or_else(|| status::required("secret"))
+}
+
 #[tonic::async_trait]
 impl Secrets for SecretsService {
     async fn create(
         &self,
         request: Request<pb::CreateSecretRequest>,
     ) -> Result<Response<pb::Secret>, Status> {
-        let secret = request
-            .into_inner()
-            .secret
-            .ok_or_else(|| status::required("secret"))?;
-        let secret = secret_from_proto(secret);
+        let secret = required_secret(request.into_inner().secret)?;
         let created = self
             .detached(move |store| async move { store.create(secret).await })
             .await?;
@@ -82,11 +85,7 @@ impl Secrets for SecretsService {
         &self,
         request: Request<pb::UpdateSecretRequest>,
     ) -> Result<Response<pb::Secret>, Status> {
-        let secret = request
-            .into_inner()
-            .secret
-            .ok_or_else(|| status::required("secret"))?;
-        let secret = secret_from_proto(secret);
+        let secret = required_secret(request.into_inner().secret)?;
         let updated = self
             .detached(move |store| async move { store.update(secret).await })
             .await?;
