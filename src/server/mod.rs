@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod service;
 pub mod status;
 mod watch;
+mod watch_queue;
 
 use std::io;
 use std::net::SocketAddr;
@@ -321,13 +322,13 @@ impl Server {
             &store,
             options.watch_window_events,
             options.watch_window_bytes,
+            options.bookmark_interval,
             shutdown.clone(),
         );
         let ctx = WatchContext {
             store: store.clone(),
             hub,
             metrics: metrics.clone(),
-            bookmark_interval: options.bookmark_interval,
             list_page_bytes: options.list_page_bytes,
             shutdown: shutdown.clone(),
         };

@@ -7,7 +7,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{secret_from_proto, secret_into_proto};
 use super::status;
-use super::watch::{self, WatchContext, WatchEvents, WatchManyEvents, WatchSpec};
+use super::watch::{self, WatchContext, WatchSpec};
+use super::watch_queue::{WatchEvents, WatchManyEvents};
 use crate::proto::v1 as pb;
 use crate::proto::v1::secrets_server::Secrets;
 use crate::store::{ListOptions, Store, StoreError};
@@ -140,9 +141,7 @@ impl Secrets for SecretsService {
             return Err(status::shutting_down());
         }
         let spec = WatchSpec::parse(&self.watch, request.into_inner())?;
-        let (tx, events) = watch::watch_channel();
-        watch::spawn_watch(self.watch.clone(), spec, tx);
-        Ok(Response::new(events))
+        Ok(Response::new(watch::open_watch(&self.watch, spec)))
     }
 
     type WatchManyStream = WatchManyEvents;
@@ -154,8 +153,9 @@ impl Secrets for SecretsService {
         if self.watch.shutdown.is_cancelled() {
             return Err(status::shutting_down());
         }
-        let (tx, events) = watch::watch_many_channel();
-        watch::spawn_watch_many(self.watch.clone(), request.into_inner(), tx);
-        Ok(Response::new(events))
+        Ok(Response::new(watch::open_watch_many(
+            &self.watch,
+            request.into_inner(),
+        )))
     }
 }
