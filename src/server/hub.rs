@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -25,6 +25,7 @@ use tonic::{Code, Status};
 use zeroize::Zeroize;
 
 use super::convert::{bookmark_object, secret_to_proto};
+use super::metrics::Metrics;
 use super::status;
 use super::watch::{EventWindow, WatchSpec};
 use super::watch_queue::{Item, StreamQueue};
@@ -268,9 +269,29 @@ impl Index {
     }
 }
 
+/// The request fields that define a [`WatchSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SpecKey {
+    pub(crate) namespace: String,
+    pub(crate) label_selector: String,
+    pub(crate) field_selector: String,
+    pub(crate) bookmarks: bool,
+}
+
+/// The specs in use, so that watches asking for the same thing share one.
+#[derive(Debug, Default)]
+struct Specs {
+    map: HashMap<SpecKey, Weak<WatchSpec>>,
+    /// Dead entries are swept when the map reaches this size.
+    sweep_at: usize,
+}
+
 /// The hub (see the module doc).
 #[derive(Debug)]
 pub(crate) struct Hub {
+    /// Counts the live watchers (a catching-up one counts itself).
+    metrics: Arc<Metrics>,
+    specs: Mutex<Specs>,
     window: Arc<EventWindow>,
     index: RwLock<Index>,
     /// The newest revision handed to every watcher registered at the time.
@@ -298,7 +319,9 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let removed = self.hub.write().remove(&Key::of(&self.spec), self.id);
-        drop(removed);
+        if removed.is_some() {
+            self.hub.metrics.add_watches(-1);
+        }
     }
 }
 
@@ -321,6 +344,7 @@ impl Hub {
     /// Watch stream) or when the store's event channel closes.
     pub(crate) fn start(
         store: &Arc<Store>,
+        metrics: Arc<Metrics>,
         max_events: usize,
         max_bytes: usize,
         bookmark_interval: Duration,
@@ -330,6 +354,8 @@ impl Hub {
         // Subscribed first: every change after `floor` reaches the feeder.
         let floor = store.revision();
         let hub = Arc::new(Self {
+            metrics,
+            specs: Mutex::default(),
             window: Arc::new(EventWindow::new(floor, max_events, max_bytes)),
             index: RwLock::new(Index::default()),
             dispatched: AtomicU64::new(floor),
@@ -366,6 +392,25 @@ impl Hub {
             h.end_all(&status::shutting_down(), true);
         });
         hub
+    }
+
+    /// The spec for `key`: one already in use by another watch, or a new one from `parse`.
+    pub(crate) fn spec<E>(
+        &self,
+        key: SpecKey,
+        parse: impl FnOnce(&SpecKey) -> Result<WatchSpec, E>,
+    ) -> Result<Arc<WatchSpec>, E> {
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(spec) = specs.map.get(&key).and_then(Weak::upgrade) {
+            return Ok(spec);
+        }
+        let spec = Arc::new(parse(&key)?);
+        if specs.map.len() >= specs.sweep_at {
+            specs.map.retain(|_, w| w.strong_count() > 0);
+            specs.sweep_at = (specs.map.len() * 2).max(1024);
+        }
+        specs.map.insert(key, Arc::downgrade(&spec));
+        Ok(spec)
     }
 
     /// The window of recent events.
@@ -436,6 +481,7 @@ impl Hub {
             after: cursor.max(dispatched),
         });
         drop(index);
+        self.metrics.add_watches(1);
         Ok(Registration {
             hub: self.clone(),
             id,
@@ -469,6 +515,7 @@ impl Hub {
             let mut index = self.write();
             for (key, id) in full {
                 if let Some(e) = index.remove(&key, id) {
+                    self.metrics.add_watches(-1);
                     // Every matching change before this one is in its queue.
                     e.sink.end(&fell_behind(ev.revision - 1));
                 }
@@ -508,6 +555,8 @@ impl Hub {
             }
             index.drain_all()
         };
+        self.metrics
+            .add_watches(-i64::try_from(all.len()).unwrap_or(i64::MAX));
         for e in all {
             if !(stop && matches!(e.sink, Sink::Many(..))) {
                 e.sink.end(s);

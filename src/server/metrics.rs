@@ -138,6 +138,12 @@ impl Metrics {
         GaugeGuard::new(self.clone(), |m| &m.watches)
     }
 
+    /// Adds `delta` to the open-watch gauge (the watch hub counts its live watchers this way,
+    /// rather than with a guard per watcher).
+    pub(crate) fn add_watches(&self, delta: i64) {
+        self.watches.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// The number of `method` RPCs (e.g. `"Create"`) started and not yet finished.
     pub fn in_flight(&self, method: &str) -> i64 {
         METHODS

@@ -320,6 +320,7 @@ impl Server {
         // The services.
         let hub = Hub::start(
             &store,
+            metrics.clone(),
             options.watch_window_events,
             options.watch_window_bytes,
             options.bookmark_interval,

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{secret_from_proto, secret_into_proto};
 use super::status;
-use super::watch::{self, WatchContext, WatchSpec};
+use super::watch::{self, WatchContext, WatchRequest};
 use super::watch_queue::{WatchEvents, WatchManyEvents};
 use crate::proto::v1 as pb;
 use crate::proto::v1::secrets_server::Secrets;
@@ -140,8 +140,8 @@ impl Secrets for SecretsService {
         if self.watch.shutdown.is_cancelled() {
             return Err(status::shutting_down());
         }
-        let spec = WatchSpec::parse(&self.watch, request.into_inner())?;
-        Ok(Response::new(watch::open_watch(&self.watch, spec)))
+        let req = WatchRequest::parse(&self.watch, request.into_inner())?;
+        Ok(Response::new(watch::open_watch(&self.watch, req)))
     }
 
     type WatchManyStream = WatchManyEvents;

@@ -21,9 +21,9 @@ use tonic::{Code, Status};
 
 use super::convert::{bookmark_object, secret_into_proto};
 use super::hub::{
-    Hub, RegisterError, Registration, Sink, WATCH_QUEUE, canceled, fell_behind, wire_event,
+    Hub, RegisterError, Registration, Sink, SpecKey, WATCH_QUEUE, canceled, fell_behind, wire_event,
 };
-use super::metrics::{GaugeGuard, Metrics};
+use super::metrics::Metrics;
 use super::status::{self, fix_decode_limit};
 use super::watch_queue::{Item, StreamQueue, WatchEvents, WatchManyEvents};
 use crate::model::Secret;
@@ -151,14 +151,22 @@ pub(crate) struct WatchContext {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// A validated watch request.
+/// What a watcher selects: shared by every watch with the same request fields (see
+/// [`Hub::spec`]), so that a million watches of a few thousand Secrets hold a few thousand of
+/// these.
 #[derive(Debug)]
 pub(crate) struct WatchSpec {
     namespace: String,
     labels: LabelSelector,
     fields: FieldSelector,
-    start: Start,
     bookmarks: bool,
+}
+
+/// A validated watch request: what it selects, and where it starts.
+#[derive(Debug)]
+pub(crate) struct WatchRequest {
+    pub(crate) spec: Arc<WatchSpec>,
+    start: Start,
 }
 
 #[derive(Debug, Clone)]
@@ -173,56 +181,73 @@ enum Start {
 }
 
 impl WatchSpec {
-    /// Checks a request: namespace, selectors, and a resource_version the server can serve.
-    pub(crate) fn parse(ctx: &WatchContext, req: pb::WatchSecretsRequest) -> Result<Self, Status> {
-        if !req.namespace.is_empty() {
-            validate_namespace(&req.namespace).map_err(StoreError::from)?;
+    fn parse(key: &SpecKey) -> Result<Self, Status> {
+        if !key.namespace.is_empty() {
+            validate_namespace(&key.namespace).map_err(StoreError::from)?;
         }
-        let labels = LabelSelector::parse(&req.label_selector).map_err(|e| {
+        let labels = LabelSelector::parse(&key.label_selector).map_err(|e| {
             Status::from(StoreError::BadRequest {
                 field: "labelSelector",
                 message: e.to_string(),
             })
         })?;
-        let fields = FieldSelector::parse(&req.field_selector).map_err(|e| {
+        let fields = FieldSelector::parse(&key.field_selector).map_err(|e| {
             Status::from(StoreError::BadRequest {
                 field: "fieldSelector",
                 message: e.to_string(),
             })
         })?;
+        Ok(Self {
+            namespace: key.namespace.clone(),
+            labels,
+            fields,
+            bookmarks: key.bookmarks,
+        })
+    }
+}
+
+impl WatchRequest {
+    /// Checks a request: namespace, selectors, and a resource_version the server can serve.
+    pub(crate) fn parse(ctx: &WatchContext, req: pb::WatchSecretsRequest) -> Result<Self, Status> {
         let start = if req.send_initial_events {
             Start::Initial {
-                label_selector: req.label_selector,
-                field_selector: req.field_selector,
+                label_selector: req.label_selector.clone(),
+                field_selector: req.field_selector.clone(),
             }
         } else if req.resource_version == 0 {
             Start::After(ctx.store.revision())
         } else {
+            Start::After(req.resource_version)
+        };
+        let spec = ctx.hub.spec(
+            SpecKey {
+                namespace: req.namespace,
+                label_selector: req.label_selector,
+                field_selector: req.field_selector,
+                bookmarks: req.allow_bookmarks,
+            },
+            WatchSpec::parse,
+        )?;
+        if let Start::After(rv) = start
+            && req.resource_version != 0
+        {
             let current = ctx.store.revision();
-            if req.resource_version > current {
+            if rv > current {
                 return Err(status::status(
                     Code::OutOfRange,
-                    format!(
-                        "too large resource version: {} (current {current})",
-                        req.resource_version
-                    ),
+                    format!("too large resource version: {rv} (current {current})"),
                 ));
             }
             let floor = ctx.hub.window().floor();
-            if req.resource_version < floor {
-                return Err(status::too_old(req.resource_version, floor));
+            if rv < floor {
+                return Err(status::too_old(rv, floor));
             }
-            Start::After(req.resource_version)
-        };
-        Ok(Self {
-            namespace: req.namespace,
-            labels,
-            fields,
-            start,
-            bookmarks: req.allow_bookmarks,
-        })
+        }
+        Ok(Self { spec, start })
     }
+}
 
+impl WatchSpec {
     /// The namespace asked for (empty: all).
     pub(crate) fn namespace(&self) -> &str {
         &self.namespace
@@ -292,10 +317,11 @@ fn event(kind: EventType, object: pb::Secret) -> pb::WatchEvent {
 /// Registers a watch that needs no catch-up task; `None` if it needs one.
 fn register_now(
     ctx: &WatchContext,
-    spec: &Arc<WatchSpec>,
+    req: &WatchRequest,
     sink: &Sink,
 ) -> Option<Result<Registration, Stop>> {
-    let Start::After(rv) = spec.start else {
+    let spec = &req.spec;
+    let Start::After(rv) = req.start else {
         return None;
     };
     if ctx.hub.dispatched() > rv.saturating_add(REGISTER_GAP) {
@@ -320,11 +346,12 @@ fn register_stop(e: RegisterError) -> Stop {
 /// registration with the hub (after which it needs no task).
 async fn catch_up_and_register(
     ctx: &WatchContext,
-    spec: &Arc<WatchSpec>,
+    req: &WatchRequest,
     sink: &Sink,
     cancel: &CancellationToken,
 ) -> Result<Registration, Stop> {
-    let mut cursor = match &spec.start {
+    let spec = &req.spec;
+    let mut cursor = match &req.start {
         Start::After(rv) => *rv,
         // Boxed: a list's future is large.
         Start::Initial {
@@ -432,24 +459,20 @@ async fn send_initial(
 // =============================================================================================
 
 /// Opens a Watch stream: registered at once when it can be, else after a catch-up task.
-pub(crate) fn open_watch(ctx: &WatchContext, spec: WatchSpec) -> WatchEvents {
+pub(crate) fn open_watch(ctx: &WatchContext, req: WatchRequest) -> WatchEvents {
     let queue = StreamQueue::new(WATCH_QUEUE);
-    let events = WatchEvents::new(
-        queue.clone(),
-        ctx.metrics.watch_stream(),
-        ctx.metrics.watch(),
-    );
-    let spec = Arc::new(spec);
+    let events = WatchEvents::new(queue.clone(), ctx.metrics.watch_stream());
     let sink = Sink::Single(queue.clone());
-    match register_now(ctx, &spec, &sink) {
+    match register_now(ctx, &req, &sink) {
         Some(Ok(r)) => queue.hold(r),
         Some(Err(stop)) => end_single(ctx, &sink, stop),
         None => {
             let ctx = ctx.clone();
             tokio::spawn(async move {
+                let _counted = ctx.metrics.watch();
                 let cancel = ctx.shutdown.clone();
                 let r = tokio::select! {
-                    r = catch_up_and_register(&ctx, &spec, &sink, &cancel) => r,
+                    r = catch_up_and_register(&ctx, &req, &sink, &cancel) => r,
                     _ = queue.gone() => Err(Stop::Closed),
                 };
                 match r {
@@ -492,20 +515,16 @@ pub(crate) fn open_watch_many(
     events
 }
 
-/// A watch of a WatchMany stream.
+/// A watch of a WatchMany stream (small: there may be a million).
 #[derive(Debug)]
 enum ManyWatch {
     /// Catching up in a task: cancelling the token stops it.
     CatchingUp {
         cancel: CancellationToken,
         generation: u64,
-        _guard: GaugeGuard,
     },
     /// Registered with the hub.
-    Live {
-        registration: Registration,
-        _guard: GaugeGuard,
-    },
+    Live(Registration),
 }
 
 /// The watches of one WatchMany stream.
@@ -585,18 +604,10 @@ impl Mux {
             }
             return;
         }
-        let Some(ManyWatch::CatchingUp { _guard, .. }) = self.watches.remove(&id) else {
-            return;
-        };
+        self.watches.remove(&id);
         match result {
             Ok(registration) => {
-                self.watches.insert(
-                    id,
-                    ManyWatch::Live {
-                        registration,
-                        _guard,
-                    },
-                );
+                self.watches.insert(id, ManyWatch::Live(registration));
             }
             Err(Stop::Status(s)) if !self.ctx.shutdown.is_cancelled() => self.refuse(id, &s),
             Err(_) => {}
@@ -608,7 +619,7 @@ impl Mux {
         match req.op {
             None => self.refuse(0, &status::required("op")),
             Some(Op::Cancel(id)) => match self.watches.remove(&id) {
-                Some(ManyWatch::Live { registration, .. }) => {
+                Some(ManyWatch::Live(registration)) => {
                     // Unregistered first: nothing of this watch follows the answer.
                     drop(registration);
                     self.reply(canceled(id, None));
@@ -628,7 +639,7 @@ impl Mux {
     /// is not: its id may be used again).
     fn in_use(&self, id: u64) -> bool {
         match self.watches.get(&id) {
-            Some(ManyWatch::Live { registration, .. }) => registration.is_live(),
+            Some(ManyWatch::Live(registration)) => registration.is_live(),
             Some(ManyWatch::CatchingUp { .. }) => true,
             None => false,
         }
@@ -657,8 +668,8 @@ impl Mux {
         let Some(req) = create.watch else {
             return self.refuse(id, &status::required("watch"));
         };
-        let spec = match WatchSpec::parse(&self.ctx, req) {
-            Ok(spec) => Arc::new(spec),
+        let req = match WatchRequest::parse(&self.ctx, req) {
+            Ok(req) => req,
             Err(s) => return self.refuse(id, &s),
         };
         self.reply(pb::WatchManyEvent {
@@ -666,17 +677,10 @@ impl Mux {
             created: true,
             ..pb::WatchManyEvent::default()
         });
-        let guard = self.ctx.metrics.watch();
         let sink = Sink::Many(self.queue.clone(), id);
-        match register_now(&self.ctx, &spec, &sink) {
+        match register_now(&self.ctx, &req, &sink) {
             Some(Ok(registration)) => {
-                self.watches.insert(
-                    id,
-                    ManyWatch::Live {
-                        registration,
-                        _guard: guard,
-                    },
-                );
+                self.watches.insert(id, ManyWatch::Live(registration));
             }
             Some(Err(Stop::Status(s))) => {
                 self.watches.remove(&id);
@@ -694,12 +698,12 @@ impl Mux {
                     ManyWatch::CatchingUp {
                         cancel: cancel.clone(),
                         generation,
-                        _guard: guard,
                     },
                 );
                 let ctx = self.ctx.clone();
                 self.tasks.spawn(async move {
-                    let r = catch_up_and_register(&ctx, &spec, &sink, &cancel).await;
+                    let _counted = ctx.metrics.watch();
+                    let r = catch_up_and_register(&ctx, &req, &sink, &cancel).await;
                     (id, generation, r)
                 });
             }

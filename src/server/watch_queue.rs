@@ -245,14 +245,14 @@ type Guard = super::metrics::GaugeGuard;
 #[derive(Debug)]
 pub struct WatchEvents {
     queue: Arc<StreamQueue>,
-    _guards: (Guard, Guard),
+    _guard: Guard,
 }
 
 impl WatchEvents {
-    pub(crate) fn new(queue: Arc<StreamQueue>, stream: Guard, watch: Guard) -> Self {
+    pub(crate) fn new(queue: Arc<StreamQueue>, stream: Guard) -> Self {
         Self {
             queue,
-            _guards: (stream, watch),
+            _guard: stream,
         }
     }
 }
@@ -340,7 +340,7 @@ mod tests {
 
     fn events(q: &Arc<StreamQueue>) -> WatchEvents {
         let m = super::super::metrics::Metrics::new();
-        WatchEvents::new(q.clone(), m.watch_stream(), m.watch())
+        WatchEvents::new(q.clone(), m.watch_stream())
     }
 
     #[tokio::test]
