@@ -82,6 +82,10 @@ pub(crate) struct WatchArgs {
     /// should end them without slowing writes or the other watchers). 0 to 50.
     #[arg(long, default_value_t = 0.0)]
     stalled_percent: f64,
+    /// Creates of new Secrets per second during the measured phase, alongside the updates, to
+    /// report Create latency (e.g. with and without stalled watchers); 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    creates_per_sec: f64,
 }
 
 impl WatchArgs {
@@ -499,6 +503,14 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     let update_latency = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
     ));
+    let creates = (args.creates_per_sec > 0.0).then(|| {
+        tokio::spawn(create_probe(
+            client(0),
+            ns.clone(),
+            args.creates_per_sec,
+            args.duration,
+        ))
+    });
     let mut updates = tokio::task::JoinSet::new();
     let period = Duration::from_secs_f64(1.0 / args.updates_per_sec.max(0.001));
     let mut ticker = tokio::time::interval(period);
@@ -538,6 +550,10 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     }
     while updates.join_next().await.is_some() {}
     let update_time = t.elapsed();
+    let creates = match creates {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => None,
+    };
     // Let the last events arrive, then stop every stream.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ended_early = counters.streams_ended.load(Ordering::Relaxed);
@@ -620,6 +636,15 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
             );
         }
     }
+    if let Some((l, failed)) = &creates {
+        println!(
+            "  create latency: {} acknowledged, {failed} failed; p50 {} p99 {} max {}",
+            l.len(),
+            ms(l.value_at_quantile(0.5)),
+            ms(l.value_at_quantile(0.99)),
+            ms(l.max())
+        );
+    }
     if !hist.is_empty() {
         println!(
             "  delivery latency (update acknowledged -> event received): p50 {} p99 {} max {}",
@@ -654,6 +679,54 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Creates new Secrets at `rate`/s for `duration`, each in its own task; returns their latency
+/// histogram and the number that failed.
+async fn create_probe(
+    client: SecretsClient<Channel>,
+    ns: String,
+    rate: f64,
+    duration: Duration,
+) -> Option<(Histogram<u64>, u64)> {
+    let latency = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).ok()?,
+    ));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let t = Instant::now();
+    let run = std::process::id();
+    let mut n = 0u64;
+    while t.elapsed() < duration {
+        ticker.tick().await;
+        n += 1;
+        let mut c = client.clone();
+        let mut s = secret(&ns, 0, n);
+        if let Some(m) = s.metadata.as_mut() {
+            m.name = format!("probe-{run}-{n}");
+        }
+        let (latency, failed) = (latency.clone(), failed.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            match c.create(pb::CreateSecretRequest { secret: Some(s) }).await {
+                Ok(_) => {
+                    let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let _ = latency
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(us.max(1));
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let h = latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Some((h, failed.load(Ordering::Relaxed)))
 }
 
 fn secret(ns: &str, i: u64, version: u64) -> pb::Secret {
