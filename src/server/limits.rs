@@ -414,6 +414,38 @@ mod tests {
     }
 
     #[test]
+    fn the_config_files_limits_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let quota = dir.path().join("quota.toml");
+        std::fs::write(&quota, "[default]\nsecrets = 7\n").expect("quota");
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"/x\"\n[limits]\nquota_file = {:?}\nmax-watch-streams = 5\n\
+                 request_burst = 9\nallow_core_dumps = true\n",
+                quota.display().to_string()
+            ),
+        )
+        .expect("config");
+        let args = super::super::ServeArgs {
+            config: Some(config.clone()),
+            ..super::super::ServeArgs::default()
+        };
+        let c = args.resolve().expect("resolve");
+        assert_eq!(
+            c.limits.quotas.for_namespace("any").map(|q| q.limits.count),
+            Some(Some(7))
+        );
+        assert_eq!(c.options.limits.max_watch_streams, Some(5));
+        assert_eq!(c.options.limits.request_burst, Some(9));
+        assert!(c.limits.hygiene.allow_core_dumps && !c.limits.hygiene.disable_mlock);
+        std::fs::write(&config, "[limits]\nmax_streams = 5\n").expect("config");
+        let e = args.resolve().expect_err("unknown key").to_string();
+        assert!(e.contains("max_streams"), "{e}");
+    }
+
+    #[test]
     fn settings() {
         let c = LimitArgs::default().resolve(None).expect("defaults");
         assert_eq!(c.server, LimitOptions::default());
