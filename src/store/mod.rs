@@ -531,12 +531,12 @@ impl Store {
                 let plaintext = codec::encode(secret);
                 let record =
                     crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
-                self.seals.fetch_add(1, Ordering::Relaxed);
                 quota_after = self.quota_state().admit_put(
                     &secret.metadata.namespace,
                     old_len,
                     record.len() as u64,
                 )?;
+                self.seals.fetch_add(1, Ordering::Relaxed);
                 batch.put(bkey, record);
                 (kind, secret.duplicate())
             }
