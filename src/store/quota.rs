@@ -9,8 +9,9 @@
 //! never overshoot a limit.
 //!
 //! `bytes/secrets` counts the sealed records: the encoded object (data, labels, annotations and
-//! the rest of its metadata) plus the envelope's header and tag (about 80 bytes). It is what the
-//! namespace costs on disk, and it is known without decrypting anything.
+//! the rest of its metadata) plus the envelope's header and tag (66 bytes with AES-256-GCM, 78
+//! with XChaCha20-Poly1305). It is what the namespace costs on disk, and it is known without
+//! decrypting anything.
 //!
 //! What is checked: a create needs `count/secrets` room for one more Secret and `bytes/secrets`
 //! room for its record; an update that makes a record larger needs room for the growth. Deletes,
