@@ -15,12 +15,14 @@
 //!   watch window, metrics, the bootstrap token cleaner, and `coffer serve`.
 //! - [`mount`]: the mount agent (Secrets as files, kept current, in the kubelet's atomic-writer
 //!   layout) and environment variables from Secrets (`coffer exec`).
+//! - [`hygiene`]: core dumps off and memory locked for the processes that hold keys.
 //! - [`cli`]: the `coffer` binary's commands (thin: they call the library or the gRPC API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod crypto;
+pub mod hygiene;
 pub mod kms;
 pub mod model;
 pub mod mount;

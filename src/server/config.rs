@@ -19,6 +19,14 @@
 //! kms_timeout = "3s"
 //! kms_grace = "3m"
 //! kms_poll_interval = "60s"
+//!
+//! [limits]
+//! quota_file = "/etc/coffer/quota.toml"
+//! max_watch_streams = 100000
+//! max_request_rate = 2000
+//! request_burst = 4000
+//! allow_core_dumps = false
+//! disable_mlock = false
 //! ```
 //!
 //! A relative `data_dir` or socket path is relative to the working directory.
@@ -32,6 +40,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::ServeError;
+use super::limits::{LimitArgs, LimitConfig, LimitFile, LimitOptions};
 use crate::crypto::Algorithm;
 use crate::kms::{KmsConfig, KmsEndpoint};
 use crate::storage::Durability;
@@ -91,6 +100,9 @@ pub struct ServeArgs {
     /// failing) [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub kms_poll_interval: Option<String>,
+    /// Quotas, server-wide limits and memory hygiene (the file's `[limits]` table).
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Where the server listens.
@@ -166,6 +178,8 @@ pub struct ServerOptions {
     /// The soft cap on the size of one List page, so that pages stay readable by clients with
     /// the default 4 MiB receive limit. Default 3 MiB.
     pub list_page_bytes: usize,
+    /// Server-wide limits on watch streams and request rate. Default: none.
+    pub limits: LimitOptions,
 }
 
 impl Default for ServerOptions {
@@ -179,6 +193,7 @@ impl Default for ServerOptions {
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 8 << 20,
             list_page_bytes: 3 << 20,
+            limits: LimitOptions::default(),
         }
     }
 }
@@ -200,6 +215,8 @@ pub struct ServeConfig {
     pub options: ServerOptions,
     /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
     pub kms: KmsConfig,
+    /// Quotas, server-wide limits (also in `options.limits`) and memory hygiene.
+    pub limits: LimitConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +245,7 @@ struct FileConfig {
     kms_grace: Option<String>,
     #[serde(alias = "kms-poll-interval")]
     kms_poll_interval: Option<String>,
+    limits: Option<LimitFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +337,8 @@ impl ServeArgs {
             }
             options.watch_window_events = n;
         }
+        let limits = self.limits.resolve(file.limits)?;
+        options.limits = limits.server;
         let mut kms = KmsConfig::default();
         if let Some(e) = self.kms.clone().or(file.kms) {
             kms.endpoint = Some(
@@ -358,6 +378,7 @@ impl ServeArgs {
             },
             options,
             kms,
+            limits,
         })
     }
 }

@@ -9,6 +9,8 @@
 //!   watches they carry.
 //! - `coffer_kms_calls_total{op,result}`: calls to the KMS plugin, counted by [`CountingKms`].
 //! - `coffer_seal_total` / `coffer_open_total`: records sealed and opened by the store.
+//! - `coffer_limit_rejections_total{limit}`: calls refused by a server-wide limit
+//!   (`watch_streams`, `request_rate`; see [`super::limits`]).
 //!
 //! RPCs are observed by [`MetricsService`], which wraps the whole gRPC router: it reads the
 //! `grpc-status` of a trailers-only answer from the response headers, and otherwise from the
@@ -72,6 +74,8 @@ pub struct Metrics {
     watches: AtomicI64,
     /// `[op][0 = ok, 1 = error]`.
     kms: [[AtomicU64; 2]; KMS_OPS.len()],
+    /// Calls refused by the server-wide limits.
+    limits: Arc<super::limits::LimitCounters>,
 }
 
 /// The index of a method in [`METHODS`] from a request path.
@@ -164,6 +168,11 @@ impl Metrics {
             .position(|m| *m == method)
             .and_then(|i| self.methods[i].codes.get(code as usize))
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The counters the server-wide limits update.
+    pub fn limit_counters(&self) -> Arc<super::limits::LimitCounters> {
+        self.limits.clone()
     }
 
     fn kms_call(&self, op: usize, ok: bool) {
@@ -266,6 +275,15 @@ impl Metrics {
                 );
             }
         }
+        let _ = write!(
+            out,
+            "# HELP coffer_limit_rejections_total Calls refused by a server-wide limit.\n\
+             # TYPE coffer_limit_rejections_total counter\n\
+             coffer_limit_rejections_total{{limit=\"watch_streams\"}} {}\n\
+             coffer_limit_rejections_total{{limit=\"request_rate\"}} {}\n",
+            self.limits.watch_streams_rejected.load(Ordering::Relaxed),
+            self.limits.rate_limited.load(Ordering::Relaxed)
+        );
         if let Some(store) = store {
             let _ = write!(
                 out,

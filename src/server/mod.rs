@@ -10,6 +10,8 @@
 //! - [`status`]: the one mapping from engine errors to gRPC codes.
 //! - [`convert`]: wire messages to and from the engine's `Secret`.
 //! - [`metrics`]: Prometheus counters, the RPC observer, the KMS call counter, `/metrics`.
+//! - [`limits`]: the server-wide watch-stream cap and request rate; the quota, limit and
+//!   hygiene flags.
 //! - [`cleaner`]: deletes expired bootstrap tokens.
 //! - `health`: the gRPC health service, ending its watches at shutdown.
 //!
@@ -42,6 +44,7 @@ pub mod config;
 pub mod convert;
 mod health;
 mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod status;
@@ -133,11 +136,14 @@ pub enum ServeError {
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     init_tracing();
     let config = args.resolve()?;
+    // Before any key is loaded: no core dumps, memory locked.
+    crate::hygiene::apply(&config.limits.hygiene);
     create_data_dir(&config.data_dir)?;
     let metrics = Metrics::new();
     let store_config = StoreConfig {
         algorithm: config.aead,
         outage: config.kms.outage,
+        quotas: config.limits.quotas.clone(),
         ..StoreConfig::default()
     };
     // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
@@ -336,6 +342,10 @@ impl Server {
         let secrets = SecretsServer::new(SecretsService::new(ctx))
             .max_decoding_message_size(options.max_decoding_message_size)
             .max_encoding_message_size(options.max_encoding_message_size);
+        let secrets = limits::LimitedSecrets::new(
+            secrets,
+            limits::Limits::new(options.limits, metrics.limit_counters()),
+        );
         let (health, _) = tonic_health::server::health_reporter();
         health.set_serving::<SecretsServer<SecretsService>>().await;
         // Not ready while the KMS is unusable for writes (started while the plugin is down, or

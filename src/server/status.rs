@@ -6,6 +6,7 @@
 //! | [`StoreError::AlreadyExists`] | `ALREADY_EXISTS` |
 //! | [`StoreError::NotFound`] | `NOT_FOUND` |
 //! | stale resource_version or uid ([`StoreError::Conflict`], [`StoreError::UidMismatch`]) | `ABORTED` |
+//! | over a namespace quota ([`StoreError::QuotaExceeded`]), over a server limit ([`super::limits`]) | `RESOURCE_EXHAUSTED` |
 //! | KMS unusable ([`StoreError::Unavailable`]), storage failed earlier | `UNAVAILABLE` |
 //! | a record that fails to open ([`StoreError::DataLoss`]) | `DATA_LOSS` |
 //! | any other storage error | `INTERNAL` |
@@ -40,6 +41,7 @@ pub fn store_error(e: &StoreError) -> Status {
         StoreError::Conflict { .. } | StoreError::UidMismatch { .. } => {
             status(Code::Aborted, e.to_string())
         }
+        StoreError::QuotaExceeded(_) => status(Code::ResourceExhausted, e.to_string()),
         StoreError::Unavailable(_) => status(Code::Unavailable, e.to_string()),
         StoreError::DataLoss { .. } => status(Code::DataLoss, e.to_string()),
         StoreError::Storage(StorageError::Failed(_)) => status(Code::Unavailable, e.to_string()),

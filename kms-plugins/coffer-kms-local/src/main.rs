@@ -46,6 +46,13 @@ enum Command {
         /// The socket to listen on: unix:///path/to/kms.sock.
         #[arg(long, value_name = "unix:///PATH")]
         listen: String,
+        /// Leave core dumps on (by default they are off: a core file would hold the KEKs).
+        #[arg(long)]
+        allow_core_dumps: bool,
+        /// Do not lock the plugin's memory (mlockall); by default it tries, and warns once if
+        /// the system does not allow it.
+        #[arg(long)]
+        disable_mlock: bool,
     },
     /// Create the key directory and its first version (no-op if it has versions).
     Init {
@@ -84,7 +91,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { keys, listen } => serve(keys.key_dir, &listen),
+        Command::Serve {
+            keys,
+            listen,
+            allow_core_dumps,
+            disable_mlock,
+        } => serve(
+            keys.key_dir,
+            &listen,
+            &coffer::hygiene::HygieneOptions {
+                allow_core_dumps,
+                disable_mlock,
+            },
+        ),
         Command::Init { keys } => {
             let (v, id, created) = keyring::init(&keys.key_dir).map_err(|e| e.to_string())?;
             if created {
@@ -117,8 +136,14 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn serve(key_dir: PathBuf, listen: &str) -> Result<(), String> {
+fn serve(
+    key_dir: PathBuf,
+    listen: &str,
+    hygiene: &coffer::hygiene::HygieneOptions,
+) -> Result<(), String> {
     coffer::server::init_tracing();
+    // Before the KEKs are read: no core dumps, memory locked.
+    coffer::hygiene::apply(hygiene);
     let endpoint: KmsEndpoint = listen.parse().map_err(|e| format!("--listen: {e}"))?;
     let ring = keyring::Keyring::open(&key_dir).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
