@@ -13,12 +13,17 @@
 //! - [`proto`]: generated code for the public gRPC contract.
 //! - [`server`]: the tonic services (Secrets, health, reflection), error-to-status mapping,
 //!   watch window, metrics, the bootstrap token cleaner, and `coffer serve`.
+//! - [`auth`]: authentication (mTLS, bearer tokens, unix peer uids), the authorization policy,
+//!   per-connection info and limits, and the gate every Secret RPC passes.
+//! - [`audit`]: the audit log (JSON lines, no Secret data, HMACs for correlated values).
 //! - [`mount`]: the mount agent (Secrets as files, kept current, in the kubelet's atomic-writer
 //!   layout) and environment variables from Secrets (`coffer exec`).
 //! - [`cli`]: the `coffer` binary's commands (thin: they call the library or the gRPC API).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod crypto;
 pub mod kms;

@@ -72,6 +72,8 @@ pub struct Metrics {
     watches: AtomicI64,
     /// `[op][0 = ok, 1 = error]`.
     kms: [[AtomicU64; 2]; KMS_OPS.len()],
+    /// Audit records that could not be written.
+    audit_errors: AtomicU64,
 }
 
 /// The index of a method in [`METHODS`] from a request path.
@@ -158,6 +160,16 @@ impl Metrics {
             .position(|m| *m == method)
             .and_then(|i| self.methods[i].codes.get(code as usize))
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts an audit record that could not be written.
+    pub fn audit_error(&self) {
+        self.audit_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Audit records that could not be written.
+    pub fn audit_errors(&self) -> u64 {
+        self.audit_errors.load(Ordering::Relaxed)
     }
 
     fn kms_call(&self, op: usize, ok: bool) {
@@ -260,6 +272,13 @@ impl Metrics {
                 );
             }
         }
+        let _ = write!(
+            out,
+            "# HELP coffer_audit_errors_total Audit records that could not be written.\n\
+             # TYPE coffer_audit_errors_total counter\n\
+             coffer_audit_errors_total {}\n",
+            self.audit_errors.load(Ordering::Relaxed)
+        );
         if let Some(store) = store {
             let _ = write!(
                 out,
