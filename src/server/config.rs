@@ -19,6 +19,9 @@
 //! kms_timeout = "3s"
 //! kms_grace = "3m"
 //! kms_poll_interval = "60s"
+//!
+//! [security]            # see crate::auth::args
+//! token_file = "/etc/coffer/tokens.csv"
 //! ```
 //!
 //! A relative `data_dir` or socket path is relative to the working directory.
@@ -32,6 +35,8 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::ServeError;
+use crate::auth::args::FileSecurity;
+use crate::auth::{SecurityArgs, SecurityConfig};
 use crate::crypto::Algorithm;
 use crate::kms::{KmsConfig, KmsEndpoint};
 use crate::storage::Durability;
@@ -91,6 +96,10 @@ pub struct ServeArgs {
     /// failing) [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub kms_poll_interval: Option<String>,
+    /// Authentication, authorization, audit, per-connection limits (the `[security]` table of
+    /// the config file).
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Where the server listens.
@@ -200,6 +209,8 @@ pub struct ServeConfig {
     pub options: ServerOptions,
     /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
     pub kms: KmsConfig,
+    /// Authentication, authorization, audit, per-connection limits.
+    pub security: SecurityConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +239,7 @@ struct FileConfig {
     kms_grace: Option<String>,
     #[serde(alias = "kms-poll-interval")]
     kms_poll_interval: Option<String>,
+    security: Option<FileSecurity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +256,10 @@ impl ServeArgs {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let security = self
+            .security
+            .resolve(file.security)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         let data_dir = self
             .data_dir
             .clone()
@@ -358,6 +374,7 @@ impl ServeArgs {
             },
             options,
             kms,
+            security,
         })
     }
 }

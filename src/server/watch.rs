@@ -623,12 +623,26 @@ pub(crate) fn spawn_watch(ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<O
     });
 }
 
+/// Decides whether one watch of a WatchMany stream may be created (its id, its request); a
+/// refusal cancels that watch with the status, not the stream.
+#[derive(Clone)]
+pub(crate) struct WatchAuthorizer(
+    pub(crate) Arc<dyn Fn(u64, &pb::WatchSecretsRequest) -> Result<(), Status> + Send + Sync>,
+);
+
+impl std::fmt::Debug for WatchAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchAuthorizer")
+    }
+}
+
 /// Starts the task behind one WatchMany stream: reads `create`/`cancel` requests and runs each
 /// watch as its own task, all writing to `tx`.
 pub(crate) fn spawn_watch_many(
     ctx: WatchContext,
     mut input: tonic::Streaming<pb::WatchManyRequest>,
     tx: mpsc::Sender<(u64, Out)>,
+    authorize: WatchAuthorizer,
 ) {
     let stream_guard = ctx.metrics.watch_stream();
     tokio::spawn(async move {
@@ -642,6 +656,7 @@ pub(crate) fn spawn_watch_many(
             generation: 0,
             next_auto_id: 1,
             stream_cancel: stream_cancel.clone(),
+            authorize,
         };
         let mut input_open = true;
         loop {
@@ -697,6 +712,7 @@ struct Mux {
     generation: u64,
     next_auto_id: u64,
     stream_cancel: CancellationToken,
+    authorize: WatchAuthorizer,
 }
 
 impl Mux {
@@ -753,6 +769,9 @@ impl Mux {
         let Some(req) = create.watch else {
             return self.refuse(id, &status::required("watch")).await;
         };
+        if let Err(s) = (self.authorize.0)(id, &req) {
+            return self.refuse(id, &s).await;
+        }
         let spec = match WatchSpec::parse(&self.ctx, req) {
             Ok(spec) => spec,
             Err(s) => return self.refuse(id, &s).await,
