@@ -221,8 +221,7 @@ impl Rule {
     }
 
     fn allows(&self, id: &Identity, verb: Verb, namespace: &str, name: Option<&str>) -> bool {
-        let subject =
-            self.users.iter().any(|u| *u == id.user) || self.groups.iter().any(|g| id.in_group(g));
+        let subject = self.users.contains(&id.user) || self.groups.iter().any(|g| id.in_group(g));
         if !subject {
             return false;
         }

@@ -626,9 +626,11 @@ pub(crate) fn spawn_watch(ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<O
 /// Decides whether one watch of a WatchMany stream may be created (its id, its request); a
 /// refusal cancels that watch with the status, not the stream.
 #[derive(Clone)]
-pub(crate) struct WatchAuthorizer(
-    pub(crate) Arc<dyn Fn(u64, &pb::WatchSecretsRequest) -> Result<(), Status> + Send + Sync>,
-);
+pub(crate) struct WatchAuthorizer(pub(crate) Arc<AuthorizeWatch>);
+
+/// The function behind a [`WatchAuthorizer`].
+pub(crate) type AuthorizeWatch =
+    dyn Fn(u64, &pb::WatchSecretsRequest) -> Result<(), Status> + Send + Sync;
 
 impl std::fmt::Debug for WatchAuthorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
