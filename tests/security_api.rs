@@ -148,6 +148,17 @@ async fn bad_expired_foreign_certificates_and_bad_or_missing_tokens_are_rejected
         "{}",
         s.message()
     );
+    // A header value that is not visible ASCII.
+    let mut req = tonic::Request::new(pb::GetSecretRequest {
+        namespace: "b".into(),
+        name: "target".into(),
+    });
+    let value = tonic::metadata::MetadataValue::try_from(&b"Bearer \xfa\xfb"[..])
+        .expect("opaque bytes are a valid header value");
+    req.metadata_mut().insert("authorization", value);
+    let s = raw.get(req).await.expect_err("malformed");
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert!(s.message().contains("malformed"), "{}", s.message());
     // The same tokens work.
     let mut ok = client(anon_channel, Some("tok-single"));
     assert!(get(&mut ok, "b", "target").await.is_ok());
@@ -682,4 +693,71 @@ async fn reload_swaps_tokens_and_policy_without_dropping_connections() {
         Some("after".into())
     );
     server.running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bad_security_files_fail_the_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let base = pki.write(dir.path());
+    let tokens = write_file(dir.path(), "tokens.csv", TOKENS);
+    let cases: Vec<(SecurityArgs, &str)> = vec![
+        (
+            SecurityArgs {
+                token_file: Some(tokens.clone()),
+                authz_policy: Some(write_file(
+                    dir.path(),
+                    "bad.yaml",
+                    "rules:\n  - users: [a]\n    verbs: [get]\n",
+                )),
+                ..SecurityArgs::default()
+            },
+            "policy file",
+        ),
+        (
+            SecurityArgs {
+                token_file: Some(dir.path().join("missing.csv")),
+                ..SecurityArgs::default()
+            },
+            "cannot read token file",
+        ),
+        (
+            SecurityArgs {
+                token_file: Some(write_file(dir.path(), "bad.csv", "only-a-token\n")),
+                ..SecurityArgs::default()
+            },
+            "token file",
+        ),
+        (
+            SecurityArgs {
+                tls_key: Some(dir.path().join("missing.key")),
+                ..base.clone()
+            },
+            "cannot read --tls-key",
+        ),
+        (
+            SecurityArgs {
+                token_file: Some(tokens.clone()),
+                audit_log: Some(dir.path().join("audit.log")),
+                audit_hmac_key_file: Some(write_file(dir.path(), "short.key", "short")),
+                ..SecurityArgs::default()
+            },
+            "at least 16 bytes",
+        ),
+    ];
+    for (i, (args, want)) in cases.into_iter().enumerate() {
+        let sub = dir.path().join(format!("s{i}"));
+        std::fs::create_dir(&sub).expect("mkdir");
+        let err = start(&sub, args, tcp()).await.err().expect(want);
+        assert!(err.to_string().contains(want), "{want}: {err}");
+        assert!(!err.to_string().contains("tok-"), "{err}");
+    }
+    // A certificate file that is not PEM: the TLS setup fails at start.
+    let sub = dir.path().join("garbage");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let args = SecurityArgs {
+        tls_cert: Some(write_file(&sub, "garbage.crt", "not a certificate")),
+        ..base
+    };
+    assert!(start(&sub, args, tcp()).await.is_err());
 }
