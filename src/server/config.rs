@@ -520,6 +520,33 @@ mod tests {
     }
 
     #[test]
+    fn security_table_in_the_config_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:0\"\n[security]\ntoken_file = \"/t.csv\"\n\
+             audit-log = \"/a.log\"\nmax_watch_streams_per_connection = 4\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().expect("resolve");
+        assert_eq!(c.security.token_file, Some(PathBuf::from("/t.csv")));
+        assert_eq!(c.security.audit_log, Some(PathBuf::from("/a.log")));
+        assert_eq!(c.security.limits.max_watch_streams, Some(4));
+        assert!(c.security.auth_enabled());
+        std::fs::write(&path, "[security]\naudit_fail_closed = true\n").expect("write");
+        let err = args.resolve().expect_err("needs a log").to_string();
+        assert!(
+            err.contains("--audit-fail-closed needs --audit-log"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));

@@ -13,6 +13,9 @@
 //! - [`cleaner`]: deletes expired bootstrap tokens.
 //! - `health`: the gRPC health service, ending its watches at shutdown.
 //!
+//! Authentication, authorization, per-connection limits and audit live in [`crate::auth`] and
+//! [`crate::audit`]: [`Server::security`] hands them in; every Secret RPC passes the gate.
+//!
 //! # Running
 //!
 //! `coffer serve` calls [`run`]: it opens the embedded default store, starts a [`Server`], and
