@@ -514,7 +514,10 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
     assert_eq!(s.code(), Code::Unavailable);
     std::fs::create_dir(&sub).expect("mkdir");
     get(&mut c, "ns", "x").await.expect("audited again");
-    assert_eq!(read_audit(&sub.join("audit.log")).len(), 1);
+    let records = read_audit(&sub.join("audit.log"));
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["event"], "audit log writable");
+    assert_eq!(records[1]["verb"], "get");
     server.running.shutdown().await.expect("shutdown");
 
     // A log that opens but cannot be written (/dev/full): the write's answer is UNAVAILABLE.
@@ -529,6 +532,16 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         let mut c = client(plain_channel(server.addr()).await, None);
         let s = get(&mut c, "ns", "x").await.expect_err("unaudited");
         assert_eq!(s.code(), Code::Unavailable);
+        // Once a write has failed, requests are refused before they run.
+        let s = create(&mut c, secret("ns", "x", &[("k", b"v")]))
+            .await
+            .expect_err("unaudited");
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(
+            server.running.store().revision(),
+            0,
+            "the create did not run"
+        );
         server.running.shutdown().await.expect("shutdown");
     }
 }

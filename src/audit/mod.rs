@@ -13,14 +13,16 @@
 //!
 //! Writing: each line is one `write` to a file opened for appending, so lines from concurrent
 //! requests never interleave. A failed write drops the file handle; the next record reopens the
-//! file. SIGHUP reopens it too (for log rotation). With `fail_closed`, a request is refused with
-//! `UNAVAILABLE` when the log cannot be opened before it runs, or cannot be written after;
-//! otherwise the failure is counted (`coffer_audit_errors_total`) and logged, and the request
-//! goes on.
+//! file. SIGHUP reopens it too (for log rotation). Every failure is counted
+//! (`coffer_audit_errors_total`) and logged. With `fail_closed`, a request is refused with
+//! `UNAVAILABLE` when its record cannot be written after it ran, and, once any write has failed,
+//! before it runs until the log takes a marker line again ([`Auditor::ready`]); otherwise the
+//! request goes on.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ring::hmac;
@@ -81,6 +83,8 @@ pub struct Auditor {
     fail_closed: bool,
     key: hmac::Key,
     file: Mutex<Option<File>>,
+    /// False from a failed open or write until a write succeeds again.
+    healthy: AtomicBool,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -116,6 +120,7 @@ impl Auditor {
             fail_closed,
             key,
             file: Mutex::new(None),
+            healthy: AtomicBool::new(true),
             metrics,
         };
         if let Some(p) = &a.path {
@@ -147,23 +152,19 @@ impl Auditor {
         self.file.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks, before a request runs, that the log is open (reopening it after a failure).
+    /// Checks, before a request runs, that the log can be written: after a failure, it is
+    /// reopened and must take a marker line (`{"time":...,"event":"audit log writable"}`)
+    /// before any request runs again.
     pub fn ready(&self) -> Result<(), AuditError> {
-        let Some(path) = &self.path else {
+        if self.path.is_none() || self.healthy.load(Ordering::Acquire) {
             return Ok(());
-        };
-        let mut file = self.lock();
-        if file.is_none() {
-            match open(path) {
-                Ok(f) => *file = Some(f),
-                Err(e) => {
-                    drop(file);
-                    self.failed(&e);
-                    return Err(e);
-                }
-            }
         }
-        Ok(())
+        let marker = Marker {
+            time: now_rfc3339(),
+            event: "audit log writable",
+        };
+        let line = serde_json::to_vec(&marker).unwrap_or_default();
+        self.write_line(line)
     }
 
     /// Writes one record (a no-op without a log). A failure is counted and logged, and
@@ -172,13 +173,20 @@ impl Auditor {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let mut line = match serde_json::to_vec(record) {
-            Ok(l) => l,
+        match serde_json::to_vec(record) {
+            Ok(line) => self.write_line(line),
             Err(e) => {
                 let e = error(path, format!("cannot encode a record: {e}"));
                 self.failed(&e);
-                return Err(e);
+                Err(e)
             }
+        }
+    }
+
+    /// Appends `line` and a newline in one write, (re)opening the file if needed.
+    fn write_line(&self, mut line: Vec<u8>) -> Result<(), AuditError> {
+        let Some(path) = &self.path else {
+            return Ok(());
         };
         line.push(b'\n');
         let mut file = self.lock();
@@ -199,6 +207,7 @@ impl Auditor {
             self.failed(&e);
             return Err(e);
         }
+        self.healthy.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -223,6 +232,7 @@ impl Auditor {
     }
 
     fn failed(&self, e: &AuditError) {
+        self.healthy.store(false, Ordering::Release);
         if let Some(m) = &self.metrics {
             m.audit_error();
         }
@@ -245,6 +255,13 @@ fn open(path: &Path) -> Result<File, AuditError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
     o.open(path)
         .map_err(|e| error(path, format!("cannot open: {e}")))
+}
+
+/// The line [`Auditor::ready`] writes after a failure.
+#[derive(Serialize)]
+struct Marker {
+    time: String,
+    event: &'static str,
 }
 
 /// Now, in RFC 3339 (UTC).
@@ -303,12 +320,32 @@ mod tests {
         assert!(bad.ready().is_err());
         assert!(bad.write(&record(&groups)).is_err());
         assert!(metrics.audit_errors() >= 2);
-        // /dev/full opens but refuses writes.
+        // /dev/full opens but refuses writes: after the first failure, ready() fails too.
         if Path::new("/dev/full").exists() {
             let full = Auditor::new(Some("/dev/full".into()), true, None, None);
             assert!(full.ready().is_ok());
             assert!(full.write(&record(&groups)).is_err());
+            assert!(full.ready().is_err());
         }
+        // Recovery: a marker line, then records again.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let log = sub.join("a.log");
+        let r = Auditor::new(Some(log.clone()), true, None, None);
+        std::fs::remove_dir_all(&sub).expect("rm");
+        assert!(r.reopen().is_err());
+        assert!(r.ready().is_err());
+        std::fs::create_dir(&sub).expect("mkdir");
+        r.ready().expect("ready again");
+        r.write(&record(&groups)).expect("write");
+        let text = std::fs::read_to_string(&log).expect("read");
+        assert!(
+            text.lines()
+                .next()
+                .is_some_and(|l| l.contains("audit log writable")),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2);
     }
 
     #[test]
