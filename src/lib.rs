@@ -13,6 +13,9 @@
 //! - [`proto`]: generated code for the public gRPC contract.
 //! - [`server`]: the tonic services (Secrets, health, reflection), error-to-status mapping,
 //!   watch window, metrics, the bootstrap token cleaner, and `coffer serve`.
+//! - [`auth`]: authentication (mTLS, bearer tokens, unix peer uids), the authorization policy,
+//!   per-connection info and limits, and the gate every Secret RPC passes.
+//! - [`audit`]: the audit log (JSON lines, no Secret data, HMACs for correlated values).
 //! - [`mount`]: the mount agent (Secrets as files, kept current, in the kubelet's atomic-writer
 //!   layout) and environment variables from Secrets (`coffer exec`).
 //! - [`hygiene`]: core dumps off and memory locked for the processes that hold keys.
@@ -20,6 +23,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod crypto;
 pub mod hygiene;

@@ -27,6 +27,8 @@
 //! request_burst = 4000
 //! allow_core_dumps = false
 //! disable_mlock = false
+//! [security]            # see crate::auth::args
+//! token_file = "/etc/coffer/tokens.csv"
 //! ```
 //!
 //! A relative `data_dir` or socket path is relative to the working directory.
@@ -41,6 +43,8 @@ use serde::Deserialize;
 
 use super::ServeError;
 use super::limits::{LimitArgs, LimitConfig, LimitFile, LimitOptions};
+use crate::auth::args::FileSecurity;
+use crate::auth::{SecurityArgs, SecurityConfig};
 use crate::crypto::Algorithm;
 use crate::kms::{KmsConfig, KmsEndpoint};
 use crate::storage::Durability;
@@ -103,6 +107,10 @@ pub struct ServeArgs {
     /// Quotas, server-wide limits and memory hygiene (the file's `[limits]` table).
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Authentication, authorization, audit, per-connection limits (the `[security]` table of
+    /// the config file).
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Where the server listens.
@@ -217,6 +225,8 @@ pub struct ServeConfig {
     pub kms: KmsConfig,
     /// Quotas, server-wide limits (also in `options.limits`) and memory hygiene.
     pub limits: LimitConfig,
+    /// Authentication, authorization, audit, per-connection limits.
+    pub security: SecurityConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +256,7 @@ struct FileConfig {
     #[serde(alias = "kms-poll-interval")]
     kms_poll_interval: Option<String>,
     limits: Option<LimitFile>,
+    security: Option<FileSecurity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +273,10 @@ impl ServeArgs {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let security = self
+            .security
+            .resolve(file.security)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         let data_dir = self
             .data_dir
             .clone()
@@ -379,6 +394,7 @@ impl ServeArgs {
             options,
             kms,
             limits,
+            security,
         })
     }
 }
@@ -521,6 +537,33 @@ mod tests {
         let err = args.resolve().expect_err("unknown key");
         assert!(err.to_string().contains("lisen"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn security_table_in_the_config_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:0\"\n[security]\ntoken_file = \"/t.csv\"\n\
+             audit-log = \"/a.log\"\nmax_watch_streams_per_connection = 4\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().expect("resolve");
+        assert_eq!(c.security.token_file, Some(PathBuf::from("/t.csv")));
+        assert_eq!(c.security.audit_log, Some(PathBuf::from("/a.log")));
+        assert_eq!(c.security.limits.max_watch_streams, Some(4));
+        assert!(c.security.auth_enabled());
+        std::fs::write(&path, "[security]\naudit_fail_closed = true\n").expect("write");
+        let err = args.resolve().expect_err("needs a log").to_string();
+        assert!(
+            err.contains("--audit-fail-closed needs --audit-log"),
+            "{err}"
+        );
     }
 
     #[test]

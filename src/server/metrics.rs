@@ -76,6 +76,8 @@ pub struct Metrics {
     kms: [[AtomicU64; 2]; KMS_OPS.len()],
     /// Calls refused by the server-wide limits.
     limits: Arc<super::limits::LimitCounters>,
+    /// Audit records that could not be written.
+    audit_errors: AtomicU64,
 }
 
 /// The index of a method in [`METHODS`] from a request path.
@@ -173,6 +175,16 @@ impl Metrics {
     /// The counters the server-wide limits update.
     pub fn limit_counters(&self) -> Arc<super::limits::LimitCounters> {
         self.limits.clone()
+    }
+
+    /// Counts an audit record that could not be written.
+    pub fn audit_error(&self) {
+        self.audit_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Audit records that could not be written.
+    pub fn audit_errors(&self) -> u64 {
+        self.audit_errors.load(Ordering::Relaxed)
     }
 
     fn kms_call(&self, op: usize, ok: bool) {
@@ -280,9 +292,13 @@ impl Metrics {
             "# HELP coffer_limit_rejections_total Calls refused by a server-wide limit.\n\
              # TYPE coffer_limit_rejections_total counter\n\
              coffer_limit_rejections_total{{limit=\"watch_streams\"}} {}\n\
-             coffer_limit_rejections_total{{limit=\"request_rate\"}} {}\n",
+             coffer_limit_rejections_total{{limit=\"request_rate\"}} {}\n\
+             # HELP coffer_audit_errors_total Audit records that could not be written.\n\
+             # TYPE coffer_audit_errors_total counter\n\
+             coffer_audit_errors_total {}\n",
             self.limits.watch_streams_rejected.load(Ordering::Relaxed),
-            self.limits.rate_limited.load(Ordering::Relaxed)
+            self.limits.rate_limited.load(Ordering::Relaxed),
+            self.audit_errors.load(Ordering::Relaxed)
         );
         if let Some(store) = store {
             let _ = write!(

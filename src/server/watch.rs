@@ -493,11 +493,27 @@ fn end_single(ctx: &WatchContext, sink: &Sink, stop: Stop) {
     }
 }
 
+/// Decides whether one watch of a WatchMany stream may be created (its id, its request); a
+/// refusal cancels that watch with the status, not the stream.
+#[derive(Clone)]
+pub(crate) struct WatchAuthorizer(pub(crate) Arc<AuthorizeWatch>);
+
+/// The function behind a [`WatchAuthorizer`].
+pub(crate) type AuthorizeWatch =
+    dyn Fn(u64, &pb::WatchSecretsRequest) -> Result<(), Status> + Send + Sync;
+
+impl std::fmt::Debug for WatchAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchAuthorizer")
+    }
+}
+
 /// Opens a WatchMany stream: a task reads its `create`/`cancel` requests; each watch is a hub
 /// registration (plus a task while it catches up), all writing to one queue.
 pub(crate) fn open_watch_many(
     ctx: &WatchContext,
     input: tonic::Streaming<pb::WatchManyRequest>,
+    authorize: WatchAuthorizer,
 ) -> WatchManyEvents {
     let queue = StreamQueue::new(WATCH_MANY_QUEUE);
     let events = WatchManyEvents::new(queue.clone(), ctx.metrics.watch_stream());
@@ -510,6 +526,7 @@ pub(crate) fn open_watch_many(
         generation: 0,
         next_auto_id: 1,
         stream_cancel,
+        authorize,
     };
     tokio::spawn(mux.run(input));
     events
@@ -538,6 +555,7 @@ struct Mux {
     generation: u64,
     next_auto_id: u64,
     stream_cancel: CancellationToken,
+    authorize: WatchAuthorizer,
 }
 
 impl Mux {
@@ -668,6 +686,9 @@ impl Mux {
         let Some(req) = create.watch else {
             return self.refuse(id, &status::required("watch"));
         };
+        if let Err(s) = (self.authorize.0)(id, &req) {
+            return self.refuse(id, &s);
+        }
         let req = match WatchRequest::parse(&self.ctx, req) {
             Ok(req) => req,
             Err(s) => return self.refuse(id, &s),
