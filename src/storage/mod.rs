@@ -11,6 +11,8 @@
 //! many writers (group commit). Readers wait for the position they observed, so nobody ever sees a
 //! write that a crash could still take back.
 
+mod checkpoint_file;
+pub mod fault;
 pub mod sled;
 mod wal;
 
