@@ -162,8 +162,9 @@ impl Rng {
 /// How one flipped copy behaved.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
-    /// The store refused to open (detected).
-    RefusedOpen,
+    /// The store refused to open (detected): `rollback` when the checkpoint record caught
+    /// sled's files behind it, `other` for any other reason.
+    RefusedOpen(&'static str),
     /// It opened; at least one read failed, every other read was exact. The string names the
     /// kinds of error seen (DataLoss, NotFound, ...).
     ReadError(String),
@@ -196,8 +197,13 @@ async fn check(dir: &Path, expect: &Expect) -> Outcome {
     let store = match Store::open_default(dir, Durability::Sync, StoreConfig::default()).await {
         Ok(s) => s,
         Err(e) => {
-            assert!(!e.to_string().is_empty(), "open error without a message");
-            return Outcome::RefusedOpen;
+            let message = e.to_string();
+            assert!(!message.is_empty(), "open error without a message");
+            return Outcome::RefusedOpen(if message.contains("checkpoint already made") {
+                "rollback"
+            } else {
+                "other"
+            });
         }
     };
     let mut errors = std::collections::BTreeSet::new();
@@ -342,7 +348,7 @@ fn flip_campaign(
         let outcome = check_isolated(format!("{label}-flip-{i}"), copy.clone(), want.clone());
         let what = format!("{} @{offset} ^{mask:#04x}", file.display());
         let class = match &outcome {
-            Outcome::RefusedOpen => "refused-open".to_owned(),
+            Outcome::RefusedOpen(why) => format!("refused-open({why})"),
             Outcome::ReadError(kinds) => format!("read-error({kinds})"),
             Outcome::Exact => "exact".to_owned(),
             Outcome::Wrong(msg) => panic!("{label}: {what}: WRONG PLAINTEXT: {msg}"),
@@ -572,7 +578,7 @@ fn a_flipped_key_file_is_refused() {
         let outcome = match msg {
             Some(m) => {
                 messages.insert(m);
-                Outcome::RefusedOpen
+                Outcome::RefusedOpen("kek")
             }
             None => check_isolated(format!("kek-flip-{offset}"), copy.clone(), want.clone()),
         };
