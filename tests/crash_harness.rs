@@ -3,15 +3,20 @@
 
 use std::process::Command;
 
-fn harness(cycles: u32, seed: u64, max_run_ms: u64) {
-    let output = Command::new(env!("CARGO_BIN_EXE_coffer-crash"))
+fn run(cycles: u32, seed: u64, max_run_ms: u64, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_coffer-crash"))
         .arg("--coffer")
         .arg(env!("CARGO_BIN_EXE_coffer"))
         .args(["--cycles", &cycles.to_string()])
         .args(["--seed", &seed.to_string()])
         .args(["--max-run-ms", &max_run_ms.to_string()])
+        .args(extra)
         .output()
-        .expect("run coffer-crash");
+        .expect("run coffer-crash")
+}
+
+fn harness(cycles: u32, seed: u64, max_run_ms: u64) {
+    let output = run(cycles, seed, max_run_ms, &[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
@@ -43,4 +48,17 @@ fn crash_harness_25_kill_cycles() {
 #[ignore = "long run (minutes): cargo test --release --test crash_harness -- --ignored"]
 fn crash_harness_500_kill_cycles() {
     harness(500, 500, 300);
+}
+
+/// The harness is not vacuous: with relaxed durability (writes acknowledged before the log is
+/// synced, which a kill can take back) it must report lost acknowledged writes.
+#[test]
+fn crash_harness_catches_writes_lost_under_relaxed_durability() {
+    let output = run(8, 8, 300, &["--server-arg=--relaxed-durability"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("expected the acknowledged") || stdout.contains("went backwards"),
+        "{stdout}"
+    );
 }

@@ -79,6 +79,10 @@ struct Args {
     /// The server's --watch-window (changes kept for resumes).
     #[arg(long, default_value_t = 1000)]
     watch_window: usize,
+    /// An extra argument for `coffer serve` (repeatable), e.g. `--server-arg=--relaxed-durability`
+    /// to see the harness catch the writes that mode loses on a kill.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
 }
 
 /// The content of a Secret as the harness writes it (what is compared).
@@ -183,6 +187,7 @@ struct Server {
     coffer: PathBuf,
     work: PathBuf,
     watch_window: usize,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -214,6 +219,7 @@ impl Server {
             .args(["--token-cleaner-interval", "0"])
             .arg("--watch-window")
             .arg(self.watch_window.to_string())
+            .args(&self.extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -310,6 +316,7 @@ async fn run(args: Args) -> Result<bool, String> {
         coffer,
         work: work.clone(),
         watch_window: args.watch_window,
+        extra: args.server_arg.clone(),
         child: None,
     };
     let mut keys = Vec::new();
