@@ -34,7 +34,10 @@ fn harness(cycles: u32, seed: u64, max_run_ms: u64) {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .expect("acknowledged count");
-    assert!(acked > u64::from(cycles), "only {acked} acknowledged writes");
+    assert!(
+        acked > u64::from(cycles),
+        "only {acked} acknowledged writes"
+    );
 }
 
 /// 25 kill cycles, each short (the kill within 150 ms of the load starting).

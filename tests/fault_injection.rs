@@ -308,7 +308,10 @@ async fn one_run(n: u64, kinds: &[FaultOp]) -> (Run, u64) {
         Err(e) => {
             // A fault while loading seeds: a clear error, nothing written yet.
             let m = e.to_string();
-            assert!(m.contains("injected") || m.contains("storage"), "N={n}: {m}");
+            assert!(
+                m.contains("injected") || m.contains("storage"),
+                "N={n}: {m}"
+            );
             run.open_failed = true;
             Vec::new()
         }
@@ -396,7 +399,11 @@ async fn a_failed_log_fsync_fails_the_store_until_restart() {
         .await
         .expect_err("the write whose fsync failed must not be acknowledged");
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
-    assert!(e.message().contains("injected write failure"), "{}", e.message());
+    assert!(
+        e.message().contains("injected write failure"),
+        "{}",
+        e.message()
+    );
     // Writes and reads stay refused: nothing is shown as durable any more.
     let e = client
         .update(pb::UpdateSecretRequest {
@@ -405,7 +412,11 @@ async fn a_failed_log_fsync_fails_the_store_until_restart() {
         .await
         .expect_err("no write after a failed fsync");
     assert_eq!(e.code(), Code::Unavailable);
-    assert!(e.message().contains("refuses writes until restart"), "{}", e.message());
+    assert!(
+        e.message().contains("refuses writes until restart"),
+        "{}",
+        e.message()
+    );
     let e = client
         .get(pb::GetSecretRequest {
             namespace: "faults".into(),

@@ -464,7 +464,7 @@ fn flips_in_sled_after_recovery_and_checkpoint_never_roll_back() {
         &image,
         want,
         80,
-        0x5EED_0F_0DB0_0001,
+        0x005E_ED0F_0DB0_0001,
         Some("sled/db"),
     );
     println!("  sled/db flips after recovery + checkpoint: {totals:?}");
@@ -488,7 +488,8 @@ fn an_older_copy_of_the_sled_files_is_refused() {
             .await
             .expect("reopen");
         let mut next = first.duplicate();
-        next.data.insert("password".into(), b"newer".as_ref().into());
+        next.data
+            .insert("password".into(), b"newer".as_ref().into());
         store.update(next).await.expect("update");
         drop(store);
     });

@@ -150,7 +150,7 @@ impl Backend for FaultyBackend {
         self.gate()?;
         if self.hit(FaultOp::Apply) {
             let n = self.count();
-            if n % 2 == 0
+            if n.is_multiple_of(2)
                 && let Some(first) = batch.ops.first()
             {
                 // A crash inside the write: only a prefix of the batch reached the store.

@@ -1077,13 +1077,19 @@ mod tests {
         db.apply(put("a", "1")).unwrap();
         db.close().unwrap();
         copy_tree(&dir.path().join(SLED_DIR), old.path());
-        assert_eq!(checkpoint_file::read(&dir.path().join(CHECKPOINT_FILE)).unwrap(), Some(1));
+        assert_eq!(
+            checkpoint_file::read(&dir.path().join(CHECKPOINT_FILE)).unwrap(),
+            Some(1)
+        );
 
         let db = open(dir.path());
         db.apply(put("a", "2")).unwrap();
         assert_eq!(db.checkpoint_path(), dir.path().join("checkpoint"));
         db.close().unwrap();
-        assert_eq!(checkpoint_file::read(&dir.path().join(CHECKPOINT_FILE)).unwrap(), Some(2));
+        assert_eq!(
+            checkpoint_file::read(&dir.path().join(CHECKPOINT_FILE)).unwrap(),
+            Some(2)
+        );
 
         std::fs::remove_dir_all(dir.path().join(SLED_DIR)).unwrap();
         copy_tree(old.path(), &dir.path().join(SLED_DIR));

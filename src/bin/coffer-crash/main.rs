@@ -99,7 +99,12 @@ impl Content {
             labels: s
                 .metadata
                 .as_ref()
-                .map(|m| m.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .map(|m| {
+                    m.labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -242,7 +247,9 @@ impl Server {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(format!("coffer serve did not listen within {START_TIMEOUT:?}"));
+                return Err(format!(
+                    "coffer serve did not listen within {START_TIMEOUT:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -265,8 +272,8 @@ impl Drop for Server {
 }
 
 async fn connect(socket: &Path) -> Result<SecretsClient<Channel>, String> {
-    let addr = ServerAddr::parse(&format!("unix://{}", socket.display()))
-        .map_err(|e| e.to_string())?;
+    let addr =
+        ServerAddr::parse(&format!("unix://{}", socket.display())).map_err(|e| e.to_string())?;
     addr.connect().await.map_err(|e| e.to_string())
 }
 
@@ -443,7 +450,16 @@ async fn verify(
     totals: &mut Totals,
 ) -> (u64, Option<tonic::Streaming<pb::WatchEvent>>) {
     let mut viol = Vec::new();
-    let (revision, resumed) = verify_inner(cycle, client, keys, last_revision, watched, totals, &mut viol).await;
+    let (revision, resumed) = verify_inner(
+        cycle,
+        client,
+        keys,
+        last_revision,
+        watched,
+        totals,
+        &mut viol,
+    )
+    .await;
     totals.violations.extend(viol);
     (revision, resumed)
 }
@@ -459,22 +475,20 @@ async fn verify_inner(
     viol: &mut Vec<String>,
 ) -> (u64, Option<tonic::Streaming<pb::WatchEvent>>) {
     let mut bad = |m: String| viol.push(format!("cycle {cycle}: {m}"));
-    let list = match tokio::time::timeout(
-        RPC_TIMEOUT,
-        client.list(pb::ListSecretsRequest::default()),
-    )
-    .await
-    {
-        Ok(Ok(r)) => r.into_inner(),
-        Ok(Err(e)) => {
-            bad(format!("list after restart failed: {e}"));
-            return (last_revision, None);
-        }
-        Err(_) => {
-            bad("list after restart hung".into());
-            return (last_revision, None);
-        }
-    };
+    let list =
+        match tokio::time::timeout(RPC_TIMEOUT, client.list(pb::ListSecretsRequest::default()))
+            .await
+        {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(e)) => {
+                bad(format!("list after restart failed: {e}"));
+                return (last_revision, None);
+            }
+            Err(_) => {
+                bad("list after restart hung".into());
+                return (last_revision, None);
+            }
+        };
     let revision = list.resource_version;
     let max_acked = keys.iter().map(|k| k.acked_rv).max().unwrap_or(0);
     if revision < last_revision || revision < max_acked || revision < watched {
@@ -860,7 +874,10 @@ enum Request {
     Delete(pb::DeleteSecretRequest),
 }
 
-async fn send(client: &mut SecretsClient<Channel>, req: Request) -> Result<pb::Secret, tonic::Status> {
+async fn send(
+    client: &mut SecretsClient<Channel>,
+    req: Request,
+) -> Result<pb::Secret, tonic::Status> {
     match req {
         Request::Create(r) => client.create(r).await.map(|r| r.into_inner()),
         Request::Update(r) => client.update(r).await.map(|r| r.into_inner()),
@@ -986,6 +1003,13 @@ fn apply_outcome(cycle: u32, keys: &mut [KeyModel], outcome: Outcome, totals: &m
         }
         for a in &w.acks {
             totals.acked += 1;
+            if a.rv <= outcome.from {
+                bad(format!(
+                    "a write was acknowledged at revision {}, not above the revision {} the \
+                     server recovered",
+                    a.rv, outcome.from
+                ));
+            }
             if by_rv.insert(a.rv, (a.key, a.state.clone())).is_some() {
                 bad(format!("two acknowledged writes share revision {}", a.rv));
             }
