@@ -409,8 +409,9 @@ fn flip_campaign(
         .collect();
     assert!(
         rollbacks.is_empty(),
-        "{label}: {} flips silently rolled Secrets back to older versions: {rollbacks:?}",
-        rollbacks.len()
+        "{label}: {} flips silently rolled Secrets back to older versions, e.g. {:?}",
+        rollbacks.len(),
+        rollbacks.iter().take(3).collect::<Vec<_>>()
     );
     totals
 }
