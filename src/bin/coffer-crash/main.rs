@@ -1,7 +1,8 @@
 //! `coffer-crash`: a kill-9 crash harness for `coffer serve`.
 //!
 //! Each cycle starts the real `coffer serve` process on a data directory that lives across
-//! cycles, checks what the previous cycle left, drives concurrent creates, updates and deletes
+//! cycles (in some cycles killing it once first while it recovers), checks what the previous
+//! cycle left, drives concurrent creates, updates and deletes
 //! from several gRPC clients (each owning its own keys, so every key's history is linear) plus
 //! one watch on everything, and SIGKILLs the server at a random moment. Then it starts the next
 //! cycle on the same directory.
@@ -79,6 +80,10 @@ struct Args {
     /// The server's --watch-window (changes kept for resumes).
     #[arg(long, default_value_t = 1000)]
     watch_window: usize,
+    /// In this percentage of cycles the server is also killed once while it starts (during
+    /// recovery: log replay, checkpoint), before the checked start.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100))]
+    startup_kill_percent: u32,
     /// An extra argument for `coffer serve` (repeatable), e.g. `--server-arg=--relaxed-durability`
     /// to see the harness catch the writes that mode loses on a kill.
     #[arg(long, allow_hyphen_values = true)]
@@ -160,6 +165,7 @@ struct Totals {
     events_checked: u64,
     resumes_served: u64,
     resumes_rejected: u64,
+    startup_kills: u64,
     restart_ms: Vec<u64>,
     violations: Vec<String>,
 }
@@ -208,6 +214,34 @@ impl Server {
     /// Starts the server and waits until it answers; an early exit is an error with the log's
     /// tail.
     async fn start(&mut self) -> Result<SecretsClient<Channel>, String> {
+        self.spawn()?;
+        let socket = self.socket();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "coffer serve exited during start ({status}); log tail:\n{}",
+                    tail(&self.log())
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "coffer serve did not listen within {START_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        connect(&socket).await
+    }
+
+    /// Starts the server process without waiting for it.
+    fn spawn(&mut self) -> Result<(), String> {
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
         let log = std::fs::OpenOptions::new()
@@ -232,28 +266,7 @@ impl Server {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.coffer.display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(format!(
-                    "coffer serve exited during start ({status}); log tail:\n{}",
-                    tail(&self.log())
-                ));
-            }
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "coffer serve did not listen within {START_TIMEOUT:?}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        connect(&socket).await
+        Ok(())
     }
 
     /// SIGKILL (std's `Child::kill` sends SIGKILL on unix) and reap.
@@ -344,6 +357,13 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut watched = 0u64;
     let mut rng = StdRng::seed_from_u64(args.seed);
     for cycle in 0..=args.cycles {
+        if cycle > 0 && rng.gen_range(0..100) < args.startup_kill_percent {
+            // A kill while the server recovers what the previous kill left.
+            server.spawn()?;
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=200))).await;
+            server.kill();
+            totals.startup_kills += 1;
+        }
         let t = Instant::now();
         let client = server.start().await;
         totals.restart_ms.push(t.elapsed().as_millis() as u64);
@@ -424,6 +444,10 @@ async fn run(args: Args) -> Result<bool, String> {
         "  watch resumed across a restart: {} served gap-free (resume revision = recovered \
          revision), {} rejected OUT_OF_RANGE (resume revision below it)",
         totals.resumes_served, totals.resumes_rejected
+    );
+    println!(
+        "  extra kills during startup/recovery: {}",
+        totals.startup_kills
     );
     println!("  restart to first answer: p50 {p50} ms, max {max} ms");
     println!("  violations: {}", totals.violations.len());
