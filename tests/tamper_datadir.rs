@@ -7,7 +7,10 @@
 //! the original; opening may fail too (detected). Never different plaintext.
 //!
 //! A panic or a hang inside sled on a corrupt file is a finding, counted and printed, but does not
-//! fail the test; wrong plaintext does. Flipping `kek.key` must make the store refuse with an
+//! fail the test; wrong plaintext does, and so does a campaign flip that rolls a Secret back to an
+//! older version (the checkpoint record, `db/checkpoint`, makes open refuse instead; the
+//! `wal.log`-only round of the crash image still only counts rollbacks, because a flip in the
+//! log's last entry is indistinguishable from a torn write). Flipping `kek.key` must make the store refuse with an
 //! error, never open with wrong plaintext. Records moved between keys are covered by
 //! `tests/engine_crypto.rs` (`every_flipped_byte_and_every_moved_record_is_data_loss`).
 
