@@ -57,7 +57,19 @@ fn crash_harness_500_kill_cycles() {
 /// synced, which a kill can take back) it must report lost acknowledged writes.
 #[test]
 fn crash_harness_catches_writes_lost_under_relaxed_durability() {
-    let output = run(8, 8, 300, &["--server-arg=--relaxed-durability"]);
+    // A failing run keeps its work directory: give it one that is removed afterwards.
+    let work = tempfile::tempdir().expect("tempdir");
+    let work_dir = work.path().join("work");
+    let output = run(
+        8,
+        8,
+        300,
+        &[
+            "--server-arg=--relaxed-durability",
+            "--work-dir",
+            work_dir.to_str().expect("utf-8 temp path"),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(

@@ -84,6 +84,11 @@ struct Args {
     /// recovery: log replay, checkpoint), before the checked start.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100))]
     startup_kill_percent: u32,
+    /// The server's write-ahead log is checkpointed once it passes this many bytes (through
+    /// `COFFER_WAL_CHECKPOINT_BYTES`), so that kills also land in checkpoints under load; 0 keeps
+    /// the server's default (64 MiB: a checkpoint only at each start).
+    #[arg(long, default_value_t = 64 * 1024)]
+    wal_checkpoint_bytes: u64,
     /// An extra argument for `coffer serve` (repeatable), e.g. `--server-arg=--relaxed-durability`
     /// to see the harness catch the writes that mode loses on a kill.
     #[arg(long, allow_hyphen_values = true)]
@@ -198,6 +203,7 @@ struct Server {
     coffer: PathBuf,
     work: PathBuf,
     watch_window: usize,
+    wal_checkpoint_bytes: u64,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -249,7 +255,14 @@ impl Server {
             .append(true)
             .open(self.log())
             .map_err(|e| format!("cannot open the server log: {e}"))?;
-        let child = Command::new(&self.coffer)
+        let mut command = Command::new(&self.coffer);
+        if self.wal_checkpoint_bytes > 0 {
+            command.env(
+                coffer::storage::WAL_CHECKPOINT_BYTES_ENV,
+                self.wal_checkpoint_bytes.to_string(),
+            );
+        }
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(self.work.join("data"))
@@ -336,6 +349,7 @@ async fn run(args: Args) -> Result<bool, String> {
         coffer,
         work: work.clone(),
         watch_window: args.watch_window,
+        wal_checkpoint_bytes: args.wal_checkpoint_bytes,
         extra: args.server_arg.clone(),
         child: None,
     };
