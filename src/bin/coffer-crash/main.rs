@@ -2,10 +2,11 @@
 //!
 //! Each cycle starts the real `coffer serve` process on a data directory that lives across
 //! cycles (in some cycles killing it once first while it recovers), checks what the previous
-//! cycle left, drives concurrent creates, updates and deletes
-//! from several gRPC clients (each owning its own keys, so every key's history is linear) plus
-//! one watch on everything, and SIGKILLs the server at a random moment. Then it starts the next
-//! cycle on the same directory.
+//! cycle left, drives concurrent creates, updates and deletes from several gRPC clients (each
+//! owning its own keys, so every key's history is linear) plus one watch on everything, and
+//! SIGKILLs the server at a random moment. Then it starts the next cycle on the same directory.
+//! The server's log is checkpointed every 64 KiB (`--wal-checkpoint-bytes`), so kills also land
+//! in checkpoints under load.
 //!
 //! What a restart is checked against (every violation is printed; the exit code is 1 if any):
 //!
