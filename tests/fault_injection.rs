@@ -261,6 +261,19 @@ async fn workload(
     keys
 }
 
+/// Waits until `arc` is the last handle (the server's connection tasks may still hold the store
+/// for a moment after shutdown returns), so that dropping it closes the backend.
+async fn wait_last_handle<T: ?Sized>(arc: &Arc<T>, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while Arc::strong_count(arc) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} is still held 20 s after shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Reopens `dir` without faults and checks every key against the model.
 async fn verify(n: u64, dir: &Path, keys: &[Key]) {
     let store = Store::open_default(dir, Durability::Sync, StoreConfig::default())
@@ -327,8 +340,10 @@ async fn one_run(n: u64, kinds: &[FaultOp]) -> (Run, u64) {
         }
     };
     let count = faulty.count();
+    wait_last_handle(&faulty, "the store's backend").await;
     drop(faulty);
     // The last handle: closing syncs and checkpoints, releasing the directory.
+    wait_last_handle(&sled, "the sled backend").await;
     drop(sled);
     verify(n, dir.path(), &keys).await;
     (run, count)
@@ -426,6 +441,7 @@ async fn a_failed_log_fsync_fails_the_store_until_restart() {
         .expect_err("no read after a failed fsync");
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
     let _ = server.shutdown().await;
+    wait_last_handle(&sled, "the sled backend").await;
     drop(sled);
 
     let keys = vec![
