@@ -8,7 +8,8 @@
 //! - [`kms`]: the `Kms` trait (KMS v2 semantics), the local key-file KEK, and the seed manager
 //!   that keeps KMS calls off the write path.
 //! - [`storage`]: the `Backend` trait (ordered KV, atomic batches, explicit durability) and the
-//!   sled backend with its group-committed write-ahead log.
+//!   sled backend with its group-committed write-ahead log and checkpoint record; a
+//!   fault-injecting wrapper for tests (`storage::fault`).
 //! - [`store`]: the engine: validate -> seal -> write with a revision -> publish a change event.
 //! - [`proto`]: generated code for the public gRPC contract.
 //! - [`server`]: the tonic services (Secrets, health, reflection), error-to-status mapping,

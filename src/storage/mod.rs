@@ -11,12 +11,14 @@
 //! many writers (group commit). Readers wait for the position they observed, so nobody ever sees a
 //! write that a crash could still take back.
 
+mod checkpoint_file;
+pub mod fault;
 pub mod sled;
 mod wal;
 
 use async_trait::async_trait;
 
-pub use self::sled::{Durability, SledBackend, SledConfig, sled_tuning};
+pub use self::sled::{Durability, SledBackend, SledConfig, WAL_CHECKPOINT_BYTES_ENV, sled_tuning};
 
 /// A position in the backend's log of applied batches; grows by one per batch.
 pub type Lsn = u64;
