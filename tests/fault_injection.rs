@@ -440,6 +440,41 @@ async fn a_failed_log_fsync_fails_the_store_until_restart() {
         .await
         .expect_err("no read after a failed fsync");
     assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
+    // Health says so, for the whole server and for the Secrets service.
+    let addr = server.tcp_addr().expect("tcp addr");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect health");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let statuses = futures::future::join_all(["", "coffer.v1.Secrets"].map(|service| {
+            let mut h = health.clone();
+            async move {
+                h.check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+            }
+        }))
+        .await;
+        let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+        if statuses
+            .iter()
+            .all(|s| s.as_ref().is_ok_and(|s| *s == not_serving))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health still {statuses:?} after the storage failed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(health);
     let _ = server.shutdown().await;
     wait_last_handle(&sled, "the sled backend").await;
     drop(sled);

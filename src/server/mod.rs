@@ -476,6 +476,12 @@ impl Server {
         background.spawn(poll_kms(store.clone(), shutdown.clone()));
         background.spawn(mirror_kms_readiness(
             kms_ready,
+            store.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        background.spawn(watch_storage_health(
+            store.clone(),
             health.clone(),
             shutdown.clone(),
         ));
@@ -553,6 +559,7 @@ async fn set_kms_readiness(health: &tonic_health::server::HealthReporter, ready:
 /// NOT_SERVING itself).
 async fn mirror_kms_readiness(
     mut ready: tokio::sync::watch::Receiver<bool>,
+    store: Arc<Store>,
     health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) {
@@ -562,7 +569,7 @@ async fn mirror_kms_readiness(
             changed = ready.changed() => if changed.is_err() { return },
         }
         let now = *ready.borrow_and_update();
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || store.storage_failed() {
             return;
         }
         if now {
@@ -571,6 +578,30 @@ async fn mirror_kms_readiness(
             tracing::warn!("KMS unusable for writes: health NOT_SERVING until it answers again");
         }
         set_kms_readiness(&health, now).await;
+    }
+}
+
+/// How often the storage backend's state is checked for the health service.
+const STORAGE_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sets health NOT_SERVING, for good, once the storage backend has failed (it refuses every
+/// call until restart, so load balancers and orchestrators should know).
+async fn watch_storage_health(
+    store: Arc<Store>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(STORAGE_HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if store.storage_failed() {
+            tracing::error!("storage failed: health NOT_SERVING until restart");
+            set_kms_readiness(&health, false).await;
+            return;
+        }
     }
 }
 

@@ -178,6 +178,10 @@ impl Backend for FaultyBackend {
         self.inner.wait_durable(lsn).await
     }
 
+    fn is_failed(&self) -> bool {
+        FaultyBackend::is_failed(self)
+    }
+
     async fn sync(&self) -> Result<(), StorageError> {
         self.gate()?;
         if self.hit(FaultOp::Sync) {

@@ -129,4 +129,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Makes everything applied so far durable, in any mode (used at shutdown).
     async fn sync(&self) -> Result<(), StorageError>;
+
+    /// Whether a failed write or sync has closed the backend until restart (health reports it).
+    fn is_failed(&self) -> bool {
+        false
+    }
 }

@@ -503,6 +503,10 @@ impl Backend for SledBackend {
         }
     }
 
+    fn is_failed(&self) -> bool {
+        self.failed().is_some()
+    }
+
     async fn sync(&self) -> Result<(), StorageError> {
         let target = {
             let mut st = self.shared.lock();

@@ -157,6 +157,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// Whether the storage backend failed (a failed log write or sync): every write and read is
+    /// refused until restart.
+    pub fn storage_failed(&self) -> bool {
+        self.backend.is_failed()
+    }
+
     /// Opens the embedded default: sled under `data_dir`, the local key-file KEK at
     /// `data_dir/kek.key` (created 0600 on first start).
     pub async fn open_default(
