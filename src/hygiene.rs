@@ -13,12 +13,16 @@
 //!
 //! Everything here goes through rustix's safe wrappers; the crate stays free of `unsafe`.
 
-/// What [`apply`] does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What [`apply`] does; the KMS plugins take these as their own `serve` flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
 pub struct HygieneOptions {
-    /// Leave core dumps as the environment set them.
+    /// Leave core dumps on (by default they are off: a core file would hold keys and
+    /// plaintext).
+    #[arg(long)]
     pub allow_core_dumps: bool,
-    /// Do not lock memory.
+    /// Do not lock the process's memory (mlockall); by default it tries, and warns once if the
+    /// system does not allow it.
+    #[arg(long)]
     pub disable_mlock: bool,
 }
 

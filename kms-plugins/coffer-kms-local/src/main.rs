@@ -46,13 +46,8 @@ enum Command {
         /// The socket to listen on: unix:///path/to/kms.sock.
         #[arg(long, value_name = "unix:///PATH")]
         listen: String,
-        /// Leave core dumps on (by default they are off: a core file would hold the KEKs).
-        #[arg(long)]
-        allow_core_dumps: bool,
-        /// Do not lock the plugin's memory (mlockall); by default it tries, and warns once if
-        /// the system does not allow it.
-        #[arg(long)]
-        disable_mlock: bool,
+        #[command(flatten)]
+        hygiene: coffer::hygiene::HygieneOptions,
     },
     /// Create the key directory and its first version (no-op if it has versions).
     Init {
@@ -94,16 +89,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Serve {
             keys,
             listen,
-            allow_core_dumps,
-            disable_mlock,
-        } => serve(
-            keys.key_dir,
-            &listen,
-            &coffer::hygiene::HygieneOptions {
-                allow_core_dumps,
-                disable_mlock,
-            },
-        ),
+            hygiene,
+        } => serve(keys.key_dir, &listen, &hygiene),
         Command::Init { keys } => {
             let (v, id, created) = keyring::init(&keys.key_dir).map_err(|e| e.to_string())?;
             if created {
