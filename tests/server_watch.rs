@@ -684,3 +684,51 @@ async fn a_resume_from_far_back_catches_up_then_goes_live_without_gaps_or_duplic
         "only the single Watch stream is open"
     );
 }
+
+/// The window also ages: a change older than `watch_window_age` can no longer be resumed from,
+/// even on a store that is not written to.
+#[tokio::test]
+async fn the_window_forgets_changes_older_than_its_age_limit() {
+    let options = ServerOptions {
+        watch_window_age: Some(Duration::from_millis(300)),
+        ..test_options()
+    };
+    let ts = TestServer::start_with(options, false).await;
+    let mut c = ts.client().await;
+    let a = create(&mut c, secret("aged", "a", &[]))
+        .await
+        .expect("create");
+    let b = create(&mut c, secret("aged", "b", &[]))
+        .await
+        .expect("create");
+    // Fresh: a resume from `a` gets `b`.
+    let mut s = watch(
+        &ts,
+        pb::WatchSecretsRequest {
+            resource_version: rv(&a),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("resume");
+    let (_, obj) = next_event(&mut s).await;
+    assert_eq!(rv(&obj), rv(&b));
+    // Later, with nothing written: too old.
+    let e = wait_too_old(&ts, rv(&a)).await;
+    assert_eq!(e.code(), Code::OutOfRange);
+    assert!(
+        e.message()
+            .starts_with(&format!("too old resource version: {}", rv(&a))),
+        "{e:?}"
+    );
+    // The current revision is always a valid place to resume from.
+    watch(
+        &ts,
+        pb::WatchSecretsRequest {
+            resource_version: rv(&b),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("resume from the current revision");
+}

@@ -15,6 +15,7 @@
 //! bookmark_interval = "1m"
 //! shutdown_grace = "30s"
 //! watch_window = 1000
+//! watch_window_age = "5m"
 //! kms = "unix:///run/kms/kms.sock"
 //! kms_timeout = "3s"
 //! kms_grace = "3m"
@@ -89,6 +90,10 @@ pub struct ServeArgs {
     /// How many recent changes are kept for watches to resume from [default: 1000].
     #[arg(long, value_name = "EVENTS")]
     pub watch_window: Option<usize>,
+    /// How long a change stays in that window at most, e.g. 5m; 0 for no age limit
+    /// [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub watch_window_age: Option<String>,
     /// KMS v2 plugin socket (unix:///path/to/kms.sock); unset: the local key file
     /// <data-dir>/kek.key.
     #[arg(long, value_name = "unix:///PATH")]
@@ -177,6 +182,8 @@ pub struct ServerOptions {
     pub watch_window_events: usize,
     /// The most bytes (approximate object sizes) the watch window keeps. Default 64 MiB.
     pub watch_window_bytes: usize,
+    /// How long a change stays in the watch window at most; `None`: no age limit. Default 5 min.
+    pub watch_window_age: Option<Duration>,
     /// The largest request message accepted; a larger one gets RESOURCE_EXHAUSTED. Default
     /// 4 MiB: a 1 MiB Secret, 256 KiB of annotations, and room for labels and framing.
     pub max_decoding_message_size: usize,
@@ -198,6 +205,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(30),
             watch_window_events: 1000,
             watch_window_bytes: 64 << 20,
+            watch_window_age: Some(Duration::from_secs(300)),
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 8 << 20,
             list_page_bytes: 3 << 20,
@@ -248,6 +256,8 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     #[serde(alias = "watch-window")]
     watch_window: Option<usize>,
+    #[serde(alias = "watch-window-age")]
+    watch_window_age: Option<String>,
     kms: Option<String>,
     #[serde(alias = "kms-timeout")]
     kms_timeout: Option<String>,
@@ -351,6 +361,13 @@ impl ServeArgs {
                 ));
             }
             options.watch_window_events = n;
+        }
+        if let Some(d) = duration(
+            &self.watch_window_age,
+            file.watch_window_age,
+            "watch-window-age",
+        )? {
+            options.watch_window_age = (!d.is_zero()).then_some(d);
         }
         let limits = self.limits.resolve(file.limits)?;
         options.limits = limits.server;

@@ -27,7 +27,7 @@ use zeroize::Zeroize;
 use super::convert::{bookmark_object, secret_to_proto};
 use super::metrics::Metrics;
 use super::status;
-use super::watch::{EventWindow, WatchSpec};
+use super::watch::{EventWindow, WatchSpec, WindowLimits};
 use super::watch_queue::{Item, StreamQueue};
 use crate::model::Secret;
 use crate::proto::v1 as pb;
@@ -345,8 +345,7 @@ impl Hub {
     pub(crate) fn start(
         store: &Arc<Store>,
         metrics: Arc<Metrics>,
-        max_events: usize,
-        max_bytes: usize,
+        window: WindowLimits,
         bookmark_interval: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
@@ -356,7 +355,7 @@ impl Hub {
         let hub = Arc::new(Self {
             metrics,
             specs: Mutex::default(),
-            window: Arc::new(EventWindow::new(floor, max_events, max_bytes)),
+            window: Arc::new(EventWindow::new(floor, window)),
             index: RwLock::new(Index::default()),
             dispatched: AtomicU64::new(floor),
             next_id: AtomicU64::new(1),
@@ -364,14 +363,24 @@ impl Hub {
         });
         let h = hub.clone();
         let period = bookmark_interval.max(Duration::from_millis(1));
+        // The window ages even when nothing is written.
+        let expiry = window.age.map_or(Duration::from_secs(60), |a| {
+            (a / 4).max(Duration::from_millis(10))
+        });
         tokio::spawn(async move {
             let mut bookmarks = tokio::time::interval_at(Instant::now() + period, period);
             bookmarks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut expire = tokio::time::interval_at(Instant::now() + expiry, expiry);
+            expire.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = bookmarks.tick() => {
                         h.send_bookmarks();
+                        continue;
+                    }
+                    _ = expire.tick() => {
+                        h.window.expire();
                         continue;
                     }
                     ev = rx.recv() => ev,

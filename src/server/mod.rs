@@ -392,8 +392,11 @@ impl Server {
         let hub = Hub::start(
             &store,
             metrics.clone(),
-            options.watch_window_events,
-            options.watch_window_bytes,
+            watch::WindowLimits {
+                events: options.watch_window_events,
+                bytes: options.watch_window_bytes,
+                age: options.watch_window_age,
+            },
             options.bookmark_interval,
             shutdown.clone(),
         );

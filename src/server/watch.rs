@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -49,7 +50,8 @@ pub const MAX_WATCHES_PER_STREAM: usize = 100_000;
 
 #[derive(Debug)]
 struct Window {
-    events: VecDeque<Arc<ChangeEvent>>,
+    /// Each event with the time it was pushed.
+    events: VecDeque<(Instant, Arc<ChangeEvent>)>,
     /// Sum of the events' approximate sizes.
     bytes: usize,
     /// Every change after this revision (up to `latest`) is in `events`.
@@ -58,12 +60,47 @@ struct Window {
     latest: u64,
     max_events: usize,
     max_bytes: usize,
+    /// Events older than this leave the window (`None`: no age limit).
+    max_age: Option<Duration>,
+}
+
+impl Window {
+    fn pop_oldest(&mut self) {
+        if let Some((_, old)) = self.events.pop_front() {
+            self.bytes = self.bytes.saturating_sub(old.object.approx_size());
+            self.floor = old.revision;
+        }
+    }
+
+    /// Drops the events past the age limit.
+    fn expire(&mut self, now: Instant) {
+        if let Some(age) = self.max_age {
+            while self
+                .events
+                .front()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) > age)
+            {
+                self.pop_oldest();
+            }
+        }
+    }
 }
 
 /// The most recent change events, shared by every watcher (fed by the [`Hub`]).
 #[derive(Debug)]
 pub(crate) struct EventWindow {
     inner: RwLock<Window>,
+}
+
+/// How much the window keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WindowLimits {
+    /// The most events.
+    pub(crate) events: usize,
+    /// The most bytes (approximate object sizes).
+    pub(crate) bytes: usize,
+    /// The oldest an event may be (`None`: no limit).
+    pub(crate) age: Option<Duration>,
 }
 
 /// A watcher's cursor fell below the window: the oldest revision it could resume from.
@@ -73,16 +110,17 @@ pub(crate) struct TooOld {
 }
 
 impl EventWindow {
-    /// An empty window holding every change after `floor`.
-    pub(crate) fn new(floor: u64, max_events: usize, max_bytes: usize) -> Self {
+    /// An empty window holding every change after `floor`, bounded by count, bytes and age.
+    pub(crate) fn new(floor: u64, limits: WindowLimits) -> Self {
         Self {
             inner: RwLock::new(Window {
                 events: VecDeque::new(),
                 bytes: 0,
                 floor,
                 latest: floor,
-                max_events: max_events.max(1),
-                max_bytes: max_bytes.max(1),
+                max_events: limits.events.max(1),
+                max_bytes: limits.bytes.max(1),
+                max_age: limits.age,
             }),
         }
     }
@@ -108,13 +146,18 @@ impl EventWindow {
         }
         w.bytes = w.bytes.saturating_add(ev.object.approx_size());
         w.latest = ev.revision;
-        w.events.push_back(ev);
+        let now = Instant::now();
+        w.events.push_back((now, ev));
         while w.events.len() > w.max_events || (w.bytes > w.max_bytes && w.events.len() > 1) {
-            if let Some(old) = w.events.pop_front() {
-                w.bytes = w.bytes.saturating_sub(old.object.approx_size());
-                w.floor = old.revision;
-            }
+            w.pop_oldest();
         }
+        w.expire(now);
+    }
+
+    /// Drops the events past the age limit (also done on every push; the hub calls this
+    /// periodically so that a quiet store's window ages too).
+    pub(crate) fn expire(&self) {
+        self.write().expire(Instant::now());
     }
 
     /// The oldest revision a watch can resume from.
@@ -132,8 +175,12 @@ impl EventWindow {
         if cursor < w.floor {
             return Err(TooOld { floor: w.floor });
         }
-        let start = w.events.partition_point(|e| e.revision <= cursor);
-        Ok(w.events.range(start..).take(max).cloned().collect())
+        let start = w.events.partition_point(|(_, e)| e.revision <= cursor);
+        Ok(w.events
+            .range(start..)
+            .take(max)
+            .map(|(_, e)| e.clone())
+            .collect())
     }
 }
 
