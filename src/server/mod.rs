@@ -43,6 +43,7 @@ pub mod convert;
 mod health;
 mod hub;
 pub mod metrics;
+mod preface;
 pub mod service;
 pub mod status;
 mod watch;
@@ -63,6 +64,8 @@ use self::health::ShutdownAwareHealth;
 use self::hub::Hub;
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
+pub use self::preface::PREFACE_TIMEOUT;
+use self::preface::PrefaceDeadline;
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
 use self::watch::WatchContext;
@@ -569,14 +572,17 @@ enum Listener {
     Unix(UnixListener),
 }
 
-/// Accepted TCP connections (with `TCP_NODELAY`). An accept error (out of file descriptors,
+/// Accepted TCP connections (with `TCP_NODELAY`, and a deadline on the HTTP/2 preface: see
+/// [`PrefaceDeadline`]). An accept error (out of file descriptors,
 /// say) is passed on after a short pause, so the accept loop cannot spin.
-fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<tokio::net::TcpStream>> {
+fn tcp_incoming(
+    l: TcpListener,
+) -> impl Stream<Item = io::Result<PrefaceDeadline<tokio::net::TcpStream>>> {
     futures::stream::unfold(l, |l| async move {
         let r = match l.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
-                Ok(s)
+                Ok(PrefaceDeadline::new(s, PREFACE_TIMEOUT))
             }
             Err(e) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -588,10 +594,12 @@ fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<tokio::net::Tcp
 }
 
 /// Accepted unix socket connections, as [`tcp_incoming`].
-fn unix_incoming(l: UnixListener) -> impl Stream<Item = io::Result<tokio::net::UnixStream>> {
+fn unix_incoming(
+    l: UnixListener,
+) -> impl Stream<Item = io::Result<PrefaceDeadline<tokio::net::UnixStream>>> {
     futures::stream::unfold(l, |l| async move {
         let r = match l.accept().await {
-            Ok((s, _)) => Ok(s),
+            Ok((s, _)) => Ok(PrefaceDeadline::new(s, PREFACE_TIMEOUT)),
             Err(e) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 Err(e)
