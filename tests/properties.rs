@@ -53,7 +53,7 @@ proptest! {
         seed_id in any::<u32>(),
         key in "[a-z0-9.-]{1,40}/[a-z0-9.-]{1,60}",
         // Mostly small, sometimes up to 1.1 MiB (a full Secret plus metadata).
-        len in prop_oneof![4 => 0usize..2048, 1 => 0usize..(1_100_000)],
+        len in prop_oneof![4 => 0usize..2048, 1 => 0usize..1_100_000],
         fill in any::<u8>(),
         flip in any::<prop::sample::Index>(),
         bit in 0u8..8,
