@@ -252,7 +252,13 @@ async fn apply(store: &Store, op: &Op, stable: usize) -> Result<(), StoreError> 
         }
     };
     match r {
-        Err(StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) => Ok(()),
+        // The two writers race: an object may already exist or be gone, and a Touch may lose
+        // its read-modify-write to the other writer.
+        Err(
+            StoreError::AlreadyExists { .. }
+            | StoreError::NotFound { .. }
+            | StoreError::Conflict { .. },
+        ) => Ok(()),
         other => other,
     }
 }
