@@ -15,7 +15,8 @@
 //! RPCs are observed by [`MetricsService`], which wraps the whole gRPC router: it reads the
 //! `grpc-status` of a trailers-only answer from the response headers, and otherwise from the
 //! trailers at the end of the body. It also turns tonic's `OUT_OF_RANGE` for a request above the
-//! decoding limit into a clear `RESOURCE_EXHAUSTED` ([`super::status::fix_decode_limit`]).
+//! decoding limit into a clear `RESOURCE_EXHAUSTED`, and its `INTERNAL` for a request that is not
+//! valid protobuf into `INVALID_ARGUMENT` ([`super::status::fix_decode_limit`]).
 
 use std::fmt::Write as _;
 use std::future::Future;

@@ -49,6 +49,7 @@ mod health;
 mod hub;
 pub mod limits;
 pub mod metrics;
+mod preface;
 pub mod service;
 pub mod status;
 mod watch;
@@ -70,6 +71,8 @@ use self::health::ShutdownAwareHealth;
 use self::hub::Hub;
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
+pub use self::preface::PREFACE_TIMEOUT;
+use self::preface::PrefaceDeadline;
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
 use self::watch::WatchContext;
@@ -783,14 +786,17 @@ enum Listener {
     Unix(UnixListener),
 }
 
-/// Accepted TCP connections (with `TCP_NODELAY`). An accept error (out of file descriptors,
+/// Accepted TCP connections (with `TCP_NODELAY`, and a deadline on the HTTP/2 preface: see
+/// [`PrefaceDeadline`]). An accept error (out of file descriptors,
 /// say) is passed on after a short pause, so the accept loop cannot spin.
-fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<Conn<tokio::net::TcpStream>>> {
+fn tcp_incoming(
+    l: TcpListener,
+) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::TcpStream>>>> {
     futures::stream::unfold(l, |l| async move {
         let r = match l.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
-                Ok(Conn::tcp(s))
+                Ok(PrefaceDeadline::new(Conn::tcp(s), PREFACE_TIMEOUT))
             }
             Err(e) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -802,10 +808,12 @@ fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<Conn<tokio::net
 }
 
 /// Accepted unix socket connections, as [`tcp_incoming`].
-fn unix_incoming(l: UnixListener) -> impl Stream<Item = io::Result<Conn<tokio::net::UnixStream>>> {
+fn unix_incoming(
+    l: UnixListener,
+) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::UnixStream>>>> {
     futures::stream::unfold(l, |l| async move {
         let r = match l.accept().await {
-            Ok((s, _)) => Ok(Conn::unix(s)),
+            Ok((s, _)) => Ok(PrefaceDeadline::new(Conn::unix(s), PREFACE_TIMEOUT)),
             Err(e) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 Err(e)

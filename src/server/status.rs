@@ -14,6 +14,8 @@
 //! | not allowed by the policy ([`AuthError::Forbidden`]) | `PERMISSION_DENIED` |
 //! | over a connection's request rate or watch streams | `RESOURCE_EXHAUSTED` |
 //! | audit log unwritable with `--audit-fail-closed` ([`AuthError::AuditUnavailable`]) | `UNAVAILABLE` |
+//! | a request that is not valid protobuf (tonic says `INTERNAL`) | `INVALID_ARGUMENT` |
+//! | a request above the decoding limit (tonic says `OUT_OF_RANGE`) | `RESOURCE_EXHAUSTED` |
 //!
 //! Messages name the field (validation messages are those of the Kubernetes API server) and never
 //! contain a data value: the engine's messages never do, and nothing here adds one. Every message
@@ -35,6 +37,10 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 
 /// The prefix of tonic's own message for a request above the decoding limit.
 const TONIC_DECODE_TOO_LARGE: &str = "Error, decoded message length too large";
+
+/// The prefix of prost's message for bytes that are not the expected protobuf message (tonic
+/// answers it with `INTERNAL`).
+const PROST_DECODE_FAILED: &str = "failed to decode Protobuf message";
 
 /// Maps an engine error to a gRPC status.
 pub fn store_error(e: &StoreError) -> Status {
@@ -109,10 +115,23 @@ pub fn status(code: Code, message: impl Into<String>) -> Status {
     Status::new(code, cap_message(message.into()))
 }
 
-/// Rewrites tonic's answer to a request above the decoding limit (`OUT_OF_RANGE`, "decoded
-/// message length too large") into a clear `RESOURCE_EXHAUSTED`; any other status is returned as
-/// it is.
+/// Rewrites tonic's answers to a request it could not decode, which blame the server, into
+/// codes that blame the request: one above the decoding limit (`OUT_OF_RANGE`, "decoded message
+/// length too large") becomes a clear `RESOURCE_EXHAUSTED`, and bytes that are not the expected
+/// protobuf message (`INTERNAL`, "failed to decode Protobuf message", with prost's path to the
+/// bad field) become `INVALID_ARGUMENT`. Any other status is returned as it is.
 pub fn fix_decode_limit(s: Status) -> Status {
+    if s.code() == Code::Internal && s.message().starts_with(PROST_DECODE_FAILED) {
+        // prost's message names the field path and the rule (a wire type, UTF-8, a length),
+        // never field contents.
+        let detail = s
+            .message()
+            .strip_prefix(PROST_DECODE_FAILED)
+            .unwrap_or_default()
+            .trim_start_matches(':')
+            .trim();
+        return invalid_argument(format!("request is not a valid protobuf message: {detail}"));
+    }
     if s.code() == Code::OutOfRange && s.message().starts_with(TONIC_DECODE_TOO_LARGE) {
         let detail = s
             .message()
@@ -283,5 +302,23 @@ mod tests {
         assert!(fixed.message().contains("found 5000000 bytes"), "{fixed:?}");
         let other = fix_decode_limit(too_old(1, 5));
         assert_eq!(other.code(), Code::OutOfRange);
+    }
+
+    #[test]
+    fn undecodable_request_becomes_invalid_argument() {
+        let s = Status::internal(
+            "failed to decode Protobuf message: ObjectMeta.name: Secret.metadata: \
+             invalid string value: data is not UTF-8 encoded",
+        );
+        let fixed = fix_decode_limit(s);
+        assert_eq!(fixed.code(), Code::InvalidArgument);
+        assert!(
+            fixed
+                .message()
+                .starts_with("request is not a valid protobuf message: ObjectMeta.name: "),
+            "{fixed:?}"
+        );
+        let other = fix_decode_limit(Status::internal("storage failed"));
+        assert_eq!(other.code(), Code::Internal);
     }
 }

@@ -20,7 +20,7 @@ struct Token {
 }
 
 /// Encodes a token.
-pub(crate) fn encode(revision: u64, last_key: &str) -> String {
+pub fn encode(revision: u64, last_key: &str) -> String {
     let json = serde_json::to_vec(&Token {
         v: 1,
         rv: revision,
@@ -30,8 +30,10 @@ pub(crate) fn encode(revision: u64, last_key: &str) -> String {
     URL_SAFE_NO_PAD.encode(json)
 }
 
-/// Decodes a token into (list revision, last key), checking it lies under `prefix`.
-pub(crate) fn decode(token: &str, prefix: &str) -> Result<(u64, String), StoreError> {
+/// Decodes a token into (list revision, last key), checking it lies under `prefix` (the list's
+/// storage-key prefix, such as `s/` for all namespaces or `s/team-a/` for one). Public for the
+/// fuzz target; callers go through [`super::Store::list`].
+pub fn decode(token: &str, prefix: &str) -> Result<(u64, String), StoreError> {
     let bad = |why: &str| StoreError::BadRequest {
         field: "continue",
         message: format!("invalid continue token: {why}"),

@@ -8,7 +8,7 @@
 //! Backend key layout: `s/<namespace>/<name>` holds a sealed record, `m/revision` the store
 //! revision (written in the same atomic batch as every record), `k/seed/<id>` the wrapped seeds.
 
-mod continue_token;
+pub mod continue_token;
 mod error;
 pub mod quota;
 mod reseal;
@@ -458,6 +458,15 @@ impl Store {
             (self.revision(), None)
         } else {
             let (rv, start) = continue_token::decode(&opts.continue_token, &prefix)?;
+            // A token names the revision of the list it continues, which cannot be newer than
+            // the store: a forged one would report a revision that a watch cannot start from.
+            if rv > self.revision() {
+                return Err(StoreError::BadRequest {
+                    field: "continue",
+                    message: "invalid continue token: its revision is newer than the store's"
+                        .into(),
+                });
+            }
             (rv, Some(start))
         };
         let mut items = Vec::new();
