@@ -266,10 +266,11 @@ fn cli_with_tokens_and_client_certificates() {
             "--",
             "sh",
             "-c",
-            "echo $password",
+            "echo $password ${COFFER_TOKEN:-unset}",
         ],
     );
-    assert_eq!(run.ok().trim(), "s3cr3t");
+    // The command does not inherit the token.
+    assert_eq!(run.ok().trim(), "s3cr3t unset");
     let run = s.run(
         &ca,
         &[("COFFER_TOKEN", "tok-wrong")],

@@ -22,7 +22,7 @@ pub struct Bearer(Option<Arc<MetadataValue<Ascii>>>);
 
 /// A token that cannot be sent in a header.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the bearer token contains characters not allowed in a header (visible ASCII only)")]
+#[error("the bearer token is empty or has characters not allowed in a header (visible ASCII only)")]
 pub struct BadToken;
 
 impl Bearer {
@@ -33,9 +33,12 @@ impl Bearer {
 
     /// A token (surrounding whitespace trimmed). The error does not contain it.
     pub fn new(token: &str) -> Result<Self, BadToken> {
-        let mut value: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| BadToken)?;
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(BadToken);
+        }
+        let mut value: MetadataValue<Ascii> =
+            format!("Bearer {token}").parse().map_err(|_| BadToken)?;
         value.set_sensitive(true);
         Ok(Self(Some(Arc::new(value))))
     }
@@ -88,5 +91,7 @@ mod tests {
         assert!(req.metadata().get("authorization").is_none());
         assert!(Bearer::new("a\u{7}b").is_err());
         assert!(Bearer::new("é").is_err());
+        assert!(Bearer::new("a b").is_err());
+        assert!(Bearer::new(" ").is_err());
     }
 }

@@ -96,7 +96,8 @@ fn reason(e: &rustls::Error) -> String {
             "not yet valid".into()
         }
         CertificateError::UnknownIssuer => "not signed by the client CA".into(),
-        CertificateError::BadSignature => "bad signature".into(),
+        // An issuer with the client CA's name but another key.
+        CertificateError::BadSignature => "bad signature (not signed by the client CA)".into(),
         CertificateError::Revoked => "revoked".into(),
         CertificateError::BadEncoding => "malformed certificate".into(),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
@@ -207,4 +208,115 @@ pub fn acceptor(
     })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair,
+    };
+
+    use super::*;
+
+    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// A client certificate valid from `from` to `to` (years).
+    fn client(
+        issuer: &CertifiedIssuer<'static, KeyPair>,
+        from: i32,
+        to: i32,
+    ) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "alice");
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(to, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn message(ca: &ClientCa, chain: &[CertificateDer<'static>]) -> String {
+        ca.verify(chain).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn client_certificates_are_verified_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = ca("ca");
+        let path = dir.path().join("ca.crt");
+        std::fs::write(&path, issuer.pem()).unwrap();
+        let ca = ClientCa::load(&path).unwrap();
+
+        assert!(ca.verify(&[client(&issuer, 2020, 2100)]).is_ok());
+        let m = |c| format!("client certificate rejected: {c}");
+        assert_eq!(message(&ca, &[client(&issuer, 2020, 2021)]), m("expired"));
+        assert_eq!(
+            message(&ca, &[client(&issuer, 2090, 2100)]),
+            m("not yet valid")
+        );
+        assert_eq!(
+            message(&ca, &[client(&self::ca("another"), 2020, 2100)]),
+            m("not signed by the client CA")
+        );
+        assert_eq!(
+            message(&ca, &[client(&self::ca("ca"), 2020, 2100)]),
+            m("bad signature (not signed by the client CA)")
+        );
+        assert_eq!(
+            message(
+                &ca,
+                &[CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00])]
+            ),
+            m("malformed certificate")
+        );
+        assert!(message(&ca, &[]).contains("no client certificate"));
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("empty"), "").unwrap();
+        std::fs::write(
+            p("garbage.pem"),
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = ClientCa::load(&p("missing")).unwrap_err().to_string();
+        assert!(e.contains("cannot read --client-ca"), "{e}");
+        let e = ClientCa::load(&p("empty")).unwrap_err().to_string();
+        assert!(e.contains("no certificate"), "{e}");
+        assert!(ClientCa::load(&p("garbage.pem")).is_err());
+
+        let issuer = ca("ca");
+        std::fs::write(p("ca.crt"), issuer.pem()).unwrap();
+        let err = |c: &str, k: &str| match acceptor(&p(c), &p(k), None) {
+            Ok(_) => panic!("accepted {c} / {k}"),
+            Err(e) => e.to_string(),
+        };
+        let e = err("empty", "empty");
+        assert!(
+            e.contains("--tls-cert") && e.contains("no certificate"),
+            "{e}"
+        );
+        let e = err("ca.crt", "empty");
+        assert!(
+            e.contains("--tls-key") && e.contains("no PEM private key"),
+            "{e}"
+        );
+        // A key that is not the certificate's.
+        std::fs::write(p("other.key"), KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        assert!(acceptor(&p("ca.crt"), &p("other.key"), None).is_err());
+        std::fs::write(p("ca.key"), issuer.key().serialize_pem()).unwrap();
+        let ca = ClientCa::load(&p("ca.crt")).unwrap();
+        assert!(acceptor(&p("ca.crt"), &p("ca.key"), Some(&ca)).is_ok());
+    }
 }
