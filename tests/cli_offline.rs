@@ -115,7 +115,7 @@ fn unreachable_server_is_one_sentence() {
     let sock = format!("unix://{}/none.sock", dir.path().display());
     run(&["--server", &sock, "get", "secrets"])
         .fails(1, "cannot reach the Coffer server at unix://");
-    run(&["--server", "https://x:1", "get", "secrets"]).fails(1, "invalid --server");
+    run(&["--server", "https://x:1", "get", "secrets"]).fails(1, "https:// needs --ca-file");
     run(&["--server", "localhost", "get", "secrets"]).fails(1, "the port is missing");
 }
 

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use coffer::auth::client::Bearer;
 use coffer::mount::atomic_writer::is_timestamp_dir_name;
 use coffer::mount::{
     Agent, AgentEvent, AgentOptions, AgentReport, Connector, KeyToPath, MountSpec,
 };
 use coffer::proto::v1 as pb;
-use coffer::proto::v1::secrets_client::SecretsClient;
 use server_common::{TestServer, create, delete, get, secret, tcp_channel, update};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,9 @@ fn connector(server: &TestServer) -> Connector {
     let addr = server.running.tcp_addr().expect("tcp");
     Arc::new(move || {
         Box::pin(async move {
-            Ok(SecretsClient::new(tcp_channel(addr).await).max_decoding_message_size(16 << 20))
+            Ok(Bearer::none()
+                .client(tcp_channel(addr).await)
+                .max_decoding_message_size(16 << 20))
         })
     })
 }

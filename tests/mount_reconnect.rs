@@ -148,7 +148,7 @@ async fn resumes_after_restart_and_rereads_when_too_old() {
                     }))
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok(SecretsClient::new(channel))
+                Ok(coffer::auth::client::Bearer::none().client(channel))
             })
         })
     };

@@ -200,7 +200,7 @@ impl SecurityArgs {
         let client_ca = self.client_ca.clone().or(f.client_ca);
         if client_ca.is_some() && tls.is_none() {
             return Err(AuthConfigError::new(
-                "--client-ca needs --tls-cert and --tls-key (client certificates are verified in the TLS handshake)",
+                "--client-ca needs --tls-cert and --tls-key (client certificates are presented in the TLS handshake)",
             ));
         }
         let peers = if self.unix_peer_users.is_empty() {

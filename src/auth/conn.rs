@@ -1,7 +1,7 @@
 //! What the server knows about each accepted connection: a unique id, the remote address, the
 //! peer's uid on a unix socket, and the connection's own limits (a token bucket of requests
-//! and a count of open watch streams). TLS peer certificates come from tonic's
-//! `TlsConnectInfo`, which wraps this.
+//! and a count of open watch streams), and on a TLS listener the client certificates the peer
+//! presented (possession proven at the handshake, chain checked per request by the gate).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
@@ -35,6 +36,9 @@ pub struct ConnState {
     pub id: u64,
     /// The peer.
     pub peer: Peer,
+    /// The client certificate chain presented at the TLS handshake (leaf first), if any. Not
+    /// verified against the client CA yet: see `crate::auth::tls`.
+    peer_certs: Vec<CertificateDer<'static>>,
     bucket: Mutex<Bucket>,
     watch_streams: AtomicUsize,
 }
@@ -45,8 +49,7 @@ struct Bucket {
     last: Option<Instant>,
 }
 
-/// A connection's info as tonic hands it to each request (in the request's extensions, or
-/// inside `TlsConnectInfo` on a TLS listener).
+/// A connection's info as tonic hands it to each request (in the request's extensions).
 #[derive(Debug, Clone)]
 pub struct ConnInfo(pub Arc<ConnState>);
 
@@ -56,12 +59,18 @@ impl ConnState {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             peer,
+            peer_certs: Vec::new(),
             bucket: Mutex::new(Bucket {
                 tokens: 0.0,
                 last: None,
             }),
             watch_streams: AtomicUsize::new(0),
         }
+    }
+
+    /// The client certificate chain presented at the TLS handshake (empty: none).
+    pub fn peer_certs(&self) -> &[CertificateDer<'static>] {
+        &self.peer_certs
     }
 
     /// The source address for logs: `IP:PORT`, or `unix` (with `uid=N`).
@@ -149,6 +158,22 @@ impl Conn<tokio::net::TcpStream> {
         Self {
             inner: s,
             info: ConnInfo(Arc::new(ConnState::new(peer))),
+        }
+    }
+}
+
+impl Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    /// Wraps a TCP stream whose TLS handshake is done, keeping the client's certificates.
+    pub fn tls(s: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Self {
+        let (tcp, session) = s.get_ref();
+        let mut state = ConnState::new(Peer::Tcp(tcp.peer_addr().ok()));
+        state.peer_certs = session
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        Self {
+            inner: s,
+            info: ConnInfo(Arc::new(state)),
         }
     }
 }

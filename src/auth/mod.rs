@@ -7,7 +7,10 @@
 //! - [`identity`]: the authenticated [`Identity`] (user, groups) and how certificates map to it.
 //! - [`tokens`]: the static bearer token file, held hashed, compared in constant time.
 //! - [`policy`]: the YAML authorization rules and their Kubernetes semantics.
+//! - [`client`]: the client side: the bearer token the CLI and the mount agent send.
 //! - [`conn`]: per-connection info (id, peer, uid) and limits (request rate, watch streams).
+//! - [`tls`]: TLS on TCP listeners; client certificates verified per request, not at the
+//!   handshake, so that a bad one is answered `UNAUTHENTICATED` with a reason.
 //! - [`gate`]: the one check each request passes: authenticate, limit, authorize, audit.
 //!
 //! [`Security`] holds the live state; its token table and policy are swapped atomically by
@@ -15,10 +18,12 @@
 //! the old one.
 
 pub mod args;
+pub mod client;
 pub mod conn;
 pub mod gate;
 pub mod identity;
 pub mod policy;
+pub mod tls;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -109,6 +114,7 @@ pub struct Security {
     tokens: ArcSwap<TokenTable>,
     policy: ArcSwap<Policy>,
     unix_users: HashMap<u32, (String, Vec<String>)>,
+    client_ca: Option<tls::ClientCa>,
     auditor: Auditor,
 }
 
@@ -131,6 +137,7 @@ impl Security {
             tokens: ArcSwap::from_pointee(TokenTable::default()),
             policy: ArcSwap::from_pointee(Policy::default()),
             unix_users: HashMap::new(),
+            client_ca: None,
             auditor: Auditor::new(None, false, None, None),
         })
     }
@@ -148,6 +155,11 @@ impl Security {
             Some(p) => Policy::load(p)?,
             None => Policy::default(),
         };
+        let client_ca = config
+            .client_ca
+            .as_deref()
+            .map(tls::ClientCa::load)
+            .transpose()?;
         let key = match &config.audit_hmac_key_file {
             Some(p) => {
                 let k = zeroize::Zeroizing::new(std::fs::read(p).map_err(|e| {
@@ -179,6 +191,7 @@ impl Security {
             tokens: ArcSwap::from_pointee(tokens),
             policy: ArcSwap::from_pointee(policy),
             unix_users,
+            client_ca,
             auditor,
         }))
     }
@@ -238,33 +251,12 @@ impl Security {
         self.policy.load_full()
     }
 
-    /// The TLS settings for TCP listeners, if TLS is on.
-    pub fn tls_config(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, AuthConfigError> {
-        let Some((cert, key)) = &self.config.tls else {
-            return Ok(None);
-        };
-        let read = |p: &std::path::Path, what: &str| {
-            std::fs::read(p).map_err(|e| {
-                AuthConfigError::new(format!("cannot read {what} {}: {e}", p.display()))
-            })
-        };
-        let cert_pem = read(cert, "--tls-cert")?;
-        let key_pem = zeroize::Zeroizing::new(read(key, "--tls-key")?);
-        let mut tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(
-                cert_pem,
-                key_pem.as_slice(),
-            ))
-            .timeout(std::time::Duration::from_secs(10));
-        if let Some(ca) = &self.config.client_ca {
-            let ca_pem = read(ca, "--client-ca")?;
-            // Optional: a client may present a bearer token instead. A certificate that is
-            // presented must verify, or the handshake fails.
-            tls = tls
-                .client_ca_root(tonic::transport::Certificate::from_pem(ca_pem))
-                .client_auth_optional(true);
+    /// The TLS acceptor of TCP listeners, if TLS is on (see [`tls`]).
+    pub fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, AuthConfigError> {
+        match &self.config.tls {
+            Some((cert, key)) => tls::acceptor(cert, key, self.client_ca.as_ref()).map(Some),
+            None => Ok(None),
         }
-        Ok(Some(tls))
     }
 
     /// Who is calling: a bearer token, else a verified client certificate, else a trusted unix
@@ -300,9 +292,14 @@ impl Security {
                 None => Err(unauth("invalid bearer token")),
             };
         }
-        if let Some(certs) = peer_certs(ext)
-            && let Some(leaf) = certs.first()
-        {
+        let certs = conn_state(ext).map_or(&[][..], |c| c.peer_certs());
+        if let Some(leaf) = certs.first() {
+            // Possession of the key was proven at the handshake; the chain is checked here, per
+            // request, as kube-apiserver's x509 authenticator does.
+            match &self.client_ca {
+                Some(ca) => ca.verify(certs)?,
+                None => return Err(unauth("this server does not accept client certificates")),
+            }
             return match identity::from_certificate(leaf) {
                 Some((user, groups)) => Ok(Identity::authenticated(
                     user,
@@ -364,21 +361,9 @@ impl Security {
     }
 }
 
-/// The connection's state, from a request's extensions (plain or TLS).
+/// The connection's state, from a request's extensions.
 pub fn conn_state(ext: &tonic::Extensions) -> Option<&Arc<ConnState>> {
-    ext.get::<ConnInfo>()
-        .or_else(|| {
-            ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
-                .map(|t| t.get_ref())
-        })
-        .map(|c| &c.0)
-}
-
-fn peer_certs(
-    ext: &tonic::Extensions,
-) -> Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>> {
-    ext.get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
-        .and_then(|t| t.peer_certs())
+    ext.get::<ConnInfo>().map(|c| &c.0)
 }
 
 #[cfg(test)]

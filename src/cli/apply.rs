@@ -157,7 +157,7 @@ fn expand(f: &str) -> Result<Vec<String>, CliError> {
 
 async fn apply_one(
     server: &ServerAddr,
-    client: &mut crate::proto::v1::secrets_client::SecretsClient<tonic::transport::Channel>,
+    client: &mut crate::auth::client::Client,
     desired: Secret,
     dry: bool,
 ) -> Result<(Outcome, Secret), CliError> {

@@ -296,6 +296,9 @@ pub(super) async fn run(server: &ServerAddr, args: ExecArgs) -> Result<ExitCode,
 
     let mut cmd = std::process::Command::new(program);
     cmd.args(program_args);
+    // The command gets the Secrets it asked for, not Coffer's own credential (a Secret key
+    // named COFFER_TOKEN is still set below).
+    cmd.env_remove(super::TOKEN_ENV);
     for (name, value) in env.vars() {
         if value.contains(&0) {
             return Err(CliError::msg(format_args!(

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use tonic::transport::Channel;
-
 use super::client::ServerAddr;
 use super::convert;
 use super::error::CliError;
@@ -11,9 +9,9 @@ use super::printer::{
     Columns, Out, OutputFormat, now_secs, render_one, tabulate, tabulate_keeping,
 };
 use super::{DEFAULT_NAMESPACE, GetArgs, parse_resource};
+use crate::auth::client::Client;
 use crate::model::{Secret, manifest};
 use crate::proto::v1 as pb;
-use crate::proto::v1::secrets_client::SecretsClient;
 
 pub(super) async fn run(server: &ServerAddr, args: GetArgs) -> Result<ExitCode, CliError> {
     let mut names = Vec::new();
@@ -157,7 +155,7 @@ fn render_many(
 /// Lists every page; returns the items and the revision of the last page.
 pub(super) async fn list_all(
     server: &ServerAddr,
-    client: &mut SecretsClient<Channel>,
+    client: &mut Client,
     namespace: &str,
     label_selector: &str,
     field_selector: &str,
@@ -188,7 +186,7 @@ pub(super) async fn list_all(
 #[allow(clippy::too_many_arguments)]
 async fn watch(
     server: &ServerAddr,
-    client: &mut SecretsClient<Channel>,
+    client: &mut Client,
     args: &GetArgs,
     names: Vec<String>,
     namespace: String,

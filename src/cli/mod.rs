@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use self::client::ServerAddr;
+pub use self::client::{CredentialArgs, ServerAddr, TOKEN_ENV};
 pub use self::error::CliError;
 pub use self::exec::{EnvFromArg, ExecArgs};
 pub use self::mount::MountArgs;
@@ -42,9 +42,13 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:7070";
 #[derive(Debug, Parser)]
 #[command(name = "coffer", version, about, propagate_version = true)]
 pub struct Cli {
-    /// The Coffer server: HOST:PORT, http://HOST:PORT or unix:///path/to.sock.
+    /// The Coffer server: HOST:PORT, http://HOST:PORT, https://HOST:PORT or
+    /// unix:///path/to.sock.
     #[arg(long, global = true, env = "COFFER_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
+    /// The credentials presented to the server.
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -296,7 +300,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Migrate(args) => return offline(migrate::run(args)),
         command => Cli { command, ..cli },
     };
-    let server = ServerAddr::parse(&cli.server)?;
+    let server = ServerAddr::parse(&cli.server)?
+        .with_credentials(&cli.credentials, std::env::var(TOKEN_ENV).ok())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

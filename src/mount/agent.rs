@@ -34,21 +34,19 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use zeroize::Zeroizing;
 
 use super::atomic_writer::{AtomicWriter, WriteOutcome};
 use super::config::MountSpec;
 use super::fsinfo;
+use crate::auth::client::Client;
 use crate::proto::v1 as pb;
-use crate::proto::v1::secrets_client::SecretsClient;
 use crate::proto::v1::watch_event::Type as EventType;
 use crate::server::convert::INITIAL_EVENTS_END_ANNOTATION;
 
 /// The future a [`Connector`] returns.
-pub type ConnectFuture =
-    Pin<Box<dyn Future<Output = Result<SecretsClient<Channel>, String>> + Send>>;
+pub type ConnectFuture = Pin<Box<dyn Future<Output = Result<Client, String>> + Send>>;
 /// Opens a new client to the server (called at start and on every reconnect).
 pub type Connector = Arc<dyn Fn() -> ConnectFuture + Send + Sync>;
 
@@ -318,7 +316,7 @@ fn code_name(c: Code) -> String {
 
 /// An open WatchMany stream.
 struct Conn {
-    client: SecretsClient<Channel>,
+    client: Client,
     requests: mpsc::UnboundedSender<pb::WatchManyRequest>,
     stream: Streaming<pb::WatchManyEvent>,
 }

@@ -369,7 +369,7 @@ impl Server {
         let metrics = metrics.unwrap_or_else(Metrics::new);
         let security = security.unwrap_or_else(Security::disabled);
         let tls = security
-            .tls_config()
+            .tls_acceptor()
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
 
@@ -458,17 +458,22 @@ impl Server {
             let signal = shutdown.clone().cancelled_owned();
             let service = service.clone();
             match listener {
-                Listener::Tcp(l) => {
-                    let builder = match &tls {
-                        Some(tls) => builder.tls_config(tls.clone())?,
-                        None => builder,
-                    };
-                    serving.spawn(builder.serve_with_incoming_shutdown(
-                        service,
-                        tcp_incoming(l),
-                        signal,
-                    ));
-                }
+                Listener::Tcp(l) => match &tls {
+                    Some(acceptor) => {
+                        serving.spawn(builder.serve_with_incoming_shutdown(
+                            service,
+                            tls_incoming(l, acceptor.clone()),
+                            signal,
+                        ));
+                    }
+                    None => {
+                        serving.spawn(builder.serve_with_incoming_shutdown(
+                            service,
+                            tcp_incoming(l),
+                            signal,
+                        ));
+                    }
+                },
                 Listener::Unix(l) => {
                     serving.spawn(builder.serve_with_incoming_shutdown(
                         service,
@@ -805,6 +810,50 @@ fn tcp_incoming(
         };
         Some((r, l))
     })
+}
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepted TLS connections. Each handshake runs in its own task (so a slow or silent client
+/// does not hold up the others) and is bounded by [`TLS_HANDSHAKE_TIMEOUT`]; a failed one is
+/// logged at debug level and dropped. A client certificate is accepted at the handshake if the
+/// client proves it holds its key; its chain is checked per request (see `crate::auth::tls`).
+/// Accepting stops when the server drops the stream (at shutdown).
+fn tls_incoming(
+    l: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl Stream<Item = io::Result<Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => break,
+                r = l.accept() => r,
+            };
+            let (stream, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(Conn::tls(tls))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Accepted unix socket connections, as [`tcp_incoming`].

@@ -10,7 +10,7 @@
 //! | KMS unusable ([`StoreError::Unavailable`]), storage failed earlier | `UNAVAILABLE` |
 //! | a record that fails to open ([`StoreError::DataLoss`]) | `DATA_LOSS` |
 //! | any other storage error | `INTERNAL` |
-//! | no or bad credentials ([`AuthError::Unauthenticated`]) | `UNAUTHENTICATED` |
+//! | no or bad credentials ([`AuthError::Unauthenticated`]): a bad token, a client certificate that is expired or not from the client CA | `UNAUTHENTICATED` |
 //! | not allowed by the policy ([`AuthError::Forbidden`]) | `PERMISSION_DENIED` |
 //! | over a connection's request rate or watch streams | `RESOURCE_EXHAUSTED` |
 //! | audit log unwritable with `--audit-fail-closed` ([`AuthError::AuditUnavailable`]) | `UNAVAILABLE` |

@@ -40,9 +40,21 @@ impl Run {
 
 /// Runs the binary with `args` (no server flag, no COFFER_SERVER), optional stdin.
 pub fn coffer(args: &[&str], stdin: Option<&[u8]>, cwd: Option<&Path>) -> Run {
+    coffer_env(args, &[], stdin, cwd)
+}
+
+/// [`coffer`] with extra environment variables (no COFFER_SERVER or COFFER_TOKEN otherwise).
+pub fn coffer_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+    cwd: Option<&Path>,
+) -> Run {
     let mut cmd = Command::new(COFFER);
     cmd.args(args)
         .env_remove("COFFER_SERVER")
+        .env_remove("COFFER_TOKEN")
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -79,7 +91,12 @@ pub struct Server {
 impl Server {
     /// Starts a server and waits until its socket accepts connections.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Starts a server in `dir` with extra `serve` flags (security settings whose files the
+    /// test wrote in `dir`).
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let sock = dir.path().join("coffer.sock");
         let log = dir.path().join("serve.log");
         let child = Command::new(COFFER)
@@ -90,6 +107,7 @@ impl Server {
             .arg(format!("unix://{}", sock.display()))
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -39,13 +39,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use coffer::auth::client::Client;
 use coffer::cli::ServerAddr;
 use coffer::proto::v1 as pb;
-use coffer::proto::v1::secrets_client::SecretsClient;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// How long one RPC may take while the server is alive before it counts as a hang.
 const RPC_TIMEOUT: Duration = Duration::from_secs(20);
@@ -220,7 +219,7 @@ impl Server {
 
     /// Starts the server and waits until it answers; an early exit is an error with the log's
     /// tail.
-    async fn start(&mut self) -> Result<SecretsClient<Channel>, String> {
+    async fn start(&mut self) -> Result<Client, String> {
         self.spawn()?;
         let socket = self.socket();
         let deadline = Instant::now() + START_TIMEOUT;
@@ -298,7 +297,7 @@ impl Drop for Server {
     }
 }
 
-async fn connect(socket: &Path) -> Result<SecretsClient<Channel>, String> {
+async fn connect(socket: &Path) -> Result<Client, String> {
     let addr =
         ServerAddr::parse(&format!("unix://{}", socket.display())).map_err(|e| e.to_string())?;
     addr.connect().await.map_err(|e| e.to_string())
@@ -482,7 +481,7 @@ async fn run(args: Args) -> Result<bool, String> {
 /// revision and, if the previous watch could be resumed, its stream.
 async fn verify(
     cycle: u32,
-    client: &mut SecretsClient<Channel>,
+    client: &mut Client,
     keys: &mut [KeyModel],
     last_revision: u64,
     watched: u64,
@@ -506,7 +505,7 @@ async fn verify(
 #[allow(clippy::too_many_arguments)]
 async fn verify_inner(
     cycle: u32,
-    client: &mut SecretsClient<Channel>,
+    client: &mut Client,
     keys: &mut [KeyModel],
     last_revision: u64,
     watched: u64,
@@ -913,10 +912,7 @@ enum Request {
     Delete(pb::DeleteSecretRequest),
 }
 
-async fn send(
-    client: &mut SecretsClient<Channel>,
-    req: Request,
-) -> Result<pb::Secret, tonic::Status> {
+async fn send(client: &mut Client, req: Request) -> Result<pb::Secret, tonic::Status> {
     match req {
         Request::Create(r) => client.create(r).await.map(|r| r.into_inner()),
         Request::Update(r) => client.update(r).await.map(|r| r.into_inner()),

@@ -16,18 +16,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coffer::auth::client::Client;
 use coffer::cli::{CliError, ServerAddr};
 use coffer::crypto::Algorithm;
 use coffer::model::validation::validate_namespace;
 use coffer::proto::v1 as pb;
-use coffer::proto::v1::secrets_client::SecretsClient;
 use coffer::storage::Durability;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use crate::report::{self, PhaseReport, RunInfo, SpawnInfo};
 use crate::spawn::Spawned;
@@ -110,7 +109,7 @@ async fn drive(args: &UnaryArgs, ops: &[Op], server: &str) -> Result<Vec<PhaseRe
         // Each connect opens its own HTTP/2 connection.
         clients.push(addr.connect().await.map_err(cli_error)?);
     }
-    let clients: Arc<[SecretsClient<Channel>]> = clients.into();
+    let clients: Arc<[Client]> = clients.into();
 
     let mut rng = StdRng::from_entropy();
     let mut value = vec![0u8; usize::try_from(args.value_size).unwrap_or(0)];
@@ -218,7 +217,7 @@ impl Setup {
     /// Does one call of `op`; returns the created name for a successful Create.
     async fn call(
         &self,
-        client: &mut SecretsClient<Channel>,
+        client: &mut Client,
         op: Op,
         name: String,
         counter: u64,
@@ -298,7 +297,7 @@ struct CallerResult {
 async fn run_phase(
     op: Op,
     setup: &Arc<Setup>,
-    clients: &Arc<[SecretsClient<Channel>]>,
+    clients: &Arc<[Client]>,
     keys: &Arc<[String]>,
     concurrency: u32,
     warmup: Duration,
@@ -399,7 +398,7 @@ async fn run_phase(
 /// Creates `count` Secrets (unmeasured) for Get/Update to read; fails if none could be.
 async fn seed(
     setup: &Arc<Setup>,
-    clients: &Arc<[SecretsClient<Channel>]>,
+    clients: &Arc<[Client]>,
     count: u32,
     concurrency: u32,
 ) -> Result<Vec<String>, String> {
@@ -431,7 +430,7 @@ async fn seed(
 /// Deletes `names` (unmeasured), reporting failures on stderr.
 async fn cleanup(
     setup: &Arc<Setup>,
-    clients: &Arc<[SecretsClient<Channel>]>,
+    clients: &Arc<[Client]>,
     names: Vec<String>,
     concurrency: u32,
 ) {
