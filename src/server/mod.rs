@@ -823,7 +823,11 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 fn tls_incoming(
     l: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-) -> impl Stream<Item = io::Result<Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>> {
+) -> impl Stream<
+    Item = io::Result<
+        PrefaceDeadline<Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+    >,
+> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -845,7 +849,9 @@ fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(Conn::tls(tls))).await;
+                        // The HTTP/2 preface has its own deadline once the handshake is done.
+                        let conn = PrefaceDeadline::new(Conn::tls(tls), PREFACE_TIMEOUT);
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
