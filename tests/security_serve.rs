@@ -317,6 +317,11 @@ async fn serve_refuses_non_loopback_without_auth() {
     // On loopback it starts, and says that authentication is off.
     let mut serve = Serve::spawn(dir.path(), &[]);
     serve.ready().await;
+    // The socket accepts before the start-up lines are all written: wait for the line.
+    let said = eventually(10, || async {
+        serve.log_text().contains("authentication is off")
+    })
+    .await;
     let log = serve.stop();
-    assert!(log.contains("authentication is off"), "{log}");
+    assert!(said, "{log}");
 }
