@@ -204,7 +204,7 @@ pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchS
     let rss_after = args.server_pid.and_then(rss_kib);
 
     // Puts at the given rate; acknowledgements by revision.
-    let acks: Arc<Mutex<HashMap<i64, (u64, Instant)>>> = Arc::default();
+    let acks: Arc<Mutex<HashMap<i64, (u64, Instant, Instant)>>> = Arc::default();
     let update_errors = Arc::new(AtomicU64::new(0));
     let update_latency = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
@@ -238,7 +238,7 @@ pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchS
                     let rev = r.header().map_or(0, |h| h.revision());
                     acks.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(rev, (target, now));
+                        .insert(rev, (target, sent, now));
                 }
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -271,16 +271,20 @@ pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchS
     }
     let expected: u64 = acks
         .values()
-        .map(|(s, _)| per_key[*s as usize] + ns_watchers)
+        .map(|(s, _, _)| per_key[*s as usize] + ns_watchers)
         .sum();
     let mut hist =
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
+    let mut from_send =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
     let mut delivered = 0u64;
     for (rev, at) in received.iter().flatten() {
-        if let Some((_, acked)) = acks.get(rev) {
+        if let Some((_, sent, acked)) = acks.get(rev) {
             delivered += 1;
             let us = at.saturating_duration_since(*acked).as_micros();
             let _ = hist.record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+            let us = at.saturating_duration_since(*sent).as_micros();
+            let _ = from_send.record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
         }
     }
     let update_latency = update_latency.lock().unwrap_or_else(|p| p.into_inner());
@@ -306,6 +310,7 @@ pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchS
         expected,
         update_latency: Percentiles::of(&update_latency),
         delivery_latency: Percentiles::of(&hist),
+        delivery_from_send: Percentiles::of(&from_send),
         stalled_streams: 0,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,

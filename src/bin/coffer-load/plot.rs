@@ -221,29 +221,39 @@ fn vs_etcd(dir: &Path, png: &Path, markdown: &Path, csv: &Path) -> Result<(), St
         let p = |v: &Value, q: &str| v["delivery_latency_us"][q].as_u64().unwrap_or(0);
         let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
         let _ = writeln!(md);
+        let q = |v: &Value, m: &str, q: &str| v[m][q].as_u64().unwrap_or(0);
         let _ = writeln!(
             md,
-            "| watch fan-out | streams established | delivered / expected | delivery p50 ms | delivery p99 ms | server bytes per stream |"
+            "| watch fan-out | streams | delivered / expected | sent -> event p50 / p99 ms | ack -> event p50 / p99 ms | write p50 / p99 ms | server bytes per stream |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
         for (name, v) in [("Coffer", co), ("etcd", et)] {
             let _ = writeln!(
                 md,
-                "| {name} | {}/{} | {}/{} | {} | {} | {:.0} |",
+                "| {name} | {}/{} | {}/{} | {} / {} | {} / {} | {} / {} | {:.0} |",
                 v["established"],
                 v["streams"],
                 v["delivered"],
                 v["expected"],
+                ms(q(v, "delivery_from_send_us", "p50")),
+                ms(q(v, "delivery_from_send_us", "p99")),
                 ms(p(v, "p50")),
                 ms(p(v, "p99")),
+                ms(q(v, "update_latency_us", "p50")),
+                ms(q(v, "update_latency_us", "p99")),
                 f(v, "rss_bytes_per_stream"),
             );
         }
+        let r = |m: &str, k: &str| ratio(q(co, m, k) as f64, q(et, m, k) as f64);
         let _ = writeln!(
             md,
-            "| Coffer/etcd | | | {} (lower is better) | {} (lower is better) | {} |",
-            ratio(p(co, "p50") as f64, p(et, "p50") as f64),
-            ratio(p(co, "p99") as f64, p(et, "p99") as f64),
+            "| Coffer/etcd (lower is better) | | | {} / {} | {} / {} | {} / {} | {} |",
+            r("delivery_from_send_us", "p50"),
+            r("delivery_from_send_us", "p99"),
+            r("delivery_latency_us", "p50"),
+            r("delivery_latency_us", "p99"),
+            r("update_latency_us", "p50"),
+            r("update_latency_us", "p99"),
             ratio(
                 f(co, "rss_bytes_per_stream"),
                 f(et, "rss_bytes_per_stream")
@@ -257,10 +267,10 @@ fn vs_etcd(dir: &Path, png: &Path, markdown: &Path, csv: &Path) -> Result<(), St
             f(co, "delivered_per_sec"),
             f(et, "delivered_per_sec"),
             f(co, "delivered_per_sec") / f(et, "delivered_per_sec").max(1e-9),
-            p(co, "p50"),
-            p(et, "p50"),
-            p(co, "p99"),
-            p(et, "p99"),
+            q(co, "delivery_from_send_us", "p50"),
+            q(et, "delivery_from_send_us", "p50"),
+            q(co, "delivery_from_send_us", "p99"),
+            q(et, "delivery_from_send_us", "p99"),
             errs(co),
             errs(et)
         );
@@ -289,7 +299,6 @@ fn chart_vs_etcd(
         ("sans-serif", 24),
     )?;
     let panels = root.split_evenly((1, 3));
-    let max_c = callers.iter().copied().max().unwrap_or(1).max(2) as f64;
     let colors = |target: &str, op: &str| -> RGBColor {
         match (target, op) {
             ("coffer", "get") => RGBColor(0, 90, 200),
@@ -300,85 +309,68 @@ fn chart_vs_etcd(
             _ => RGBColor(150, 110, 60),
         }
     };
-    for (panel, (title, pick)) in panels.iter().zip([
-        ("throughput (ops/s)", 0usize),
-        ("p99 latency (ms)", 2usize),
-    ]) {
-        let value = |v: &(f64, u64, u64, u64)| -> f64 {
-            if pick == 0 {
-                v.0
-            } else {
-                v.2 as f64 / 1000.0
-            }
-        };
-        let max_y = unary.values().map(value).fold(0.0f64, f64::max).max(1.0) * 1.15;
+    // x: the caller counts, evenly spaced (index i stands for callers[i]).
+    let n = callers.len();
+    let x_of = |c: u64| callers.iter().position(|&x| x == c).unwrap_or(0) as f64;
+    let x_label = |x: &f64| -> String {
+        let i = x.round();
+        if (x - i).abs() < 0.01 && i >= 0.0 {
+            callers
+                .get(i as usize)
+                .map(|c| c.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    let x_range = -0.3..(n.max(2) as f64 - 0.7);
+    // Throughput (linear).
+    if let Some(panel) = panels.first() {
+        let max_y = unary.values().map(|v| v.0).fold(0.0f64, f64::max).max(1.0) * 1.15;
         let mut chart = ChartBuilder::on(panel)
-            .caption(title, ("sans-serif", 20))
+            .caption("throughput (ops/s, higher is better)", ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((1.0f64..max_c * 1.2).log_scale(), 0.0..max_y)?;
+            .build_cartesian_2d(x_range.clone(), 0.0..max_y)?;
         chart
             .configure_mesh()
             .x_desc("concurrent callers")
-            .x_labels(6)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_labels(n * 4 + 1)
+            .x_label_formatter(&x_label)
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 14))
+            .draw()?;
+        draw_lines(&mut chart, unary, ops, callers, &colors, &x_of, |v| v.0)?;
+        legend(&mut chart)?;
+    }
+    // p99 latency (log).
+    if let Some(panel) = panels.get(1) {
+        let lat = |v: &(f64, u64, u64, u64)| (v.2 as f64 / 1000.0).max(0.01);
+        let max_y = unary.values().map(lat).fold(0.1f64, f64::max) * 2.0;
+        let min_y = unary.values().map(lat).fold(f64::MAX, f64::min).min(max_y) / 2.0;
+        let mut chart = ChartBuilder::on(panel)
+            .caption("p99 latency (ms, log scale, lower is better)", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x_range, (min_y..max_y).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("concurrent callers")
+            .x_labels(n * 4 + 1)
+            .x_label_formatter(&x_label)
             .y_label_formatter(&|y| {
-                if pick == 0 {
-                    format!("{y:.0}")
+                if *y < 1.0 {
+                    format!("{y:.2}")
                 } else {
-                    format!("{y:.1}")
+                    format!("{y:.0}")
                 }
             })
             .label_style(("sans-serif", 14))
             .draw()?;
-        for target in ["coffer", "etcd"] {
-            for op in ops {
-                let points: Vec<(f64, f64)> = callers
-                    .iter()
-                    .filter_map(|c| {
-                        unary
-                            .get(&(target.to_owned(), op.clone(), *c))
-                            .map(|v| (*c as f64, value(v)))
-                    })
-                    .collect();
-                if points.is_empty() {
-                    continue;
-                }
-                let color = colors(target, op);
-                let style = if target == "coffer" {
-                    color.stroke_width(3)
-                } else {
-                    color.stroke_width(2)
-                };
-                chart
-                    .draw_series(LineSeries::new(points.clone(), style))?
-                    .label(format!("{target} {}", op_label(op)))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                    });
-                if target == "coffer" {
-                    chart.draw_series(
-                        points
-                            .iter()
-                            .map(|p| Circle::new(*p, 4, color.filled())),
-                    )?;
-                } else {
-                    chart.draw_series(
-                        points
-                            .iter()
-                            .map(|p| TriangleMarker::new(*p, 5, color.filled())),
-                    )?;
-                }
-            }
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font(("sans-serif", 12))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
+        draw_lines(&mut chart, unary, ops, callers, &colors, &x_of, lat)?;
+        legend(&mut chart)?;
     }
     // The watch fan-out: delivery p50 and p99 per target.
     if let Some(panel) = panels.get(2) {
@@ -389,7 +381,7 @@ fn chart_vs_etcd(
         ] {
             if let Some(v) = watch.get(target) {
                 for q in ["p50", "p99"] {
-                    let us = v["delivery_latency_us"][q].as_u64().unwrap_or(0);
+                    let us = v["delivery_from_send_us"][q].as_u64().unwrap_or(0);
                     bars.push((format!("{target} {q}"), us as f64 / 1000.0, color));
                 }
             }
@@ -402,7 +394,7 @@ fn chart_vs_etcd(
         let max_y = bars.iter().map(|b| b.1).fold(0.0f64, f64::max).max(1.0) * 1.2;
         let mut chart = ChartBuilder::on(panel)
             .caption(
-                format!("watch delivery latency, {streams} watchers (ms)"),
+                format!("watch: update sent -> event, {streams} watchers (ms)"),
                 ("sans-serif", 20),
             )
             .margin(12)
@@ -430,13 +422,81 @@ fn chart_vs_etcd(
         }))?;
         chart.draw_series(bars.iter().enumerate().map(|(i, (_, v, _))| {
             Text::new(
-                format!("{v:.1}"),
+                format!("{v:.2}"),
                 (i as f64 + 0.3, *v + max_y * 0.03),
                 ("sans-serif", 14),
             )
         }))?;
     }
     root.present()?;
+    Ok(())
+}
+
+type Chart<'a, Y> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, Y>,
+>;
+
+/// One line per (target, op): Coffer with circles, etcd with triangles.
+fn draw_lines<'a, Y>(
+    chart: &mut Chart<'a, Y>,
+    unary: &Unary,
+    ops: &[String],
+    callers: &[u64],
+    colors: &dyn Fn(&str, &str) -> RGBColor,
+    x_of: &dyn Fn(u64) -> f64,
+    value: impl Fn(&(f64, u64, u64, u64)) -> f64,
+) -> ChartResult
+where
+    Y: Ranged<ValueType = f64>,
+{
+    for target in ["coffer", "etcd"] {
+        for op in ops {
+            let points: Vec<(f64, f64)> = callers
+                .iter()
+                .filter_map(|c| {
+                    unary
+                        .get(&(target.to_owned(), op.clone(), *c))
+                        .map(|v| (x_of(*c), value(v)))
+                })
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let color = colors(target, op);
+            let (width, dashed) = if target == "coffer" { (3, false) } else { (2, true) };
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))?
+                .label(format!("{target} {}", op_label(op)))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+                });
+            if dashed {
+                chart.draw_series(
+                    points
+                        .iter()
+                        .map(|p| TriangleMarker::new(*p, 6, color.filled())),
+                )?;
+            } else {
+                chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn legend<Y>(chart: &mut Chart<'_, Y>) -> ChartResult
+where
+    Y: Ranged<ValueType = f64>,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 12))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }
 

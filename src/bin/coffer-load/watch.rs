@@ -521,7 +521,7 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     let rss_after = pid.and_then(rss_kib);
 
     // Updates at the given rate, each in its own task; acknowledgements by revision.
-    let acks: Arc<Mutex<HashMap<u64, (u64, Instant)>>> = Arc::default();
+    let acks: Arc<Mutex<HashMap<u64, (u64, Instant, Instant)>>> = Arc::default();
     let update_errors = Arc::new(AtomicU64::new(0));
     let update_latency = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
@@ -555,7 +555,7 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
                     let rv = r.into_inner().metadata.map_or(0, |m| m.resource_version);
                     acks.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(rv, (target, now));
+                        .insert(rv, (target, sent, now));
                 }
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -603,15 +603,19 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
         }
     }
     let watchers_of = |secret: u64| per_secret[secret as usize] + ns_watchers;
-    let expected: u64 = acks.values().map(|(s, _)| watchers_of(*s)).sum();
+    let expected: u64 = acks.values().map(|(s, _, _)| watchers_of(*s)).sum();
     let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
+    let mut from_send =
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
     let mut delivered = 0u64;
     for (rv, at) in received.iter().flatten() {
-        if let Some((_, acked)) = acks.get(rv) {
+        if let Some((_, sent, acked)) = acks.get(rv) {
             delivered += 1;
             let us = at.saturating_duration_since(*acked).as_micros();
             let _ = hist.record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+            let us = at.saturating_duration_since(*sent).as_micros();
+            let _ = from_send.record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
         }
     }
 
@@ -637,6 +641,7 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
         expected,
         update_latency: Percentiles::of(&update_latency),
         delivery_latency: Percentiles::of(&hist),
+        delivery_from_send: Percentiles::of(&from_send),
         stalled_streams,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
@@ -694,6 +699,8 @@ pub(crate) struct WatchSummary {
     pub(crate) expected: u64,
     pub(crate) update_latency: Percentiles,
     pub(crate) delivery_latency: Percentiles,
+    /// Update sent -> event received (the write's own latency included).
+    pub(crate) delivery_from_send: Percentiles,
     pub(crate) stalled_streams: u64,
     pub(crate) rss_before_kib: Option<u64>,
     pub(crate) rss_after_kib: Option<u64>,
@@ -749,6 +756,7 @@ impl WatchSummary {
             "delivered_per_sec": self.delivered as f64 / self.update_time.as_secs_f64().max(1e-9),
             "update_latency_us": self.update_latency.json(),
             "delivery_latency_us": self.delivery_latency.json(),
+            "delivery_from_send_us": self.delivery_from_send.json(),
             "stalled_streams": self.stalled_streams,
             "rss_before_kib": self.rss_before_kib,
             "rss_after_kib": self.rss_after_kib,
@@ -802,6 +810,13 @@ impl WatchSummary {
         if d.count > 0 {
             println!(
                 "  delivery latency (update acknowledged -> event received): p50 {} p99 {} max {}",
+                ms(d.p50),
+                ms(d.p99),
+                ms(d.max)
+            );
+            let d = &self.delivery_from_send;
+            println!(
+                "  delivery latency (update sent -> event received): p50 {} p99 {} max {}",
                 ms(d.p50),
                 ms(d.p99),
                 ms(d.max)
