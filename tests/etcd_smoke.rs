@@ -63,7 +63,14 @@ fn coffer_load_against_etcd() {
     let server = format!("127.0.0.1:{client}");
     let unary = Command::new(env!("CARGO_BIN_EXE_coffer-load"))
         .args(["unary", "--target", "etcd", "--server", &server])
-        .args(["--duration", "0.5", "--concurrency", "4", "--connections", "2"])
+        .args([
+            "--duration",
+            "0.5",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+        ])
         .arg("--json")
         .output()
         .expect("run coffer-load unary");

@@ -58,10 +58,16 @@ fn coffer_load_soak_smoke() {
     assert_eq!(report["watchers_established"], 200, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
     for counter in ["writes", "reads", "events"] {
-        assert!(report[counter].as_u64().unwrap_or(0) > 0, "{counter}: {report}");
+        assert!(
+            report[counter].as_u64().unwrap_or(0) > 0,
+            "{counter}: {report}"
+        );
     }
     assert!(report["rotation"]["output"].is_string(), "{report}");
-    assert!(report["rss_kib"]["end"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(
+        report["rss_kib"]["end"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
     assert!(report["fds"]["end"].as_u64().unwrap_or(0) > 0, "{report}");
     // The rotation reached the server: records were written under a seed of the new KEK.
     let seeds = report["kms_status"]["seeds"].as_array().expect("seeds");

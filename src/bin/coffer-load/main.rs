@@ -82,10 +82,12 @@ impl Target {
     /// Refuses `etcd` in a build without the `etcd` feature, with the way to get one.
     fn check_built(self) -> Result<(), String> {
         if self == Target::Etcd && !cfg!(feature = "etcd") {
-            return Err("this coffer-load was built without etcd support: build it with \
+            return Err(
+                "this coffer-load was built without etcd support: build it with \
                  `cargo build --release --features etcd --bin coffer-load` (needs protoc: \
                  apt-get install protobuf-compiler)"
-                .into());
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -171,7 +173,10 @@ impl UnaryArgs {
     /// with `--spawn`.)
     fn server(&self) -> String {
         if self.target == Target::Etcd {
-            return self.server.clone().unwrap_or_else(|| DEFAULT_ETCD.to_owned());
+            return self
+                .server
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ETCD.to_owned());
         }
         self.server
             .clone()

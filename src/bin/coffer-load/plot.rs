@@ -95,8 +95,8 @@ pub(crate) fn run(args: PlotArgs) -> Result<ExitCode, String> {
 type Unary = BTreeMap<(String, String, u64), (f64, u64, u64, u64)>;
 
 fn read_json(path: &Path) -> Result<Value, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))
 }
 
@@ -254,10 +254,7 @@ fn vs_etcd(dir: &Path, png: &Path, markdown: &Path, csv: &Path) -> Result<(), St
             r("delivery_latency_us", "p99"),
             r("update_latency_us", "p50"),
             r("update_latency_us", "p99"),
-            ratio(
-                f(co, "rss_bytes_per_stream"),
-                f(et, "rss_bytes_per_stream")
-            ),
+            ratio(f(co, "rss_bytes_per_stream"), f(et, "rss_bytes_per_stream")),
         );
         let errs = |v: &Value| v["errors"].as_array().map_or(0, Vec::len);
         let _ = writeln!(
@@ -350,7 +347,10 @@ fn chart_vs_etcd(
         let max_y = unary.values().map(lat).fold(0.1f64, f64::max) * 2.0;
         let min_y = unary.values().map(lat).fold(f64::MAX, f64::min).min(max_y) / 2.0;
         let mut chart = ChartBuilder::on(panel)
-            .caption("p99 latency (ms, log scale, lower is better)", ("sans-serif", 20))
+            .caption(
+                "p99 latency (ms, log scale, lower is better)",
+                ("sans-serif", 20),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
@@ -432,11 +432,8 @@ fn chart_vs_etcd(
     Ok(())
 }
 
-type Chart<'a, Y> = ChartContext<
-    'a,
-    BitMapBackend<'a>,
-    Cartesian2d<plotters::coord::types::RangedCoordf64, Y>,
->;
+type Chart<'a, Y> =
+    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
 
 /// One line per (target, op): Coffer with circles, etcd with triangles.
 fn draw_lines<'a, Y>(
@@ -465,7 +462,11 @@ where
                 continue;
             }
             let color = colors(target, op);
-            let (width, dashed) = if target == "coffer" { (3, false) } else { (2, true) };
+            let (width, dashed) = if target == "coffer" {
+                (3, false)
+            } else {
+                (2, true)
+            };
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))?
                 .label(format!("{target} {}", op_label(op)))

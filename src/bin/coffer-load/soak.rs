@@ -145,12 +145,7 @@ fn sibling(given: Option<&Path>, name: &str) -> Result<PathBuf, String> {
     Ok(p)
 }
 
-fn spawn(
-    exe: &Path,
-    args: &[String],
-    log: &Path,
-    name: &'static str,
-) -> Result<ChildProc, String> {
+fn spawn(exe: &Path, args: &[String], log: &Path, name: &'static str) -> Result<ChildProc, String> {
     let log_file =
         std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
     let err_file = log_file
@@ -298,7 +293,10 @@ async fn soak(
         &dir.join("kms.log"),
         "coffer-kms-local",
     )?;
-    wait_until("the KMS plugin", Duration::from_secs(30), || kms_sock.exists()).await?;
+    wait_until("the KMS plugin", Duration::from_secs(30), || {
+        kms_sock.exists()
+    })
+    .await?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -744,7 +742,10 @@ async fn drive(
     }
     let open_time = t.elapsed();
     let watchers_established = stats.watchers_open.load(Ordering::Relaxed);
-    eprintln!("{watchers_established} watchers open in {open_time:.1?}; mixed load for {:.0?}", args.duration);
+    eprintln!(
+        "{watchers_established} watchers open in {open_time:.1?}; mixed load for {:.0?}",
+        args.duration
+    );
 
     // Writers and readers.
     let load_start = Instant::now();
@@ -754,50 +755,64 @@ async fn drive(
         let ns = ns.clone();
         let client = client.clone();
         let counter = counter.clone();
-        paced(args.writers, args.writes_per_sec, &stop, &mut tasks, move |i| {
-            let n = counter.fetch_add(1, Ordering::Relaxed);
-            let target = rand::thread_rng().gen_range(0..secrets);
-            let mut c = client(u64::from(i) + n);
-            let s = secret(&ns, target, n);
-            let stats = stats.clone();
-            async move {
-                let call = c.update(pb::UpdateSecretRequest { secret: Some(s) });
-                match tokio::time::timeout(Duration::from_secs(30), call).await {
-                    Ok(Ok(_)) => {
-                        stats.writes.fetch_add(1, Ordering::Relaxed);
+        paced(
+            args.writers,
+            args.writes_per_sec,
+            &stop,
+            &mut tasks,
+            move |i| {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let target = rand::thread_rng().gen_range(0..secrets);
+                let mut c = client(u64::from(i) + n);
+                let s = secret(&ns, target, n);
+                let stats = stats.clone();
+                async move {
+                    let call = c.update(pb::UpdateSecretRequest { secret: Some(s) });
+                    match tokio::time::timeout(Duration::from_secs(30), call).await {
+                        Ok(Ok(_)) => {
+                            stats.writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => {
+                            stats.error(format!("update: {}", code_name(&e)), e.to_string())
+                        }
+                        Err(_) => stats.error("update: timeout".into(), "no answer in 30 s".into()),
                     }
-                    Ok(Err(e)) => stats.error(format!("update: {}", code_name(&e)), e.to_string()),
-                    Err(_) => stats.error("update: timeout".into(), "no answer in 30 s".into()),
                 }
-            }
-        });
+            },
+        );
     }
     {
         let stats = stats.clone();
         let ns = ns.clone();
         let client = client.clone();
-        paced(args.readers, args.reads_per_sec, &stop, &mut tasks, move |i| {
-            let target = rand::thread_rng().gen_range(0..secrets);
-            let mut c = client(u64::from(i) * 7 + target);
-            let req = pb::GetSecretRequest {
-                namespace: ns.clone(),
-                name: secret_name(target),
-            };
-            let stats = stats.clone();
-            async move {
-                match tokio::time::timeout(Duration::from_secs(30), c.get(req)).await {
-                    Ok(Ok(r)) => {
-                        if r.into_inner().data.get("value").map(Vec::len) == Some(1024) {
-                            stats.reads.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            stats.error("get: wrong value".into(), String::new());
+        paced(
+            args.readers,
+            args.reads_per_sec,
+            &stop,
+            &mut tasks,
+            move |i| {
+                let target = rand::thread_rng().gen_range(0..secrets);
+                let mut c = client(u64::from(i) * 7 + target);
+                let req = pb::GetSecretRequest {
+                    namespace: ns.clone(),
+                    name: secret_name(target),
+                };
+                let stats = stats.clone();
+                async move {
+                    match tokio::time::timeout(Duration::from_secs(30), c.get(req)).await {
+                        Ok(Ok(r)) => {
+                            if r.into_inner().data.get("value").map(Vec::len) == Some(1024) {
+                                stats.reads.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                stats.error("get: wrong value".into(), String::new());
+                            }
                         }
+                        Ok(Err(e)) => stats.error(format!("get: {}", code_name(&e)), e.to_string()),
+                        Err(_) => stats.error("get: timeout".into(), "no answer in 30 s".into()),
                     }
-                    Ok(Err(e)) => stats.error(format!("get: {}", code_name(&e)), e.to_string()),
-                    Err(_) => stats.error("get: timeout".into(), "no answer in 30 s".into()),
                 }
-            }
-        });
+            },
+        );
     }
 
     // The rotation, in the middle.
@@ -807,7 +822,11 @@ async fn drive(
     if rotate_at < args.duration {
         tokio::time::sleep_until((load_start + rotate_at).into()).await;
         let at = start.elapsed().as_secs_f64();
-        let out = run_tool(plugin, &["rotate".into(), "--key-dir".into(), key_dir.into()]).await;
+        let out = run_tool(
+            plugin,
+            &["rotate".into(), "--key-dir".into(), key_dir.into()],
+        )
+        .await;
         match out {
             Ok(out) => {
                 eprintln!("KMS key rotated at {at:.1} s: {out}");
@@ -825,10 +844,7 @@ async fn drive(
     .await;
     if drained.is_err() {
         tasks.abort_all();
-        stats.error(
-            "load tasks did not stop within 60 s".into(),
-            String::new(),
-        );
+        stats.error("load tasks did not stop within 60 s".into(), String::new());
     }
     // One last sample after the load.
     tokio::time::sleep(args.sample_interval).await;

@@ -522,12 +522,7 @@ async fn seed(
 }
 
 /// Deletes `names` (unmeasured), reporting failures on stderr.
-async fn cleanup(
-    setup: &Arc<Setup>,
-    clients: &Arc<[Conn]>,
-    names: Vec<String>,
-    concurrency: u32,
-) {
+async fn cleanup(setup: &Arc<Setup>, clients: &Arc<[Conn]>, names: Vec<String>, concurrency: u32) {
     let failures: usize = futures::stream::iter(names.into_iter().enumerate())
         .map(|(i, name)| {
             let mut client = clients[i % clients.len()].clone();
