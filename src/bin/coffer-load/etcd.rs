@@ -11,7 +11,6 @@
 //! `/<namespace>/`; then Puts at `--updates-per-sec`; delivery latency is from the Put's
 //! acknowledgement to the event's arrival, matched by revision.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::watch::{Percentiles, WatchArgs, WatchSummary, rss_kib, secret_name};
+use crate::watch::{Acks, Percentiles, WatchArgs, WatchSummary, rss_kib, secret_name};
 
 /// Connects one etcd client (its own HTTP/2 connection) to `addr` (HOST:PORT or http://...).
 pub(crate) async fn connect(addr: &str) -> Result<Client, String> {
@@ -204,7 +203,7 @@ pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchS
     let rss_after = args.server_pid.and_then(rss_kib);
 
     // Puts at the given rate; acknowledgements by revision.
-    let acks: Arc<Mutex<HashMap<i64, (u64, Instant, Instant)>>> = Arc::default();
+    let acks: Arc<Mutex<Acks<i64>>> = Arc::default();
     let update_errors = Arc::new(AtomicU64::new(0));
     let update_latency = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,

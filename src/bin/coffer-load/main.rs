@@ -277,8 +277,38 @@ mod tests {
         assert_eq!(a.concurrency, 64);
         assert_eq!(a.value_size, 1024);
 
+        assert_eq!(a.target, Target::Coffer);
+        assert_eq!(a.server(), DEFAULT_SERVER);
+
+        let cli = Cli::try_parse_from(["coffer-load", "unary", "--target", "etcd"]).unwrap();
+        let Command::Unary(a) = cli.command else {
+            panic!("not unary")
+        };
+        assert_eq!(a.target, Target::Etcd);
+        assert_eq!(a.server(), DEFAULT_ETCD);
+        assert_eq!(
+            Target::Etcd.check_built().is_ok(),
+            cfg!(feature = "etcd"),
+            "--target etcd works exactly in builds with the etcd feature"
+        );
+
+        let cli = Cli::try_parse_from([
+            "coffer-load",
+            "soak",
+            "--duration",
+            "5",
+            "--watchers",
+            "200",
+            "--rotate-at",
+            "1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Soak(_)));
+
         for bad in [
             &["coffer-load", "unary", "--duration", "0"][..],
+            &["coffer-load", "unary", "--target", "zookeeper"],
+            &["coffer-load", "soak", "--duration", "0"],
             &["coffer-load", "unary", "--duration", "-1"],
             &["coffer-load", "unary", "--duration", "NaN"],
             &["coffer-load", "unary", "--connections", "0"],

@@ -541,7 +541,8 @@ fn chart_soak(png: &Path, rows: &[Row], mark: Option<f64>) -> ChartResult {
     )?;
     let panels = root.split_evenly((2, 1));
     let max_x = rows.iter().map(|r| r.secs).fold(1.0f64, f64::max);
-    let series: [(&str, fn(&Row) -> f64, RGBColor); 2] = [
+    type Series = (&'static str, fn(&Row) -> f64, RGBColor);
+    let series: [Series; 2] = [
         ("RSS (MiB)", |r| r.rss_mib, RGBColor(0, 90, 200)),
         ("open fds", |r| r.fds, RGBColor(200, 30, 30)),
     ];

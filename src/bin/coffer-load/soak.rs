@@ -388,6 +388,8 @@ struct Report {
     error_samples: BTreeMap<String, String>,
     rotation: Option<(f64, String)>,
     warmup: Duration,
+    /// Seconds from the start to the end of the mixed load (later samples are after it).
+    load_end_secs: f64,
     samples: Vec<Sample>,
     server_exit: Option<String>,
     /// `coffer kms status -o json` after the run.
@@ -399,11 +401,20 @@ impl Report {
         self.errors.is_empty() && self.watchers_established == u64::from(self.watchers)
     }
 
-    /// Samples after the warm-up (all of them if the run is shorter).
+    /// Samples from the end of the warm-up to the end of the load (all of them if none).
     fn steady(&self) -> &[Sample] {
         let w = self.warmup.as_secs_f64();
         let first = self.samples.iter().position(|s| s.secs >= w).unwrap_or(0);
-        &self.samples[first..]
+        let end = self
+            .samples
+            .iter()
+            .rposition(|s| s.secs <= self.load_end_secs)
+            .map_or(self.samples.len(), |i| i + 1)
+            .max(first);
+        if first == end {
+            return &self.samples;
+        }
+        &self.samples[first..end]
     }
 
     fn json(&self) -> serde_json::Value {
@@ -413,7 +424,13 @@ impl Report {
             let last = steady.last().map(f);
             let min = steady.iter().map(f).min();
             let max = steady.iter().map(f).max();
-            serde_json::json!({"after_warmup": first, "end": last, "min": min, "max": max})
+            let growth = match (first, last) {
+                (Some(a), Some(b)) => Some(b as i64 - a as i64),
+                _ => None,
+            };
+            serde_json::json!({
+                "after_warmup": first, "end": last, "min": min, "max": max, "growth": growth,
+            })
         };
         let secs = self.duration.as_secs_f64().max(1e-9);
         serde_json::json!({
@@ -433,6 +450,9 @@ impl Report {
             "error_samples": self.error_samples,
             "rotation": self.rotation.as_ref().map(|(at, out)| serde_json::json!({"at_secs": at, "output": out})),
             "samples": self.samples.len(),
+            "load_end_secs": self.load_end_secs,
+            "fds_first_sample": self.samples.first().map(|s| s.fds),
+            "fds_after_load": self.samples.last().map(|s| s.fds),
             "rss_kib": stat(|s| s.rss_kib),
             "fds": stat(|s| s.fds),
             "server_exit": self.server_exit,
@@ -469,15 +489,19 @@ impl Report {
                 steady.iter().map(|s| s.fds).max().unwrap_or(0),
             );
             println!(
-                "  server RSS after {:.0} s warm-up {:.1} MiB, at the end {:.1} MiB, max {:.1} MiB",
+                "  server RSS after {:.0} s warm-up {:.1} MiB, at the end of the load {:.1} MiB, max {:.1} MiB",
                 self.warmup.as_secs_f64(),
                 first.rss_kib as f64 / 1024.0,
                 last.rss_kib as f64 / 1024.0,
                 max_rss as f64 / 1024.0
             );
             println!(
-                "  server open fds after warm-up {}, at the end {}, min {min_fd}, max {max_fd}",
-                first.fds, last.fds
+                "  server open fds after warm-up {}, at the end of the load {}, min {min_fd}, max {max_fd}; \
+                 {} at the first sample, {} after the load",
+                first.fds,
+                last.fds,
+                self.samples.first().map_or(0, |s| s.fds),
+                self.samples.last().map_or(0, |s| s.fds)
             );
         }
         if self.errors.is_empty() {
@@ -837,6 +861,7 @@ async fn drive(
     }
     tokio::time::sleep_until(end.into()).await;
     let duration = load_start.elapsed();
+    let load_end_secs = start.elapsed().as_secs_f64();
     stop.cancel();
     let drained = tokio::time::timeout(Duration::from_secs(60), async {
         while tasks.join_next().await.is_some() {}
@@ -888,6 +913,7 @@ async fn drive(
         error_samples,
         rotation,
         warmup,
+        load_end_secs,
         samples,
         server_exit: None,
         kms_status: serde_json::Value::Null,

@@ -121,7 +121,9 @@ async fn drive(args: &UnaryArgs, ops: &[Op], server: &str) -> Result<Vec<PhaseRe
         #[cfg(feature = "etcd")]
         Target::Etcd => {
             for _ in 0..args.connections {
-                clients.push(Conn::Etcd(crate::etcd::connect(server).await?.kv_client()));
+                clients.push(Conn::Etcd(Box::new(
+                    crate::etcd::connect(server).await?.kv_client(),
+                )));
             }
         }
         #[cfg(not(feature = "etcd"))]
@@ -198,9 +200,9 @@ fn cli_error(e: CliError) -> String {
 enum Conn {
     /// A Coffer server.
     Coffer(SecretsClient<Channel>),
-    /// An etcd member's KV service.
+    /// An etcd member's KV service (boxed: it is much larger than a tonic client).
     #[cfg(feature = "etcd")]
-    Etcd(etcd_client::KvClient),
+    Etcd(Box<etcd_client::KvClient>),
 }
 
 impl std::fmt::Debug for Conn {

@@ -201,6 +201,9 @@ fn one_secret(ns: &str, secret: u64) -> pb::WatchSecretsRequest {
     }
 }
 
+/// Acknowledged updates by revision: (Secret index, sent, acknowledged).
+pub(crate) type Acks<R> = HashMap<R, (u64, Instant, Instant)>;
+
 /// The events one stream received: (resource_version, when).
 type Received = Vec<(u64, Instant)>;
 
@@ -521,7 +524,7 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     let rss_after = pid.and_then(rss_kib);
 
     // Updates at the given rate, each in its own task; acknowledgements by revision.
-    let acks: Arc<Mutex<HashMap<u64, (u64, Instant, Instant)>>> = Arc::default();
+    let acks: Arc<Mutex<Acks<u64>>> = Arc::default();
     let update_errors = Arc::new(AtomicU64::new(0));
     let update_latency = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
