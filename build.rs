@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // The vendored protoc ships the well-known types (google/protobuf/timestamp.proto).
     let include = protoc_bin_vendored::include_path()?;
+    // Both services use Coffer's codec: prost encoding that wipes a message's plaintext once it
+    // is encoded (src/proto/codec.rs).
     tonic_prost_build::configure()
+        .codec_path("crate::proto::codec::WipingCodec")
         .file_descriptor_set_path(out.join("coffer_descriptor.bin"))
         .compile_with_config(
             config,
@@ -18,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut kms_config = tonic_prost_build::Config::new();
     kms_config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        .codec_path("crate::proto::codec::WipingCodec")
         .file_descriptor_set_path(out.join("kms_v2_descriptor.bin"))
         .compile_with_config(
             kms_config,

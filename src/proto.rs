@@ -2,6 +2,8 @@
 //! plugin API (`proto/kms/v2`).
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 
+pub mod codec;
+
 /// `coffer.v1`: the Secret service.
 pub mod v1 {
     tonic::include_proto!("coffer.v1");

@@ -24,8 +24,8 @@ const NS: &str = "scale";
 const SECRETS: usize = 50;
 const MANY_STREAMS: usize = 4;
 const WATCHES_PER_STREAM: usize = 500;
-const SINGLE_STREAMS: usize = 300;
-const SINGLE_CONNECTIONS: usize = 3;
+const SINGLE_STREAMS: usize = 2000;
+const SINGLE_CONNECTIONS: usize = 4;
 
 fn name(i: usize) -> String {
     format!("s{:03}", i % SECRETS)

@@ -7,7 +7,10 @@
 //! the original; opening may fail too (detected). Never different plaintext.
 //!
 //! A panic or a hang inside sled on a corrupt file is a finding, counted and printed, but does not
-//! fail the test; wrong plaintext does. Flipping `kek.key` must make the store refuse with an
+//! fail the test; wrong plaintext does, and so does a campaign flip that rolls a Secret back to an
+//! older version (the checkpoint record, `db/checkpoint`, makes open refuse instead; the
+//! `wal.log`-only round of the crash image still only counts rollbacks, because a flip in the
+//! log's last entry is indistinguishable from a torn write). Flipping `kek.key` must make the store refuse with an
 //! error, never open with wrong plaintext. Records moved between keys are covered by
 //! `tests/engine_crypto.rs` (`every_flipped_byte_and_every_moved_record_is_data_loss`).
 
@@ -162,8 +165,9 @@ impl Rng {
 /// How one flipped copy behaved.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
-    /// The store refused to open (detected).
-    RefusedOpen,
+    /// The store refused to open (detected): `rollback` when the checkpoint record caught
+    /// sled's files behind it, `other` for any other reason.
+    RefusedOpen(&'static str),
     /// It opened; at least one read failed, every other read was exact. The string names the
     /// kinds of error seen (DataLoss, NotFound, ...).
     ReadError(String),
@@ -196,8 +200,13 @@ async fn check(dir: &Path, expect: &Expect) -> Outcome {
     let store = match Store::open_default(dir, Durability::Sync, StoreConfig::default()).await {
         Ok(s) => s,
         Err(e) => {
-            assert!(!e.to_string().is_empty(), "open error without a message");
-            return Outcome::RefusedOpen;
+            let message = e.to_string();
+            assert!(!message.is_empty(), "open error without a message");
+            return Outcome::RefusedOpen(if message.contains("checkpoint already made") {
+                "rollback"
+            } else {
+                "other"
+            });
         }
     };
     let mut errors = std::collections::BTreeSet::new();
@@ -281,9 +290,18 @@ fn check_isolated(name: String, dir: PathBuf, want: Arc<Expect>) -> Outcome {
     }
 }
 
-/// Flips `flips` single bytes spread round-robin over every data file of `pristine`, each on a
-/// fresh copy, and classifies the outcomes. Fails on any wrong plaintext.
-fn flip_campaign(label: &str, pristine: &Path, want: Expect, flips: usize, seed: u64) {
+/// Flips `flips` single bytes spread round-robin over every data file of `pristine` (or only
+/// those whose path ends with `only`), each on a fresh copy, and classifies the outcomes. Fails
+/// on any wrong plaintext, and on any rollback to an older version (acknowledged writes silently
+/// lost). Returns the outcome counts.
+fn flip_campaign(
+    label: &str,
+    pristine: &Path,
+    want: Expect,
+    flips: usize,
+    seed: u64,
+    only: Option<&str>,
+) -> BTreeMap<String, usize> {
     let started = Instant::now();
     let want = Arc::new(want);
     let baseline = check_isolated(
@@ -310,6 +328,9 @@ fn flip_campaign(label: &str, pristine: &Path, want: Expect, flips: usize, seed:
 
     let mut files = Vec::new();
     data_files(pristine, Path::new(""), &mut files);
+    if let Some(only) = only {
+        files.retain(|(f, _)| f.ends_with(only));
+    }
     assert!(!files.is_empty());
     let mut rng = Rng(seed);
     let mut by_file: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
@@ -330,7 +351,7 @@ fn flip_campaign(label: &str, pristine: &Path, want: Expect, flips: usize, seed:
         let outcome = check_isolated(format!("{label}-flip-{i}"), copy.clone(), want.clone());
         let what = format!("{} @{offset} ^{mask:#04x}", file.display());
         let class = match &outcome {
-            Outcome::RefusedOpen => "refused-open".to_owned(),
+            Outcome::RefusedOpen(why) => format!("refused-open({why})"),
             Outcome::ReadError(kinds) => format!("read-error({kinds})"),
             Outcome::Exact => "exact".to_owned(),
             Outcome::Wrong(msg) => panic!("{label}: {what}: WRONG PLAINTEXT: {msg}"),
@@ -385,6 +406,17 @@ fn flip_campaign(label: &str, pristine: &Path, want: Expect, flips: usize, seed:
         );
     }
     assert_eq!(totals.values().sum::<usize>(), flips);
+    let rollbacks: Vec<_> = findings
+        .iter()
+        .filter(|f| f.starts_with("rollback"))
+        .collect();
+    assert!(
+        rollbacks.is_empty(),
+        "{label}: {} flips silently rolled Secrets back to older versions, e.g. {:?}",
+        rollbacks.len(),
+        rollbacks.iter().take(3).collect::<Vec<_>>()
+    );
+    totals
 }
 
 /// A cleanly closed data dir: the sled files hold everything, `wal.log` is empty.
@@ -394,7 +426,7 @@ fn flips_in_a_cleanly_closed_data_dir_never_give_wrong_plaintext() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pristine = dir.path().join("pristine");
     let want = make_pristine(&pristine, None);
-    flip_campaign("closed", &pristine, want, 120, 0x00C0_FFEE_1234_5678);
+    flip_campaign("closed", &pristine, want, 120, 0x00C0_FFEE_1234_5678, None);
 }
 
 /// A crash image (copied after a sync while the store was open): `wal.log` holds the entries
@@ -416,7 +448,65 @@ fn flips_in_a_crash_image_never_give_wrong_plaintext() {
     let spare = dir.path().join("image-spare");
     copy_dir(&image, &spare);
     flip_log_only(&spare, &want);
-    flip_campaign("crash", &image, want, 100, 0x0BAD_5EED_9876_5431);
+    flip_campaign("crash", &image, want, 100, 0x0BAD_5EED_9876_5431, None);
+}
+
+/// The rollback that the checkpoint record exists for: after crash recovery and its checkpoint
+/// (the log replayed into sled, then emptied), a flipped byte in sled's `db` file can make sled
+/// recover only up to an earlier point, silently serving older versions of Secrets. The store
+/// must refuse to open instead (or read back exactly). Every outcome is counted and printed.
+#[test]
+fn flips_in_sled_after_recovery_and_checkpoint_never_roll_back() {
+    let _ = panics();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("live");
+    let image = dir.path().join("image");
+    let want = make_pristine(&live, Some(&image));
+    // The campaign's baseline open is the recovery: it replays wal.log and checkpoints.
+    let totals = flip_campaign(
+        "recovered-db",
+        &image,
+        want,
+        80,
+        0x005E_ED0F_0DB0_0001,
+        Some("sled/db"),
+    );
+    println!("  sled/db flips after recovery + checkpoint: {totals:?}");
+}
+
+/// sled's files put back from an older copy (everything else current): refused at open with a
+/// message naming the rollback, never served.
+#[test]
+fn an_older_copy_of_the_sled_files_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let old = dir.path().join("old-sled");
+    runtime().block_on(async {
+        let store = Store::open_default(&data, Durability::Sync, StoreConfig::default())
+            .await
+            .expect("open");
+        let first = store.create(secret(0)).await.expect("create");
+        drop(store);
+        copy_dir(&data.join("db").join("sled"), &old);
+        let store = Store::open_default(&data, Durability::Sync, StoreConfig::default())
+            .await
+            .expect("reopen");
+        let mut next = first.duplicate();
+        next.data
+            .insert("password".into(), b"newer".as_ref().into());
+        store.update(next).await.expect("update");
+        drop(store);
+    });
+    std::fs::remove_dir_all(data.join("db").join("sled")).expect("rm");
+    copy_dir(&old, &data.join("db").join("sled"));
+    let error = runtime().block_on(async {
+        Store::open_default(&data, Durability::Sync, StoreConfig::default())
+            .await
+            .expect_err("an older copy of sled's files must be refused")
+    });
+    let message = error.to_string();
+    assert!(message.contains("checkpoint"), "{message}");
+    assert!(message.contains("lost acknowledged writes"), "{message}");
 }
 
 /// Flips over `wal.log` of an uncheckpointed crash image (the campaign's baseline open
@@ -493,7 +583,7 @@ fn a_flipped_key_file_is_refused() {
         let outcome = match msg {
             Some(m) => {
                 messages.insert(m);
-                Outcome::RefusedOpen
+                Outcome::RefusedOpen("kek")
             }
             None => check_isolated(format!("kek-flip-{offset}"), copy.clone(), want.clone()),
         };

@@ -52,6 +52,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of the `serve` flags does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the Coffer server (sled under ./coffer-data, local KEK, 127.0.0.1:7070 by default).
     Serve(ServeArgs),

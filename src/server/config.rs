@@ -19,6 +19,16 @@
 //! kms_timeout = "3s"
 //! kms_grace = "3m"
 //! kms_poll_interval = "60s"
+//!
+//! [limits]
+//! quota_file = "/etc/coffer/quota.toml"
+//! max_watch_streams = 100000
+//! max_request_rate = 2000
+//! request_burst = 4000
+//! allow_core_dumps = false
+//! disable_mlock = false
+//! [security]            # see crate::auth::args
+//! token_file = "/etc/coffer/tokens.csv"
 //! ```
 //!
 //! A relative `data_dir` or socket path is relative to the working directory.
@@ -32,6 +42,9 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::ServeError;
+use super::limits::{LimitArgs, LimitConfig, LimitFile, LimitOptions};
+use crate::auth::args::FileSecurity;
+use crate::auth::{SecurityArgs, SecurityConfig};
 use crate::crypto::Algorithm;
 use crate::kms::{KmsConfig, KmsEndpoint};
 use crate::storage::Durability;
@@ -91,6 +104,13 @@ pub struct ServeArgs {
     /// failing) [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub kms_poll_interval: Option<String>,
+    /// Quotas, server-wide limits and memory hygiene (the file's `[limits]` table).
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Authentication, authorization, audit, per-connection limits (the `[security]` table of
+    /// the config file).
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Where the server listens.
@@ -166,6 +186,8 @@ pub struct ServerOptions {
     /// The soft cap on the size of one List page, so that pages stay readable by clients with
     /// the default 4 MiB receive limit. Default 3 MiB.
     pub list_page_bytes: usize,
+    /// Server-wide limits on watch streams and request rate. Default: none.
+    pub limits: LimitOptions,
 }
 
 impl Default for ServerOptions {
@@ -179,6 +201,7 @@ impl Default for ServerOptions {
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 8 << 20,
             list_page_bytes: 3 << 20,
+            limits: LimitOptions::default(),
         }
     }
 }
@@ -200,6 +223,10 @@ pub struct ServeConfig {
     pub options: ServerOptions,
     /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
     pub kms: KmsConfig,
+    /// Quotas, server-wide limits (also in `options.limits`) and memory hygiene.
+    pub limits: LimitConfig,
+    /// Authentication, authorization, audit, per-connection limits.
+    pub security: SecurityConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -228,6 +255,8 @@ struct FileConfig {
     kms_grace: Option<String>,
     #[serde(alias = "kms-poll-interval")]
     kms_poll_interval: Option<String>,
+    limits: Option<LimitFile>,
+    security: Option<FileSecurity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,6 +273,10 @@ impl ServeArgs {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let security = self
+            .security
+            .resolve(file.security)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         let data_dir = self
             .data_dir
             .clone()
@@ -319,6 +352,8 @@ impl ServeArgs {
             }
             options.watch_window_events = n;
         }
+        let limits = self.limits.resolve(file.limits)?;
+        options.limits = limits.server;
         let mut kms = KmsConfig::default();
         if let Some(e) = self.kms.clone().or(file.kms) {
             kms.endpoint = Some(
@@ -358,6 +393,8 @@ impl ServeArgs {
             },
             options,
             kms,
+            limits,
+            security,
         })
     }
 }
@@ -500,6 +537,33 @@ mod tests {
         let err = args.resolve().expect_err("unknown key");
         assert!(err.to_string().contains("lisen"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn security_table_in_the_config_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:0\"\n[security]\ntoken_file = \"/t.csv\"\n\
+             audit-log = \"/a.log\"\nmax_watch_streams_per_connection = 4\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().expect("resolve");
+        assert_eq!(c.security.token_file, Some(PathBuf::from("/t.csv")));
+        assert_eq!(c.security.audit_log, Some(PathBuf::from("/a.log")));
+        assert_eq!(c.security.limits.max_watch_streams, Some(4));
+        assert!(c.security.auth_enabled());
+        std::fs::write(&path, "[security]\naudit_fail_closed = true\n").expect("write");
+        let err = args.resolve().expect_err("needs a log").to_string();
+        assert!(
+            err.contains("--audit-fail-closed needs --audit-log"),
+            "{err}"
+        );
     }
 
     #[test]

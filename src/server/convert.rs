@@ -2,7 +2,8 @@
 //!
 //! Inbound, data values move into [`SecretValue`]s without a copy (the decoded `Vec<u8>` becomes
 //! the zeroizing buffer). Outbound, prost needs plain `Vec<u8>`s, so each value is copied once
-//! into the response message; that copy lives only until tonic has encoded the response.
+//! into the response message; that copy lives only until tonic has encoded the response, and
+//! the codec ([`crate::proto::codec`]) zeroizes it then.
 //!
 //! `string_data` is write-only: it is accepted (and merged into `data` by the store) but never
 //! returned. Server-managed fields (`uid`, `creation_timestamp`) are ignored on the way in.
@@ -168,6 +169,23 @@ mod tests {
             m.creation_timestamp = None;
         }
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn request_values_move_into_zeroizing_buffers_without_a_copy() {
+        let value = b"s3cret".to_vec();
+        let string = String::from("t0ps3cret");
+        let (value_at, string_at) = (value.as_ptr(), string.as_ptr());
+        let p = pb::Secret {
+            data: [("k".to_owned(), value)].into(),
+            string_data: [("s".to_owned(), string)].into(),
+            ..pb::Secret::default()
+        };
+        let s = secret_from_proto(p);
+        // The same allocations, now owned by `SecretValue`s (wiped on drop): no plaintext copy
+        // of the request is left behind for the allocator.
+        assert_eq!(s.data["k"].expose().as_ptr(), value_at);
+        assert_eq!(s.string_data["s"].expose().as_ptr(), string_at);
     }
 
     #[test]

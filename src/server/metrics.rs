@@ -9,6 +9,8 @@
 //!   watches they carry.
 //! - `coffer_kms_calls_total{op,result}`: calls to the KMS plugin, counted by [`CountingKms`].
 //! - `coffer_seal_total` / `coffer_open_total`: records sealed and opened by the store.
+//! - `coffer_limit_rejections_total{limit}`: calls refused by a server-wide limit
+//!   (`watch_streams`, `request_rate`; see [`super::limits`]).
 //!
 //! RPCs are observed by [`MetricsService`], which wraps the whole gRPC router: it reads the
 //! `grpc-status` of a trailers-only answer from the response headers, and otherwise from the
@@ -72,6 +74,10 @@ pub struct Metrics {
     watches: AtomicI64,
     /// `[op][0 = ok, 1 = error]`.
     kms: [[AtomicU64; 2]; KMS_OPS.len()],
+    /// Calls refused by the server-wide limits.
+    limits: Arc<super::limits::LimitCounters>,
+    /// Audit records that could not be written.
+    audit_errors: AtomicU64,
 }
 
 /// The index of a method in [`METHODS`] from a request path.
@@ -138,6 +144,12 @@ impl Metrics {
         GaugeGuard::new(self.clone(), |m| &m.watches)
     }
 
+    /// Adds `delta` to the open-watch gauge (the watch hub counts its live watchers this way,
+    /// rather than with a guard per watcher).
+    pub(crate) fn add_watches(&self, delta: i64) {
+        self.watches.fetch_add(delta, Ordering::Relaxed);
+    }
+
     /// The number of `method` RPCs (e.g. `"Create"`) started and not yet finished.
     pub fn in_flight(&self, method: &str) -> i64 {
         METHODS
@@ -158,6 +170,21 @@ impl Metrics {
             .position(|m| *m == method)
             .and_then(|i| self.methods[i].codes.get(code as usize))
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The counters the server-wide limits update.
+    pub fn limit_counters(&self) -> Arc<super::limits::LimitCounters> {
+        self.limits.clone()
+    }
+
+    /// Counts an audit record that could not be written.
+    pub fn audit_error(&self) {
+        self.audit_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Audit records that could not be written.
+    pub fn audit_errors(&self) -> u64 {
+        self.audit_errors.load(Ordering::Relaxed)
     }
 
     fn kms_call(&self, op: usize, ok: bool) {
@@ -260,6 +287,19 @@ impl Metrics {
                 );
             }
         }
+        let _ = write!(
+            out,
+            "# HELP coffer_limit_rejections_total Calls refused by a server-wide limit.\n\
+             # TYPE coffer_limit_rejections_total counter\n\
+             coffer_limit_rejections_total{{limit=\"watch_streams\"}} {}\n\
+             coffer_limit_rejections_total{{limit=\"request_rate\"}} {}\n\
+             # HELP coffer_audit_errors_total Audit records that could not be written.\n\
+             # TYPE coffer_audit_errors_total counter\n\
+             coffer_audit_errors_total {}\n",
+            self.limits.watch_streams_rejected.load(Ordering::Relaxed),
+            self.limits.rate_limited.load(Ordering::Relaxed),
+            self.audit_errors.load(Ordering::Relaxed)
+        );
         if let Some(store) = store {
             let _ = write!(
                 out,

@@ -10,8 +10,13 @@
 //! - [`status`]: the one mapping from engine errors to gRPC codes.
 //! - [`convert`]: wire messages to and from the engine's `Secret`.
 //! - [`metrics`]: Prometheus counters, the RPC observer, the KMS call counter, `/metrics`.
+//! - [`limits`]: the server-wide watch-stream cap and request rate; the quota, limit and
+//!   hygiene flags.
 //! - [`cleaner`]: deletes expired bootstrap tokens.
 //! - `health`: the gRPC health service, ending its watches at shutdown.
+//!
+//! Authentication, authorization, per-connection limits and audit live in [`crate::auth`] and
+//! [`crate::audit`]: [`Server::security`] hands them in; every Secret RPC passes the gate.
 //!
 //! # Running
 //!
@@ -42,10 +47,12 @@ pub mod config;
 pub mod convert;
 mod health;
 mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod status;
 mod watch;
+mod watch_queue;
 
 use std::io;
 use std::net::SocketAddr;
@@ -66,6 +73,9 @@ pub use self::metrics::{CountingKms, Metrics};
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
 use self::watch::WatchContext;
+use crate::auth::Security;
+use crate::auth::conn::Conn;
+use crate::auth::gate::Gate;
 use crate::proto::v1::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::secrets_server::SecretsServer;
 use crate::store::{Store, StoreConfig, StoreError};
@@ -132,11 +142,14 @@ pub enum ServeError {
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     init_tracing();
     let config = args.resolve()?;
+    // Before any key is loaded: no core dumps, memory locked.
+    crate::hygiene::apply(&config.limits.hygiene);
     create_data_dir(&config.data_dir)?;
     let metrics = Metrics::new();
     let store_config = StoreConfig {
         algorithm: config.aead,
         outage: config.kms.outage,
+        quotas: config.limits.quotas.clone(),
         ..StoreConfig::default()
     };
     // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
@@ -157,8 +170,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         config.data_dir.display(),
         config.durability
     );
+    let security = Security::load(config.security, Some(metrics.clone()))
+        .map_err(|e| ServeError::Config(e.to_string()))?;
     let mut server = Server::new(Arc::new(store))
         .options(config.options)
+        .security(security.clone())
         .metrics(metrics);
     for addr in config.listen {
         server = server.listen(addr);
@@ -168,6 +184,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
     let running = server.start().await?;
     let token = running.shutdown_token();
+    tokio::spawn(reload_on_sighup(security, token.clone()));
     tokio::spawn(async move {
         tokio::select! {
             _ = token.cancelled() => {}
@@ -178,6 +195,38 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }
     });
     running.wait().await
+}
+
+/// Reloads the token file and the policy (and reopens the audit log) on each SIGHUP, until
+/// shutdown. Connections stay up; a bad file keeps the previous settings.
+async fn reload_on_sighup(security: Arc<Security>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGHUP; settings reload only on restart");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP received: reloading the token file and the authorization policy");
+                    security.reload_and_log();
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (security, shutdown);
+    }
 }
 
 /// Creates the data directory if missing, owner-only (it holds the local KEK); an existing
@@ -253,6 +302,7 @@ pub struct Server {
     metrics_listen: Option<String>,
     options: ServerOptions,
     metrics: Option<Arc<Metrics>>,
+    security: Option<Arc<Security>>,
 }
 
 impl Server {
@@ -264,7 +314,15 @@ impl Server {
             metrics_listen: None,
             options: ServerOptions::default(),
             metrics: None,
+            security: None,
         }
+    }
+
+    /// Authenticates, authorizes, limits and audits requests with `security` (default:
+    /// [`Security::disabled`], which needs loopback or unix listeners).
+    pub fn security(mut self, security: Arc<Security>) -> Self {
+        self.security = Some(security);
+        self
     }
 
     /// Adds an address to listen on (TCP or unix socket; several may be given).
@@ -303,8 +361,13 @@ impl Server {
             metrics_listen,
             options,
             metrics,
+            security,
         } = self;
         let metrics = metrics.unwrap_or_else(Metrics::new);
+        let security = security.unwrap_or_else(Security::disabled);
+        let tls = security
+            .tls_config()
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
 
         // Bind everything first, so a bad address fails the start and nothing is half-up.
@@ -315,25 +378,39 @@ impl Server {
             metrics: metrics_listener,
             metrics_addr,
         } = bind_all(&listen, metrics_listen.as_deref()).await?;
+        if let Err(e) =
+            check_exposure(&security, &addrs).and_then(|()| open_sockets(&security, &sockets))
+        {
+            drop(listeners);
+            for path in &sockets {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
 
         // The services.
         let hub = Hub::start(
             &store,
+            metrics.clone(),
             options.watch_window_events,
             options.watch_window_bytes,
+            options.bookmark_interval,
             shutdown.clone(),
         );
         let ctx = WatchContext {
             store: store.clone(),
             hub,
             metrics: metrics.clone(),
-            bookmark_interval: options.bookmark_interval,
             list_page_bytes: options.list_page_bytes,
             shutdown: shutdown.clone(),
         };
-        let secrets = SecretsServer::new(SecretsService::new(ctx))
+        let secrets = SecretsServer::new(SecretsService::new(ctx, Gate::new(security.clone())))
             .max_decoding_message_size(options.max_decoding_message_size)
             .max_encoding_message_size(options.max_encoding_message_size);
+        let secrets = limits::LimitedSecrets::new(
+            secrets,
+            limits::Limits::new(options.limits, metrics.limit_counters()),
+        );
         let (health, _) = tonic_health::server::health_reporter();
         health.set_serving::<SecretsServer<SecretsService>>().await;
         // Not ready while the KMS is unusable for writes (started while the plugin is down, or
@@ -376,6 +453,10 @@ impl Server {
             let service = service.clone();
             match listener {
                 Listener::Tcp(l) => {
+                    let builder = match &tls {
+                        Some(tls) => builder.tls_config(tls.clone())?,
+                        None => builder,
+                    };
                     serving.spawn(builder.serve_with_incoming_shutdown(
                         service,
                         tcp_incoming(l),
@@ -395,6 +476,12 @@ impl Server {
         background.spawn(poll_kms(store.clone(), shutdown.clone()));
         background.spawn(mirror_kms_readiness(
             kms_ready,
+            store.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        background.spawn(watch_storage_health(
+            store.clone(),
             health.clone(),
             shutdown.clone(),
         ));
@@ -415,6 +502,7 @@ impl Server {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
+        log_security(&security, tls.is_some());
         tracing::info!(
             "coffer listening on {listening}; KMS: {}; AEAD: {}{}",
             store.seeds().describe_kms(),
@@ -439,6 +527,7 @@ impl Server {
             shutdown,
             store,
             metrics,
+            security,
             done: Some(supervisor),
         })
     }
@@ -470,6 +559,7 @@ async fn set_kms_readiness(health: &tonic_health::server::HealthReporter, ready:
 /// NOT_SERVING itself).
 async fn mirror_kms_readiness(
     mut ready: tokio::sync::watch::Receiver<bool>,
+    store: Arc<Store>,
     health: tonic_health::server::HealthReporter,
     shutdown: CancellationToken,
 ) {
@@ -479,7 +569,7 @@ async fn mirror_kms_readiness(
             changed = ready.changed() => if changed.is_err() { return },
         }
         let now = *ready.borrow_and_update();
-        if shutdown.is_cancelled() {
+        if shutdown.is_cancelled() || store.storage_failed() {
             return;
         }
         if now {
@@ -488,6 +578,127 @@ async fn mirror_kms_readiness(
             tracing::warn!("KMS unusable for writes: health NOT_SERVING until it answers again");
         }
         set_kms_readiness(&health, now).await;
+    }
+}
+
+/// How often the storage backend's state is checked for the health service.
+const STORAGE_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sets health NOT_SERVING, for good, once the storage backend has failed (it refuses every
+/// call until restart, so load balancers and orchestrators should know).
+async fn watch_storage_health(
+    store: Arc<Store>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(STORAGE_HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if store.storage_failed() {
+            tracing::error!("storage failed: health NOT_SERVING until restart");
+            set_kms_readiness(&health, false).await;
+            return;
+        }
+    }
+}
+
+/// Refuses a non-loopback TCP listener when no authentication is configured, unless
+/// `--insecure-allow-unauthenticated`.
+fn check_exposure(security: &Security, addrs: &[BoundAddr]) -> Result<(), ServeError> {
+    if security.auth_enabled() {
+        return Ok(());
+    }
+    let exposed: Vec<String> = addrs
+        .iter()
+        .filter_map(|a| match a {
+            BoundAddr::Tcp(s) if !s.ip().is_loopback() => Some(s.to_string()),
+            _ => None,
+        })
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    if security.config().insecure_allow_unauthenticated {
+        tracing::warn!(
+            "authentication is off and {} is not a loopback address: anyone who can reach it may \
+             read and write every Secret (--insecure-allow-unauthenticated)",
+            exposed.join(", ")
+        );
+        return Ok(());
+    }
+    Err(ServeError::Config(format!(
+        "refusing to listen on {} without authentication: configure --client-ca, --token-file or \
+         --unix-peer-users, listen on a loopback address or a unix socket, or pass \
+         --insecure-allow-unauthenticated",
+        exposed.join(", ")
+    )))
+}
+
+/// With authentication on, unix sockets are opened to every local user (0666): callers are then
+/// told apart by their credentials or peer uid, not by the socket file's mode. Without it they
+/// stay owner-only.
+fn open_sockets(security: &Security, sockets: &[PathBuf]) -> Result<(), ServeError> {
+    if !security.auth_enabled() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    for path in sockets {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|e| {
+            ServeError::Io {
+                context: format!("cannot open socket {} to other users", path.display()),
+                source: e,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Says at start how callers are authenticated and authorized.
+fn log_security(security: &Security, tls: bool) {
+    let c = security.config();
+    if !security.auth_enabled() {
+        tracing::warn!(
+            "authentication is off: every caller may read and write every Secret; serving only \
+             on loopback addresses and unix sockets (configure --client-ca, --token-file or \
+             --unix-peer-users to turn it on)"
+        );
+    } else {
+        let mut methods = Vec::new();
+        if c.client_ca.is_some() {
+            methods.push("client certificates");
+        }
+        if c.token_file.is_some() {
+            methods.push("bearer tokens");
+        }
+        if !c.unix_peer_users.is_empty() {
+            methods.push("unix peer uids");
+        }
+        tracing::info!(
+            "authentication: {}; authorization: {} rule(s) (default deny)",
+            methods.join(", "),
+            security.policy().len()
+        );
+        if c.authz_policy.is_none() {
+            tracing::warn!("no --authz-policy: every authenticated request is denied");
+        }
+        if c.token_file.is_some() && !tls {
+            tracing::warn!("bearer tokens are accepted without TLS: use --tls-cert off loopback");
+        }
+    }
+    if let Some(p) = &c.audit_log {
+        tracing::info!(
+            "audit log {}{}",
+            p.display(),
+            if c.audit_fail_closed {
+                " (fail closed)"
+            } else {
+                ""
+            }
+        );
     }
 }
 
@@ -571,12 +782,12 @@ enum Listener {
 
 /// Accepted TCP connections (with `TCP_NODELAY`). An accept error (out of file descriptors,
 /// say) is passed on after a short pause, so the accept loop cannot spin.
-fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<tokio::net::TcpStream>> {
+fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<Conn<tokio::net::TcpStream>>> {
     futures::stream::unfold(l, |l| async move {
         let r = match l.accept().await {
             Ok((s, _)) => {
                 let _ = s.set_nodelay(true);
-                Ok(s)
+                Ok(Conn::tcp(s))
             }
             Err(e) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -588,10 +799,10 @@ fn tcp_incoming(l: TcpListener) -> impl Stream<Item = io::Result<tokio::net::Tcp
 }
 
 /// Accepted unix socket connections, as [`tcp_incoming`].
-fn unix_incoming(l: UnixListener) -> impl Stream<Item = io::Result<tokio::net::UnixStream>> {
+fn unix_incoming(l: UnixListener) -> impl Stream<Item = io::Result<Conn<tokio::net::UnixStream>>> {
     futures::stream::unfold(l, |l| async move {
         let r = match l.accept().await {
-            Ok((s, _)) => Ok(s),
+            Ok((s, _)) => Ok(Conn::unix(s)),
             Err(e) => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 Err(e)
@@ -602,8 +813,8 @@ fn unix_incoming(l: UnixListener) -> impl Stream<Item = io::Result<tokio::net::U
 }
 
 /// Binds a unix socket at `path`, replacing a stale socket file (one nobody answers on) but
-/// never a live socket or any other kind of file. The socket is made owner-only (0600): until
-/// authentication exists, whoever can connect can read every Secret.
+/// never a live socket or any other kind of file. The socket is made owner-only (0600): without
+/// authentication, whoever can connect can read every Secret (see [`open_sockets`]).
 async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     crate::kms::plugin::bind_unix(path).await
 }
@@ -684,6 +895,7 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    security: Arc<Security>,
     done: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
 
@@ -717,6 +929,11 @@ impl RunningServer {
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The security state (e.g. to [`Security::reload`] it).
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
     }
 
     /// The store being served.

@@ -6,9 +6,14 @@
 //! | [`StoreError::AlreadyExists`] | `ALREADY_EXISTS` |
 //! | [`StoreError::NotFound`] | `NOT_FOUND` |
 //! | stale resource_version or uid ([`StoreError::Conflict`], [`StoreError::UidMismatch`]) | `ABORTED` |
+//! | over a namespace quota ([`StoreError::QuotaExceeded`]), over a server limit ([`super::limits`]) | `RESOURCE_EXHAUSTED` |
 //! | KMS unusable ([`StoreError::Unavailable`]), storage failed earlier | `UNAVAILABLE` |
 //! | a record that fails to open ([`StoreError::DataLoss`]) | `DATA_LOSS` |
 //! | any other storage error | `INTERNAL` |
+//! | no or bad credentials ([`AuthError::Unauthenticated`]) | `UNAUTHENTICATED` |
+//! | not allowed by the policy ([`AuthError::Forbidden`]) | `PERMISSION_DENIED` |
+//! | over a connection's request rate or watch streams | `RESOURCE_EXHAUSTED` |
+//! | audit log unwritable with `--audit-fail-closed` ([`AuthError::AuditUnavailable`]) | `UNAVAILABLE` |
 //!
 //! Messages name the field (validation messages are those of the Kubernetes API server) and never
 //! contain a data value: the engine's messages never do, and nothing here adds one. Every message
@@ -17,6 +22,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::model::validation::ValidationErrors;
 use crate::storage::StorageError;
 use crate::store::StoreError;
@@ -40,6 +46,7 @@ pub fn store_error(e: &StoreError) -> Status {
         StoreError::Conflict { .. } | StoreError::UidMismatch { .. } => {
             status(Code::Aborted, e.to_string())
         }
+        StoreError::QuotaExceeded(_) => status(Code::ResourceExhausted, e.to_string()),
         StoreError::Unavailable(_) => status(Code::Unavailable, e.to_string()),
         StoreError::DataLoss { .. } => status(Code::DataLoss, e.to_string()),
         StoreError::Storage(StorageError::Failed(_)) => status(Code::Unavailable, e.to_string()),
@@ -50,6 +57,25 @@ pub fn store_error(e: &StoreError) -> Status {
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         store_error(&e)
+    }
+}
+
+/// Maps a refusal by the security gate to a gRPC status.
+pub fn auth_error(e: &AuthError) -> Status {
+    let code = match e {
+        AuthError::Unauthenticated(_) => Code::Unauthenticated,
+        AuthError::Forbidden { .. } => Code::PermissionDenied,
+        AuthError::RateLimited { .. } | AuthError::TooManyWatchStreams { .. } => {
+            Code::ResourceExhausted
+        }
+        AuthError::AuditUnavailable(_) => Code::Unavailable,
+    };
+    status(code, e.to_string())
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        auth_error(&e)
     }
 }
 
@@ -187,6 +213,41 @@ mod tests {
             reason: "integrity".into(),
         };
         assert_eq!(store_error(&d).code(), Code::DataLoss);
+    }
+
+    #[test]
+    fn auth_codes() {
+        use crate::auth::Verb;
+        let cases = [
+            (
+                AuthError::Unauthenticated("x".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                AuthError::Forbidden {
+                    user: "u".into(),
+                    verb: Verb::Get,
+                    namespace: "n".into(),
+                    name: Some("a".into()),
+                },
+                Code::PermissionDenied,
+            ),
+            (
+                AuthError::RateLimited {
+                    rate: 1.0,
+                    burst: 1.0,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                AuthError::TooManyWatchStreams { max: 1 },
+                Code::ResourceExhausted,
+            ),
+            (AuthError::AuditUnavailable("x".into()), Code::Unavailable),
+        ];
+        for (e, code) in cases {
+            assert_eq!(auth_error(&e).code(), code, "{e}");
+        }
     }
 
     #[test]

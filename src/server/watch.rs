@@ -15,38 +15,33 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
-use super::convert::{bookmark_object, secret_into_proto, secret_to_proto};
-use super::hub::{Hub, HubEvent, WATCH_QUEUE};
+use super::convert::{bookmark_object, secret_into_proto};
+use super::hub::{
+    Hub, RegisterError, Registration, Sink, SpecKey, WATCH_QUEUE, canceled, fell_behind, wire_event,
+};
 use super::metrics::Metrics;
 use super::status::{self, fix_decode_limit};
+use super::watch_queue::{Item, StreamQueue, WatchEvents, WatchManyEvents};
 use crate::model::Secret;
 use crate::model::selector::{FieldSelector, LabelSelector};
 use crate::model::validation::validate_namespace;
 use crate::proto::v1 as pb;
 use crate::proto::v1::watch_event::Type as EventType;
-use crate::store::{ChangeEvent, EventKind, ListOptions, Store, StoreError};
+use crate::store::{ChangeEvent, ListOptions, Store, StoreError};
 
 /// Events read from the window per lock.
 const READ_BATCH: usize = 128;
 /// Items per page while sending initial events.
 const INITIAL_PAGE: usize = 500;
-/// Messages buffered per Watch stream before the watcher waits for the client (its hub queue
-/// holds more).
-pub(crate) const WATCH_BUFFER: usize = 16;
-/// Messages buffered per WatchMany stream.
-pub(crate) const WATCH_MANY_BUFFER: usize = 256;
+/// Messages queued per WatchMany stream (all its watches together) before the watch whose
+/// change does not fit is ended as fallen behind.
+pub(crate) const WATCH_MANY_QUEUE: usize = 4096;
 /// The most watches one WatchMany stream may hold.
 pub const MAX_WATCHES_PER_STREAM: usize = 100_000;
-/// How long a final status may wait for room in a stream's buffer: a watcher ended for falling
-/// behind has a full buffer, and sees its status once it reads again (within this time).
-const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 // =============================================================================================
 // The event window
@@ -128,7 +123,11 @@ impl EventWindow {
     }
 
     /// Up to `max` events after `cursor`, oldest first.
-    fn read_after(&self, cursor: u64, max: usize) -> Result<Vec<Arc<ChangeEvent>>, TooOld> {
+    pub(crate) fn read_after(
+        &self,
+        cursor: u64,
+        max: usize,
+    ) -> Result<Vec<Arc<ChangeEvent>>, TooOld> {
         let w = self.read();
         if cursor < w.floor {
             return Err(TooOld { floor: w.floor });
@@ -138,7 +137,6 @@ impl EventWindow {
     }
 }
 
-// =============================================================================================
 // One watch
 // =============================================================================================
 
@@ -148,82 +146,108 @@ pub(crate) struct WatchContext {
     pub(crate) store: Arc<Store>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) bookmark_interval: Duration,
     pub(crate) list_page_bytes: usize,
     /// Cancelled when the server shuts down.
     pub(crate) shutdown: CancellationToken,
 }
 
-/// A validated watch request.
+/// What a watcher selects: shared by every watch with the same request fields (see
+/// [`Hub::spec`]), so that a million watches of a few thousand Secrets hold a few thousand of
+/// these.
 #[derive(Debug)]
 pub(crate) struct WatchSpec {
     namespace: String,
-    label_selector: String,
-    field_selector: String,
     labels: LabelSelector,
     fields: FieldSelector,
-    start: Start,
     bookmarks: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// A validated watch request: what it selects, and where it starts.
+#[derive(Debug)]
+pub(crate) struct WatchRequest {
+    pub(crate) spec: Arc<WatchSpec>,
+    start: Start,
+}
+
+#[derive(Debug, Clone)]
 enum Start {
     /// Changes after this revision.
     After(u64),
-    /// ADDED for the current state, a bookmark, then changes.
-    Initial,
+    /// ADDED for the current state (listed with these selectors), a bookmark, then changes.
+    Initial {
+        label_selector: String,
+        field_selector: String,
+    },
 }
 
 impl WatchSpec {
-    /// Checks a request: namespace, selectors, and a resource_version the server can serve.
-    pub(crate) fn parse(ctx: &WatchContext, req: pb::WatchSecretsRequest) -> Result<Self, Status> {
-        if !req.namespace.is_empty() {
-            validate_namespace(&req.namespace).map_err(StoreError::from)?;
+    fn parse(key: &SpecKey) -> Result<Self, Status> {
+        if !key.namespace.is_empty() {
+            validate_namespace(&key.namespace).map_err(StoreError::from)?;
         }
-        let labels = LabelSelector::parse(&req.label_selector).map_err(|e| {
+        let labels = LabelSelector::parse(&key.label_selector).map_err(|e| {
             Status::from(StoreError::BadRequest {
                 field: "labelSelector",
                 message: e.to_string(),
             })
         })?;
-        let fields = FieldSelector::parse(&req.field_selector).map_err(|e| {
+        let fields = FieldSelector::parse(&key.field_selector).map_err(|e| {
             Status::from(StoreError::BadRequest {
                 field: "fieldSelector",
                 message: e.to_string(),
             })
         })?;
+        Ok(Self {
+            namespace: key.namespace.clone(),
+            labels,
+            fields,
+            bookmarks: key.bookmarks,
+        })
+    }
+}
+
+impl WatchRequest {
+    /// Checks a request: namespace, selectors, and a resource_version the server can serve.
+    pub(crate) fn parse(ctx: &WatchContext, req: pb::WatchSecretsRequest) -> Result<Self, Status> {
         let start = if req.send_initial_events {
-            Start::Initial
+            Start::Initial {
+                label_selector: req.label_selector.clone(),
+                field_selector: req.field_selector.clone(),
+            }
         } else if req.resource_version == 0 {
             Start::After(ctx.store.revision())
         } else {
+            Start::After(req.resource_version)
+        };
+        let spec = ctx.hub.spec(
+            SpecKey {
+                namespace: req.namespace,
+                label_selector: req.label_selector,
+                field_selector: req.field_selector,
+                bookmarks: req.allow_bookmarks,
+            },
+            WatchSpec::parse,
+        )?;
+        if let Start::After(rv) = start
+            && req.resource_version != 0
+        {
             let current = ctx.store.revision();
-            if req.resource_version > current {
+            if rv > current {
                 return Err(status::status(
                     Code::OutOfRange,
-                    format!(
-                        "too large resource version: {} (current {current})",
-                        req.resource_version
-                    ),
+                    format!("too large resource version: {rv} (current {current})"),
                 ));
             }
             let floor = ctx.hub.window().floor();
-            if req.resource_version < floor {
-                return Err(status::too_old(req.resource_version, floor));
+            if rv < floor {
+                return Err(status::too_old(rv, floor));
             }
-            Start::After(req.resource_version)
-        };
-        Ok(Self {
-            namespace: req.namespace,
-            label_selector: req.label_selector,
-            field_selector: req.field_selector,
-            labels,
-            fields,
-            start,
-            bookmarks: req.allow_bookmarks,
-        })
+        }
+        Ok(Self { spec, start })
     }
+}
 
+impl WatchSpec {
     /// The namespace asked for (empty: all).
     pub(crate) fn namespace(&self) -> &str {
         &self.namespace
@@ -234,6 +258,11 @@ impl WatchSpec {
         &self.fields
     }
 
+    /// Whether the watcher asked for periodic bookmarks.
+    pub(crate) fn wants_bookmarks(&self) -> bool {
+        self.bookmarks
+    }
+
     pub(crate) fn matches(&self, s: &Secret) -> bool {
         (self.namespace.is_empty() || s.metadata.namespace == self.namespace)
             && self.fields.matches(s)
@@ -241,7 +270,7 @@ impl WatchSpec {
     }
 }
 
-/// Why a watch stopped.
+/// Why a catch-up stopped.
 #[derive(Debug)]
 pub(crate) enum Stop {
     /// The client went away, or cancelled this watch.
@@ -250,132 +279,31 @@ pub(crate) enum Stop {
     Status(Status),
 }
 
-/// What a stream's buffer holds: small (two words), so that an idle stream's channel block is
-/// small too; a shared hub event is cloned into its wire message only when tonic encodes it.
-#[derive(Debug)]
-pub(crate) enum Out {
-    /// A change, shared with every other receiver.
-    Shared(Arc<HubEvent>),
-    /// An event of this watch only (initial, catch-up, bookmark).
-    Owned(Box<pb::WatchEvent>),
-    /// A WatchMany acknowledgement or per-watch error.
-    Control(Box<pb::WatchManyEvent>),
-    /// The stream ends with this status.
-    End(Box<Status>),
-}
+/// A watch resuming at most this many revisions back registers at once, queueing the changes
+/// it missed from the window (they fit its empty queue); one further back, or one that wants
+/// initial events, first catches up in a task of its own, waiting for its client to read.
+const REGISTER_GAP: u64 = 64;
 
-/// The response stream of Watch.
-#[derive(Debug)]
-pub struct WatchEvents(mpsc::Receiver<Out>);
-
-impl futures::Stream for WatchEvents {
-    type Item = Result<pb::WatchEvent, Status>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        loop {
-            return match std::task::ready!(self.0.poll_recv(cx)) {
-                None => std::task::Poll::Ready(None),
-                Some(Out::Shared(ev)) => std::task::Poll::Ready(Some(Ok(ev.event.clone()))),
-                Some(Out::Owned(ev)) => std::task::Poll::Ready(Some(Ok(*ev))),
-                Some(Out::End(s)) => std::task::Poll::Ready(Some(Err(*s))),
-                Some(Out::Control(_)) => continue,
-            };
-        }
+/// Sends `event` into the watch's queue, waiting for room, unless `cancel` fires first.
+async fn send(sink: &Sink, event: pb::WatchEvent, cancel: &CancellationToken) -> Result<(), Stop> {
+    let item = Item::Owned(sink_id(sink), Box::new(event));
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Stop::Closed),
+        r = sink_queue(sink).push(item) => r.map_err(|_| Stop::Closed),
     }
 }
 
-/// The response stream of WatchMany.
-#[derive(Debug)]
-pub struct WatchManyEvents(mpsc::Receiver<(u64, Out)>);
-
-impl futures::Stream for WatchManyEvents {
-    type Item = Result<pb::WatchManyEvent, Status>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let tagged = |watch_id, ev| pb::WatchManyEvent {
-            watch_id,
-            event: Some(ev),
-            ..pb::WatchManyEvent::default()
-        };
-        std::task::Poll::Ready(match std::task::ready!(self.0.poll_recv(cx)) {
-            None => None,
-            Some((id, Out::Shared(ev))) => Some(Ok(tagged(id, ev.event.clone()))),
-            Some((id, Out::Owned(ev))) => Some(Ok(tagged(id, *ev))),
-            Some((_, Out::Control(ev))) => Some(Ok(*ev)),
-            Some((_, Out::End(s))) => Some(Err(*s)),
-        })
+fn sink_queue(sink: &Sink) -> &StreamQueue {
+    match sink {
+        Sink::Single(q) | Sink::Many(q, _) => q,
     }
 }
 
-/// Where a watch's events go.
-#[derive(Debug)]
-pub(crate) enum Sink {
-    /// A Watch stream.
-    Single(mpsc::Sender<Out>),
-    /// One watch of a WatchMany stream.
-    Many {
-        /// The stream.
-        tx: mpsc::Sender<(u64, Out)>,
-        /// The watch's id.
-        id: u64,
-    },
-}
-
-impl Sink {
-    async fn send(&self, event: pb::WatchEvent, cancel: &CancellationToken) -> Result<(), Stop> {
-        self.send_or_overflow(Out::Owned(Box::new(event)), cancel, None)
-            .await
-    }
-
-    /// Sends `event`, unless `cancel` fires first, or `overflow` does (the watcher's hub queue
-    /// filled while it waited for the client): then the watch ends as fallen behind at
-    /// `overflow`'s revision.
-    async fn send_or_overflow(
-        &self,
-        event: Out,
-        cancel: &CancellationToken,
-        overflow: Option<(&CancellationToken, u64)>,
-    ) -> Result<(), Stop> {
-        let overflowed = async {
-            match overflow {
-                Some((t, _)) => t.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let behind = || Stop::Status(fell_behind(overflow.map_or(0, |(_, rv)| rv)));
-        let sent = match self {
-            Sink::Single(tx) => {
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return Err(Stop::Closed),
-                    _ = overflowed => return Err(behind()),
-                    r = tx.send(event) => r.is_ok(),
-                }
-            }
-            Sink::Many { tx, id } => {
-                let ev = (*id, event);
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return Err(Stop::Closed),
-                    _ = overflowed => return Err(behind()),
-                    r = tx.send(ev) => r.is_ok(),
-                }
-            }
-        };
-        if sent { Ok(()) } else { Err(Stop::Closed) }
-    }
-
-    async fn closed(&self) {
-        match self {
-            Sink::Single(tx) => tx.closed().await,
-            Sink::Many { tx, .. } => tx.closed().await,
-        }
+fn sink_id(sink: &Sink) -> u64 {
+    match sink {
+        Sink::Single(_) => 0,
+        Sink::Many(_, id) => *id,
     }
 }
 
@@ -386,124 +314,75 @@ fn event(kind: EventType, object: pb::Secret) -> pb::WatchEvent {
     }
 }
 
-fn kind_of(k: EventKind) -> EventType {
-    match k {
-        EventKind::Added => EventType::Added,
-        EventKind::Modified => EventType::Modified,
-        EventKind::Deleted => EventType::Deleted,
-    }
-}
-
-/// Runs one watch until the client goes away, `cancel` fires, or an error ends it. When the
-/// server is shutting down, the result is `UNAVAILABLE` "server shutting down".
-pub(crate) async fn run(
+/// Registers a watch that needs no catch-up task; `None` if it needs one.
+fn register_now(
     ctx: &WatchContext,
-    spec: &Arc<WatchSpec>,
+    req: &WatchRequest,
     sink: &Sink,
-    cancel: &CancellationToken,
-) -> Stop {
-    let stop = run_inner(ctx, spec, sink, cancel).await;
-    match stop {
-        Err(Stop::Closed) | Ok(()) if ctx.shutdown.is_cancelled() => {
-            Stop::Status(status::shutting_down())
-        }
-        Err(s) => s,
-        Ok(()) => Stop::Closed,
-    }
-}
-
-/// `ABORTED`: the watcher's queue filled; it may resume after `rv`, the last revision it was
-/// given.
-fn fell_behind(rv: u64) -> Status {
-    status::status(
-        Code::Aborted,
-        format!(
-            "watch fell behind: more than {WATCH_QUEUE} events queued for it; \
-             resume from resource version {rv}"
-        ),
-    )
-}
-
-async fn run_inner(
-    ctx: &WatchContext,
-    spec: &Arc<WatchSpec>,
-    sink: &Sink,
-    cancel: &CancellationToken,
-) -> Result<(), Stop> {
-    // Registered first, so that nothing after `registered_at` is missed.
-    let (tx, mut rx) = mpsc::channel::<Arc<HubEvent>>(WATCH_QUEUE);
-    let overflow = CancellationToken::new();
-    let registration = ctx.hub.register(spec.clone(), tx, overflow.clone());
-    let mut cursor = match spec.start {
-        Start::After(rv) => rv,
-        // Boxed: a list's future is large, and would otherwise be part of every idle watch's
-        // state.
-        Start::Initial => Box::pin(send_initial(ctx, spec, sink, cancel)).await?,
+) -> Option<Result<Registration, Stop>> {
+    let spec = &req.spec;
+    let Start::After(rv) = req.start else {
+        return None;
     };
-    // Catch up from the window: the changes after `cursor` dispatched before registration.
-    if cursor < registration.registered_at {
-        cursor = Box::pin(catch_up(
-            ctx,
-            spec,
-            sink,
-            cancel,
-            &overflow,
-            cursor,
-            registration.registered_at,
-        ))
-        .await?;
+    if ctx.hub.dispatched() > rv.saturating_add(REGISTER_GAP) {
+        return None;
     }
-    cursor = cursor.max(registration.registered_at);
-    let period = ctx.bookmark_interval.max(Duration::from_millis(1));
-    // A timer only for the watches that asked for bookmarks.
-    let mut bookmarks = spec.bookmarks.then(|| {
-        let mut i = tokio::time::interval_at(Instant::now() + period, period);
-        i.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        i
-    });
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return Err(Stop::Closed),
-            _ = overflow.cancelled() => return Err(Stop::Status(fell_behind(cursor))),
-            ev = rx.recv() => match ev {
-                // Events up to `cursor` were sent already (initial events or catch-up).
-                Some(ev) if ev.revision <= cursor => {}
-                Some(ev) => {
-                    let delivered = cursor;
-                    cursor = ev.revision;
-                    sink.send_or_overflow(Out::Shared(ev), cancel, Some((&overflow, delivered)))
-                        .await?;
-                }
-                None => {
-                    return Err(Stop::Status(status::status(Code::Unavailable, "watch feed ended")));
-                }
-            },
-            _ = sink.closed() => return Err(Stop::Closed),
-            () = tick(&mut bookmarks) => {
-                // Every event up to `dispatched` that concerns this watcher is in its queue;
-                // with the queue empty they have all been sent.
-                let dispatched = ctx.hub.dispatched();
-                let rv = if rx.is_empty() { dispatched.max(cursor) } else { cursor };
-                cursor = rv;
-                sink.send_or_overflow(
-                    Out::Owned(Box::new(event(EventType::Bookmark, bookmark_object(rv, false)))),
-                    cancel,
-                    Some((&overflow, rv)),
-                )
-                .await?;
-            }
-        }
+    Some(match ctx.hub.register(spec.clone(), sink.clone(), rv) {
+        Ok(r) => Ok(r),
+        Err(e) => Err(register_stop(e)),
+    })
+}
+
+fn register_stop(e: RegisterError) -> Stop {
+    match e {
+        RegisterError::TooOld(s) => Stop::Status(s),
+        RegisterError::Full { after } => Stop::Status(fell_behind(after)),
+        RegisterError::Gone => Stop::Closed,
+        RegisterError::ShuttingDown => Stop::Status(status::shutting_down()),
     }
 }
 
-/// The next tick of `interval`, or never.
-async fn tick(interval: &mut Option<tokio::time::Interval>) {
-    match interval {
-        Some(i) => {
-            i.tick().await;
+/// The catch-up phase of a watch: initial events or the changes from the window, then its
+/// registration with the hub (after which it needs no task).
+async fn catch_up_and_register(
+    ctx: &WatchContext,
+    req: &WatchRequest,
+    sink: &Sink,
+    cancel: &CancellationToken,
+) -> Result<Registration, Stop> {
+    let spec = &req.spec;
+    let mut cursor = match &req.start {
+        Start::After(rv) => *rv,
+        // Boxed: a list's future is large.
+        Start::Initial {
+            label_selector,
+            field_selector,
+        } => {
+            let selectors = (label_selector.clone(), field_selector.clone());
+            Box::pin(send_initial(ctx, spec, selectors, sink, cancel)).await?
         }
-        None => std::future::pending().await,
+    };
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Stop::Closed);
+        }
+        let target = ctx.hub.dispatched();
+        if target > cursor.saturating_add(REGISTER_GAP) {
+            cursor = catch_up(ctx, spec, sink, cancel, cursor, target).await?;
+            continue;
+        }
+        match ctx.hub.register(spec.clone(), sink.clone(), cursor) {
+            Ok(r) => return Ok(r),
+            Err(RegisterError::Full { after }) => {
+                cursor = after;
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(Stop::Closed),
+                    r = sink_queue(sink).wait_room() => r.map_err(|_| Stop::Closed)?,
+                }
+            }
+            Err(e) => return Err(register_stop(e)),
+        }
     }
 }
 
@@ -513,7 +392,6 @@ async fn catch_up(
     spec: &WatchSpec,
     sink: &Sink,
     cancel: &CancellationToken,
-    overflow: &CancellationToken,
     mut cursor: u64,
     until: u64,
 ) -> Result<u64, Stop> {
@@ -531,14 +409,7 @@ async fn catch_up(
                 return Ok(cursor);
             }
             if spec.matches(&ev.object) {
-                let obj = secret_to_proto(&ev.object);
-                // Until it is sent, the watch has delivered up to `cursor`.
-                sink.send_or_overflow(
-                    Out::Owned(Box::new(event(kind_of(ev.kind), obj))),
-                    cancel,
-                    Some((overflow, cursor)),
-                )
-                .await?;
+                send(sink, wire_event(&ev), cancel).await?;
             }
             cursor = ev.revision;
         }
@@ -551,13 +422,14 @@ async fn catch_up(
 async fn send_initial(
     ctx: &WatchContext,
     spec: &WatchSpec,
+    (label_selector, field_selector): (String, String),
     sink: &Sink,
     cancel: &CancellationToken,
 ) -> Result<u64, Stop> {
     let mut opts = ListOptions {
         namespace: spec.namespace.clone(),
-        label_selector: spec.label_selector.clone(),
-        field_selector: spec.field_selector.clone(),
+        label_selector,
+        field_selector,
         limit: INITIAL_PAGE,
         continue_token: String::new(),
         max_bytes: ctx.list_page_bytes,
@@ -571,15 +443,11 @@ async fn send_initial(
             .map_err(|e| Stop::Status(e.into()))?;
         let rv = *revision.get_or_insert(page.revision);
         for s in page.items {
-            sink.send(event(EventType::Added, secret_into_proto(s)), cancel)
-                .await?;
+            send(sink, event(EventType::Added, secret_into_proto(s)), cancel).await?;
         }
         if page.continue_token.is_empty() {
-            sink.send(
-                event(EventType::Bookmark, bookmark_object(rv, true)),
-                cancel,
-            )
-            .await?;
+            let end = event(EventType::Bookmark, bookmark_object(rv, true));
+            send(sink, end, cancel).await?;
             return Ok(rv);
         }
         opts.continue_token = page.continue_token;
@@ -590,218 +458,276 @@ async fn send_initial(
 // The two RPCs
 // =============================================================================================
 
-async fn send_final<T>(tx: &mpsc::Sender<T>, end: T) {
-    let _ = tokio::time::timeout(FINAL_SEND_TIMEOUT, tx.send(end)).await;
-}
-
-/// A Watch stream's buffer and response stream.
-pub(crate) fn watch_channel() -> (mpsc::Sender<Out>, WatchEvents) {
-    let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-    (tx, WatchEvents(rx))
-}
-
-/// A WatchMany stream's buffer and response stream.
-pub(crate) fn watch_many_channel() -> (mpsc::Sender<(u64, Out)>, WatchManyEvents) {
-    let (tx, rx) = mpsc::channel(WATCH_MANY_BUFFER);
-    (tx, WatchManyEvents(rx))
-}
-
-/// Starts the task behind one Watch stream.
-pub(crate) fn spawn_watch(ctx: WatchContext, spec: WatchSpec, tx: mpsc::Sender<Out>) {
-    let stream_guard = ctx.metrics.watch_stream();
-    let watch_guard = ctx.metrics.watch();
-    tokio::spawn(async move {
-        let _guards = (stream_guard, watch_guard);
-        let sink = Sink::Single(tx);
-        let spec = Arc::new(spec);
-        let cancel = ctx.shutdown.clone();
-        if let Stop::Status(s) = run(&ctx, &spec, &sink, &cancel).await
-            && let Sink::Single(tx) = &sink
-        {
-            send_final(tx, Out::End(Box::new(s))).await;
-        }
-    });
-}
-
-/// Starts the task behind one WatchMany stream: reads `create`/`cancel` requests and runs each
-/// watch as its own task, all writing to `tx`.
-pub(crate) fn spawn_watch_many(
-    ctx: WatchContext,
-    mut input: tonic::Streaming<pb::WatchManyRequest>,
-    tx: mpsc::Sender<(u64, Out)>,
-) {
-    let stream_guard = ctx.metrics.watch_stream();
-    tokio::spawn(async move {
-        let _guard = stream_guard;
-        let stream_cancel = ctx.shutdown.child_token();
-        let mut mux = Mux {
-            ctx: ctx.clone(),
-            tx: tx.clone(),
-            watches: HashMap::new(),
-            tasks: tokio::task::JoinSet::new(),
-            generation: 0,
-            next_auto_id: 1,
-            stream_cancel: stream_cancel.clone(),
-        };
-        let mut input_open = true;
-        loop {
-            tokio::select! {
-                biased;
-                _ = ctx.shutdown.cancelled() => {
-                    send_final(&tx, (0, Out::End(Box::new(status::shutting_down())))).await;
-                    break;
+/// Opens a Watch stream: registered at once when it can be, else after a catch-up task.
+pub(crate) fn open_watch(ctx: &WatchContext, req: WatchRequest) -> WatchEvents {
+    let queue = StreamQueue::new(WATCH_QUEUE);
+    let events = WatchEvents::new(queue.clone(), ctx.metrics.watch_stream());
+    let sink = Sink::Single(queue.clone());
+    match register_now(ctx, &req, &sink) {
+        Some(Ok(r)) => queue.hold(r),
+        Some(Err(stop)) => end_single(ctx, &sink, stop),
+        None => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let _counted = ctx.metrics.watch();
+                let cancel = ctx.shutdown.clone();
+                let r = tokio::select! {
+                    r = catch_up_and_register(&ctx, &req, &sink, &cancel) => r,
+                    _ = queue.gone() => Err(Stop::Closed),
+                };
+                match r {
+                    Ok(r) => queue.hold(r),
+                    Err(stop) => end_single(&ctx, &sink, stop),
                 }
-                _ = tx.closed() => break,
-                Some(done) = mux.tasks.join_next(), if !mux.tasks.is_empty() => {
-                    if let Ok((id, generation)) = done
-                        && mux.watches.get(&id).is_some_and(|(_, g)| *g == generation)
-                    {
-                        mux.watches.remove(&id);
-                    }
-                    if !input_open && mux.tasks.is_empty() {
-                        break;
-                    }
-                }
-                msg = input.message(), if input_open => match msg {
-                    Ok(Some(req)) => mux.handle(req).await,
-                    Ok(None) => {
-                        // The client sent all its requests; its watches go on.
-                        input_open = false;
-                        if mux.tasks.is_empty() {
-                            break;
-                        }
-                    }
-                    Err(s) => {
-                        if s.code() != Code::Cancelled {
-                            send_final(&tx, (0, Out::End(Box::new(fix_decode_limit(s))))).await;
-                        }
-                        break;
-                    }
-                },
-            }
+            });
         }
-        stream_cancel.cancel();
-        mux.tasks.shutdown().await;
-    });
+    }
+    events
+}
+
+fn end_single(ctx: &WatchContext, sink: &Sink, stop: Stop) {
+    match stop {
+        Stop::Status(s) => sink.end(&s),
+        Stop::Closed if ctx.shutdown.is_cancelled() => sink.end(&status::shutting_down()),
+        Stop::Closed => {}
+    }
+}
+
+/// Decides whether one watch of a WatchMany stream may be created (its id, its request); a
+/// refusal cancels that watch with the status, not the stream.
+#[derive(Clone)]
+pub(crate) struct WatchAuthorizer(pub(crate) Arc<AuthorizeWatch>);
+
+/// The function behind a [`WatchAuthorizer`].
+pub(crate) type AuthorizeWatch =
+    dyn Fn(u64, &pb::WatchSecretsRequest) -> Result<(), Status> + Send + Sync;
+
+impl std::fmt::Debug for WatchAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchAuthorizer")
+    }
+}
+
+/// Opens a WatchMany stream: a task reads its `create`/`cancel` requests; each watch is a hub
+/// registration (plus a task while it catches up), all writing to one queue.
+pub(crate) fn open_watch_many(
+    ctx: &WatchContext,
+    input: tonic::Streaming<pb::WatchManyRequest>,
+    authorize: WatchAuthorizer,
+) -> WatchManyEvents {
+    let queue = StreamQueue::new(WATCH_MANY_QUEUE);
+    let events = WatchManyEvents::new(queue.clone(), ctx.metrics.watch_stream());
+    let stream_cancel = ctx.shutdown.child_token();
+    let mux = Mux {
+        ctx: ctx.clone(),
+        queue,
+        watches: HashMap::new(),
+        tasks: tokio::task::JoinSet::new(),
+        generation: 0,
+        next_auto_id: 1,
+        stream_cancel,
+        authorize,
+    };
+    tokio::spawn(mux.run(input));
+    events
+}
+
+/// A watch of a WatchMany stream (small: there may be a million).
+#[derive(Debug)]
+enum ManyWatch {
+    /// Catching up in a task: cancelling the token stops it.
+    CatchingUp {
+        cancel: CancellationToken,
+        generation: u64,
+    },
+    /// Registered with the hub.
+    Live(Registration),
 }
 
 /// The watches of one WatchMany stream.
 #[derive(Debug)]
 struct Mux {
     ctx: WatchContext,
-    tx: mpsc::Sender<(u64, Out)>,
-    /// Active watches: id -> (its cancel token, the generation of its task).
-    watches: HashMap<u64, (CancellationToken, u64)>,
-    /// Each task returns (watch id, generation) when its watch ends.
-    tasks: tokio::task::JoinSet<(u64, u64)>,
+    queue: Arc<StreamQueue>,
+    watches: HashMap<u64, ManyWatch>,
+    /// Each catch-up task returns (watch id, generation, its registration or why it stopped).
+    tasks: tokio::task::JoinSet<(u64, u64, Result<Registration, Stop>)>,
     generation: u64,
     next_auto_id: u64,
     stream_cancel: CancellationToken,
+    authorize: WatchAuthorizer,
 }
 
 impl Mux {
-    async fn reply(&self, ev: pb::WatchManyEvent) {
-        tokio::select! {
-            _ = self.ctx.shutdown.cancelled() => {}
-            _ = self.tx.send((ev.watch_id, Out::Control(Box::new(ev)))) => {}
+    async fn run(mut self, mut input: tonic::Streaming<pb::WatchManyRequest>) {
+        let queue = self.queue.clone();
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => {
+                    queue.push_control(Item::End(Box::new(status::shutting_down())));
+                    break;
+                }
+                _ = queue.gone() => break,
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok((id, generation, result)) = done {
+                        self.caught_up(id, generation, result);
+                    }
+                }
+                msg = input.message(), if input_open => match msg {
+                    Ok(Some(req)) => self.handle(req),
+                    Ok(None) => {
+                        // The client sent all its requests; its watches go on.
+                        input_open = false;
+                    }
+                    Err(s) => {
+                        if s.code() != Code::Cancelled {
+                            queue.push_control(Item::End(Box::new(fix_decode_limit(s))));
+                        }
+                        break;
+                    }
+                },
+            }
+            if !input_open && self.watches.is_empty() && self.tasks.is_empty() {
+                queue.finish();
+                break;
+            }
+        }
+        self.stream_cancel.cancel();
+        self.tasks.shutdown().await;
+        // Dropping the registrations takes them out of the hub.
+        self.watches.clear();
+    }
+
+    fn reply(&self, ev: pb::WatchManyEvent) {
+        self.queue.push_control(Item::Control(Box::new(ev)));
+    }
+
+    fn refuse(&self, watch_id: u64, s: &Status) {
+        self.reply(canceled(watch_id, Some(s)));
+    }
+
+    /// A catch-up task finished.
+    fn caught_up(&mut self, id: u64, generation: u64, result: Result<Registration, Stop>) {
+        let current = matches!(
+            self.watches.get(&id),
+            Some(ManyWatch::CatchingUp { generation: g, .. }) if *g == generation
+        );
+        if !current {
+            // Cancelled by the client while catching up: whatever it queued is out; say so.
+            drop(result);
+            if !self.ctx.shutdown.is_cancelled() {
+                self.reply(canceled(id, None));
+            }
+            return;
+        }
+        self.watches.remove(&id);
+        match result {
+            Ok(registration) => {
+                self.watches.insert(id, ManyWatch::Live(registration));
+            }
+            Err(Stop::Status(s)) if !self.ctx.shutdown.is_cancelled() => self.refuse(id, &s),
+            Err(_) => {}
         }
     }
 
-    async fn refuse(&self, watch_id: u64, s: &Status) {
-        self.reply(canceled(watch_id, Some(s))).await;
-    }
-
-    async fn handle(&mut self, req: pb::WatchManyRequest) {
+    fn handle(&mut self, req: pb::WatchManyRequest) {
         use pb::watch_many_request::Op;
         match req.op {
-            None => {
-                self.refuse(0, &status::required("op")).await;
-            }
+            None => self.refuse(0, &status::required("op")),
             Some(Op::Cancel(id)) => match self.watches.remove(&id) {
-                // The watch's task sends the `canceled` answer once it has stopped, so that
-                // nothing of that watch follows it.
-                Some((cancel, _)) => cancel.cancel(),
+                Some(ManyWatch::Live(registration)) => {
+                    // Unregistered first: nothing of this watch follows the answer.
+                    drop(registration);
+                    self.reply(canceled(id, None));
+                }
+                // Its task stops, and the answer is sent when it has (see `caught_up`).
+                Some(ManyWatch::CatchingUp { cancel, .. }) => cancel.cancel(),
                 None => {
                     let s = status::status(Code::NotFound, format!("watch {id} does not exist"));
-                    self.refuse(id, &s).await;
+                    self.refuse(id, &s);
                 }
             },
-            Some(Op::Create(create)) => self.create(create).await,
+            Some(Op::Create(create)) => self.create(create),
         }
     }
 
-    async fn create(&mut self, create: pb::WatchCreate) {
+    /// Whether `id` names a watch that is still running (one the hub ended for falling behind
+    /// is not: its id may be used again).
+    fn in_use(&self, id: u64) -> bool {
+        match self.watches.get(&id) {
+            Some(ManyWatch::Live(registration)) => registration.is_live(),
+            Some(ManyWatch::CatchingUp { .. }) => true,
+            None => false,
+        }
+    }
+
+    fn create(&mut self, create: pb::WatchCreate) {
         let id = if create.watch_id == 0 {
-            while self.watches.contains_key(&self.next_auto_id) {
+            while self.in_use(self.next_auto_id) {
                 self.next_auto_id += 1;
             }
             self.next_auto_id
         } else {
             create.watch_id
         };
-        if self.watches.contains_key(&id) {
+        if self.in_use(id) {
             let s = status::invalid_argument(format!("watch_id {id} is already in use"));
-            return self.refuse(id, &s).await;
+            return self.refuse(id, &s);
         }
         if self.watches.len() >= MAX_WATCHES_PER_STREAM {
             let s = status::status(
                 Code::ResourceExhausted,
                 format!("a WatchMany stream holds at most {MAX_WATCHES_PER_STREAM} watches"),
             );
-            return self.refuse(id, &s).await;
+            return self.refuse(id, &s);
         }
         let Some(req) = create.watch else {
-            return self.refuse(id, &status::required("watch")).await;
+            return self.refuse(id, &status::required("watch"));
         };
-        let spec = match WatchSpec::parse(&self.ctx, req) {
-            Ok(spec) => spec,
-            Err(s) => return self.refuse(id, &s).await,
+        if let Err(s) = (self.authorize.0)(id, &req) {
+            return self.refuse(id, &s);
+        }
+        let req = match WatchRequest::parse(&self.ctx, req) {
+            Ok(req) => req,
+            Err(s) => return self.refuse(id, &s),
         };
         self.reply(pb::WatchManyEvent {
             watch_id: id,
             created: true,
             ..pb::WatchManyEvent::default()
-        })
-        .await;
-        self.generation += 1;
-        let generation = self.generation;
-        let cancel = self.stream_cancel.child_token();
-        self.watches.insert(id, (cancel.clone(), generation));
-        let ctx = self.ctx.clone();
-        let tx = self.tx.clone();
-        let guard = ctx.metrics.watch();
-        self.tasks.spawn(async move {
-            let _guard = guard;
-            let sink = Sink::Many { tx, id };
-            let spec = Arc::new(spec);
-            let stop = run(&ctx, &spec, &sink, &cancel).await;
-            if let Sink::Many { tx, .. } = &sink {
-                match stop {
-                    // Shutdown ends the whole stream; nothing per watch.
-                    Stop::Status(s) if ctx.shutdown.is_cancelled() => drop(s),
-                    Stop::Status(s) => {
-                        let ev = (id, Out::Control(Box::new(canceled(id, Some(&s)))));
-                        let _ = tokio::time::timeout(FINAL_SEND_TIMEOUT, tx.send(ev)).await;
-                    }
-                    // Cancelled by the client (not the stream going away): acknowledge.
-                    Stop::Closed if cancel.is_cancelled() && !tx.is_closed() => {
-                        let ev = (id, Out::Control(Box::new(canceled(id, None))));
-                        let _ = tokio::time::timeout(FINAL_SEND_TIMEOUT, tx.send(ev)).await;
-                    }
-                    Stop::Closed => {}
-                }
-            }
-            (id, generation)
         });
-    }
-}
-
-fn canceled(watch_id: u64, error: Option<&Status>) -> pb::WatchManyEvent {
-    pb::WatchManyEvent {
-        watch_id,
-        canceled: true,
-        error_code: error.map_or(0, |s| s.code() as i32),
-        error_message: error.map(|s| s.message().to_owned()).unwrap_or_default(),
-        ..pb::WatchManyEvent::default()
+        let sink = Sink::Many(self.queue.clone(), id);
+        match register_now(&self.ctx, &req, &sink) {
+            Some(Ok(registration)) => {
+                self.watches.insert(id, ManyWatch::Live(registration));
+            }
+            Some(Err(Stop::Status(s))) => {
+                self.watches.remove(&id);
+                self.refuse(id, &s);
+            }
+            Some(Err(Stop::Closed)) => {
+                self.watches.remove(&id);
+            }
+            None => {
+                self.generation += 1;
+                let generation = self.generation;
+                let cancel = self.stream_cancel.child_token();
+                self.watches.insert(
+                    id,
+                    ManyWatch::CatchingUp {
+                        cancel: cancel.clone(),
+                        generation,
+                    },
+                );
+                let ctx = self.ctx.clone();
+                self.tasks.spawn(async move {
+                    let _counted = ctx.metrics.watch();
+                    let r = catch_up_and_register(&ctx, &req, &sink, &cancel).await;
+                    (id, generation, r)
+                });
+            }
+        }
     }
 }

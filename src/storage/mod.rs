@@ -11,12 +11,14 @@
 //! many writers (group commit). Readers wait for the position they observed, so nobody ever sees a
 //! write that a crash could still take back.
 
+mod checkpoint_file;
+pub mod fault;
 pub mod sled;
 mod wal;
 
 use async_trait::async_trait;
 
-pub use self::sled::{Durability, SledBackend, SledConfig, sled_tuning};
+pub use self::sled::{Durability, SledBackend, SledConfig, WAL_CHECKPOINT_BYTES_ENV, sled_tuning};
 
 /// A position in the backend's log of applied batches; grows by one per batch.
 pub type Lsn = u64;
@@ -127,4 +129,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Makes everything applied so far durable, in any mode (used at shutdown).
     async fn sync(&self) -> Result<(), StorageError>;
+
+    /// Whether a failed write or sync has closed the backend until restart (health reports it).
+    fn is_failed(&self) -> bool {
+        false
+    }
 }

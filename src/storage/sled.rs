@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! `<path>/sled/` holds the sled database, `<path>/wal.log` the log.
+//! `<path>/sled/` holds the sled database, `<path>/wal.log` the log, `<path>/checkpoint` the lsn
+//! of the last checkpoint.
 //!
 //! # Write path
 //!
@@ -29,8 +30,14 @@
 //!
 //! On open the backend reads the lsn stored in sled, replays every valid log entry after it (each
 //! followed by the stored lsn), drops a torn tail, and checkpoints. A checkpoint flushes sled,
-//! `fsync`s every file and directory under `<path>/sled/`, and only then empties the log; it runs
-//! on open, whenever the log grows past [`SledConfig::wal_checkpoint_bytes`], and on close.
+//! `fsync`s every file and directory under `<path>/sled/`, records the lsn sled now holds at least
+//! in `<path>/checkpoint` (see the `checkpoint_file` module), and only then empties the log; it
+//! runs on open, whenever the log grows past [`SledConfig::wal_checkpoint_bytes`], and on close.
+//!
+//! The recorded lsn is what lets open notice sled's files losing writes on their own: once the
+//! log is emptied, a damaged `db` file that sled recovers only up to an earlier point would
+//! otherwise silently roll records back to older versions. Open refuses with
+//! [`StorageError::Corrupt`] when the database plus the log end below the recorded lsn.
 //!
 //! # Failure
 //!
@@ -49,6 +56,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use super::checkpoint_file;
 use super::wal::{self, Wal};
 use super::{Backend, Batch, Lsn, Op, StorageError};
 
@@ -61,11 +69,18 @@ const RESERVED: u8 = 0;
 const WAL_FILE: &str = "wal.log";
 /// The sled directory's name under the data directory.
 const SLED_DIR: &str = "sled";
+/// The checkpoint record's name under the data directory.
+const CHECKPOINT_FILE: &str = "checkpoint";
 /// How long relaxed mode lets log entries wait before syncing them.
 const RELAXED_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The default [`SledConfig::wal_checkpoint_bytes`]: 64 MiB.
 pub const DEFAULT_WAL_CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// A testing knob: when set (to a number of bytes), [`SledConfig::new`] uses it as
+/// [`SledConfig::wal_checkpoint_bytes`], so that a crash harness driving the real `coffer serve`
+/// can make checkpoints happen under load (and kill the process in the middle of them).
+pub const WAL_CHECKPOINT_BYTES_ENV: &str = "COFFER_WAL_CHECKPOINT_BYTES";
 
 /// When a write counts as durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,12 +112,17 @@ pub struct SledConfig {
 
 impl SledConfig {
     /// The defaults for a data directory: [`Durability::Sync`], a 64 MiB log between
-    /// checkpoints, sled's default cache size.
+    /// checkpoints (or the environment variable [`WAL_CHECKPOINT_BYTES_ENV`], a testing knob),
+    /// sled's default cache size.
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        let wal_checkpoint_bytes = std::env::var(WAL_CHECKPOINT_BYTES_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_WAL_CHECKPOINT_BYTES);
         Self {
             path: path.into(),
             durability: Durability::Sync,
-            wal_checkpoint_bytes: DEFAULT_WAL_CHECKPOINT_BYTES,
+            wal_checkpoint_bytes,
             cache_capacity: None,
         }
     }
@@ -144,8 +164,8 @@ struct Shared {
     applied: AtomicU64,
     syncs: AtomicU64,
     checkpoints: AtomicU64,
-    /// Test hook: the next log write fails.
-    #[cfg(test)]
+    /// Fault-injection hook: the next log write fails (see
+    /// [`SledBackend::inject_log_write_failure`]).
     fail_next_write: std::sync::atomic::AtomicBool,
 }
 
@@ -237,11 +257,25 @@ impl SledBackend {
         let data: sled::Tree = (*db).clone();
 
         let stored = read_lsn(&meta)?;
+        let checkpoint_path = config.path.join(CHECKPOINT_FILE);
+        let checkpointed = checkpoint_file::read(&checkpoint_path)?;
         let (mut wal, entries) = Wal::open(&config.path.join(WAL_FILE))?;
         let lsn = replay(&data, &meta, stored, entries)?;
+        if let Some(checkpointed) = checkpointed
+            && lsn < checkpointed
+        {
+            return Err(StorageError::Corrupt(format!(
+                "the database in {} ends at lsn {lsn} (lsn {stored} in sled, then the \
+                 write-ahead log), but a checkpoint already made lsn {checkpointed} durable: \
+                 sled's files lost acknowledged writes (damaged or replaced by older copies), and \
+                 opening would silently serve older versions of Secrets. Restore the data \
+                 directory from a backup",
+                config.path.display()
+            )));
+        }
         // Everything in sled is durable after this, including batches sled persisted without
         // their log entry, which from now on count as written.
-        checkpoint(&db, &sled_dir, &mut wal)?;
+        checkpoint(&db, &sled_dir, &checkpoint_path, lsn, &mut wal)?;
         sync_dir(&config.path)?;
 
         let (status, _) = watch::channel(Status {
@@ -262,7 +296,6 @@ impl SledBackend {
             applied: AtomicU64::new(lsn),
             syncs: AtomicU64::new(0),
             checkpoints: AtomicU64::new(1),
-            #[cfg(test)]
             fail_next_write: Default::default(),
         });
         let committer = Committer {
@@ -270,6 +303,7 @@ impl SledBackend {
             db: db.clone(),
             wal,
             sled_dir,
+            checkpoint_path,
             durability: config.durability,
             checkpoint_bytes: config.wal_checkpoint_bytes,
         };
@@ -308,6 +342,11 @@ impl SledBackend {
         self.path.join(WAL_FILE)
     }
 
+    /// The checkpoint record, `<path>/checkpoint`: the lsn the last checkpoint made durable.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.path.join(CHECKPOINT_FILE)
+    }
+
     /// The position up to which every batch is on stable storage.
     pub fn durable(&self) -> Lsn {
         self.shared.status.borrow().durable
@@ -324,9 +363,10 @@ impl SledBackend {
         self.shared.checkpoints.load(Ordering::Relaxed)
     }
 
-    /// Test hook: makes the committer's next log write fail as if the disk had.
-    #[cfg(test)]
-    fn inject_write_failure(&self) {
+    /// Fault injection, for tests: makes the committer's next log write (and so its
+    /// `fdatasync`) fail as if the disk had, which puts the backend into its failed state.
+    #[doc(hidden)]
+    pub fn inject_log_write_failure(&self) {
         self.shared.fail_next_write.store(true, Ordering::SeqCst);
     }
 
@@ -463,6 +503,10 @@ impl Backend for SledBackend {
         }
     }
 
+    fn is_failed(&self) -> bool {
+        self.failed().is_some()
+    }
+
     async fn sync(&self) -> Result<(), StorageError> {
         let target = {
             let mut st = self.shared.lock();
@@ -485,6 +529,8 @@ struct Committer {
     db: sled::Db,
     wal: Wal,
     sled_dir: PathBuf,
+    /// Where each checkpoint records the lsn it made durable.
+    checkpoint_path: PathBuf,
     durability: Durability,
     checkpoint_bytes: u64,
 }
@@ -533,7 +579,15 @@ impl Committer {
                 self.shared.publish_durable(lsn);
             }
             if shutdown || self.wal.len() > self.checkpoint_bytes {
-                if let Err(error) = checkpoint(&self.db, &self.sled_dir, &mut self.wal) {
+                // Every batch up to `lsn` was applied to sled before this round began, so the
+                // flush in the checkpoint covers it.
+                if let Err(error) = checkpoint(
+                    &self.db,
+                    &self.sled_dir,
+                    &self.checkpoint_path,
+                    lsn,
+                    &mut self.wal,
+                ) {
                     let message = self
                         .shared
                         .fail(None, format!("checkpointing the database failed: {error}"));
@@ -587,7 +641,6 @@ impl Committer {
     }
 
     fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        #[cfg(test)]
         if self.shared.fail_next_write.swap(false, Ordering::SeqCst) {
             return Err(std::io::Error::other("injected write failure"));
         }
@@ -693,11 +746,19 @@ fn replay(
     Ok(last)
 }
 
-/// Makes everything applied to sled durable, then empties the log. Every entry in the log was
+/// Makes everything applied to sled durable, records `lsn` (every batch up to it was applied to
+/// sled before this call) as checkpointed, then empties the log. Every entry in the log was
 /// applied to sled before it was appended, so none is lost.
-fn checkpoint(db: &sled::Db, sled_dir: &Path, wal: &mut Wal) -> Result<(), StorageError> {
+fn checkpoint(
+    db: &sled::Db,
+    sled_dir: &Path,
+    checkpoint_path: &Path,
+    lsn: Lsn,
+    wal: &mut Wal,
+) -> Result<(), StorageError> {
     db.flush()?;
     sync_tree(sled_dir)?;
+    checkpoint_file::write(checkpoint_path, lsn)?;
     wal.truncate()?;
     Ok(())
 }
@@ -1007,6 +1068,60 @@ mod tests {
         assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
     }
 
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
+    /// sled's files alone going back to an older state (damage that sled recovers only up to an
+    /// earlier point, or an older copy put back) after a checkpoint emptied the log.
+    #[tokio::test]
+    async fn sled_rolled_back_behind_the_checkpoint_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.apply(put("a", "1")).unwrap();
+        db.close().unwrap();
+        copy_tree(&dir.path().join(SLED_DIR), old.path());
+        assert_eq!(
+            checkpoint_file::read(&dir.path().join(CHECKPOINT_FILE)).unwrap(),
+            Some(1)
+        );
+
+        let db = open(dir.path());
+        db.apply(put("a", "2")).unwrap();
+        assert_eq!(db.checkpoint_path(), dir.path().join("checkpoint"));
+        db.close().unwrap();
+        assert_eq!(
+            checkpoint_file::read(&dir.path().join(CHECKPOINT_FILE)).unwrap(),
+            Some(2)
+        );
+
+        std::fs::remove_dir_all(dir.path().join(SLED_DIR)).unwrap();
+        copy_tree(old.path(), &dir.path().join(SLED_DIR));
+        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("ends at lsn 1"), "{message}");
+        assert!(message.contains("lsn 2"), "{message}");
+
+        // A damaged checkpoint record is refused too, never ignored.
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[15] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        assert!(error.to_string().contains("checkpoint record"), "{error}");
+    }
+
     #[tokio::test]
     async fn relaxed_mode_and_sync() {
         let dir = tempfile::tempdir().unwrap();
@@ -1095,7 +1210,7 @@ mod tests {
         let lsn = db.apply(put("a", "1")).unwrap();
         db.wait_durable(lsn).await.unwrap();
 
-        db.inject_write_failure();
+        db.inject_log_write_failure();
         let lsn = db.apply(put("b", "2")).unwrap();
         let error = db.wait_durable(lsn).await.unwrap_err();
         assert!(matches!(error, StorageError::Failed(_)), "{error}");
@@ -1129,7 +1244,7 @@ mod tests {
             ..SledConfig::new(dir.path())
         };
         let db = SledBackend::open(config).unwrap();
-        db.inject_write_failure();
+        db.inject_log_write_failure();
         db.apply(put("a", "1")).unwrap();
         assert!(matches!(db.sync().await, Err(StorageError::Failed(_))));
         assert!(matches!(

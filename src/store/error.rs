@@ -60,6 +60,10 @@ pub enum StoreError {
         /// The stored object's uid.
         current: String,
     },
+    /// The namespace's quota cannot take the write (see [`super::quota`]); the message is
+    /// Kubernetes' "exceeded quota: ..." and holds names and numbers only.
+    #[error("{0}")]
+    QuotaExceeded(super::quota::QuotaExceeded),
     /// The KMS cannot be used, so the write (or the read of a seed not in memory) cannot proceed.
     #[error("KMS is unavailable: {0}")]
     Unavailable(String),

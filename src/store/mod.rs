@@ -10,9 +10,10 @@
 
 mod continue_token;
 mod error;
+pub mod quota;
 mod reseal;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
 pub use self::error::StoreError;
+use self::quota::QuotaState;
+pub use self::quota::{QuotaExceeded, QuotaLimits, QuotaUsage, Quotas};
 pub use self::reseal::{RecordCounts, ResealBatch};
 use crate::crypto::{self, Algorithm, RecordHeader};
 use crate::kms::{Kms, LocalKek, OutagePolicy, SeedManager, SeedPolicy};
@@ -72,6 +75,8 @@ pub struct StoreConfig {
     pub outage: OutagePolicy,
     /// How many change events a slow subscriber may lag before it is told it lagged.
     pub event_capacity: usize,
+    /// Per-namespace quotas (see [`quota`]). Default: none.
+    pub quotas: Quotas,
 }
 
 impl Default for StoreConfig {
@@ -81,6 +86,7 @@ impl Default for StoreConfig {
             seed_policy: SeedPolicy::default(),
             outage: OutagePolicy::default(),
             event_capacity: 4096,
+            quotas: Quotas::unlimited(),
         }
     }
 }
@@ -144,9 +150,19 @@ pub struct Store {
     seals: AtomicU64,
     /// Records opened so far (for metrics).
     opens: AtomicU64,
+    /// Quotas and per-namespace usage; checked and changed only while the sequencing lock is
+    /// held, so a check and the write it admits are one step (a std mutex: never held across an
+    /// await).
+    quota: std::sync::Mutex<QuotaState>,
 }
 
 impl Store {
+    /// Whether the storage backend failed (a failed log write or sync): every write and read is
+    /// refused until restart.
+    pub fn storage_failed(&self) -> bool {
+        self.backend.is_failed()
+    }
+
     /// Opens the embedded default: sled under `data_dir`, the local key-file KEK at
     /// `data_dir/kek.key` (created 0600 on first start).
     pub async fn open_default(
@@ -205,6 +221,11 @@ impl Store {
             None => 0,
         };
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let usage = if config.quotas.is_enabled() {
+            scan_usage(backend.as_ref())?
+        } else {
+            HashMap::new()
+        };
         Ok(Self {
             backend,
             seeds,
@@ -215,7 +236,13 @@ impl Store {
             events,
             seals: AtomicU64::new(0),
             opens: AtomicU64::new(0),
+            quota: std::sync::Mutex::new(QuotaState::new(config.quotas, usage)),
         })
+    }
+
+    /// What `namespace` uses of its quota (always zero when no quota is configured).
+    pub fn quota_usage(&self, namespace: &str) -> QuotaUsage {
+        self.quota_state().usage(namespace)
     }
 
     /// The seed manager (for KMS status, rotation checks and `kms status` reports).
@@ -278,8 +305,13 @@ impl Store {
             }
             secret.metadata.uid = uuid::Uuid::new_v4().to_string();
             secret.metadata.creation_timestamp = Some(now_unix());
-            self.write_locked(&mut seq, &key, Change::Put(&mut secret, EventKind::Added))
-                .await?
+            self.write_locked(
+                &mut seq,
+                &key,
+                Change::Put(&mut secret, EventKind::Added),
+                None,
+            )
+            .await?
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -295,13 +327,13 @@ impl Store {
         let key = secret.storage_key();
         let lsn = {
             let mut seq = self.sequencer.lock().await;
-            let old = self
-                .read_locked(&key)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    namespace: secret.metadata.namespace.clone(),
-                    name: secret.metadata.name.clone(),
-                })?;
+            let (old, old_len) =
+                self.read_locked(&key)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        namespace: secret.metadata.namespace.clone(),
+                        name: secret.metadata.name.clone(),
+                    })?;
             check_precondition(&old, secret.metadata.resource_version)?;
             validation::validate_update(&old, &secret)?;
             secret.metadata.uid = old.metadata.uid.clone();
@@ -313,6 +345,7 @@ impl Store {
                 &mut seq,
                 &key,
                 Change::Put(&mut secret, EventKind::Modified),
+                Some(old_len),
             )
             .await?
         };
@@ -347,13 +380,13 @@ impl Store {
         let key = crate::model::storage_key(namespace, name);
         let (lsn, last) = {
             let mut seq = self.sequencer.lock().await;
-            let old = self
-                .read_locked(&key)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                })?;
+            let (old, old_len) =
+                self.read_locked(&key)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    })?;
             check_precondition(&old, preconditions.resource_version)?;
             if let Some(uid) = &preconditions.uid
                 && *uid != old.metadata.uid
@@ -366,7 +399,7 @@ impl Store {
             }
             let last = old.duplicate();
             let lsn = self
-                .write_locked(&mut seq, &key, Change::Delete(Box::new(old)))
+                .write_locked(&mut seq, &key, Change::Delete(Box::new(old)), Some(old_len))
                 .await?;
             let mut last = last;
             last.metadata.resource_version = *seq;
@@ -478,12 +511,17 @@ impl Store {
     }
 
     /// Seals and applies one write under the sequencing lock; returns its log position.
+    /// `old_len` is the length of the record it replaces or deletes (`None` for a create); a put
+    /// the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`] and writes
+    /// nothing.
     async fn write_locked(
         &self,
         seq: &mut u64,
         key: &str,
         change: Change<'_>,
+        old_len: Option<usize>,
     ) -> Result<Lsn, StoreError> {
+        let old_len = old_len.map(|n| n as u64);
         let revision = *seq + 1;
         let bkey = backend_key(key);
         // The revision goes first: if a crash keeps only a prefix of a batch that was never
@@ -491,6 +529,7 @@ impl Store {
         // its revision would let the next write reuse that resource_version.
         let mut batch = Batch::new();
         batch.put(REVISION_KEY, revision.to_be_bytes().to_vec());
+        let quota_after;
         let (kind, object) = match change {
             Change::Put(secret, kind) => {
                 secret.metadata.resource_version = revision;
@@ -498,6 +537,11 @@ impl Store {
                 let plaintext = codec::encode(secret);
                 let record =
                     crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
+                quota_after = self.quota_state().admit_put(
+                    &secret.metadata.namespace,
+                    old_len,
+                    record.len() as u64,
+                )?;
                 self.seals.fetch_add(1, Ordering::Relaxed);
                 batch.put(bkey, record);
                 (kind, secret.duplicate())
@@ -506,10 +550,19 @@ impl Store {
                 let mut last = *last;
                 batch.delete(bkey);
                 last.metadata.resource_version = revision;
+                quota_after = self
+                    .quota_state()
+                    .after_delete(&last.metadata.namespace, old_len.unwrap_or(0));
                 (EventKind::Deleted, last)
             }
         };
         let lsn = self.backend.apply(batch)?;
+        {
+            let mut quota = self.quota_state();
+            if quota.enabled() {
+                quota.set(&object.metadata.namespace, quota_after);
+            }
+        }
         *seq = revision;
         self.applied_revision.store(revision, Ordering::Release);
         let event = Arc::new(ChangeEvent {
@@ -538,13 +591,17 @@ impl Store {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the current object under the sequencing lock (no durability wait: the caller's own
-    /// write comes later and is waited for).
-    async fn read_locked(&self, key: &str) -> Result<Option<Secret>, StoreError> {
+    /// Reads the current object and its record's length under the sequencing lock (no
+    /// durability wait: the caller's own write comes later and is waited for).
+    async fn read_locked(&self, key: &str) -> Result<Option<(Secret, usize)>, StoreError> {
         match self.backend.get(backend_key(key).as_bytes())? {
-            Some(r) => Ok(Some(self.open_record(key, &r).await?)),
+            Some(r) => Ok(Some((self.open_record(key, &r).await?, r.len()))),
             None => Ok(None),
         }
+    }
+
+    fn quota_state(&self) -> std::sync::MutexGuard<'_, QuotaState> {
+        self.quota.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn open_record(&self, key: &str, record: &[u8]) -> Result<Secret, StoreError> {
@@ -575,6 +632,28 @@ enum Change<'a> {
     Put(&'a mut Secret, EventKind),
     /// Remove the object; publish this, its last state.
     Delete(Box<Secret>),
+}
+
+/// Every namespace's usage, from the records' keys and lengths (nothing is decrypted).
+fn scan_usage(backend: &dyn Backend) -> Result<HashMap<String, QuotaUsage>, StoreError> {
+    let mut usage: HashMap<String, QuotaUsage> = HashMap::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let rows = backend.scan(SECRET_PREFIX.as_bytes(), cursor.as_deref(), SCAN_CHUNK)?;
+        let done = rows.len() < SCAN_CHUNK;
+        for (k, v) in &rows {
+            let key = String::from_utf8_lossy(&k[SECRET_PREFIX.len().min(k.len())..]);
+            let u = usage
+                .entry(quota::namespace_of(&key).to_owned())
+                .or_default();
+            u.count += 1;
+            u.bytes += v.len() as u64;
+        }
+        cursor = rows.into_iter().next_back().map(|(k, _)| k);
+        if done || cursor.is_none() {
+            return Ok(usage);
+        }
+    }
 }
 
 fn backend_key(key: &str) -> String {

@@ -110,6 +110,9 @@ impl Store {
             )));
         }
         let mut batch = Batch::new();
+        // Record lengths change when the AEAD (and so the nonce size) does: the namespaces'
+        // stored bytes follow, once the batch is applied.
+        let mut resized: Vec<(String, u64, u64)> = Vec::new();
         let lsn = {
             let _seq = self.sequencer.lock().await;
             for bkey in candidates {
@@ -157,13 +160,27 @@ impl Store {
                     key.as_bytes(),
                     plaintext.expose(),
                 );
+                resized.push((
+                    super::quota::namespace_of(key).to_owned(),
+                    record.len() as u64,
+                    sealed.len() as u64,
+                ));
                 batch.put(bkey.clone(), sealed);
                 out.rewritten += 1;
             }
             if batch.ops.is_empty() {
                 return Ok(out);
             }
-            self.backend.apply(batch)?
+            let lsn = self.backend.apply(batch)?;
+            let mut quota = self.quota_state();
+            if quota.enabled() {
+                for (ns, old, new) in resized {
+                    let mut u = quota.usage(&ns);
+                    u.bytes = u.bytes.saturating_sub(old).saturating_add(new);
+                    quota.set(&ns, u);
+                }
+            }
+            lsn
         };
         self.backend.wait_durable(lsn).await?;
         self.seals

@@ -46,6 +46,8 @@ enum Command {
         /// The socket to listen on: unix:///path/to/kms.sock.
         #[arg(long, value_name = "unix:///PATH")]
         listen: String,
+        #[command(flatten)]
+        hygiene: coffer::hygiene::HygieneOptions,
     },
     /// Create the key directory and its first version (no-op if it has versions).
     Init {
@@ -84,7 +86,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { keys, listen } => serve(keys.key_dir, &listen),
+        Command::Serve {
+            keys,
+            listen,
+            hygiene,
+        } => serve(keys.key_dir, &listen, &hygiene),
         Command::Init { keys } => {
             let (v, id, created) = keyring::init(&keys.key_dir).map_err(|e| e.to_string())?;
             if created {
@@ -117,8 +123,14 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn serve(key_dir: PathBuf, listen: &str) -> Result<(), String> {
+fn serve(
+    key_dir: PathBuf,
+    listen: &str,
+    hygiene: &coffer::hygiene::HygieneOptions,
+) -> Result<(), String> {
     coffer::server::init_tracing();
+    // Before the KEKs are read: no core dumps, memory locked.
+    coffer::hygiene::apply(hygiene);
     let endpoint: KmsEndpoint = listen.parse().map_err(|e| format!("--listen: {e}"))?;
     let ring = keyring::Keyring::open(&key_dir).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

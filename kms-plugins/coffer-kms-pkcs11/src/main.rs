@@ -77,6 +77,8 @@ enum Command {
         /// The socket to listen on: unix:///path/to/kms.sock.
         #[arg(long, value_name = "unix:///PATH")]
         listen: String,
+        #[command(flatten)]
+        hygiene: coffer::hygiene::HygieneOptions,
     },
     /// Generate a new KEK version on the token and make it current (the first one too).
     Rotate {
@@ -144,8 +146,14 @@ fn open(args: &TokenArgs) -> Result<TokenKek, String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { token, listen } => {
+        Command::Serve {
+            token,
+            listen,
+            hygiene,
+        } => {
             coffer::server::init_tracing();
+            // The KEK stays on the token, but seeds pass through this process in plaintext.
+            coffer::hygiene::apply(&hygiene);
             let endpoint: KmsEndpoint = listen.parse().map_err(|e| format!("--listen: {e}"))?;
             let kek = open(&token)?;
             if kek.find_keys()?.is_empty() {

@@ -121,8 +121,10 @@ async fn run_stream(
 
 /// `coffer-load watch --target etcd`.
 pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchSummary, String> {
-    if args.stalled_percent > 0.0 {
-        return Err("--stalled-percent is not supported with --target etcd".into());
+    if args.stalled_percent > 0.0 || args.creates_per_sec > 0.0 {
+        return Err(
+            "--stalled-percent and --creates-per-sec are not supported with --target etcd".into(),
+        );
     }
     let ns = args.namespace.clone();
     let secrets = u64::from(args.secrets);
@@ -310,6 +312,7 @@ pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchS
         update_latency: Percentiles::of(&update_latency),
         delivery_latency: Percentiles::of(&hist),
         delivery_from_send: Percentiles::of(&from_send),
+        creates: None,
         stalled_streams: 0,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,

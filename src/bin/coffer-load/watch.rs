@@ -91,6 +91,10 @@ pub(crate) struct WatchArgs {
     /// should end them without slowing writes or the other watchers). 0 to 50.
     #[arg(long, default_value_t = 0.0)]
     pub(crate) stalled_percent: f64,
+    /// Creates of new Secrets per second during the measured phase, alongside the updates, to
+    /// report Create latency (e.g. with and without stalled watchers); 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) creates_per_sec: f64,
 }
 
 impl WatchArgs {
@@ -529,6 +533,14 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     let update_latency = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
     ));
+    let creates = (args.creates_per_sec > 0.0).then(|| {
+        tokio::spawn(create_probe(
+            client(0),
+            ns.clone(),
+            args.creates_per_sec,
+            args.duration,
+        ))
+    });
     let mut updates = tokio::task::JoinSet::new();
     let period = Duration::from_secs_f64(1.0 / args.updates_per_sec.max(0.001));
     let mut ticker = tokio::time::interval(period);
@@ -568,6 +580,10 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     }
     while updates.join_next().await.is_some() {}
     let update_time = t.elapsed();
+    let creates = match creates {
+        Some(task) => task.await.map_err(|e| e.to_string())?,
+        None => None,
+    };
     // Let the last events arrive, then stop every stream.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ended_early = counters.streams_ended.load(Ordering::Relaxed);
@@ -645,6 +661,9 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
         update_latency: Percentiles::of(&update_latency),
         delivery_latency: Percentiles::of(&hist),
         delivery_from_send: Percentiles::of(&from_send),
+        creates: creates
+            .as_ref()
+            .map(|(l, failed)| (Percentiles::of(l), *failed)),
         stalled_streams,
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
@@ -704,6 +723,8 @@ pub(crate) struct WatchSummary {
     pub(crate) delivery_latency: Percentiles,
     /// Update sent -> event received (the write's own latency included).
     pub(crate) delivery_from_send: Percentiles,
+    /// With `--creates-per-sec`: Create latency and the number of failed creates.
+    pub(crate) creates: Option<(Percentiles, u64)>,
     pub(crate) stalled_streams: u64,
     pub(crate) rss_before_kib: Option<u64>,
     pub(crate) rss_after_kib: Option<u64>,
@@ -760,6 +781,8 @@ impl WatchSummary {
             "update_latency_us": self.update_latency.json(),
             "delivery_latency_us": self.delivery_latency.json(),
             "delivery_from_send_us": self.delivery_from_send.json(),
+            "create_latency_us": self.creates.as_ref().map(|(l, _)| l.json()),
+            "creates_failed": self.creates.as_ref().map(|(_, f)| *f),
             "stalled_streams": self.stalled_streams,
             "rss_before_kib": self.rss_before_kib,
             "rss_after_kib": self.rss_after_kib,
@@ -809,6 +832,15 @@ impl WatchSummary {
                 self.stalled_streams
             );
         }
+        if let Some((l, failed)) = &self.creates {
+            println!(
+                "  create latency: {} acknowledged, {failed} failed; p50 {} p99 {} max {}",
+                l.count,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.max)
+            );
+        }
         let d = &self.delivery_latency;
         if d.count > 0 {
             println!(
@@ -842,6 +874,54 @@ impl WatchSummary {
             println!("  error: {e}");
         }
     }
+}
+
+/// Creates new Secrets at `rate`/s for `duration`, each in its own task; returns their latency
+/// histogram and the number that failed.
+async fn create_probe(
+    client: SecretsClient<Channel>,
+    ns: String,
+    rate: f64,
+    duration: Duration,
+) -> Option<(Histogram<u64>, u64)> {
+    let latency = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).ok()?,
+    ));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let t = Instant::now();
+    let run = std::process::id();
+    let mut n = 0u64;
+    while t.elapsed() < duration {
+        ticker.tick().await;
+        n += 1;
+        let mut c = client.clone();
+        let mut s = secret(&ns, 0, n);
+        if let Some(m) = s.metadata.as_mut() {
+            m.name = format!("probe-{run}-{n}");
+        }
+        let (latency, failed) = (latency.clone(), failed.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            match c.create(pb::CreateSecretRequest { secret: Some(s) }).await {
+                Ok(_) => {
+                    let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    let _ = latency
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(us.max(1));
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let h = latency.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Some((h, failed.load(Ordering::Relaxed)))
 }
 
 fn secret(ns: &str, i: u64, version: u64) -> pb::Secret {

@@ -1,0 +1,359 @@
+//! The audit log: one JSON line per request saying who did what to which Secret, and how it
+//! ended. It never holds Secret data; values that must be correlated but not read (the
+//! credential a caller used, a label selector) are written as HMAC-SHA256s under a key that is
+//! random per process unless `--audit-hmac-key-file` gives one.
+//!
+//! A line:
+//!
+//! ```json
+//! {"time":"2026-11-28T23:59:01.123Z","user":"alice","groups":["dev","system:authenticated"],
+//!  "auth":"token","credential":"9f2c...","verb":"get","namespace":"prod","name":"db",
+//!  "code":"Ok","resource_version":42,"source":"127.0.0.1:50514","connection":7}
+//! ```
+//!
+//! Writing: each line is one `write` to a file opened for appending, so lines from concurrent
+//! requests never interleave. A failed write drops the file handle; the next record reopens the
+//! file. SIGHUP reopens it too (for log rotation). Every failure is counted
+//! (`coffer_audit_errors_total`) and logged. With `fail_closed`, a request is refused with
+//! `UNAVAILABLE` when its record cannot be written after it ran, and, once any write has failed,
+//! before it runs until the log takes a marker line again ([`Auditor::ready`]); otherwise the
+//! request goes on.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ring::hmac;
+use serde::Serialize;
+
+use crate::server::metrics::Metrics;
+
+/// The audit log could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {reason}")]
+pub struct AuditError {
+    /// The log's path.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One audit record.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The user (`system:anonymous` when authentication is off; empty when it failed).
+    pub user: &'a str,
+    /// The user's groups.
+    pub groups: &'a [String],
+    /// How the caller authenticated (`x509`, `token`, `unix-peer`, `none`).
+    pub auth: &'a str,
+    /// An HMAC of the credential, to correlate calls of one credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<&'a str>,
+    /// The verb.
+    pub verb: &'a str,
+    /// The namespace (empty: all namespaces).
+    pub namespace: &'a str,
+    /// The name (absent for a list or watch of many).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    /// An HMAC of the label selector, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_selector_hmac: Option<String>,
+    /// The WatchMany watch id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_id: Option<u64>,
+    /// The outcome: a gRPC code name (`Ok`, `PermissionDenied`, ...).
+    pub code: String,
+    /// The resource version the request read or wrote (0 when none).
+    pub resource_version: u64,
+    /// The client's address (`IP:PORT`, or `unix:uid=N`).
+    pub source: &'a str,
+    /// The connection's id (unique per accepted connection).
+    pub connection: u64,
+}
+
+/// The audit log writer.
+pub struct Auditor {
+    path: Option<PathBuf>,
+    fail_closed: bool,
+    key: hmac::Key,
+    file: Mutex<Option<File>>,
+    /// False from a failed open or write until a write succeeds again.
+    healthy: AtomicBool,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("path", &self.path)
+            .field("fail_closed", &self.fail_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auditor {
+    /// An auditor writing to `path` (none: records are dropped, HMACs still work). `key`: the
+    /// HMAC key; `None` draws a random one for this process. A log that cannot be opened now is
+    /// reported and retried on the next record.
+    pub fn new(
+        path: Option<PathBuf>,
+        fail_closed: bool,
+        key: Option<&[u8]>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        let key = match key {
+            Some(k) => hmac::Key::new(hmac::HMAC_SHA256, k),
+            None => {
+                let mut k = zeroize::Zeroizing::new([0u8; 32]);
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, k.as_mut());
+                hmac::Key::new(hmac::HMAC_SHA256, k.as_ref())
+            }
+        };
+        let a = Self {
+            path,
+            fail_closed,
+            key,
+            file: Mutex::new(None),
+            healthy: AtomicBool::new(true),
+            metrics,
+        };
+        if let Some(p) = &a.path {
+            match open(p) {
+                Ok(f) => *a.lock() = Some(f),
+                Err(e) => a.failed(&e),
+            }
+        }
+        a
+    }
+
+    /// Whether requests fail when the log cannot be written.
+    pub fn fail_closed(&self) -> bool {
+        self.fail_closed
+    }
+
+    /// Whether a log is configured.
+    pub fn enabled(&self) -> bool {
+        self.path.is_some()
+    }
+
+    /// The first 16 bytes of HMAC-SHA256(key, `value`), in hex.
+    pub fn hmac(&self, value: &[u8]) -> String {
+        let tag = hmac::sign(&self.key, value);
+        hex::encode(&tag.as_ref()[..16])
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<File>> {
+        self.file.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks, before a request runs, that the log can be written: after a failure, it is
+    /// reopened and must take a marker line (`{"time":...,"event":"audit log writable"}`)
+    /// before any request runs again.
+    pub fn ready(&self) -> Result<(), AuditError> {
+        if self.path.is_none() || self.healthy.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let marker = Marker {
+            time: now_rfc3339(),
+            event: "audit log writable",
+        };
+        let line = serde_json::to_vec(&marker).unwrap_or_default();
+        self.write_line(line)
+    }
+
+    /// Writes one record (a no-op without a log). A failure is counted and logged, and
+    /// returned.
+    pub fn write(&self, record: &Record<'_>) -> Result<(), AuditError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        match serde_json::to_vec(record) {
+            Ok(line) => self.write_line(line),
+            Err(e) => {
+                let e = error(path, format!("cannot encode a record: {e}"));
+                self.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends `line` and a newline in one write, (re)opening the file if needed.
+    fn write_line(&self, mut line: Vec<u8>) -> Result<(), AuditError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        line.push(b'\n');
+        let mut file = self.lock();
+        let result = (|| {
+            if file.is_none() {
+                *file = Some(open(path)?);
+            }
+            match file.as_mut() {
+                Some(f) => f
+                    .write_all(&line)
+                    .map_err(|e| error(path, format!("write: {e}"))),
+                None => Err(error(path, "not open".into())),
+            }
+        })();
+        if let Err(e) = result {
+            *file = None;
+            drop(file);
+            self.failed(&e);
+            return Err(e);
+        }
+        self.healthy.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Closes and reopens the log (after it was rotated; on SIGHUP).
+    pub fn reopen(&self) -> Result<(), AuditError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let mut file = self.lock();
+        *file = None;
+        match open(path) {
+            Ok(f) => {
+                *file = Some(f);
+                Ok(())
+            }
+            Err(e) => {
+                drop(file);
+                self.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
+    fn failed(&self, e: &AuditError) {
+        self.healthy.store(false, Ordering::Release);
+        if let Some(m) = &self.metrics {
+            m.audit_error();
+        }
+        tracing::error!(error = %e, fail_closed = self.fail_closed, "audit log write failed");
+    }
+}
+
+fn error(path: &Path, reason: String) -> AuditError {
+    AuditError {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Opens the log for appending, creating it owner-only.
+fn open(path: &Path) -> Result<File, AuditError> {
+    let mut o = OpenOptions::new();
+    o.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
+        .map_err(|e| error(path, format!("cannot open: {e}")))
+}
+
+/// The line [`Auditor::ready`] writes after a failure.
+#[derive(Serialize)]
+struct Marker {
+    time: String,
+    event: &'static str,
+}
+
+/// Now, in RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    prost_types::Timestamp::from(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(groups: &'a [String]) -> Record<'a> {
+        Record {
+            time: now_rfc3339(),
+            user: "alice",
+            groups,
+            auth: "token",
+            credential: Some("c"),
+            verb: "get",
+            namespace: "ns",
+            name: Some("n"),
+            label_selector_hmac: None,
+            watch_id: None,
+            code: "Ok".into(),
+            resource_version: 3,
+            source: "127.0.0.1:1",
+            connection: 1,
+        }
+    }
+
+    #[test]
+    fn writes_lines_and_reports_failures() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.log");
+        let metrics = Metrics::new();
+        let a = Auditor::new(Some(path.clone()), true, Some(b"k"), Some(metrics.clone()));
+        let groups = vec!["dev".to_owned()];
+        a.write(&record(&groups)).expect("write");
+        a.write(&record(&groups)).expect("write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 2);
+        let v: serde_json::Value =
+            serde_json::from_str(text.lines().next().unwrap_or("")).expect("json");
+        assert_eq!(v["user"], "alice");
+        assert_eq!(v["resource_version"], 3);
+        assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(metrics.audit_errors(), 0);
+
+        // A directory cannot be opened as the log.
+        let bad = Auditor::new(
+            Some(dir.path().to_owned()),
+            true,
+            None,
+            Some(metrics.clone()),
+        );
+        assert!(bad.ready().is_err());
+        assert!(bad.write(&record(&groups)).is_err());
+        assert!(metrics.audit_errors() >= 2);
+        // /dev/full opens but refuses writes: after the first failure, ready() fails too.
+        if Path::new("/dev/full").exists() {
+            let full = Auditor::new(Some("/dev/full".into()), true, None, None);
+            assert!(full.ready().is_ok());
+            assert!(full.write(&record(&groups)).is_err());
+            assert!(full.ready().is_err());
+        }
+        // Recovery: a marker line, then records again.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let log = sub.join("a.log");
+        let r = Auditor::new(Some(log.clone()), true, None, None);
+        std::fs::remove_dir_all(&sub).expect("rm");
+        assert!(r.reopen().is_err());
+        assert!(r.ready().is_err());
+        std::fs::create_dir(&sub).expect("mkdir");
+        r.ready().expect("ready again");
+        r.write(&record(&groups)).expect("write");
+        let text = std::fs::read_to_string(&log).expect("read");
+        assert!(
+            text.lines()
+                .next()
+                .is_some_and(|l| l.contains("audit log writable")),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn hmac_is_keyed() {
+        let a = Auditor::new(None, false, Some(b"k1"), None);
+        let b = Auditor::new(None, false, Some(b"k2"), None);
+        assert_eq!(a.hmac(b"x"), a.hmac(b"x"));
+        assert_ne!(a.hmac(b"x"), b.hmac(b"x"));
+        assert_eq!(a.hmac(b"x").len(), 32);
+    }
+}

@@ -1,0 +1,243 @@
+//! What the server knows about each accepted connection: a unique id, the remote address, the
+//! peer's uid on a unix socket, and the connection's own limits (a token bucket of requests
+//! and a count of open watch streams). TLS peer certificates come from tonic's
+//! `TlsConnectInfo`, which wraps this.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where a connection comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP peer.
+    Tcp(Option<SocketAddr>),
+    /// A unix socket peer, with its uid when the kernel told it.
+    Unix {
+        /// SO_PEERCRED's uid.
+        uid: Option<u32>,
+    },
+}
+
+/// Per-connection state, shared by every request on the connection.
+#[derive(Debug)]
+pub struct ConnState {
+    /// Unique per accepted connection (since the process started).
+    pub id: u64,
+    /// The peer.
+    pub peer: Peer,
+    bucket: Mutex<Bucket>,
+    watch_streams: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+/// A connection's info as tonic hands it to each request (in the request's extensions, or
+/// inside `TlsConnectInfo` on a TLS listener).
+#[derive(Debug, Clone)]
+pub struct ConnInfo(pub Arc<ConnState>);
+
+impl ConnState {
+    /// A new connection's state with a fresh id.
+    pub fn new(peer: Peer) -> Self {
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            peer,
+            bucket: Mutex::new(Bucket {
+                tokens: 0.0,
+                last: None,
+            }),
+            watch_streams: AtomicUsize::new(0),
+        }
+    }
+
+    /// The source address for logs: `IP:PORT`, or `unix` (with `uid=N`).
+    pub fn source(&self) -> String {
+        match &self.peer {
+            Peer::Tcp(Some(a)) => a.to_string(),
+            Peer::Tcp(None) => "tcp".to_owned(),
+            Peer::Unix { uid: Some(u) } => format!("unix:uid={u}"),
+            Peer::Unix { uid: None } => "unix".to_owned(),
+        }
+    }
+
+    /// The peer's uid on a unix socket.
+    pub fn peer_uid(&self) -> Option<u32> {
+        match self.peer {
+            Peer::Unix { uid } => uid,
+            Peer::Tcp(_) => None,
+        }
+    }
+
+    /// Takes one request token from the connection's bucket (`rate` per second, at most
+    /// `burst` saved up; a new connection starts full). False: over the rate.
+    pub fn take_request(&self, rate: f64, burst: f64) -> bool {
+        let now = Instant::now();
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        b.tokens = match b.last {
+            None => burst,
+            Some(last) => (b.tokens + now.duration_since(last).as_secs_f64() * rate).min(burst),
+        };
+        b.last = Some(now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts a watch stream open on this connection, unless `max` are open already.
+    pub fn open_watch_stream(self: &Arc<Self>, max: usize) -> Option<WatchStreamGuard> {
+        let mut cur = self.watch_streams.load(Ordering::Relaxed);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match self.watch_streams.compare_exchange_weak(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(WatchStreamGuard(self.clone())),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Watch streams open on this connection.
+    pub fn watch_streams(&self) -> usize {
+        self.watch_streams.load(Ordering::Relaxed)
+    }
+}
+
+/// Releases a connection's watch stream slot when dropped.
+#[derive(Debug)]
+pub struct WatchStreamGuard(Arc<ConnState>);
+
+impl Drop for WatchStreamGuard {
+    fn drop(&mut self) {
+        self.0.watch_streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An accepted stream with its [`ConnInfo`].
+#[derive(Debug)]
+pub struct Conn<S> {
+    inner: S,
+    info: ConnInfo,
+}
+
+impl Conn<tokio::net::TcpStream> {
+    /// Wraps an accepted TCP stream.
+    pub fn tcp(s: tokio::net::TcpStream) -> Self {
+        let peer = Peer::Tcp(s.peer_addr().ok());
+        Self {
+            inner: s,
+            info: ConnInfo(Arc::new(ConnState::new(peer))),
+        }
+    }
+}
+
+impl Conn<tokio::net::UnixStream> {
+    /// Wraps an accepted unix stream, reading the peer's uid (SO_PEERCRED).
+    pub fn unix(s: tokio::net::UnixStream) -> Self {
+        let uid = s.peer_cred().ok().map(|c| c.uid());
+        Self {
+            inner: s,
+            info: ConnInfo(Arc::new(ConnState::new(Peer::Unix { uid }))),
+        }
+    }
+}
+
+impl<S> Connected for Conn<S> {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_buckets_refill() {
+        let a = ConnState::new(Peer::Tcp(None));
+        let b = ConnState::new(Peer::Unix { uid: Some(7) });
+        assert_ne!(a.id, b.id);
+        assert_eq!(b.source(), "unix:uid=7");
+        assert_eq!(b.peer_uid(), Some(7));
+        // A burst of 3 at a negligible rate: three pass, the fourth does not.
+        for _ in 0..3 {
+            assert!(a.take_request(0.001, 3.0));
+        }
+        assert!(!a.take_request(0.001, 3.0));
+    }
+
+    #[test]
+    fn watch_stream_slots() {
+        let c = Arc::new(ConnState::new(Peer::Tcp(None)));
+        let g1 = c.open_watch_stream(2).expect("1");
+        let _g2 = c.open_watch_stream(2).expect("2");
+        assert!(c.open_watch_stream(2).is_none());
+        drop(g1);
+        assert_eq!(c.watch_streams(), 1);
+        assert!(c.open_watch_stream(2).is_some());
+    }
+}
