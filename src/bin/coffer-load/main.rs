@@ -14,7 +14,12 @@
 //! table is still printed; a run with errors is not a valid figure), 2 for bad flags.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "etcd")]
+mod etcd;
+#[cfg(feature = "plot")]
+mod plot;
 mod report;
+mod soak;
 mod spawn;
 mod unary;
 mod watch;
@@ -46,13 +51,60 @@ enum Command {
     Unary(UnaryArgs),
     /// Watch streams at scale: delivery latency and server memory per stream.
     Watch(watch::WatchArgs),
+    /// A long mixed run (writers, readers, watchers, a KMS rotation in the middle) against a
+    /// `coffer serve` child process, sampling its RSS and open file descriptors.
+    Soak(soak::SoakArgs),
+    /// PNG charts of `scripts/bench-vs-etcd.sh` results or of a soak's samples (built with the
+    /// `plot` feature).
+    #[cfg(feature = "plot")]
+    Plot(plot::PlotArgs),
 }
+
+/// The store a benchmark loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+enum Target {
+    /// A Coffer server (the Secret service).
+    #[default]
+    Coffer,
+    /// An etcd member (KV and Watch APIs; needs a build with the `etcd` feature).
+    Etcd,
+}
+
+impl Target {
+    /// The lowercase name, as on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Target::Coffer => "coffer",
+            Target::Etcd => "etcd",
+        }
+    }
+
+    /// Refuses `etcd` in a build without the `etcd` feature, with the way to get one.
+    fn check_built(self) -> Result<(), String> {
+        if self == Target::Etcd && !cfg!(feature = "etcd") {
+            return Err(
+                "this coffer-load was built without etcd support: build it with \
+                 `cargo build --release --features etcd --bin coffer-load` (needs protoc: \
+                 apt-get install protobuf-compiler)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The etcd client endpoint loaded when `--server` is not given with `--target etcd`.
+const DEFAULT_ETCD: &str = "127.0.0.1:2379";
 
 /// Flags of `coffer-load unary`.
 #[derive(Debug, Clone, Args)]
 struct UnaryArgs {
+    /// The store to load: coffer, or etcd (there: create and update are Puts of a new and of an
+    /// existing key, get is a Range of one key; same names, values and callers).
+    #[arg(long, value_enum, default_value_t = Target::Coffer)]
+    target: Target,
     /// The server to load: HOST:PORT, http://HOST:PORT or unix:///path/to.sock [default:
-    /// $COFFER_SERVER, else 127.0.0.1:7070].
+    /// $COFFER_SERVER, else 127.0.0.1:7070; with --target etcd: 127.0.0.1:2379].
     #[arg(long, conflicts_with = "spawn")]
     server: Option<String>,
     /// Start an in-process server on 127.0.0.1:0 over a temporary data directory instead.
@@ -120,6 +172,12 @@ impl UnaryArgs {
     /// default. (`COFFER_SERVER` is read here rather than by clap, so that it does not conflict
     /// with `--spawn`.)
     fn server(&self) -> String {
+        if self.target == Target::Etcd {
+            return self
+                .server
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ETCD.to_owned());
+        }
         self.server
             .clone()
             .or_else(|| {
@@ -178,6 +236,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Unary(args) => runtime.block_on(unary::run(args)),
         Command::Watch(args) => runtime.block_on(watch::run(args)),
+        Command::Soak(args) => runtime.block_on(soak::run(args)),
+        #[cfg(feature = "plot")]
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         Ok(outcome) => outcome,
@@ -216,8 +277,38 @@ mod tests {
         assert_eq!(a.concurrency, 64);
         assert_eq!(a.value_size, 1024);
 
+        assert_eq!(a.target, Target::Coffer);
+        assert_eq!(a.server(), DEFAULT_SERVER);
+
+        let cli = Cli::try_parse_from(["coffer-load", "unary", "--target", "etcd"]).unwrap();
+        let Command::Unary(a) = cli.command else {
+            panic!("not unary")
+        };
+        assert_eq!(a.target, Target::Etcd);
+        assert_eq!(a.server(), DEFAULT_ETCD);
+        assert_eq!(
+            Target::Etcd.check_built().is_ok(),
+            cfg!(feature = "etcd"),
+            "--target etcd works exactly in builds with the etcd feature"
+        );
+
+        let cli = Cli::try_parse_from([
+            "coffer-load",
+            "soak",
+            "--duration",
+            "5",
+            "--watchers",
+            "200",
+            "--rotate-at",
+            "1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Soak(_)));
+
         for bad in [
             &["coffer-load", "unary", "--duration", "0"][..],
+            &["coffer-load", "unary", "--target", "zookeeper"],
+            &["coffer-load", "soak", "--duration", "0"],
             &["coffer-load", "unary", "--duration", "-1"],
             &["coffer-load", "unary", "--duration", "NaN"],
             &["coffer-load", "unary", "--connections", "0"],

@@ -11,6 +11,8 @@ use crate::Op;
 /// How the run was set up, printed above the results.
 #[derive(Debug)]
 pub(crate) struct RunInfo {
+    /// The store loaded: `coffer` or `etcd`.
+    pub(crate) target: &'static str,
     /// The address loaded.
     pub(crate) server: String,
     /// Set when the server was started by `--spawn`.
@@ -106,7 +108,7 @@ fn describe(info: &RunInfo) -> String {
             s.data_dir,
             if s.temporary { ", removed" } else { "" }
         ),
-        None => format!("server {}", info.server),
+        None => format!("{} server {}", info.target, info.server),
     };
     format!(
         "{server}; {} connections, {} callers, {}-byte values, {:.1} s per phase{}",
@@ -196,6 +198,7 @@ pub(crate) fn json(info: &RunInfo, reports: &[PhaseReport]) -> Value {
         })
         .collect();
     json!({
+        "target": info.target,
         "server": info.server,
         "spawned": info.spawn.as_ref().map(|s| json!({
             "durable": s.durable,

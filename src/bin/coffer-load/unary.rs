@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 
 use crate::report::{self, PhaseReport, RunInfo, SpawnInfo};
 use crate::spawn::Spawned;
-use crate::{Op, UnaryArgs};
+use crate::{Op, Target, UnaryArgs};
 
 /// The data key each Secret's value is stored under.
 const VALUE_KEY: &str = "value";
@@ -41,6 +41,10 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// Runs `coffer-load unary` and prints its report.
 pub(crate) async fn run(args: UnaryArgs) -> Result<ExitCode, String> {
+    args.target.check_built()?;
+    if args.target == Target::Etcd && args.spawn {
+        return Err("--spawn starts a Coffer server: with --target etcd give --server".into());
+    }
     validate_namespace(&args.namespace).map_err(|e| format!("--namespace: {e}"))?;
     let algorithm: Algorithm = args
         .aead
@@ -65,6 +69,7 @@ pub(crate) async fn run(args: UnaryArgs) -> Result<ExitCode, String> {
         None => args.server(),
     };
     let info = RunInfo {
+        target: args.target.name(),
         server: server.clone(),
         spawn: spawned.as_ref().map(|s| SpawnInfo {
             durable: durability == Durability::Sync,
@@ -103,13 +108,27 @@ pub(crate) async fn run(args: UnaryArgs) -> Result<ExitCode, String> {
 
 /// Connects, runs the phases, and cleans up if asked.
 async fn drive(args: &UnaryArgs, ops: &[Op], server: &str) -> Result<Vec<PhaseReport>, String> {
-    let addr = ServerAddr::parse(server).map_err(cli_error)?;
     let mut clients = Vec::new();
-    for _ in 0..args.connections {
-        // Each connect opens its own HTTP/2 connection.
-        clients.push(addr.connect().await.map_err(cli_error)?);
+    match args.target {
+        Target::Coffer => {
+            let addr = ServerAddr::parse(server).map_err(cli_error)?;
+            for _ in 0..args.connections {
+                // Each connect opens its own HTTP/2 connection.
+                clients.push(Conn::Coffer(addr.connect().await.map_err(cli_error)?));
+            }
+        }
+        #[cfg(feature = "etcd")]
+        Target::Etcd => {
+            for _ in 0..args.connections {
+                clients.push(Conn::Etcd(Box::new(
+                    crate::etcd::connect(server).await?.kv_client(),
+                )));
+            }
+        }
+        #[cfg(not(feature = "etcd"))]
+        Target::Etcd => return Err("built without the etcd feature".into()),
     }
-    let clients: Arc<[Client]> = clients.into();
+    let clients: Arc<[Conn]> = clients.into();
 
     let mut rng = StdRng::from_entropy();
     let mut value = vec![0u8; usize::try_from(args.value_size).unwrap_or(0)];
@@ -175,6 +194,26 @@ fn cli_error(e: CliError) -> String {
     }
 }
 
+/// One connection to the store loaded.
+#[derive(Clone)]
+enum Conn {
+    /// A Coffer server.
+    Coffer(Client),
+    /// An etcd member's KV service (boxed: it is much larger than a tonic client).
+    #[cfg(feature = "etcd")]
+    Etcd(Box<etcd_client::KvClient>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Conn::Coffer(_) => f.write_str("Conn::Coffer"),
+            #[cfg(feature = "etcd")]
+            Conn::Etcd(_) => f.write_str("Conn::Etcd"),
+        }
+    }
+}
+
 /// What every caller shares.
 #[derive(Debug)]
 struct Setup {
@@ -217,11 +256,17 @@ impl Setup {
     /// Does one call of `op`; returns the created name for a successful Create.
     async fn call(
         &self,
-        client: &mut Client,
+        conn: &mut Conn,
         op: Op,
         name: String,
         counter: u64,
     ) -> Result<Option<String>, String> {
+        #[allow(clippy::infallible_destructuring_match)]
+        let client = match conn {
+            Conn::Coffer(c) => c,
+            #[cfg(feature = "etcd")]
+            Conn::Etcd(kv) => return self.call_etcd(kv, op, name, counter).await,
+        };
         let fut = async {
             match op {
                 Op::Create => {
@@ -271,6 +316,56 @@ impl Setup {
     }
 }
 
+#[cfg(feature = "etcd")]
+impl Setup {
+    /// The etcd key of the Secret `name`: `/<namespace>/<name>`, as a Kubernetes API server
+    /// lays out its keys (without its `/registry/secrets` prefix).
+    fn etcd_key(&self, name: &str) -> String {
+        format!("/{}/{name}", self.namespace)
+    }
+
+    /// One call of `op` against etcd: Create and Update are Puts (etcd's writes are durable:
+    /// its WAL is fsync'd before a Put is acknowledged), Get is a Range of the one key.
+    async fn call_etcd(
+        &self,
+        kv: &mut etcd_client::KvClient,
+        op: Op,
+        name: String,
+        counter: u64,
+    ) -> Result<Option<String>, String> {
+        let key = self.etcd_key(&name);
+        let fut = async {
+            match op {
+                Op::Create => {
+                    kv.put(key, self.value.clone(), None).await?;
+                    Ok(Some(name))
+                }
+                Op::Get => {
+                    let got = kv.get(key, None).await?;
+                    match got.kvs().first() {
+                        Some(v) if v.value().len() == self.value.len() => Ok(None),
+                        _ => Err(etcd_client::Error::InvalidArgs(
+                            "the response does not hold the value written".into(),
+                        )),
+                    }
+                }
+                Op::Update => {
+                    kv.put(key, self.updated_value(counter), None).await?;
+                    Ok(None)
+                }
+            }
+        };
+        match tokio::time::timeout(self.call_timeout, fut).await {
+            Ok(Ok(created)) => Ok(created),
+            Ok(Err(e)) => Err(format!("etcd: {e}")),
+            Err(_) => Err(format!(
+                "no answer within {:.1} s (--call-timeout)",
+                self.call_timeout.as_secs_f64()
+            )),
+        }
+    }
+}
+
 /// `Code: message` of a failed call.
 fn describe_status(status: &tonic::Status) -> String {
     let mut s = format!("{:?}: {}", status.code(), status.message());
@@ -297,7 +392,7 @@ struct CallerResult {
 async fn run_phase(
     op: Op,
     setup: &Arc<Setup>,
-    clients: &Arc<[Client]>,
+    clients: &Arc<[Conn]>,
     keys: &Arc<[String]>,
     concurrency: u32,
     warmup: Duration,
@@ -398,7 +493,7 @@ async fn run_phase(
 /// Creates `count` Secrets (unmeasured) for Get/Update to read; fails if none could be.
 async fn seed(
     setup: &Arc<Setup>,
-    clients: &Arc<[Client]>,
+    clients: &Arc<[Conn]>,
     count: u32,
     concurrency: u32,
 ) -> Result<Vec<String>, String> {
@@ -428,27 +523,32 @@ async fn seed(
 }
 
 /// Deletes `names` (unmeasured), reporting failures on stderr.
-async fn cleanup(
-    setup: &Arc<Setup>,
-    clients: &Arc<[Client]>,
-    names: Vec<String>,
-    concurrency: u32,
-) {
+async fn cleanup(setup: &Arc<Setup>, clients: &Arc<[Conn]>, names: Vec<String>, concurrency: u32) {
     let failures: usize = futures::stream::iter(names.into_iter().enumerate())
         .map(|(i, name)| {
             let mut client = clients[i % clients.len()].clone();
             let namespace = setup.namespace.clone();
             async move {
-                let req = pb::DeleteSecretRequest {
-                    namespace,
-                    name,
-                    resource_version: 0,
+                let deleted = match &mut client {
+                    Conn::Coffer(c) => {
+                        let req = pb::DeleteSecretRequest {
+                            namespace,
+                            name,
+                            resource_version: 0,
+                        };
+                        tokio::time::timeout(setup.call_timeout, c.delete(req))
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                    }
+                    #[cfg(feature = "etcd")]
+                    Conn::Etcd(kv) => {
+                        let key = setup.etcd_key(&name);
+                        tokio::time::timeout(setup.call_timeout, kv.delete(key, None))
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                    }
                 };
-                usize::from(
-                    tokio::time::timeout(setup.call_timeout, client.delete(req))
-                        .await
-                        .map_or(true, |r| r.is_err()),
-                )
+                usize::from(!deleted)
             }
         })
         .buffer_unordered(concurrency as usize)

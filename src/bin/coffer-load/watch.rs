@@ -37,55 +37,64 @@ use tonic::transport::{Channel, Endpoint};
 /// Flags of `coffer-load watch`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct WatchArgs {
-    /// The server: HOST:PORT or http://HOST:PORT [default: $COFFER_SERVER, else 127.0.0.1:7070].
+    /// The store to load: coffer, or etcd (there each stream is one etcd Watch stream with one
+    /// watcher on the key `/<namespace>/<name>`; namespace watchers watch the prefix
+    /// `/<namespace>/`; updates are Puts).
+    #[arg(long, value_enum, default_value_t = crate::Target::Coffer)]
+    pub(crate) target: crate::Target,
+    /// The server: HOST:PORT or http://HOST:PORT [default: $COFFER_SERVER, else 127.0.0.1:7070;
+    /// with --target etcd: 127.0.0.1:2379].
     #[arg(long, conflicts_with = "spawn")]
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     /// The server's pid, to read its RSS from /proc (implied by --spawn).
     #[arg(long, conflicts_with = "spawn")]
-    server_pid: Option<u32>,
+    pub(crate) server_pid: Option<u32>,
+    /// Print the results as one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
     /// Run `coffer serve` (the binary next to this one) as a child process on a free port over
     /// a temporary data directory (relaxed durability), and stop it at the end.
     #[arg(long)]
     spawn: bool,
     /// Watch streams to open (not counting --namespace-watchers).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    streams: u32,
+    pub(crate) streams: u32,
     /// HTTP/2 connections the streams are spread over (the server allows 1024 streams per
     /// connection).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    connections: u32,
+    pub(crate) connections: u32,
     /// Watches per stream: 1 = a Watch stream; K > 1 = a WatchMany stream with K watches.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    watches_per_stream: u32,
+    pub(crate) watches_per_stream: u32,
     /// Secrets created and watched (watch i is on Secret i mod S).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
-    secrets: u32,
+    pub(crate) secrets: u32,
     /// Extra streams watching the whole namespace.
     #[arg(long, default_value_t = 2)]
-    namespace_watchers: u32,
+    pub(crate) namespace_watchers: u32,
     /// Updates per second during the measured phase.
     #[arg(long, default_value_t = 100.0)]
-    updates_per_sec: f64,
+    pub(crate) updates_per_sec: f64,
     /// Seconds of updates (the streams are held open throughout).
     #[arg(long, default_value = "10", value_parser = crate::parse_seconds, value_name = "SECS")]
-    duration: Duration,
+    pub(crate) duration: Duration,
     /// Seconds allowed for opening every stream before the run goes on without the rest.
     #[arg(long, default_value = "300", value_parser = crate::parse_seconds, value_name = "SECS")]
-    open_timeout: Duration,
+    pub(crate) open_timeout: Duration,
     /// Streams being opened at once.
     #[arg(long, default_value_t = 512)]
-    open_concurrency: u32,
+    pub(crate) open_concurrency: u32,
     /// Namespace of the Secrets.
     #[arg(long, short = 'n', default_value = crate::DEFAULT_NAMESPACE)]
-    namespace: String,
+    pub(crate) namespace: String,
     /// Percentage of the streams that never read after opening (stalled watchers; the server
     /// should end them without slowing writes or the other watchers). 0 to 50.
     #[arg(long, default_value_t = 0.0)]
-    stalled_percent: f64,
+    pub(crate) stalled_percent: f64,
     /// Creates of new Secrets per second during the measured phase, alongside the updates, to
     /// report Create latency (e.g. with and without stalled watchers); 0 for none.
     #[arg(long, default_value_t = 0.0)]
-    creates_per_sec: f64,
+    pub(crate) creates_per_sec: f64,
 }
 
 impl WatchArgs {
@@ -114,7 +123,7 @@ struct Counters {
     errors: Mutex<Vec<String>>,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -122,7 +131,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn secret_name(i: u64) -> String {
+pub(crate) fn secret_name(i: u64) -> String {
     format!("w{i:07}")
 }
 
@@ -168,7 +177,7 @@ async fn spawn_server() -> Result<Child, String> {
     Ok(Child { child, dir, addr })
 }
 
-async fn connect(addr: &str) -> Result<Channel, String> {
+pub(crate) async fn connect(addr: &str) -> Result<Channel, String> {
     let uri = if addr.starts_with("http://") {
         addr.to_owned()
     } else {
@@ -195,6 +204,9 @@ fn one_secret(ns: &str, secret: u64) -> pb::WatchSecretsRequest {
         ..Default::default()
     }
 }
+
+/// Acknowledged updates by revision: (Secret index, sent, acknowledged).
+pub(crate) type Acks<R> = HashMap<R, (u64, Instant, Instant)>;
 
 /// The events one stream received: (resource_version, when).
 type Received = Vec<(u64, Instant)>;
@@ -361,6 +373,24 @@ fn ms(us: u64) -> String {
 
 /// Runs `coffer-load watch`.
 pub(crate) async fn run(args: WatchArgs) -> Result<ExitCode, String> {
+    args.target.check_built()?;
+    if args.target == crate::Target::Etcd {
+        if args.spawn {
+            return Err("--spawn starts a Coffer server: with --target etcd give --server".into());
+        }
+        if args.watches_per_stream > 1 {
+            return Err("--watches-per-stream > 1 is not supported with --target etcd".into());
+        }
+        #[cfg(feature = "etcd")]
+        {
+            let addr = args
+                .server
+                .clone()
+                .unwrap_or_else(|| crate::DEFAULT_ETCD.to_owned());
+            let summary = crate::etcd::measure_watch(&args, &addr).await?;
+            return Ok(summary.print(args.json));
+        }
+    }
     let mut child = None;
     let (addr, pid) = if args.spawn {
         let c = spawn_server().await?;
@@ -498,7 +528,7 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     let rss_after = pid.and_then(rss_kib);
 
     // Updates at the given rate, each in its own task; acknowledgements by revision.
-    let acks: Arc<Mutex<HashMap<u64, (u64, Instant)>>> = Arc::default();
+    let acks: Arc<Mutex<Acks<u64>>> = Arc::default();
     let update_errors = Arc::new(AtomicU64::new(0));
     let update_latency = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?,
@@ -540,7 +570,7 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
                     let rv = r.into_inner().metadata.map_or(0, |m| m.resource_version);
                     acks.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(rv, (target, now));
+                        .insert(rv, (target, sent, now));
                 }
                 Err(_) => {
                     errors.fetch_add(1, Ordering::Relaxed);
@@ -592,93 +622,258 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
         }
     }
     let watchers_of = |secret: u64| per_secret[secret as usize] + ns_watchers;
-    let expected: u64 = acks.values().map(|(s, _)| watchers_of(*s)).sum();
+    let expected: u64 = acks.values().map(|(s, _, _)| watchers_of(*s)).sum();
     let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
+    let mut from_send =
         Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(|e| e.to_string())?;
     let mut delivered = 0u64;
     for (rv, at) in received.iter().flatten() {
-        if let Some((_, acked)) = acks.get(rv) {
+        if let Some((_, sent, acked)) = acks.get(rv) {
             delivered += 1;
             let us = at.saturating_duration_since(*acked).as_micros();
             let _ = hist.record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
+            let us = at.saturating_duration_since(*sent).as_micros();
+            let _ = from_send.record(u64::try_from(us).unwrap_or(u64::MAX).max(1));
         }
     }
 
-    println!("coffer-load watch against {addr}");
-    println!(
-        "  streams: {established}/{streams} established ({watches} watches, {k} per stream) \
-         over {} connections in {open_time:.1?}; + {ns_watchers} namespace watchers",
-        args.connections
-    );
-    println!(
-        "  streams ended before the end of the run: {ended_early} (all events: {}, bookmarks: {})",
-        counters.events.load(Ordering::Relaxed),
-        counters.bookmarks.load(Ordering::Relaxed)
-    );
-    println!(
-        "  updates: {} acknowledged, {} failed, in {update_time:.1?} ({:.0}/s)",
-        acks.len(),
-        update_errors.load(Ordering::Relaxed),
-        acks.len() as f64 / update_time.as_secs_f64()
-    );
-    println!(
-        "  delivered: {delivered}/{expected} update events ({:.0}/s over the update phase)",
-        delivered as f64 / update_time.as_secs_f64()
-    );
-    {
-        let l = update_latency.lock().unwrap_or_else(|p| p.into_inner());
-        if !l.is_empty() {
-            println!(
-                "  update latency: p50 {} p99 {} max {}; {stalled_streams} stalled streams (never read)",
-                ms(l.value_at_quantile(0.5)),
-                ms(l.value_at_quantile(0.99)),
-                ms(l.max())
-            );
-        }
-    }
-    if let Some((l, failed)) = &creates {
-        println!(
-            "  create latency: {} acknowledged, {failed} failed; p50 {} p99 {} max {}",
-            l.len(),
-            ms(l.value_at_quantile(0.5)),
-            ms(l.value_at_quantile(0.99)),
-            ms(l.max())
-        );
-    }
-    if !hist.is_empty() {
-        println!(
-            "  delivery latency (update acknowledged -> event received): p50 {} p99 {} max {}",
-            ms(hist.value_at_quantile(0.5)),
-            ms(hist.value_at_quantile(0.99)),
-            ms(hist.max())
-        );
-    }
-    match (rss_before, rss_after) {
-        (Some(b), Some(a)) => {
-            let grown = a.saturating_sub(b) * 1024;
-            println!(
-                "  server RSS: {:.1} MiB before the streams, {:.1} MiB after; {:.0} bytes per stream, {:.0} bytes per watch",
-                b as f64 / 1024.0,
-                a as f64 / 1024.0,
-                grown as f64 / established.max(1) as f64,
-                grown as f64 / watches.max(1) as f64,
-            );
-        }
-        _ => println!("  server RSS: unknown (use --spawn or --server-pid)"),
-    }
+    let update_latency = update_latency.lock().unwrap_or_else(|p| p.into_inner());
     let errors = counters.errors.lock().unwrap_or_else(|p| p.into_inner());
-    for e in errors.iter() {
-        println!("  error: {e}");
+    let summary = WatchSummary {
+        target: "coffer",
+        server: addr.to_owned(),
+        streams,
+        established,
+        watches,
+        per_stream: k,
+        connections: args.connections,
+        namespace_watchers: ns_watchers,
+        open_time,
+        ended_early,
+        events: counters.events.load(Ordering::Relaxed),
+        bookmarks: counters.bookmarks.load(Ordering::Relaxed),
+        updates_acked: acks.len() as u64,
+        updates_failed: update_errors.load(Ordering::Relaxed),
+        update_time,
+        delivered,
+        expected,
+        update_latency: Percentiles::of(&update_latency),
+        delivery_latency: Percentiles::of(&hist),
+        delivery_from_send: Percentiles::of(&from_send),
+        creates: creates
+            .as_ref()
+            .map(|(l, failed)| (Percentiles::of(l), *failed)),
+        stalled_streams,
+        rss_before_kib: rss_before,
+        rss_after_kib: rss_after,
+        errors: errors.clone(),
+    };
+    Ok(summary.print(args.json))
+}
+
+/// p50, p99 and max of a latency histogram, in µs (zeros when empty).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Percentiles {
+    pub(crate) p50: u64,
+    pub(crate) p99: u64,
+    pub(crate) max: u64,
+    pub(crate) count: u64,
+}
+
+impl Percentiles {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            count: h.len(),
+        }
     }
-    // A stalled stream ended by the server for falling behind is the expected outcome.
-    let ok = established == streams
-        && delivered == expected
-        && (stalled_streams > 0 || errors.is_empty());
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"p50": self.p50, "p99": self.p99, "max": self.max, "count": self.count})
+    }
+}
+
+/// What a watch run measured, for either target.
+#[derive(Debug)]
+pub(crate) struct WatchSummary {
+    pub(crate) target: &'static str,
+    pub(crate) server: String,
+    pub(crate) streams: u64,
+    pub(crate) established: u64,
+    pub(crate) watches: u64,
+    pub(crate) per_stream: u64,
+    pub(crate) connections: u32,
+    pub(crate) namespace_watchers: u64,
+    pub(crate) open_time: Duration,
+    pub(crate) ended_early: u64,
+    pub(crate) events: u64,
+    pub(crate) bookmarks: u64,
+    pub(crate) updates_acked: u64,
+    pub(crate) updates_failed: u64,
+    pub(crate) update_time: Duration,
+    pub(crate) delivered: u64,
+    pub(crate) expected: u64,
+    pub(crate) update_latency: Percentiles,
+    pub(crate) delivery_latency: Percentiles,
+    /// Update sent -> event received (the write's own latency included).
+    pub(crate) delivery_from_send: Percentiles,
+    /// With `--creates-per-sec`: Create latency and the number of failed creates.
+    pub(crate) creates: Option<(Percentiles, u64)>,
+    pub(crate) stalled_streams: u64,
+    pub(crate) rss_before_kib: Option<u64>,
+    pub(crate) rss_after_kib: Option<u64>,
+    pub(crate) errors: Vec<String>,
+}
+
+impl WatchSummary {
+    /// Whether the run is a valid figure: every stream opened, every event delivered, and no
+    /// error except stalled streams being ended.
+    fn ok(&self) -> bool {
+        self.established == self.streams
+            && self.delivered == self.expected
+            && (self.stalled_streams > 0 || self.errors.is_empty())
+    }
+
+    /// Prints the summary (text or JSON) and returns the exit code.
+    pub(crate) fn print(&self, json: bool) -> ExitCode {
+        if json {
+            println!("{}", self.json());
+        } else {
+            self.print_text();
+        }
+        if self.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let grown = match (self.rss_before_kib, self.rss_after_kib) {
+            (Some(b), Some(a)) => Some(a.saturating_sub(b) * 1024),
+            _ => None,
+        };
+        serde_json::json!({
+            "target": self.target,
+            "server": self.server,
+            "streams": self.streams,
+            "established": self.established,
+            "watches": self.watches,
+            "watches_per_stream": self.per_stream,
+            "connections": self.connections,
+            "namespace_watchers": self.namespace_watchers,
+            "open_secs": self.open_time.as_secs_f64(),
+            "ended_early": self.ended_early,
+            "events": self.events,
+            "bookmarks": self.bookmarks,
+            "updates_acked": self.updates_acked,
+            "updates_failed": self.updates_failed,
+            "update_secs": self.update_time.as_secs_f64(),
+            "delivered": self.delivered,
+            "expected": self.expected,
+            "delivered_per_sec": self.delivered as f64 / self.update_time.as_secs_f64().max(1e-9),
+            "update_latency_us": self.update_latency.json(),
+            "delivery_latency_us": self.delivery_latency.json(),
+            "delivery_from_send_us": self.delivery_from_send.json(),
+            "create_latency_us": self.creates.as_ref().map(|(l, _)| l.json()),
+            "creates_failed": self.creates.as_ref().map(|(_, f)| *f),
+            "stalled_streams": self.stalled_streams,
+            "rss_before_kib": self.rss_before_kib,
+            "rss_after_kib": self.rss_after_kib,
+            "rss_bytes_per_stream": grown.map(|g| g as f64 / self.established.max(1) as f64),
+            "errors": self.errors,
+            "ok": self.ok(),
+        })
+    }
+
+    fn print_text(&self) {
+        println!("coffer-load watch against {} {}", self.target, self.server);
+        println!(
+            "  streams: {}/{} established ({} watches, {} per stream) \
+             over {} connections in {:.1?}; + {} namespace watchers",
+            self.established,
+            self.streams,
+            self.watches,
+            self.per_stream,
+            self.connections,
+            self.open_time,
+            self.namespace_watchers
+        );
+        println!(
+            "  streams ended before the end of the run: {} (all events: {}, bookmarks: {})",
+            self.ended_early, self.events, self.bookmarks
+        );
+        println!(
+            "  updates: {} acknowledged, {} failed, in {:.1?} ({:.0}/s)",
+            self.updates_acked,
+            self.updates_failed,
+            self.update_time,
+            self.updates_acked as f64 / self.update_time.as_secs_f64().max(1e-9)
+        );
+        println!(
+            "  delivered: {}/{} update events ({:.0}/s over the update phase)",
+            self.delivered,
+            self.expected,
+            self.delivered as f64 / self.update_time.as_secs_f64().max(1e-9)
+        );
+        let l = &self.update_latency;
+        if l.count > 0 {
+            println!(
+                "  update latency: p50 {} p99 {} max {}; {} stalled streams (never read)",
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.max),
+                self.stalled_streams
+            );
+        }
+        if let Some((l, failed)) = &self.creates {
+            println!(
+                "  create latency: {} acknowledged, {failed} failed; p50 {} p99 {} max {}",
+                l.count,
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.max)
+            );
+        }
+        let d = &self.delivery_latency;
+        if d.count > 0 {
+            println!(
+                "  delivery latency (update acknowledged -> event received): p50 {} p99 {} max {}",
+                ms(d.p50),
+                ms(d.p99),
+                ms(d.max)
+            );
+            let d = &self.delivery_from_send;
+            println!(
+                "  delivery latency (update sent -> event received): p50 {} p99 {} max {}",
+                ms(d.p50),
+                ms(d.p99),
+                ms(d.max)
+            );
+        }
+        match (self.rss_before_kib, self.rss_after_kib) {
+            (Some(b), Some(a)) => {
+                let grown = a.saturating_sub(b) * 1024;
+                println!(
+                    "  server RSS: {:.1} MiB before the streams, {:.1} MiB after; {:.0} bytes per stream, {:.0} bytes per watch",
+                    b as f64 / 1024.0,
+                    a as f64 / 1024.0,
+                    grown as f64 / self.established.max(1) as f64,
+                    grown as f64 / self.watches.max(1) as f64,
+                );
+            }
+            _ => println!("  server RSS: unknown (use --spawn or --server-pid)"),
+        }
+        for e in &self.errors {
+            println!("  error: {e}");
+        }
+    }
 }
 
 /// Creates new Secrets at `rate`/s for `duration`, each in its own task; returns their latency
