@@ -323,10 +323,14 @@ impl ReadFilter {
         {
             return;
         }
+        // Wiped before they are dropped: these are plaintext copies.
+        crate::proto::codec::Wipe::wipe(s);
         s.data.clear();
         s.string_data.clear();
-        if let Some(m) = s.metadata.as_mut() {
-            m.annotations.remove(LAST_APPLIED_ANNOTATION);
+        if let Some(m) = s.metadata.as_mut()
+            && let Some(mut applied) = m.annotations.remove(LAST_APPLIED_ANNOTATION)
+        {
+            zeroize::Zeroize::zeroize(&mut applied);
         }
     }
 
