@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::watch::{Acks, Percentiles, WatchArgs, WatchSummary, rss_kib, secret_name};
+use crate::watch::{Acks, Percentiles, WatchArgs, WatchSummary, drain, rss_kib, secret_name};
 
 /// Connects one etcd client (its own HTTP/2 connection) to `addr` (HOST:PORT or http://...).
 pub(crate) async fn connect(addr: &str) -> Result<Client, String> {
@@ -252,18 +252,7 @@ pub(crate) async fn measure_watch(args: &WatchArgs, addr: &str) -> Result<WatchS
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ended_early = counters.ended.load(Ordering::Relaxed);
     stop.cancel();
-    let mut received = Vec::new();
-    let drain = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(v) = r {
-                received.push(v);
-            }
-        }
-    })
-    .await;
-    if drain.is_err() {
-        tasks.abort_all();
-    }
+    let received = drain(&mut tasks).await;
 
     let acks = std::mem::take(&mut *acks.lock().unwrap_or_else(|p| p.into_inner()));
     let mut per_key = vec![0u64; secrets as usize];

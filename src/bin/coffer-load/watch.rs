@@ -588,18 +588,7 @@ async fn measure(args: &WatchArgs, addr: &str, pid: Option<u32>) -> Result<ExitC
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ended_early = counters.streams_ended.load(Ordering::Relaxed);
     stop.cancel();
-    let mut received = Vec::new();
-    let drain = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(r) = tasks.join_next().await {
-            if let Ok(v) = r {
-                received.push(v);
-            }
-        }
-    })
-    .await;
-    if drain.is_err() {
-        tasks.abort_all();
-    }
+    let received = drain(&mut tasks).await;
 
     // Expected deliveries: every acknowledged update, once per watch on its Secret and once per
     // namespace watcher.
@@ -874,6 +863,24 @@ impl WatchSummary {
             println!("  error: {e}");
         }
     }
+}
+
+/// What the stream tasks of a run received, once they have stopped: waits up to 30 s for them,
+/// then aborts the rest.
+pub(crate) async fn drain<T: 'static>(tasks: &mut tokio::task::JoinSet<T>) -> Vec<T> {
+    let mut received = Vec::new();
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(v) = r {
+                received.push(v);
+            }
+        }
+    })
+    .await;
+    if all.is_err() {
+        tasks.abort_all();
+    }
+    received
 }
 
 /// Creates new Secrets at `rate`/s for `duration`, each in its own task; returns their latency
