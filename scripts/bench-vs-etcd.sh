@@ -39,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
-cargo build --release --features etcd,plot --bins
+cargo build --release -p coffer -p coffer-load --features coffer-load/etcd,coffer-load/plot
 cargo build --release -p coffer-kms-local
 BIN=target/release
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"

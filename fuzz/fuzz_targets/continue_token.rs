@@ -2,7 +2,7 @@
 //! token it issues decodes back to what was encoded.
 #![no_main]
 
-use coffer::store::continue_token::{decode, encode};
+use coffer_core::store::continue_token::{decode, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

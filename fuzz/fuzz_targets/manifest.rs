@@ -1,7 +1,7 @@
 //! The YAML/JSON manifest parser (`coffer apply -f`, `coffer create --from-file`).
 #![no_main]
 
-use coffer::model::manifest::parse_manifests;
+use coffer_core::model::manifest::parse_manifests;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(secrets) = parse_manifests(text) {
         for s in &secrets {
             let _ = s.location();
-            let _ = coffer::model::validation::validate_secret(&s.secret);
+            let _ = coffer_core::model::validation::validate_secret(&s.secret);
         }
     }
 });

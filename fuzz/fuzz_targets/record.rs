@@ -2,7 +2,7 @@
 //! but a record sealed with the seed for that key may open; nothing may panic.
 #![no_main]
 
-use coffer::crypto::{Algorithm, RecordHeader, Seed, open, seal};
+use coffer_core::crypto::{Algorithm, RecordHeader, Seed, open, seal};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

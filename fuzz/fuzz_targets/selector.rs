@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use coffer::model::Secret;
-use coffer::model::selector::{FieldSelector, LabelSelector};
+use coffer_core::model::Secret;
+use coffer_core::model::selector::{FieldSelector, LabelSelector};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

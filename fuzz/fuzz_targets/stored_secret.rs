@@ -1,7 +1,7 @@
 //! The decoder of an opened record's plaintext (the stored Secret), and its re-encoding.
 #![no_main]
 
-use coffer::model::codec::{decode, encode};
+use coffer_core::model::codec::{decode, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use coffer::kms::{Kms, KmsError, KmsStatus, LocalKek, Wrapped};
+use coffer_core::kms::{Kms, KmsError, KmsStatus, LocalKek, Wrapped};
 use zeroize::Zeroizing;
 
 /// The versions in a key directory, by version number.

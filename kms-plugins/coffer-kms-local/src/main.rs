@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use coffer::kms::KmsEndpoint;
+use coffer_kms::KmsEndpoint;
 
 /// A Kubernetes KMS v2 plugin with versioned local key files.
 #[derive(Debug, Parser)]
@@ -47,7 +47,7 @@ enum Command {
         #[arg(long, value_name = "unix:///PATH")]
         listen: String,
         #[command(flatten)]
-        hygiene: coffer::hygiene::HygieneOptions,
+        hygiene: coffer_kms::hygiene::HygieneOptions,
     },
     /// Create the key directory and its first version (no-op if it has versions).
     Init {
@@ -126,11 +126,11 @@ fn run(cli: Cli) -> Result<(), String> {
 fn serve(
     key_dir: PathBuf,
     listen: &str,
-    hygiene: &coffer::hygiene::HygieneOptions,
+    hygiene: &coffer_kms::hygiene::HygieneOptions,
 ) -> Result<(), String> {
-    coffer::server::init_tracing();
+    coffer_kms::logging::init_tracing();
     // Before the KEKs are read: no core dumps, memory locked.
-    coffer::hygiene::apply(hygiene);
+    coffer_kms::hygiene::apply(hygiene);
     let endpoint: KmsEndpoint = listen.parse().map_err(|e| format!("--listen: {e}"))?;
     let ring = keyring::Keyring::open(&key_dir).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +139,7 @@ fn serve(
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
-        coffer::kms::plugin::serve_unix(Arc::new(ring), endpoint.path(), shutdown_signal())
+        coffer_kms::plugin::serve_unix(Arc::new(ring), endpoint.path(), shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
-use coffer::kms::KmsEndpoint;
+use coffer_kms::KmsEndpoint;
 use cryptoki::types::AuthPin;
 use zeroize::Zeroizing;
 
@@ -78,7 +78,7 @@ enum Command {
         #[arg(long, value_name = "unix:///PATH")]
         listen: String,
         #[command(flatten)]
-        hygiene: coffer::hygiene::HygieneOptions,
+        hygiene: coffer_kms::hygiene::HygieneOptions,
     },
     /// Generate a new KEK version on the token and make it current (the first one too).
     Rotate {
@@ -151,9 +151,9 @@ fn run(cli: Cli) -> Result<(), String> {
             listen,
             hygiene,
         } => {
-            coffer::server::init_tracing();
+            coffer_kms::logging::init_tracing();
             // The KEK stays on the token, but seeds pass through this process in plaintext.
-            coffer::hygiene::apply(&hygiene);
+            coffer_kms::hygiene::apply(&hygiene);
             let endpoint: KmsEndpoint = listen.parse().map_err(|e| format!("--listen: {e}"))?;
             let kek = open(&token)?;
             if kek.find_keys()?.is_empty() {
@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .build()
                 .map_err(|e| format!("cannot start the async runtime: {e}"))?;
             runtime.block_on(async move {
-                coffer::kms::plugin::serve_unix(
+                coffer_kms::plugin::serve_unix(
                     Arc::new(TokenKms(Arc::new(kek))),
                     endpoint.path(),
                     shutdown_signal(),

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
-use coffer::kms::{Kms, KmsError, KmsStatus, Wrapped};
+use coffer_core::kms::{Kms, KmsError, KmsStatus, Wrapped};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -437,7 +437,7 @@ impl Kms for TokenKms {
             k.find_keys().map_err(KmsError::Unavailable)?;
             let current = k.current()?;
             Ok(KmsStatus {
-                version: coffer::kms::KMS_API_VERSION.into(),
+                version: coffer_core::kms::KMS_API_VERSION.into(),
                 healthz: "ok".into(),
                 key_id: current.key_id,
             })

@@ -1,0 +1,28 @@
+//! Coffer's engine: everything that stores a Secret, and nothing that serves one.
+//!
+//! # Layout
+//!
+//! - [`model`]: the Secret object, Kubernetes validation, selectors, manifests, and the plaintext
+//!   encoding that the envelope seals.
+//! - [`crypto`]: the AEADs, zeroizing key types, HKDF per-write keys, the sealed-record format.
+//! - [`kms`]: the `Kms` trait (KMS v2 semantics), the local key-file KEK, the seed manager that
+//!   keeps KMS calls off the write path, and its `Status` poller.
+//! - [`storage`]: the `Backend` trait (ordered KV, atomic batches, explicit durability) and the
+//!   sled backend with its group-committed write-ahead log and checkpoint record; a
+//!   fault-injecting wrapper for tests (`storage::fault`).
+//! - [`store`]: the engine: validate -> seal -> write with a revision -> publish a change event;
+//!   quotas, resealing and `coffer migrate`.
+//!
+//! # What this crate may use
+//!
+//! The bottom layer: it names no other Coffer crate, and no gRPC, HTTP, TLS or command-line
+//! crate (tonic, hyper, rustls, clap). The KMS v2 wire (`coffer-kms`), the servers
+//! (`coffer-server`) and the binary (`coffer`) build on it.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod crypto;
+pub mod kms;
+pub mod model;
+pub mod storage;
+pub mod store;

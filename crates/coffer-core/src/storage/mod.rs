@@ -1,0 +1,136 @@
+//! The storage layer under the engine: an ordered key-value store with batches and explicit
+//! durability.
+//!
+//! The engine never talks to sled directly; it goes through [`Backend`], so that an etcd backend
+//! (or a fault-injecting one in tests) can take its place.
+//!
+//! Visibility and durability are separate on purpose. [`Backend::apply`] makes a batch visible to
+//! readers at once and returns its [`Lsn`]; [`Backend::wait_durable`] resolves once that batch
+//! has reached stable storage. Writers apply under the engine's sequencing lock (so a precondition
+//! check and the write are atomic) and wait for durability *outside* it, which lets one sync cover
+//! many writers (group commit). Readers wait for the position they observed, so nobody ever sees a
+//! write that a crash could still take back.
+
+mod checkpoint_file;
+pub mod fault;
+pub mod sled;
+mod wal;
+
+use async_trait::async_trait;
+
+pub use self::sled::{Durability, SledBackend, SledConfig, WAL_CHECKPOINT_BYTES_ENV, sled_tuning};
+
+/// A position in the backend's log of applied batches; grows by one per batch.
+pub type Lsn = u64;
+
+/// Key-value pairs as a scan returns them.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One write inside a [`Batch`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key` (a no-op when absent).
+    Delete(Vec<u8>),
+}
+
+impl std::fmt::Debug for Op {
+    // Values are ciphertext, but there is no reason to print them either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Put(k, v) => write!(
+                f,
+                "Put({:?}, {} bytes)",
+                String::from_utf8_lossy(k),
+                v.len()
+            ),
+            Op::Delete(k) => write!(f, "Delete({:?})", String::from_utf8_lossy(k)),
+        }
+    }
+}
+
+/// Writes applied together, in order.
+///
+/// Atomic where it matters: once [`Backend::wait_durable`] has confirmed a batch, a crash keeps
+/// all of it. A batch that was never confirmed may survive a crash whole, not at all, or as a
+/// prefix of its ops, so put first the ops whose presence alone is harmless. Concurrent readers
+/// may observe a batch while it is being applied; writers serialise above the backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(Op::Put(key.into(), value.into()));
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.ops.push(Op::Delete(key.into()));
+        self
+    }
+}
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// An I/O error from the operating system.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// An error reported by sled.
+    #[error("sled error: {0}")]
+    Sled(#[from] ::sled::Error),
+    /// On-disk data that cannot be read back (a damaged log or database).
+    #[error("storage is corrupt: {0}")]
+    Corrupt(String),
+    /// A previous sync failed; the backend refuses further writes because the state of the file
+    /// after a failed fsync is unknown. Restart the process to recover from the log.
+    #[error("storage failed earlier and refuses writes until restart: {0}")]
+    Failed(String),
+}
+
+/// An ordered key-value store with atomic batches and explicit durability.
+#[async_trait]
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// The latest applied value of `key` (possibly not yet durable: pair with
+    /// [`Backend::applied`] and [`Backend::wait_durable`] before showing it to a client).
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order, beginning after
+    /// `start_after` when given.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KeyValues, StorageError>;
+
+    /// Applies `batch` (see [`Batch`] for its crash atomicity) and makes it visible to readers;
+    /// returns its position.
+    /// Durability is not awaited here: see [`Backend::wait_durable`].
+    fn apply(&self, batch: Batch) -> Result<Lsn, StorageError>;
+
+    /// The position of the latest applied batch.
+    fn applied(&self) -> Lsn;
+
+    /// Resolves once every batch up to `lsn` has reached stable storage (at once in relaxed mode).
+    async fn wait_durable(&self, lsn: Lsn) -> Result<(), StorageError>;
+
+    /// Makes everything applied so far durable, in any mode (used at shutdown).
+    async fn sync(&self) -> Result<(), StorageError>;
+
+    /// Whether a failed write or sync has closed the backend until restart (health reports it).
+    fn is_failed(&self) -> bool {
+        false
+    }
+}

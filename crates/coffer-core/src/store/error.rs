@@ -1,0 +1,109 @@
+//! The engine's error type. The gRPC layer maps each variant to one status code, in one place.
+
+use crate::crypto::OpenError;
+use crate::kms::{KmsError, SeedError};
+use crate::model::validation::ValidationErrors;
+use crate::storage::StorageError;
+
+/// Errors of the [`Store`](super::Store) API.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object breaks a validation rule; the message names the field and the rule.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// A request parameter (selector, continue token, ...) is malformed.
+    #[error("{field}: {message}")]
+    BadRequest {
+        /// The parameter, e.g. `labelSelector`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Create of a Secret that exists.
+    #[error("secrets \"{name}\" already exists")]
+    AlreadyExists {
+        /// The namespace.
+        namespace: String,
+        /// The name.
+        name: String,
+    },
+    /// The Secret does not exist.
+    #[error("secrets \"{name}\" not found")]
+    NotFound {
+        /// The namespace.
+        namespace: String,
+        /// The name.
+        name: String,
+    },
+    /// The request's resource_version precondition is stale.
+    #[error(
+        "Operation cannot be fulfilled on secrets \"{name}\": the object has been modified; please apply your changes to the latest version and try again (expected resource_version {expected}, current {current})"
+    )]
+    Conflict {
+        /// The name.
+        name: String,
+        /// The resource_version the request named.
+        expected: u64,
+        /// The stored resource_version.
+        current: u64,
+    },
+    /// A delete's uid precondition does not hold: the name now belongs to another object.
+    #[error(
+        "Precondition failed for secrets \"{name}\": UID in precondition: {expected}, UID in object meta: {current}"
+    )]
+    UidMismatch {
+        /// The name.
+        name: String,
+        /// The uid the request named.
+        expected: String,
+        /// The stored object's uid.
+        current: String,
+    },
+    /// The namespace's quota cannot take the write (see [`super::quota`]); the message is
+    /// Kubernetes' "exceeded quota: ..." and holds names and numbers only.
+    #[error("{0}")]
+    QuotaExceeded(super::quota::QuotaExceeded),
+    /// The KMS cannot be used, so the write (or the read of a seed not in memory) cannot proceed.
+    #[error("KMS is unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record failed to open: it was altered, moved, or its seed is gone.
+    #[error("secret {key} cannot be read: {reason}")]
+    DataLoss {
+        /// The storage key `namespace/name` (never the content).
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The storage layer failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl StoreError {
+    pub(crate) fn data_loss(key: &str, e: impl std::fmt::Display) -> Self {
+        StoreError::DataLoss {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+
+    pub(crate) fn open_failed(key: &str, e: OpenError) -> Self {
+        Self::data_loss(key, e)
+    }
+}
+
+impl From<SeedError> for StoreError {
+    fn from(e: SeedError) -> Self {
+        match e {
+            SeedError::Kms(k) => k.into(),
+            SeedError::Storage(s) => StoreError::Storage(s),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<KmsError> for StoreError {
+    fn from(e: KmsError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,720 @@
+//! The engine: validate -> seal -> write with a revision -> publish a change event.
+//!
+//! Every mutation runs its read-check-write under one sequencing lock, so preconditions and the
+//! store-wide revision are exact, then waits for durability *outside* the lock so that concurrent
+//! writers share syncs (group commit). Change events are published in revision order, only once
+//! the write they describe is durable.
+//!
+//! Backend key layout: `s/<namespace>/<name>` holds a sealed record, `m/revision` the store
+//! revision (written in the same atomic batch as every record), `k/seed/<id>` the wrapped seeds.
+
+pub mod continue_token;
+mod error;
+pub mod migrate;
+pub mod quota;
+mod reseal;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast;
+
+pub use self::error::StoreError;
+use self::quota::QuotaState;
+pub use self::quota::{QuotaExceeded, QuotaLimits, QuotaUsage, Quotas};
+pub use self::reseal::{RecordCounts, ResealBatch};
+use crate::crypto::{self, Algorithm, RecordHeader};
+use crate::kms::{Kms, LocalKek, OutagePolicy, SeedManager, SeedPolicy};
+use crate::model::selector::{FieldSelector, LabelSelector};
+use crate::model::validation::{
+    self, FieldError, FieldErrorKind, ValidationErrors, validate_name, validate_namespace,
+};
+use crate::model::{Secret, codec};
+use crate::storage::{Backend, Batch, Durability, Lsn, SledBackend, SledConfig};
+
+const SECRET_PREFIX: &str = "s/";
+const REVISION_KEY: &[u8] = b"m/revision";
+/// Rows read from the backend per scan round of a list.
+const SCAN_CHUNK: usize = 256;
+/// The largest page a list returns when the caller sets no limit or a larger one.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// What changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Deleted; the object is its last state.
+    Deleted,
+}
+
+/// One change, published after it is durable, in revision order.
+#[derive(Debug)]
+pub struct ChangeEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The object after the change (its last state for a delete), with `resource_version` =
+    /// `revision`.
+    pub object: Secret,
+    /// The store revision of the change.
+    pub revision: u64,
+}
+
+/// Settings of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The AEAD for new records. Default AES-256-GCM.
+    pub algorithm: Algorithm,
+    /// When seeds are replaced.
+    pub seed_policy: SeedPolicy,
+    /// KMS `Status` polling and how long writes outlive a KMS outage.
+    pub outage: OutagePolicy,
+    /// How many change events a slow subscriber may lag before it is told it lagged.
+    pub event_capacity: usize,
+    /// Per-namespace quotas (see [`quota`]). Default: none.
+    pub quotas: Quotas,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::default(),
+            seed_policy: SeedPolicy::default(),
+            outage: OutagePolicy::default(),
+            event_capacity: 4096,
+            quotas: Quotas::unlimited(),
+        }
+    }
+}
+
+/// List parameters.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Namespace, or empty for all.
+    pub namespace: String,
+    /// Kubernetes label selector syntax.
+    pub label_selector: String,
+    /// Kubernetes field selector syntax (`metadata.name`, `metadata.namespace`, `type`).
+    pub field_selector: String,
+    /// Page size; 0 means no limit (capped at [`MAX_LIST_LIMIT`]).
+    pub limit: usize,
+    /// The token from the previous page.
+    pub continue_token: String,
+    /// A soft cap on a page's size in bytes (by [`Secret::approx_size`]); 0 means no cap. A page
+    /// always holds at least one item; once adding the next match would pass the cap the page
+    /// ends with a continue token, so that one page of large Secrets stays within a response
+    /// size that clients can read.
+    pub max_bytes: usize,
+}
+
+/// Conditions a delete must meet; an unmet one fails with [`StoreError::Conflict`] or
+/// [`StoreError::UidMismatch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    /// The object's current resource_version must be this; 0 means no condition.
+    pub resource_version: u64,
+    /// The object's uid must be this (so a Secret deleted and re-created under the same name is
+    /// not deleted by mistake); `None` means no condition.
+    pub uid: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug)]
+pub struct ListResult {
+    /// The matching Secrets, in (namespace, name) order.
+    pub items: Vec<Secret>,
+    /// The store revision the list reflects; watch from here to see every later change.
+    pub revision: u64,
+    /// Non-empty when more items may follow.
+    pub continue_token: String,
+}
+
+/// The engine: the API the gRPC service calls.
+#[derive(Debug)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    seeds: SeedManager,
+    algorithm: Algorithm,
+    /// The sequencing lock; holds the last assigned revision.
+    sequencer: tokio::sync::Mutex<u64>,
+    /// The highest revision whose batch is applied (visible) in the backend.
+    applied_revision: AtomicU64,
+    /// Events of writes applied but not yet published (they wait for durability).
+    pending: std::sync::Mutex<VecDeque<(Lsn, Arc<ChangeEvent>)>>,
+    events: broadcast::Sender<Arc<ChangeEvent>>,
+    /// Records sealed so far (for metrics).
+    seals: AtomicU64,
+    /// Records opened so far (for metrics).
+    opens: AtomicU64,
+    /// Quotas and per-namespace usage; checked and changed only while the sequencing lock is
+    /// held, so a check and the write it admits are one step (a std mutex: never held across an
+    /// await).
+    quota: std::sync::Mutex<QuotaState>,
+}
+
+impl Store {
+    /// Whether the storage backend failed (a failed log write or sync): every write and read is
+    /// refused until restart.
+    pub fn storage_failed(&self) -> bool {
+        self.backend.is_failed()
+    }
+
+    /// Opens the embedded default: sled under `data_dir`, the local key-file KEK at
+    /// `data_dir/kek.key` (created 0600 on first start).
+    pub async fn open_default(
+        data_dir: impl Into<PathBuf>,
+        durability: Durability,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        Self::open_default_with_kms(data_dir, durability, config, |kms| kms).await
+    }
+
+    /// As [`Store::open_default`], but hands the local KEK to `wrap_kms` first, so that the
+    /// caller can put a decorator (a call counter for metrics, say) between the store and it.
+    pub async fn open_default_with_kms(
+        data_dir: impl Into<PathBuf>,
+        durability: Durability,
+        config: StoreConfig,
+        wrap_kms: impl FnOnce(Arc<dyn Kms>) -> Arc<dyn Kms>,
+    ) -> Result<Self, StoreError> {
+        let data_dir = data_dir.into();
+        let kek = LocalKek::open_or_create(data_dir.join("kek.key"))
+            .map_err(|e| StoreError::Unavailable(format!("local key file: {e}")))?;
+        let mut sled = SledConfig::new(data_dir.join("db"));
+        sled.durability = durability;
+        let backend = SledBackend::open(sled)?;
+        Self::open(Arc::new(backend), wrap_kms(Arc::new(kek)), config).await
+    }
+
+    /// Opens sled under `data_dir` (as [`Store::open_default`]) with any KMS, such as a KMS v2
+    /// plugin ([`crate::kms::GrpcKms`]); see [`crate::kms::KmsConfig::open`].
+    pub async fn open_dir(
+        data_dir: impl Into<PathBuf>,
+        durability: Durability,
+        config: StoreConfig,
+        kms: Arc<dyn Kms>,
+    ) -> Result<Self, StoreError> {
+        let mut sled = SledConfig::new(data_dir.into().join("db"));
+        sled.durability = durability;
+        let backend = SledBackend::open(sled)?;
+        Self::open(Arc::new(backend), kms, config).await
+    }
+
+    /// Opens a store over any backend and KMS.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        kms: Arc<dyn Kms>,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        let seeds =
+            SeedManager::load_with(kms, backend.clone(), config.seed_policy, config.outage).await?;
+        let revision = match backend.get(REVISION_KEY)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::data_loss("m/revision", "bad length"))?,
+            ),
+            None => 0,
+        };
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let usage = if config.quotas.is_enabled() {
+            scan_usage(backend.as_ref())?
+        } else {
+            HashMap::new()
+        };
+        Ok(Self {
+            backend,
+            seeds,
+            algorithm: config.algorithm,
+            sequencer: tokio::sync::Mutex::new(revision),
+            applied_revision: AtomicU64::new(revision),
+            pending: std::sync::Mutex::new(VecDeque::new()),
+            events,
+            seals: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
+            quota: std::sync::Mutex::new(QuotaState::new(config.quotas, usage)),
+        })
+    }
+
+    /// What `namespace` uses of its quota (always zero when no quota is configured).
+    pub fn quota_usage(&self, namespace: &str) -> QuotaUsage {
+        self.quota_state().usage(namespace)
+    }
+
+    /// The seed manager (for KMS status, rotation checks and `kms status` reports).
+    pub fn seeds(&self) -> &SeedManager {
+        &self.seeds
+    }
+
+    /// The AEAD used for new records.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The highest revision applied so far.
+    pub fn revision(&self) -> u64 {
+        self.applied_revision.load(Ordering::Acquire)
+    }
+
+    /// How many records this store has sealed (written) since it was opened.
+    pub fn seal_count(&self) -> u64 {
+        self.seals.load(Ordering::Relaxed)
+    }
+
+    /// How many records this store has opened (decrypted) since it was opened.
+    pub fn open_count(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes to change events (in revision order, each after it is durable).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
+        self.events.subscribe()
+    }
+
+    /// Makes everything written so far durable, whatever the durability mode (for shutdown).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        Ok(self.backend.sync().await?)
+    }
+
+    /// Creates a Secret. Sets uid, creation timestamp and resource_version.
+    pub async fn create(&self, mut secret: Secret) -> Result<Secret, StoreError> {
+        secret.merge_string_data();
+        secret.apply_defaults();
+        if secret.metadata.resource_version != 0 {
+            return Err(invalid(
+                "metadata.resourceVersion",
+                FieldErrorKind::Invalid {
+                    value: secret.metadata.resource_version.to_string(),
+                    detail: "must be empty (0) on create".into(),
+                },
+            ));
+        }
+        validation::validate_secret(&secret)?;
+        let key = secret.storage_key();
+        let lsn = {
+            let mut seq = self.sequencer.lock().await;
+            if self.backend.get(backend_key(&key).as_bytes())?.is_some() {
+                return Err(StoreError::AlreadyExists {
+                    namespace: secret.metadata.namespace,
+                    name: secret.metadata.name,
+                });
+            }
+            secret.metadata.uid = uuid::Uuid::new_v4().to_string();
+            secret.metadata.creation_timestamp = Some(now_unix());
+            self.write_locked(
+                &mut seq,
+                &key,
+                Change::Put(&mut secret, EventKind::Added),
+                None,
+            )
+            .await?
+        };
+        self.finish_write(lsn).await?;
+        Ok(secret)
+    }
+
+    /// Replaces a Secret. A non-zero `metadata.resource_version` is a precondition; uid and
+    /// creation timestamp are kept from the stored object. An update that changes nothing
+    /// returns the stored object without a new revision, as Kubernetes does.
+    pub async fn update(&self, mut secret: Secret) -> Result<Secret, StoreError> {
+        secret.merge_string_data();
+        secret.apply_defaults();
+        check_key_parts(&secret.metadata.namespace, &secret.metadata.name)?;
+        let key = secret.storage_key();
+        let lsn = {
+            let mut seq = self.sequencer.lock().await;
+            let (old, old_len) =
+                self.read_locked(&key)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        namespace: secret.metadata.namespace.clone(),
+                        name: secret.metadata.name.clone(),
+                    })?;
+            check_precondition(&old, secret.metadata.resource_version)?;
+            validation::validate_update(&old, &secret)?;
+            secret.metadata.uid = old.metadata.uid.clone();
+            secret.metadata.creation_timestamp = old.metadata.creation_timestamp;
+            if unchanged(&old, &secret) {
+                return Ok(old);
+            }
+            self.write_locked(
+                &mut seq,
+                &key,
+                Change::Put(&mut secret, EventKind::Modified),
+                Some(old_len),
+            )
+            .await?
+        };
+        self.finish_write(lsn).await?;
+        Ok(secret)
+    }
+
+    /// Deletes a Secret; a non-zero `resource_version` is a precondition. Returns its last state
+    /// with `resource_version` set to the delete's revision.
+    pub async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: u64,
+    ) -> Result<Secret, StoreError> {
+        let preconditions = Preconditions {
+            resource_version,
+            uid: None,
+        };
+        self.delete_with(namespace, name, &preconditions).await
+    }
+
+    /// Deletes a Secret if it meets `preconditions` (resource_version and/or uid). Returns its
+    /// last state with `resource_version` set to the delete's revision.
+    pub async fn delete_with(
+        &self,
+        namespace: &str,
+        name: &str,
+        preconditions: &Preconditions,
+    ) -> Result<Secret, StoreError> {
+        check_key_parts(namespace, name)?;
+        let key = crate::model::storage_key(namespace, name);
+        let (lsn, last) = {
+            let mut seq = self.sequencer.lock().await;
+            let (old, old_len) =
+                self.read_locked(&key)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    })?;
+            check_precondition(&old, preconditions.resource_version)?;
+            if let Some(uid) = &preconditions.uid
+                && *uid != old.metadata.uid
+            {
+                return Err(StoreError::UidMismatch {
+                    name: old.metadata.name.clone(),
+                    expected: uid.clone(),
+                    current: old.metadata.uid.clone(),
+                });
+            }
+            let last = old.duplicate();
+            let lsn = self
+                .write_locked(&mut seq, &key, Change::Delete(Box::new(old)), Some(old_len))
+                .await?;
+            let mut last = last;
+            last.metadata.resource_version = *seq;
+            (lsn, last)
+        };
+        self.finish_write(lsn).await?;
+        Ok(last)
+    }
+
+    /// Reads one Secret.
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Secret, StoreError> {
+        check_key_parts(namespace, name)?;
+        let key = crate::model::storage_key(namespace, name);
+        let record = self.backend.get(backend_key(&key).as_bytes())?;
+        self.backend.wait_durable(self.backend.applied()).await?;
+        match record {
+            Some(r) => self.open_record(&key, &r).await,
+            None => Err(StoreError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Lists Secrets by namespace and selectors, a page at a time.
+    pub async fn list(&self, opts: &ListOptions) -> Result<ListResult, StoreError> {
+        if !opts.namespace.is_empty() {
+            validate_namespace(&opts.namespace)?;
+        }
+        let labels =
+            LabelSelector::parse(&opts.label_selector).map_err(|e| StoreError::BadRequest {
+                field: "labelSelector",
+                message: e.to_string(),
+            })?;
+        let fields =
+            FieldSelector::parse(&opts.field_selector).map_err(|e| StoreError::BadRequest {
+                field: "fieldSelector",
+                message: e.to_string(),
+            })?;
+        let namespace = match (opts.namespace.as_str(), fields.exact_namespace()) {
+            ("", Some(ns)) => ns.to_owned(),
+            (ns, _) => ns.to_owned(),
+        };
+        let prefix = if namespace.is_empty() {
+            SECRET_PREFIX.to_owned()
+        } else {
+            format!("{SECRET_PREFIX}{namespace}/")
+        };
+        let limit = match opts.limit {
+            0 => MAX_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        // Read the revision before scanning: everything up to it is visible to the scan, so a
+        // watch from it misses nothing (it may repeat a change the list already shows).
+        let (revision, mut cursor) = if opts.continue_token.is_empty() {
+            (self.revision(), None)
+        } else {
+            let (rv, start) = continue_token::decode(&opts.continue_token, &prefix)?;
+            // A token names the revision of the list it continues, which cannot be newer than
+            // the store: a forged one would report a revision that a watch cannot start from.
+            if rv > self.revision() {
+                return Err(StoreError::BadRequest {
+                    field: "continue",
+                    message: "invalid continue token: its revision is newer than the store's"
+                        .into(),
+                });
+            }
+            (rv, Some(start))
+        };
+        let mut items = Vec::new();
+        let mut page_bytes = 0usize;
+        let mut more = false;
+        'scan: loop {
+            let rows = self.backend.scan(
+                prefix.as_bytes(),
+                cursor.as_deref().map(str::as_bytes),
+                SCAN_CHUNK,
+            )?;
+            self.backend.wait_durable(self.backend.applied()).await?;
+            let exhausted = rows.len() < SCAN_CHUNK;
+            for (k, v) in rows {
+                let bkey = String::from_utf8(k)
+                    .map_err(|_| StoreError::data_loss("?", "storage key is not UTF-8"))?;
+                let key = &bkey[SECRET_PREFIX.len()..];
+                if items.len() == limit {
+                    more = true;
+                    break 'scan;
+                }
+                let secret = self.open_record(key, &v).await?;
+                if fields.matches(&secret) && labels.matches(&secret.metadata.labels) {
+                    let size = secret.approx_size();
+                    if opts.max_bytes > 0
+                        && !items.is_empty()
+                        && page_bytes.saturating_add(size) > opts.max_bytes
+                    {
+                        // The page is full: the next page starts at this row.
+                        more = true;
+                        break 'scan;
+                    }
+                    page_bytes = page_bytes.saturating_add(size);
+                    items.push(secret);
+                }
+                cursor = Some(bkey);
+            }
+            if exhausted {
+                break;
+            }
+        }
+        let continue_token = match (more, cursor) {
+            (true, Some(last)) => continue_token::encode(revision, &last),
+            _ => String::new(),
+        };
+        Ok(ListResult {
+            items,
+            revision,
+            continue_token,
+        })
+    }
+
+    /// Seals and applies one write under the sequencing lock; returns its log position.
+    /// `old_len` is the length of the record it replaces or deletes (`None` for a create); a put
+    /// the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`] and writes
+    /// nothing.
+    async fn write_locked(
+        &self,
+        seq: &mut u64,
+        key: &str,
+        change: Change<'_>,
+        old_len: Option<usize>,
+    ) -> Result<Lsn, StoreError> {
+        let old_len = old_len.map(|n| n as u64);
+        let revision = *seq + 1;
+        let bkey = backend_key(key);
+        // The revision goes first: if a crash keeps only a prefix of a batch that was never
+        // acknowledged, a bumped revision without its record is harmless, while a record without
+        // its revision would let the next write reuse that resource_version.
+        let mut batch = Batch::new();
+        batch.put(REVISION_KEY, revision.to_be_bytes().to_vec());
+        let quota_after;
+        let (kind, object) = match change {
+            Change::Put(secret, kind) => {
+                secret.metadata.resource_version = revision;
+                let (seed_id, seed) = self.seeds.for_write().await?;
+                let plaintext = codec::encode(secret);
+                let record =
+                    crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
+                quota_after = self.quota_state().admit_put(
+                    &secret.metadata.namespace,
+                    old_len,
+                    record.len() as u64,
+                )?;
+                self.seals.fetch_add(1, Ordering::Relaxed);
+                batch.put(bkey, record);
+                (kind, secret.duplicate())
+            }
+            Change::Delete(last) => {
+                let mut last = *last;
+                batch.delete(bkey);
+                last.metadata.resource_version = revision;
+                quota_after = self
+                    .quota_state()
+                    .after_delete(&last.metadata.namespace, old_len.unwrap_or(0));
+                (EventKind::Deleted, last)
+            }
+        };
+        let lsn = self.backend.apply(batch)?;
+        {
+            let mut quota = self.quota_state();
+            if quota.enabled() {
+                quota.set(&object.metadata.namespace, quota_after);
+            }
+        }
+        *seq = revision;
+        self.applied_revision.store(revision, Ordering::Release);
+        let event = Arc::new(ChangeEvent {
+            kind,
+            object,
+            revision,
+        });
+        self.pending_events().push_back((lsn, event));
+        Ok(lsn)
+    }
+
+    /// Waits for durability of `lsn`, then publishes every event up to it, in order.
+    async fn finish_write(&self, lsn: Lsn) -> Result<(), StoreError> {
+        self.backend.wait_durable(lsn).await?;
+        let mut pending = self.pending_events();
+        while pending.front().is_some_and(|(l, _)| *l <= lsn) {
+            if let Some((_, event)) = pending.pop_front() {
+                // No subscribers is fine: the event simply has no audience.
+                let _ = self.events.send(event);
+            }
+        }
+        Ok(())
+    }
+
+    fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<(Lsn, Arc<ChangeEvent>)>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the current object and its record's length under the sequencing lock (no
+    /// durability wait: the caller's own write comes later and is waited for).
+    async fn read_locked(&self, key: &str) -> Result<Option<(Secret, usize)>, StoreError> {
+        match self.backend.get(backend_key(key).as_bytes())? {
+            Some(r) => Ok(Some((self.open_record(key, &r).await?, r.len()))),
+            None => Ok(None),
+        }
+    }
+
+    fn quota_state(&self) -> std::sync::MutexGuard<'_, QuotaState> {
+        self.quota.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn open_record(&self, key: &str, record: &[u8]) -> Result<Secret, StoreError> {
+        let header = RecordHeader::parse(record).map_err(|e| StoreError::open_failed(key, e))?;
+        let seed = self
+            .seeds
+            .seed_for_read(header.seed_id)
+            .await?
+            .ok_or_else(|| {
+                StoreError::open_failed(key, crypto::OpenError::UnknownSeed(header.seed_id))
+            })?;
+        self.opens.fetch_add(1, Ordering::Relaxed);
+        let plaintext = header
+            .open(&seed, key.as_bytes())
+            .map_err(|e| StoreError::open_failed(key, e))?;
+        let secret =
+            codec::decode(plaintext.expose()).map_err(|e| StoreError::data_loss(key, e))?;
+        if secret.storage_key() != key {
+            return Err(StoreError::data_loss(key, "record names another object"));
+        }
+        Ok(secret)
+    }
+}
+
+/// One write, as the sequencer applies it.
+enum Change<'a> {
+    /// Seal and store this object; publish it with this event kind.
+    Put(&'a mut Secret, EventKind),
+    /// Remove the object; publish this, its last state.
+    Delete(Box<Secret>),
+}
+
+/// Every namespace's usage, from the records' keys and lengths (nothing is decrypted).
+fn scan_usage(backend: &dyn Backend) -> Result<HashMap<String, QuotaUsage>, StoreError> {
+    let mut usage: HashMap<String, QuotaUsage> = HashMap::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let rows = backend.scan(SECRET_PREFIX.as_bytes(), cursor.as_deref(), SCAN_CHUNK)?;
+        let done = rows.len() < SCAN_CHUNK;
+        for (k, v) in &rows {
+            let key = String::from_utf8_lossy(&k[SECRET_PREFIX.len().min(k.len())..]);
+            let u = usage
+                .entry(quota::namespace_of(&key).to_owned())
+                .or_default();
+            u.count += 1;
+            u.bytes += v.len() as u64;
+        }
+        cursor = rows.into_iter().next_back().map(|(k, _)| k);
+        if done || cursor.is_none() {
+            return Ok(usage);
+        }
+    }
+}
+
+fn backend_key(key: &str) -> String {
+    format!("{SECRET_PREFIX}{key}")
+}
+
+fn invalid(field: &str, kind: FieldErrorKind) -> StoreError {
+    StoreError::Invalid(ValidationErrors(vec![FieldError {
+        field: field.to_owned(),
+        kind,
+    }]))
+}
+
+/// Namespace and name are checked on every call: they form the storage key.
+fn check_key_parts(namespace: &str, name: &str) -> Result<(), StoreError> {
+    let mut errors = Vec::new();
+    if let Err(e) = validate_namespace(namespace) {
+        errors.extend(e.0);
+    }
+    if let Err(e) = validate_name(name) {
+        errors.extend(e.0);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(ValidationErrors(errors)))
+    }
+}
+
+fn check_precondition(old: &Secret, expected: u64) -> Result<(), StoreError> {
+    if expected != 0 && expected != old.metadata.resource_version {
+        return Err(StoreError::Conflict {
+            name: old.metadata.name.clone(),
+            expected,
+            current: old.metadata.resource_version,
+        });
+    }
+    Ok(())
+}
+
+fn unchanged(old: &Secret, new: &Secret) -> bool {
+    old.type_ == new.type_
+        && old.immutable == new.immutable
+        && old.data == new.data
+        && old.metadata.labels == new.metadata.labels
+        && old.metadata.annotations == new.metadata.annotations
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

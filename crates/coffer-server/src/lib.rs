@@ -1,0 +1,23 @@
+//! Coffer's servers: the gRPC Secret service and everything a request passes on its way to the
+//! store.
+//!
+//! # Layout
+//!
+//! - [`proto`]: generated code of the public contract (`proto/coffer/v1`).
+//! - [`server`]: the tonic services (Secrets, health, reflection), error-to-status mapping, the
+//!   watch hub, metrics, limits, the bootstrap token cleaner, and `coffer serve`'s run loop.
+//! - [`auth`]: authentication (mTLS, bearer tokens, unix peer uids), the authorization policy,
+//!   per-connection info, and the gate every Secret RPC passes.
+//! - [`audit`]: the audit log (JSON lines, no Secret data, HMACs for correlated values).
+//!
+//! # What this crate may use
+//!
+//! `coffer-core` (the store it serves) and `coffer-kms` (the KMS client it dials, the wiping
+//! codec, memory hygiene). Never the binary crate above it.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod audit;
+pub mod auth;
+pub mod proto;
+pub mod server;

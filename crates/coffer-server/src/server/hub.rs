@@ -1,0 +1,603 @@
+//! The watch hub: routes each change event to the watchers it concerns.
+//!
+//! One feeder task reads the store's change events, appends each to the [`EventWindow`] (which
+//! serves resumes), converts it to its wire `WatchEvent` **once**, and pushes an `Arc` of it
+//! straight into the [`StreamQueue`] of every live watcher that matches: a live watcher has no
+//! task of its own, only its entry here. Watchers are indexed by (namespace, name), by name
+//! alone (a name selector without a namespace), by namespace, and a short list of cluster-wide
+//! watchers, so an event costs work proportional to its own receivers, not to the number of
+//! open watches.
+//!
+//! The feeder never waits: a watcher whose queue is full is removed from the index and its
+//! stream told so (ABORTED, with the revision it can resume from). The same task sends the
+//! periodic bookmarks of the watchers that asked for them, and ends every Watch stream at
+//! shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use zeroize::Zeroize;
+
+use super::convert::{bookmark_object, secret_to_proto};
+use super::metrics::Metrics;
+use super::status;
+use super::watch::{EventWindow, WatchSpec, WindowLimits};
+use super::watch_queue::{Item, StreamQueue};
+use crate::proto::v1 as pb;
+use crate::proto::v1::watch_event::Type as EventType;
+use coffer_core::model::Secret;
+use coffer_core::store::{ChangeEvent, EventKind, Store};
+
+/// Events queued per Watch stream before its watcher is ended as too slow.
+pub(crate) const WATCH_QUEUE: usize = 128;
+
+/// One change, converted once and shared by every receiver; its data is wiped when the last
+/// receiver is done with it.
+#[derive(Debug)]
+pub(crate) struct HubEvent {
+    /// The wire event (the full Secret, or its last state for DELETED).
+    pub(crate) event: pb::WatchEvent,
+}
+
+impl Drop for HubEvent {
+    fn drop(&mut self) {
+        if let Some(s) = self.event.object.as_mut() {
+            for v in s.data.values_mut() {
+                v.zeroize();
+            }
+        }
+    }
+}
+
+/// `ABORTED`: the watcher's queue filled; it may resume after `rv`.
+pub(crate) fn fell_behind(rv: u64) -> Status {
+    status::status(
+        Code::Aborted,
+        format!(
+            "watch fell behind: its client is not reading its events; \
+             resume from resource version {rv}"
+        ),
+    )
+}
+
+/// Where a watcher is indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    /// One object: namespace and name.
+    Object(String, String),
+    /// One name in every namespace.
+    Name(String),
+    /// One namespace.
+    Namespace(String),
+    /// Everything.
+    Cluster,
+}
+
+impl Key {
+    fn of(spec: &WatchSpec) -> Self {
+        let ns = if spec.namespace().is_empty() {
+            spec.fields().exact_namespace()
+        } else {
+            Some(spec.namespace())
+        };
+        match (ns, spec.fields().exact_name()) {
+            (Some(ns), Some(n)) => Key::Object(ns.to_owned(), n.to_owned()),
+            (None, Some(n)) => Key::Name(n.to_owned()),
+            (Some(ns), None) => Key::Namespace(ns.to_owned()),
+            (None, None) => Key::Cluster,
+        }
+    }
+}
+
+/// Where a watcher's events go.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    /// A Watch stream.
+    Single(Arc<StreamQueue>),
+    /// One watch (`id`) of a WatchMany stream.
+    Many(Arc<StreamQueue>, u64),
+}
+
+impl Sink {
+    fn queue(&self) -> &StreamQueue {
+        match self {
+            Sink::Single(q) | Sink::Many(q, _) => q,
+        }
+    }
+
+    fn watch_id(&self) -> u64 {
+        match self {
+            Sink::Single(_) => 0,
+            Sink::Many(_, id) => *id,
+        }
+    }
+
+    /// Ends this watcher: the stream of a Watch, one watch of a WatchMany.
+    pub(crate) fn end(&self, s: &Status) {
+        match self {
+            Sink::Single(q) => q.push_control(Item::End(Box::new(s.clone()))),
+            Sink::Many(q, id) => q.push_control(Item::Control(Box::new(canceled(*id, Some(s))))),
+        }
+    }
+}
+
+/// The answer that ends one watch of a WatchMany stream (`error` unset: canceled by request).
+pub(crate) fn canceled(watch_id: u64, error: Option<&Status>) -> pb::WatchManyEvent {
+    pb::WatchManyEvent {
+        watch_id,
+        canceled: true,
+        error_code: error.map_or(0, |s| s.code() as i32),
+        error_message: error.map(|s| s.message().to_owned()).unwrap_or_default(),
+        ..pb::WatchManyEvent::default()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    spec: Arc<WatchSpec>,
+    sink: Sink,
+    /// Changes up to this revision were sent already (while catching up).
+    after: u64,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    /// namespace -> name -> watchers.
+    objects: HashMap<String, HashMap<String, Vec<Entry>>>,
+    names: HashMap<String, Vec<Entry>>,
+    namespaces: HashMap<String, Vec<Entry>>,
+    cluster: Vec<Entry>,
+}
+
+fn remove_from(v: &mut Vec<Entry>, id: u64) -> Option<Entry> {
+    let pos = v.iter().position(|e| e.id == id)?;
+    let e = v.swap_remove(pos);
+    if v.capacity() > 4 && v.len() < v.capacity() / 4 {
+        v.shrink_to_fit();
+    }
+    Some(e)
+}
+
+impl Index {
+    fn slot(&mut self, key: Key) -> &mut Vec<Entry> {
+        match key {
+            Key::Object(ns, n) => self.objects.entry(ns).or_default().entry(n).or_default(),
+            Key::Name(n) => self.names.entry(n).or_default(),
+            Key::Namespace(ns) => self.namespaces.entry(ns).or_default(),
+            Key::Cluster => &mut self.cluster,
+        }
+    }
+
+    fn remove(&mut self, key: &Key, id: u64) -> Option<Entry> {
+        match key {
+            Key::Object(ns, n) => {
+                let names = self.objects.get_mut(ns)?;
+                let v = names.get_mut(n)?;
+                let e = remove_from(v, id);
+                if v.is_empty() {
+                    names.remove(n);
+                    if names.is_empty() {
+                        self.objects.remove(ns);
+                    }
+                }
+                e
+            }
+            Key::Name(n) => {
+                let v = self.names.get_mut(n)?;
+                let e = remove_from(v, id);
+                if v.is_empty() {
+                    self.names.remove(n);
+                }
+                e
+            }
+            Key::Namespace(ns) => {
+                let v = self.namespaces.get_mut(ns)?;
+                let e = remove_from(v, id);
+                if v.is_empty() {
+                    self.namespaces.remove(ns);
+                }
+                e
+            }
+            Key::Cluster => remove_from(&mut self.cluster, id),
+        }
+    }
+
+    fn contains(&self, key: &Key, id: u64) -> bool {
+        let v = match key {
+            Key::Object(ns, n) => self.objects.get(ns).and_then(|m| m.get(n)),
+            Key::Name(n) => self.names.get(n),
+            Key::Namespace(ns) => self.namespaces.get(ns),
+            Key::Cluster => Some(&self.cluster),
+        };
+        v.is_some_and(|v| v.iter().any(|e| e.id == id))
+    }
+
+    /// Every watcher that may want an event about `s` (each must still check its selectors).
+    fn candidates<'a>(&'a self, s: &Secret) -> impl Iterator<Item = &'a Entry> + 'a {
+        let ns = s.metadata.namespace.as_str();
+        let name = s.metadata.name.as_str();
+        let objects = self
+            .objects
+            .get(ns)
+            .and_then(|m| m.get(name))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let names = self.names.get(name).map(Vec::as_slice).unwrap_or_default();
+        let namespaces = self
+            .namespaces
+            .get(ns)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        objects
+            .iter()
+            .chain(names)
+            .chain(namespaces)
+            .chain(&self.cluster)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Entry> {
+        self.objects
+            .values()
+            .flat_map(HashMap::values)
+            .chain(self.names.values())
+            .chain(self.namespaces.values())
+            .flatten()
+            .chain(&self.cluster)
+    }
+
+    fn drain_all(&mut self) -> Vec<Entry> {
+        let mut all = std::mem::take(&mut self.cluster);
+        for (_, m) in self.objects.drain() {
+            for (_, v) in m {
+                all.extend(v);
+            }
+        }
+        for (_, v) in self.names.drain() {
+            all.extend(v);
+        }
+        for (_, v) in self.namespaces.drain() {
+            all.extend(v);
+        }
+        all
+    }
+}
+
+/// The request fields that define a [`WatchSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SpecKey {
+    pub(crate) namespace: String,
+    pub(crate) label_selector: String,
+    pub(crate) field_selector: String,
+    pub(crate) bookmarks: bool,
+}
+
+/// The specs in use, so that watches asking for the same thing share one.
+#[derive(Debug, Default)]
+struct Specs {
+    map: HashMap<SpecKey, Weak<WatchSpec>>,
+    /// Dead entries are swept when the map reaches this size.
+    sweep_at: usize,
+}
+
+/// The hub (see the module doc).
+#[derive(Debug)]
+pub(crate) struct Hub {
+    /// Counts the live watchers (a catching-up one counts itself).
+    metrics: Arc<Metrics>,
+    specs: Mutex<Specs>,
+    window: Arc<EventWindow>,
+    index: RwLock<Index>,
+    /// The newest revision handed to every watcher registered at the time.
+    dispatched: AtomicU64,
+    next_id: AtomicU64,
+    /// Set when the feeder stops: nothing registers after that.
+    stopped: AtomicBool,
+}
+
+/// A live watcher's place in the hub; dropping it unregisters the watcher.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    hub: Arc<Hub>,
+    id: u64,
+    spec: Arc<WatchSpec>,
+}
+
+impl Registration {
+    /// Whether the hub still routes events to this watcher (it drops one that fell behind).
+    pub(crate) fn is_live(&self) -> bool {
+        self.hub.read().contains(&Key::of(&self.spec), self.id)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let removed = self.hub.write().remove(&Key::of(&self.spec), self.id);
+        if removed.is_some() {
+            self.hub.metrics.add_watches(-1);
+        }
+    }
+}
+
+/// Why a watcher could not be registered.
+#[derive(Debug)]
+pub(crate) enum RegisterError {
+    /// The changes it still needed have left the window.
+    TooOld(Status),
+    /// Its queue filled while the last changes were added to it: they are queued up to
+    /// `after`; retry from there once there is room.
+    Full { after: u64 },
+    /// Its stream is gone.
+    Gone,
+    /// The server is stopping.
+    ShuttingDown,
+}
+
+impl Hub {
+    /// Subscribes to `store` and starts the feeder; it stops with `shutdown` (ending every
+    /// Watch stream) or when the store's event channel closes.
+    pub(crate) fn start(
+        store: &Arc<Store>,
+        metrics: Arc<Metrics>,
+        window: WindowLimits,
+        bookmark_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let mut rx = store.subscribe();
+        // Subscribed first: every change after `floor` reaches the feeder.
+        let floor = store.revision();
+        let hub = Arc::new(Self {
+            metrics,
+            specs: Mutex::default(),
+            window: Arc::new(EventWindow::new(floor, window)),
+            index: RwLock::new(Index::default()),
+            dispatched: AtomicU64::new(floor),
+            next_id: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+        });
+        let h = hub.clone();
+        let period = bookmark_interval.max(Duration::from_millis(1));
+        // The window ages even when nothing is written.
+        let expiry = window.age.map_or(Duration::from_secs(60), |a| {
+            (a / 4).max(Duration::from_millis(10))
+        });
+        tokio::spawn(async move {
+            let mut bookmarks = tokio::time::interval_at(Instant::now() + period, period);
+            bookmarks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut expire = tokio::time::interval_at(Instant::now() + expiry, expiry);
+            expire.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = bookmarks.tick() => {
+                        h.send_bookmarks();
+                        continue;
+                    }
+                    _ = expire.tick() => {
+                        h.window.expire();
+                        continue;
+                    }
+                    ev = rx.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) => h.publish(&ev),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            missed = n,
+                            "watch hub fell behind the store's events; ending every watch"
+                        );
+                        let rv = h.dispatched();
+                        h.end_all(&fell_behind(rv), false);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+            h.end_all(&status::shutting_down(), true);
+        });
+        hub
+    }
+
+    /// The spec for `key`: one already in use by another watch, or a new one from `parse`.
+    pub(crate) fn spec<E>(
+        &self,
+        key: SpecKey,
+        parse: impl FnOnce(&SpecKey) -> Result<WatchSpec, E>,
+    ) -> Result<Arc<WatchSpec>, E> {
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(spec) = specs.map.get(&key).and_then(Weak::upgrade) {
+            return Ok(spec);
+        }
+        let spec = Arc::new(parse(&key)?);
+        if specs.map.len() >= specs.sweep_at {
+            specs.map.retain(|_, w| w.strong_count() > 0);
+            specs.sweep_at = (specs.map.len() * 2).max(1024);
+        }
+        specs.map.insert(key, Arc::downgrade(&spec));
+        Ok(spec)
+    }
+
+    /// The window of recent events.
+    pub(crate) fn window(&self) -> &EventWindow {
+        &self.window
+    }
+
+    /// The newest revision dispatched.
+    pub(crate) fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a watcher live: every matching change after `cursor` reaches `sink`. The changes
+    /// after `cursor` that were dispatched already (a few, when the caller caught up from the
+    /// window while they happened) are queued first, from the window.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        spec: Arc<WatchSpec>,
+        sink: Sink,
+        cursor: u64,
+    ) -> Result<Registration, RegisterError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut index = self.write();
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(RegisterError::ShuttingDown);
+        }
+        if sink.queue().is_gone() {
+            return Err(RegisterError::Gone);
+        }
+        // Under the write lock no dispatch is in progress: `dispatched` is exact, and the
+        // window holds every change up to it.
+        let dispatched = self.dispatched.load(Ordering::Acquire);
+        let mut after = cursor;
+        while after < dispatched {
+            let batch = self
+                .window
+                .read_after(after, 128)
+                .map_err(|t| RegisterError::TooOld(status::too_old(after, t.floor)))?;
+            let Some(last) = batch.last().map(|e| e.revision) else {
+                break;
+            };
+            for ev in batch.iter().filter(|e| e.revision <= dispatched) {
+                if spec.matches(&ev.object) {
+                    let item = Item::Owned(sink.watch_id(), Box::new(wire_event(ev)));
+                    if sink.queue().try_push(item).is_err() {
+                        return Err(RegisterError::Full { after });
+                    }
+                }
+                after = ev.revision;
+            }
+            if last >= dispatched {
+                break;
+            }
+        }
+        let key = Key::of(&spec);
+        index.slot(key).push(Entry {
+            id,
+            spec: spec.clone(),
+            sink,
+            after: cursor.max(dispatched),
+        });
+        drop(index);
+        self.metrics.add_watches(1);
+        Ok(Registration {
+            hub: self.clone(),
+            id,
+            spec,
+        })
+    }
+
+    fn publish(&self, ev: &Arc<ChangeEvent>) {
+        self.window.push(ev.clone());
+        let mut full = Vec::new();
+        {
+            let index = self.read();
+            let mut shared: Option<Arc<HubEvent>> = None;
+            for e in index.candidates(&ev.object) {
+                if ev.revision <= e.after || !e.spec.matches(&ev.object) {
+                    continue;
+                }
+                let item = shared.get_or_insert_with(|| Arc::new(convert(ev))).clone();
+                if e.sink
+                    .queue()
+                    .try_push(Item::Shared(e.sink.watch_id(), item))
+                    .is_err()
+                {
+                    full.push((Key::of(&e.spec), e.id));
+                }
+            }
+            // Still under the read lock: a registration sees every event up to here dispatched.
+            self.dispatched.store(ev.revision, Ordering::Release);
+        }
+        if !full.is_empty() {
+            let mut index = self.write();
+            for (key, id) in full {
+                if let Some(e) = index.remove(&key, id) {
+                    self.metrics.add_watches(-1);
+                    // Every matching change before this one is in its queue.
+                    e.sink.end(&fell_behind(ev.revision - 1));
+                }
+            }
+        }
+    }
+
+    /// Queues a bookmark for every live watcher that asked for them (skipping one whose queue
+    /// is full: it is behind anyway). Under the write lock, so that no change is being queued
+    /// at the same time: the bookmark follows every change up to its revision.
+    fn send_bookmarks(&self) {
+        let index = self.write();
+        let dispatched = self.dispatched.load(Ordering::Acquire);
+        let mut shared: Option<Arc<HubEvent>> = None;
+        for e in index.all().filter(|e| e.spec.wants_bookmarks()) {
+            let item = if e.after > dispatched {
+                Arc::new(bookmark(e.after))
+            } else {
+                shared
+                    .get_or_insert_with(|| Arc::new(bookmark(dispatched)))
+                    .clone()
+            };
+            let _ = e
+                .sink
+                .queue()
+                .try_push(Item::Shared(e.sink.watch_id(), item));
+        }
+    }
+
+    /// Ends every live watcher with `s` (the hub missed events), or every Watch stream at
+    /// shutdown (`stop`: a WatchMany stream's own task ends it as a whole).
+    fn end_all(&self, s: &Status, stop: bool) {
+        let all = {
+            let mut index = self.write();
+            if stop {
+                self.stopped.store(true, Ordering::Release);
+            }
+            index.drain_all()
+        };
+        self.metrics
+            .add_watches(-i64::try_from(all.len()).unwrap_or(i64::MAX));
+        for e in all {
+            if !(stop && matches!(e.sink, Sink::Many(..))) {
+                e.sink.end(s);
+            }
+        }
+    }
+}
+
+fn bookmark(rv: u64) -> HubEvent {
+    HubEvent {
+        event: pb::WatchEvent {
+            r#type: EventType::Bookmark as i32,
+            object: Some(bookmark_object(rv, false)),
+        },
+    }
+}
+
+fn convert(ev: &ChangeEvent) -> HubEvent {
+    HubEvent {
+        event: wire_event(ev),
+    }
+}
+
+/// The wire form of a change.
+pub(crate) fn wire_event(ev: &ChangeEvent) -> pb::WatchEvent {
+    let kind = match ev.kind {
+        EventKind::Added => EventType::Added,
+        EventKind::Modified => EventType::Modified,
+        EventKind::Deleted => EventType::Deleted,
+    };
+    pb::WatchEvent {
+        r#type: kind as i32,
+        object: Some(secret_to_proto(&ev.object)),
+    }
+}

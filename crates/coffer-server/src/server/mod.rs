@@ -1,0 +1,1025 @@
+//! The network face of Coffer: the gRPC Secret service, health, reflection, metrics, the
+//! bootstrap token cleaner, and the `coffer serve` entry point.
+//!
+//! # Layout
+//!
+//! - [`config`]: `ServeArgs` (the contract with the CLI), the TOML file, defaults.
+//! - [`service`]: the `coffer.v1.Secrets` implementation over [`Store`].
+//! - `hub`: routes change events to the watchers they concern (indexed, converted once).
+//! - `watch`: Watch and WatchMany streams over the hub and a window of recent change events.
+//! - [`status`]: the one mapping from engine errors to gRPC codes.
+//! - [`convert`]: wire messages to and from the engine's `Secret`.
+//! - [`metrics`]: Prometheus counters, the RPC observer, the KMS call counter, `/metrics`.
+//! - [`limits`]: the server-wide watch-stream cap and request rate; the quota, limit and
+//!   hygiene flags.
+//! - [`cleaner`]: deletes expired bootstrap tokens.
+//! - `health`: the gRPC health service, ending its watches at shutdown.
+//!
+//! Authentication, authorization, per-connection limits and audit live in [`crate::auth`] and
+//! [`crate::audit`]: [`Server::security`] hands them in; every Secret RPC passes the gate.
+//!
+//! # Running
+//!
+//! `coffer serve` calls [`run`]: it opens the embedded default store, starts a [`Server`], and
+//! shuts down gracefully on SIGTERM or SIGINT. Tests (and embedders) build a [`Server`] over a
+//! store of their own, listen on `127.0.0.1:0` or a temporary unix socket, read the bound
+//! addresses from the [`RunningServer`], and stop it with [`RunningServer::shutdown`]:
+//!
+//! ```no_run
+//! # async fn example(store: std::sync::Arc<coffer::store::Store>) -> Result<(), coffer::server::ServeError> {
+//! use coffer::server::{ListenAddr, Server};
+//! let running = Server::new(store)
+//!     .listen(ListenAddr::Tcp("127.0.0.1:0".into()))
+//!     .start()
+//!     .await?;
+//! let addr = running.tcp_addr();
+//! // ... talk to `addr` ...
+//! running.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Shutdown stops accepting connections, ends watch streams with `UNAVAILABLE` "server shutting
+//! down", lets in-flight calls finish (for at most [`ServerOptions::shutdown_grace`]), syncs the
+//! store, and removes the unix sockets it created.
+
+pub mod cleaner;
+pub mod config;
+pub mod convert;
+mod health;
+mod hub;
+pub mod limits;
+pub mod metrics;
+mod preface;
+pub mod service;
+pub mod status;
+mod watch;
+mod watch_queue;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
+use self::health::ShutdownAwareHealth;
+use self::hub::Hub;
+use self::metrics::MetricsService;
+pub use self::metrics::{CountingKms, Metrics};
+pub use self::preface::PREFACE_TIMEOUT;
+use self::preface::PrefaceDeadline;
+pub use self::service::SecretsService;
+pub use self::watch::MAX_WATCHES_PER_STREAM;
+use self::watch::WatchContext;
+use crate::auth::Security;
+use crate::auth::conn::Conn;
+use crate::auth::gate::Gate;
+use crate::proto::v1::FILE_DESCRIPTOR_SET;
+use crate::proto::v1::secrets_server::SecretsServer;
+use coffer_core::store::{Store, StoreConfig, StoreError};
+
+/// The most streams (calls, including Watch and WatchMany streams) one HTTP/2 connection may
+/// have open at once. 100,000 watch streams therefore need at least 98 connections; a client
+/// that wants more per connection should multiplex watches over `WatchMany` instead (up to
+/// [`MAX_WATCHES_PER_STREAM`] per stream).
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// The HTTP/2 receive window the server grants each stream (32 KiB): what one stream's peer may
+/// send before the server reads it. Requests larger than this just take more round trips.
+pub const INITIAL_STREAM_WINDOW: u32 = 32 * 1024;
+/// The HTTP/2 receive window of a whole connection (256 KiB): bounds what a connection, however
+/// many streams it holds, may make the server buffer. 1,000 connections: at most 256 MiB.
+pub const INITIAL_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// How often the server pings an idle connection.
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a ping may go unanswered before the connection (and its streams) is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Errors of starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A setting is wrong; the message names it.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address, as configured.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Another I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// The store could not be opened or synced.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The gRPC transport failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    /// A server task panicked or was cancelled.
+    #[error("server task failed: {0}")]
+    Task(String),
+}
+
+/// Runs `coffer serve`: resolves the settings, opens the store (sled under the data directory,
+/// the local key-file KEK or the `--kms` plugin), serves until SIGTERM or SIGINT, then shuts
+/// down gracefully.
+///
+/// Sets up logging (tracing to stderr, filtered by `RUST_LOG`, default `info`) unless the caller
+/// already has.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    init_tracing();
+    let config = args.resolve()?;
+    // Before any key is loaded: no core dumps, memory locked.
+    coffer_kms::hygiene::apply(&config.limits.hygiene);
+    create_data_dir(&config.data_dir)?;
+    let metrics = Metrics::new();
+    let store_config = StoreConfig {
+        algorithm: config.aead,
+        outage: config.kms.outage,
+        quotas: config.limits.quotas.clone(),
+        ..StoreConfig::default()
+    };
+    // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
+    // leaves the server up but not ready, and the Status poller retries).
+    let kms = config
+        .kms
+        .open(&config.data_dir)
+        .map_err(StoreError::from)?;
+    let store = Store::open_dir(
+        &config.data_dir,
+        config.durability,
+        store_config,
+        CountingKms::wrap(kms, metrics.clone()),
+    )
+    .await?;
+    tracing::info!(
+        "data directory {} ({:?} durability)",
+        config.data_dir.display(),
+        config.durability
+    );
+    let security = Security::load(config.security, Some(metrics.clone()))
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let mut server = Server::new(Arc::new(store))
+        .options(config.options)
+        .security(security.clone())
+        .metrics(metrics);
+    for addr in config.listen {
+        server = server.listen(addr);
+    }
+    if let Some(m) = config.metrics_listen {
+        server = server.metrics_listen(m);
+    }
+    let running = server.start().await?;
+    let token = running.shutdown_token();
+    tokio::spawn(reload_on_sighup(security, token.clone()));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = token.cancelled() => {}
+            signal = wait_for_signal() => {
+                tracing::info!("{signal} received: shutting down");
+                token.cancel();
+            }
+        }
+    });
+    running.wait().await
+}
+
+/// Reloads the token file and the policy (and reopens the audit log) on each SIGHUP, until
+/// shutdown. Connections stay up; a bad file keeps the previous settings.
+async fn reload_on_sighup(security: Arc<Security>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGHUP; settings reload only on restart");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP received: reloading the token file and the authorization policy");
+                    security.reload_and_log();
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (security, shutdown);
+    }
+}
+
+/// Creates the data directory if missing, owner-only (it holds the local KEK); an existing
+/// directory is left as it is.
+fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| ServeError::Io {
+        context: format!("cannot create data directory {}", dir.display()),
+        source: e,
+    })
+}
+
+pub use coffer_kms::logging::init_tracing;
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGTERM; only SIGINT stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
+/// An address the server is listening on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    /// A TCP address (with the port chosen, when 0 was asked for).
+    Tcp(SocketAddr),
+    /// A unix socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BoundAddr::Tcp(a) => write!(f, "{a}"),
+            BoundAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// Builds and starts a server over a store.
+#[derive(Debug)]
+pub struct Server {
+    store: Arc<Store>,
+    listen: Vec<ListenAddr>,
+    metrics_listen: Option<String>,
+    options: ServerOptions,
+    metrics: Option<Arc<Metrics>>,
+    security: Option<Arc<Security>>,
+}
+
+impl Server {
+    /// A server over `store` with the default [`ServerOptions`] and no address yet.
+    pub fn new(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            listen: Vec::new(),
+            metrics_listen: None,
+            options: ServerOptions::default(),
+            metrics: None,
+            security: None,
+        }
+    }
+
+    /// Authenticates, authorizes, limits and audits requests with `security` (default:
+    /// [`Security::disabled`], which needs loopback or unix listeners).
+    pub fn security(mut self, security: Arc<Security>) -> Self {
+        self.security = Some(security);
+        self
+    }
+
+    /// Adds an address to listen on (TCP or unix socket; several may be given).
+    pub fn listen(mut self, addr: ListenAddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Serves Prometheus metrics on `addr` (`HOST:PORT`; port 0 picks one).
+    pub fn metrics_listen(mut self, addr: impl Into<String>) -> Self {
+        self.metrics_listen = Some(addr.into());
+        self
+    }
+
+    /// Replaces the tunables.
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Uses `metrics` (for instance one whose [`CountingKms`] wraps the store's KMS) instead of
+    /// a fresh registry.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Binds every address, starts serving, and returns at once.
+    pub async fn start(self) -> Result<RunningServer, ServeError> {
+        if self.listen.is_empty() {
+            return Err(ServeError::Config("no address to listen on".into()));
+        }
+        let Self {
+            store,
+            listen,
+            metrics_listen,
+            options,
+            metrics,
+            security,
+        } = self;
+        let metrics = metrics.unwrap_or_else(Metrics::new);
+        let security = security.unwrap_or_else(Security::disabled);
+        let tls = security
+            .tls_acceptor()
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        let shutdown = CancellationToken::new();
+
+        // Bind everything first, so a bad address fails the start and nothing is half-up.
+        let Bound {
+            listeners,
+            addrs,
+            sockets,
+            metrics: metrics_listener,
+            metrics_addr,
+        } = bind_all(&listen, metrics_listen.as_deref()).await?;
+        if let Err(e) =
+            check_exposure(&security, &addrs).and_then(|()| open_sockets(&security, &sockets))
+        {
+            drop(listeners);
+            for path in &sockets {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+
+        // The services.
+        let hub = Hub::start(
+            &store,
+            metrics.clone(),
+            watch::WindowLimits {
+                events: options.watch_window_events,
+                bytes: options.watch_window_bytes,
+                age: options.watch_window_age,
+            },
+            options.bookmark_interval,
+            shutdown.clone(),
+        );
+        let ctx = WatchContext {
+            store: store.clone(),
+            hub,
+            metrics: metrics.clone(),
+            list_page_bytes: options.list_page_bytes,
+            shutdown: shutdown.clone(),
+        };
+        let secrets = SecretsServer::new(SecretsService::new(ctx, Gate::new(security.clone())))
+            .max_decoding_message_size(options.max_decoding_message_size)
+            .max_encoding_message_size(options.max_encoding_message_size);
+        let secrets = limits::LimitedSecrets::new(
+            secrets,
+            limits::Limits::new(options.limits, metrics.limit_counters()),
+        );
+        let (health, _) = tonic_health::server::health_reporter();
+        health.set_serving::<SecretsServer<SecretsService>>().await;
+        // Not ready while the KMS is unusable for writes (started while the plugin is down, or
+        // an outage past the grace period); the Status poller retries and flips it back.
+        let kms_ready = store.seeds().readiness();
+        let ready_now = *kms_ready.borrow();
+        set_kms_readiness(&health, ready_now).await;
+        let health_service = ShutdownAwareHealth::server(health.clone(), shutdown.clone());
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let routes = Routes::new(secrets)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .prepare();
+        let service = MetricsService::new(routes, metrics.clone());
+
+        let mut serving = JoinSet::new();
+        for listener in listeners {
+            // Many long-lived streams per connection, small flow-control windows (they bound
+            // what a peer may make us buffer), and pings that find dead peers so that their
+            // watch streams do not linger. See the constants.
+            let builder = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+                .initial_stream_window_size(Some(INITIAL_STREAM_WINDOW))
+                .initial_connection_window_size(Some(INITIAL_CONNECTION_WINDOW))
+                .http2_adaptive_window(Some(false))
+                .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+            let signal = shutdown.clone().cancelled_owned();
+            let service = service.clone();
+            match listener {
+                Listener::Tcp(l) => match &tls {
+                    Some(acceptor) => {
+                        serving.spawn(builder.serve_with_incoming_shutdown(
+                            service,
+                            tls_incoming(l, acceptor.clone()),
+                            signal,
+                        ));
+                    }
+                    None => {
+                        serving.spawn(builder.serve_with_incoming_shutdown(
+                            service,
+                            tcp_incoming(l),
+                            signal,
+                        ));
+                    }
+                },
+                Listener::Unix(l) => {
+                    serving.spawn(builder.serve_with_incoming_shutdown(
+                        service,
+                        unix_incoming(l),
+                        signal,
+                    ));
+                }
+            }
+        }
+        let mut background = JoinSet::new();
+        background.spawn(poll_kms(store.clone(), shutdown.clone()));
+        background.spawn(mirror_kms_readiness(
+            kms_ready,
+            store.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        background.spawn(watch_storage_health(
+            store.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(interval) = options.token_cleaner_interval {
+            background.spawn(cleaner::run(store.clone(), interval, shutdown.clone()));
+        }
+        if let Some(l) = metrics_listener {
+            background.spawn(metrics::serve(
+                l,
+                metrics.clone(),
+                store.clone(),
+                shutdown.clone(),
+            ));
+        }
+
+        let listening = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        log_security(&security, tls.is_some());
+        tracing::info!(
+            "coffer listening on {listening}; KMS: {}; AEAD: {}{}",
+            store.seeds().describe_kms(),
+            store.algorithm(),
+            metrics_addr
+                .map(|a| format!("; metrics on http://{a}/metrics"))
+                .unwrap_or_default()
+        );
+
+        let supervisor = tokio::spawn(supervise(Supervised {
+            store: store.clone(),
+            shutdown: shutdown.clone(),
+            serving,
+            background,
+            health,
+            sockets,
+            grace: options.shutdown_grace,
+        }));
+        Ok(RunningServer {
+            addrs,
+            metrics_addr,
+            shutdown,
+            store,
+            metrics,
+            security,
+            done: Some(supervisor),
+        })
+    }
+}
+
+/// Runs the KMS Status poller until shutdown.
+async fn poll_kms(store: Arc<Store>, shutdown: CancellationToken) {
+    coffer_core::kms::poller::run(store.seeds(), shutdown).await;
+}
+
+/// Sets the overall and the Secrets service's health from the KMS's usability.
+async fn set_kms_readiness(health: &tonic_health::server::HealthReporter, ready: bool) {
+    let status = if ready {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    if ready {
+        health.set_serving::<SecretsServer<SecretsService>>().await;
+    } else {
+        health
+            .set_not_serving::<SecretsServer<SecretsService>>()
+            .await;
+    }
+}
+
+/// Mirrors the KMS's usability into the health service until shutdown (which sets
+/// NOT_SERVING itself).
+async fn mirror_kms_readiness(
+    mut ready: tokio::sync::watch::Receiver<bool>,
+    store: Arc<Store>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = ready.changed() => if changed.is_err() { return },
+        }
+        let now = *ready.borrow_and_update();
+        if shutdown.is_cancelled() || store.storage_failed() {
+            return;
+        }
+        if now {
+            tracing::info!("KMS usable: health SERVING");
+        } else {
+            tracing::warn!("KMS unusable for writes: health NOT_SERVING until it answers again");
+        }
+        set_kms_readiness(&health, now).await;
+    }
+}
+
+/// How often the storage backend's state is checked for the health service.
+const STORAGE_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sets health NOT_SERVING, for good, once the storage backend has failed (it refuses every
+/// call until restart, so load balancers and orchestrators should know).
+async fn watch_storage_health(
+    store: Arc<Store>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(STORAGE_HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if store.storage_failed() {
+            tracing::error!("storage failed: health NOT_SERVING until restart");
+            set_kms_readiness(&health, false).await;
+            return;
+        }
+    }
+}
+
+/// Refuses a non-loopback TCP listener when no authentication is configured, unless
+/// `--insecure-allow-unauthenticated`.
+fn check_exposure(security: &Security, addrs: &[BoundAddr]) -> Result<(), ServeError> {
+    if security.auth_enabled() {
+        return Ok(());
+    }
+    let exposed: Vec<String> = addrs
+        .iter()
+        .filter_map(|a| match a {
+            BoundAddr::Tcp(s) if !s.ip().is_loopback() => Some(s.to_string()),
+            _ => None,
+        })
+        .collect();
+    if exposed.is_empty() {
+        return Ok(());
+    }
+    if security.config().insecure_allow_unauthenticated {
+        tracing::warn!(
+            "authentication is off and {} is not a loopback address: anyone who can reach it may \
+             read and write every Secret (--insecure-allow-unauthenticated)",
+            exposed.join(", ")
+        );
+        return Ok(());
+    }
+    Err(ServeError::Config(format!(
+        "refusing to listen on {} without authentication: configure --client-ca, --token-file or \
+         --unix-peer-users, listen on a loopback address or a unix socket, or pass \
+         --insecure-allow-unauthenticated",
+        exposed.join(", ")
+    )))
+}
+
+/// With authentication on, unix sockets are opened to every local user (0666): callers are then
+/// told apart by their credentials or peer uid, not by the socket file's mode. Without it they
+/// stay owner-only.
+fn open_sockets(security: &Security, sockets: &[PathBuf]) -> Result<(), ServeError> {
+    if !security.auth_enabled() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    for path in sockets {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(|e| {
+            ServeError::Io {
+                context: format!("cannot open socket {} to other users", path.display()),
+                source: e,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Says at start how callers are authenticated and authorized.
+fn log_security(security: &Security, tls: bool) {
+    let c = security.config();
+    if !security.auth_enabled() {
+        tracing::warn!(
+            "authentication is off: every caller may read and write every Secret; serving only \
+             on loopback addresses and unix sockets (configure --client-ca, --token-file or \
+             --unix-peer-users to turn it on)"
+        );
+    } else {
+        let mut methods = Vec::new();
+        if c.client_ca.is_some() {
+            methods.push("client certificates");
+        }
+        if c.token_file.is_some() {
+            methods.push("bearer tokens");
+        }
+        if !c.unix_peer_users.is_empty() {
+            methods.push("unix peer uids");
+        }
+        tracing::info!(
+            "authentication: {}; authorization: {} rule(s) (default deny)",
+            methods.join(", "),
+            security.policy().len()
+        );
+        if c.authz_policy.is_none() {
+            tracing::warn!("no --authz-policy: every authenticated request is denied");
+        }
+        if c.token_file.is_some() && !tls {
+            tracing::warn!("bearer tokens are accepted without TLS: use --tls-cert off loopback");
+        }
+    }
+    if let Some(p) = &c.audit_log {
+        tracing::info!(
+            "audit log {}{}",
+            p.display(),
+            if c.audit_fail_closed {
+                " (fail closed)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Everything [`Server::start`] binds.
+struct Bound {
+    listeners: Vec<Listener>,
+    addrs: Vec<BoundAddr>,
+    sockets: Vec<PathBuf>,
+    metrics: Option<TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Binds every address; on a failure, removes the socket files it had created.
+async fn bind_all(listen: &[ListenAddr], metrics: Option<&str>) -> Result<Bound, ServeError> {
+    let mut bound = Bound {
+        listeners: Vec::new(),
+        addrs: Vec::new(),
+        sockets: Vec::new(),
+        metrics: None,
+        metrics_addr: None,
+    };
+    let result = bind_into(&mut bound, listen, metrics).await;
+    match result {
+        Ok(()) => Ok(bound),
+        Err(e) => {
+            drop(bound.listeners);
+            for path in &bound.sockets {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn bind_into(
+    bound: &mut Bound,
+    listen: &[ListenAddr],
+    metrics: Option<&str>,
+) -> Result<(), ServeError> {
+    for addr in listen {
+        match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a.as_str())
+                    .await
+                    .map_err(|e| listen_error(addr, e))?;
+                let local = l.local_addr().map_err(|e| listen_error(addr, e))?;
+                bound.addrs.push(BoundAddr::Tcp(local));
+                bound.listeners.push(Listener::Tcp(l));
+            }
+            ListenAddr::Unix(path) => {
+                let l = bind_unix(path).await.map_err(|e| listen_error(addr, e))?;
+                bound.sockets.push(path.clone());
+                bound.addrs.push(BoundAddr::Unix(path.clone()));
+                bound.listeners.push(Listener::Unix(l));
+            }
+        }
+    }
+    if let Some(a) = metrics {
+        let err = |source| ServeError::Listen {
+            addr: a.to_owned(),
+            source,
+        };
+        let l = TcpListener::bind(a).await.map_err(err)?;
+        bound.metrics_addr = Some(l.local_addr().map_err(err)?);
+        bound.metrics = Some(l);
+    }
+    Ok(())
+}
+
+fn listen_error(addr: &ListenAddr, source: io::Error) -> ServeError {
+    ServeError::Listen {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Accepted TCP connections (with `TCP_NODELAY`, and a deadline on the HTTP/2 preface: see
+/// [`PrefaceDeadline`]). An accept error (out of file descriptors,
+/// say) is passed on after a short pause, so the accept loop cannot spin.
+fn tcp_incoming(
+    l: TcpListener,
+) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::TcpStream>>>> {
+    futures::stream::unfold(l, |l| async move {
+        let r = match l.accept().await {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                Ok(PrefaceDeadline::new(Conn::tcp(s), PREFACE_TIMEOUT))
+            }
+            Err(e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(e)
+            }
+        };
+        Some((r, l))
+    })
+}
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepted TLS connections. Each handshake runs in its own task (so a slow or silent client
+/// does not hold up the others) and is bounded by [`TLS_HANDSHAKE_TIMEOUT`]; a failed one is
+/// logged at debug level and dropped. A client certificate is accepted at the handshake if the
+/// client proves it holds its key; its chain is checked per request (see `crate::auth::tls`).
+/// Accepting stops when the server drops the stream (at shutdown).
+fn tls_incoming(
+    l: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> impl Stream<
+    Item = io::Result<
+        PrefaceDeadline<Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+    >,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = tx.closed() => break,
+                r = l.accept() => r,
+            };
+            let (stream, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        // The HTTP/2 preface has its own deadline once the handshake is done.
+                        let conn = PrefaceDeadline::new(Conn::tls(tls), PREFACE_TIMEOUT);
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Accepted unix socket connections, as [`tcp_incoming`].
+fn unix_incoming(
+    l: UnixListener,
+) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::UnixStream>>>> {
+    futures::stream::unfold(l, |l| async move {
+        let r = match l.accept().await {
+            Ok((s, _)) => Ok(PrefaceDeadline::new(Conn::unix(s), PREFACE_TIMEOUT)),
+            Err(e) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                Err(e)
+            }
+        };
+        Some((r, l))
+    })
+}
+
+/// Binds a unix socket at `path`, replacing a stale socket file (one nobody answers on) but
+/// never a live socket or any other kind of file. The socket is made owner-only (0600): without
+/// authentication, whoever can connect can read every Secret (see [`open_sockets`]).
+async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    coffer_kms::plugin::bind_unix(path).await
+}
+
+struct Supervised {
+    store: Arc<Store>,
+    shutdown: CancellationToken,
+    serving: JoinSet<Result<(), tonic::transport::Error>>,
+    background: JoinSet<()>,
+    health: tonic_health::server::HealthReporter,
+    sockets: Vec<PathBuf>,
+    grace: std::time::Duration,
+}
+
+/// Waits for the shutdown signal (or a listener failing), then shuts down in order.
+async fn supervise(mut s: Supervised) -> Result<(), ServeError> {
+    let mut failure: Option<ServeError> = None;
+    tokio::select! {
+        biased;
+        _ = s.shutdown.cancelled() => {}
+        Some(ended) = s.serving.join_next() => {
+            // A listener ended by itself, before any shutdown was asked for.
+            let e = match ended {
+                Ok(Ok(())) => ServeError::Task("a listener stopped unexpectedly".into()),
+                Ok(Err(e)) => ServeError::Transport(e),
+                Err(e) => ServeError::Task(e.to_string()),
+            };
+            tracing::error!(error = %e, "listener failed; shutting down");
+            failure = Some(e);
+            s.shutdown.cancel();
+        }
+    }
+    tracing::info!("shutting down: no new connections; finishing in-flight calls");
+    s.health
+        .set_not_serving::<SecretsServer<SecretsService>>()
+        .await;
+    s.health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let drained = tokio::time::timeout(s.grace, async {
+        while let Some(ended) = s.serving.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+                Err(e) => tracing::warn!(error = %e, "listener task failed"),
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open after {:?}; closing them", s.grace);
+        s.serving.abort_all();
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while s.background.join_next().await.is_some() {}
+    })
+    .await;
+    s.background.abort_all();
+    let synced = s.store.sync().await;
+    for path in &s.sockets {
+        if let Err(e) = std::fs::remove_file(path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove socket file");
+        }
+    }
+    synced?;
+    tracing::info!("shut down cleanly");
+    failure.map_or(Ok(()), Err)
+}
+
+/// A started server: its bound addresses, and the handle to stop it. Dropping it starts a
+/// shutdown too (without waiting for it).
+#[derive(Debug)]
+pub struct RunningServer {
+    addrs: Vec<BoundAddr>,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    security: Arc<Security>,
+    done: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl RunningServer {
+    /// Every address the server listens on, in the order given.
+    pub fn addrs(&self) -> &[BoundAddr] {
+        &self.addrs
+    }
+
+    /// The first TCP address, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.addrs.iter().find_map(|a| match a {
+            BoundAddr::Tcp(s) => Some(*s),
+            BoundAddr::Unix(_) => None,
+        })
+    }
+
+    /// The first unix socket, if any.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.addrs.iter().find_map(|a| match a {
+            BoundAddr::Unix(p) => Some(p.as_path()),
+            BoundAddr::Tcp(_) => None,
+        })
+    }
+
+    /// The metrics endpoint's address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The security state (e.g. to [`Security::reload`] it).
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
+    }
+
+    /// The store being served.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// A token that shuts the server down when cancelled (as SIGTERM does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server has shut down (after its token is cancelled, or a listener
+    /// failed).
+    pub async fn wait(mut self) -> Result<(), ServeError> {
+        match self.done.take() {
+            Some(handle) => handle.await.map_err(|e| ServeError::Task(e.to_string()))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

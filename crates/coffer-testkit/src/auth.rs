@@ -1,0 +1,298 @@
+//! Helpers for the security tests: a test PKI made with rcgen (a CA, the server's certificate,
+//! client certificates with CN = user and O = groups, an expired one, one from another CA), and a
+//! real server started with security settings over a store in a temp dir.
+//!
+//! Test files use it as `coffer_testkit::auth`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_core::store::StoreConfig;
+use coffer_server::auth::{Security, SecurityArgs};
+use coffer_server::proto::v1 as pb;
+use coffer_server::proto::v1::secrets_client::SecretsClient;
+use coffer_server::server::{
+    ListenAddr, Metrics, RunningServer, ServeError, Server, ServerOptions,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::engine::{TestKms, open_store};
+
+/// A certificate and its key, PEM.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A CA, the server's certificate, and a way to issue client certificates.
+pub struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    pub ca_pem: String,
+    pub server: Pair,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca")
+}
+
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    sans: &[&str],
+    cn: Option<&str>,
+    orgs: &[&str],
+    expired: bool,
+) -> Pair {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+            .expect("params");
+    params.distinguished_name = DistinguishedName::new();
+    if let Some(cn) = cn {
+        params.distinguished_name.push(DnType::CommonName, cn);
+    }
+    for o in orgs {
+        params.distinguished_name.push(DnType::OrganizationName, *o);
+    }
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    Pair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let ca = ca("coffer test CA");
+        let server = leaf(&ca, &["localhost", "127.0.0.1"], Some("coffer"), &[], false);
+        Self {
+            ca_pem: ca.pem(),
+            ca,
+            server,
+        }
+    }
+
+    /// A client certificate: CN = `user`, one O per group.
+    pub fn client(&self, user: &str, groups: &[&str]) -> Pair {
+        leaf(&self.ca, &[], Some(user), groups, false)
+    }
+
+    /// A client certificate that expired in 2021.
+    pub fn expired_client(&self, user: &str) -> Pair {
+        leaf(&self.ca, &[], Some(user), &[], true)
+    }
+
+    /// A client certificate with no CN (valid otherwise).
+    pub fn client_without_cn(&self) -> Pair {
+        leaf(&self.ca, &[], None, &["admins"], false)
+    }
+
+    /// A client certificate from another CA.
+    pub fn foreign_client(user: &str) -> Pair {
+        leaf(&ca("another CA"), &[], Some(user), &["admins"], false)
+    }
+
+    /// Writes the CA, the server's certificate and key into `dir`; returns security args with
+    /// TLS and mutual TLS set.
+    pub fn write(&self, dir: &Path) -> SecurityArgs {
+        let p = |n: &str| dir.join(n);
+        std::fs::write(p("ca.crt"), &self.ca_pem).expect("write");
+        std::fs::write(p("server.crt"), &self.server.cert).expect("write");
+        std::fs::write(p("server.key"), &self.server.key).expect("write");
+        SecurityArgs {
+            tls_cert: Some(p("server.crt")),
+            tls_key: Some(p("server.key")),
+            client_ca: Some(p("ca.crt")),
+            ..SecurityArgs::default()
+        }
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+/// Test tunables.
+pub fn options() -> ServerOptions {
+    ServerOptions {
+        bookmark_interval: Duration::from_millis(200),
+        token_cleaner_interval: None,
+        shutdown_grace: Duration::from_secs(5),
+        ..ServerOptions::default()
+    }
+}
+
+/// A started server and its metrics.
+pub struct Started {
+    pub running: RunningServer,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Started {
+    pub fn addr(&self) -> SocketAddr {
+        self.running.tcp_addr().expect("tcp")
+    }
+}
+
+/// Starts a server over a fresh store in `dir` (its `db` subdirectory) with `args`.
+pub async fn start(
+    dir: &Path,
+    args: SecurityArgs,
+    listen: Vec<ListenAddr>,
+) -> Result<Started, ServeError> {
+    let kms = TestKms::open(dir, 1);
+    let (store, _) = open_store(dir, kms, StoreConfig::default()).await;
+    let config = args
+        .resolve(None)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let metrics = Metrics::new();
+    let security = Security::load(config, Some(metrics.clone()))
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let mut server = Server::new(Arc::new(store))
+        .options(options())
+        .metrics(metrics.clone())
+        .security(security);
+    for l in listen {
+        server = server.listen(l);
+    }
+    let running = server.start().await?;
+    Ok(Started { running, metrics })
+}
+
+/// Adds `authorization: Bearer <token>` when it has one.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| tonic::Status::internal("bad token"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = SecretsClient<InterceptedService<Channel, Bearer>>;
+
+pub fn client(channel: Channel, token: Option<&str>) -> Client {
+    SecretsClient::with_interceptor(channel, Bearer(token.map(str::to_owned)))
+}
+
+/// A TLS channel to `addr` trusting `ca_pem`, presenting `identity` if given.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    ca_pem: &str,
+    identity: Option<&Pair>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some(p) = identity {
+        tls = tls.identity(Identity::from_pem(&p.cert, &p.key));
+    }
+    Endpoint::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+}
+
+/// A plaintext channel over a unix socket.
+pub async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect unix")
+}
+
+/// A plaintext TCP channel.
+pub async fn plain_channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+pub fn secret(ns: &str, name: &str, data: &[(&str, &[u8])]) -> pb::Secret {
+    pb::Secret {
+        metadata: Some(pb::ObjectMeta {
+            name: name.into(),
+            namespace: ns.into(),
+            ..pb::ObjectMeta::default()
+        }),
+        data: data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+            .collect(),
+        ..pb::Secret::default()
+    }
+}
+
+pub async fn create(c: &mut Client, s: pb::Secret) -> Result<pb::Secret, tonic::Status> {
+    c.create(pb::CreateSecretRequest { secret: Some(s) })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn get(c: &mut Client, ns: &str, name: &str) -> Result<pb::Secret, tonic::Status> {
+    c.get(pb::GetSecretRequest {
+        namespace: ns.into(),
+        name: name.into(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// The first event of a watch with initial events, within 5 s.
+pub async fn first_watch_event(
+    c: &mut Client,
+    req: pb::WatchSecretsRequest,
+) -> Result<pb::WatchEvent, tonic::Status> {
+    let mut stream = c.watch(req).await?.into_inner();
+    match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+        Ok(Ok(Some(ev))) => Ok(ev),
+        Ok(Ok(None)) => Err(tonic::Status::unknown("watch ended without an event")),
+        Ok(Err(s)) => Err(s),
+        Err(_) => Err(tonic::Status::deadline_exceeded(
+            "no watch event within 5 s",
+        )),
+    }
+}
+
+/// Every line of a JSON-lines file.
+pub fn read_audit(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
+}
