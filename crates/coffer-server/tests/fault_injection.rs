@@ -150,6 +150,7 @@ async fn workload(
                 client.get(pb::GetSecretRequest {
                     namespace: "faults".into(),
                     name: name(k),
+                    resource_version: 0,
                 }),
             )
             .await
@@ -436,6 +437,7 @@ async fn a_failed_log_fsync_fails_the_store_until_restart() {
         .get(pb::GetSecretRequest {
             namespace: "faults".into(),
             name: name(0),
+            resource_version: 0,
         })
         .await
         .expect_err("no read after a failed fsync");

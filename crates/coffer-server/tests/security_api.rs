@@ -140,6 +140,7 @@ async fn bad_expired_foreign_certificates_and_bad_or_missing_tokens_are_rejected
     let mut req = tonic::Request::new(pb::GetSecretRequest {
         namespace: "b".into(),
         name: "target".into(),
+        resource_version: 0,
     });
     req.metadata_mut().insert(
         "authorization",
@@ -156,6 +157,7 @@ async fn bad_expired_foreign_certificates_and_bad_or_missing_tokens_are_rejected
     let mut req = tonic::Request::new(pb::GetSecretRequest {
         namespace: "b".into(),
         name: "target".into(),
+        resource_version: 0,
     });
     let value = tonic::metadata::MetadataValue::try_from(&b"Bearer \xfa\xfb"[..])
         .expect("opaque bytes are a valid header value");

@@ -267,6 +267,7 @@ pub async fn get(c: &mut Client, ns: &str, name: &str) -> Result<pb::Secret, ton
     c.get(pb::GetSecretRequest {
         namespace: ns.into(),
         name: name.into(),
+        resource_version: 0,
     })
     .await
     .map(tonic::Response::into_inner)

@@ -297,6 +297,7 @@ pub async fn get_value(
         .get(pb::GetSecretRequest {
             namespace: ns.into(),
             name: name.into(),
+            resource_version: 0,
         })
         .await?
         .into_inner();

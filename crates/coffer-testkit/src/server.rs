@@ -211,6 +211,7 @@ pub async fn get(
     c.get(pb::GetSecretRequest {
         namespace: ns.into(),
         name: name.into(),
+        resource_version: 0,
     })
     .await
     .map(tonic::Response::into_inner)

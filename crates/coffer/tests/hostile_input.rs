@@ -338,6 +338,7 @@ async fn wrong_wire_types_name_the_field() {
     let mut body = pb::GetSecretRequest {
         namespace: "ns".into(),
         name: "missing".into(),
+        resource_version: 0,
     }
     .encode_to_vec();
     body.extend(vi(99, 5));
@@ -475,6 +476,7 @@ async fn oversized_and_lying_frames() {
     let one = pb::GetSecretRequest {
         namespace: "ns".into(),
         name: "a".into(),
+        resource_version: 0,
     }
     .encode_to_vec();
     let two = [

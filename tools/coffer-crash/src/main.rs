@@ -548,6 +548,7 @@ async fn verify_inner(
             client.get(pb::GetSecretRequest {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
+                resource_version: 0,
             }),
         )
         .await;

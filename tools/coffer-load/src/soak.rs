@@ -820,6 +820,7 @@ async fn drive(
                 let req = pb::GetSecretRequest {
                     namespace: ns.clone(),
                     name: secret_name(target),
+                    resource_version: 0,
                 };
                 let stats = stats.clone();
                 async move {

@@ -283,6 +283,7 @@ impl Setup {
                         .get(pb::GetSecretRequest {
                             namespace: self.namespace.clone(),
                             name,
+                            resource_version: 0,
                         })
                         .await?
                         .into_inner();

@@ -26,7 +26,7 @@ use super::{Backend, Batch, KeyValues, Lsn, StorageError};
 pub enum FaultOp {
     /// [`Backend::get`].
     Get,
-    /// [`Backend::scan`].
+    /// [`Backend::scan`] and [`Backend::scan_rev`].
     Scan,
     /// [`Backend::apply`] (a write).
     Apply,
@@ -144,6 +144,18 @@ impl Backend for FaultyBackend {
             return Err(Self::injected(FaultOp::Scan, self.count()));
         }
         self.inner.scan(prefix, start_after, limit)
+    }
+
+    fn scan_rev(
+        &self,
+        prefix: &[u8],
+        start_before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KeyValues, StorageError> {
+        if self.hit(FaultOp::Scan) {
+            return Err(Self::injected(FaultOp::Scan, self.count()));
+        }
+        self.inner.scan_rev(prefix, start_before, limit)
     }
 
     fn apply(&self, batch: Batch) -> Result<Lsn, StorageError> {

@@ -13,6 +13,7 @@
 
 mod checkpoint_file;
 pub mod fault;
+pub mod mvcc;
 pub mod sled;
 mod wal;
 
@@ -87,9 +88,6 @@ pub enum StorageError {
     /// An I/O error from the operating system.
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// An error reported by sled.
-    #[error("sled error: {0}")]
-    Sled(#[from] ::sled::Error),
     /// On-disk data that cannot be read back (a damaged log or database).
     #[error("storage is corrupt: {0}")]
     Corrupt(String),
@@ -97,6 +95,35 @@ pub enum StorageError {
     /// after a failed fsync is unknown. Restart the process to recover from the log.
     #[error("storage failed earlier and refuses writes until restart: {0}")]
     Failed(String),
+    /// A read at a revision below the compaction revision: those versions are gone.
+    #[error("required revision {requested} has been compacted (compaction revision {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The compaction revision.
+        compacted: u64,
+    },
+    /// A read at a revision the store has not reached.
+    #[error("required revision {requested} is a future revision (current {current})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The current revision.
+        current: u64,
+    },
+    /// A transaction's condition did not hold: nothing was written.
+    #[error("condition failed on {key}: mod_revision {current}, expected {expected}")]
+    ConditionFailed {
+        /// The key.
+        key: String,
+        /// The mod_revision the transaction expected (0: absent).
+        expected: u64,
+        /// The key's mod_revision (0: absent).
+        current: u64,
+    },
+    /// A request the storage cannot carry out as given.
+    #[error("invalid storage request: {0}")]
+    Invalid(String),
 }
 
 /// An ordered key-value store with atomic batches and explicit durability.
@@ -112,6 +139,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         &self,
         prefix: &[u8],
         start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KeyValues, StorageError>;
+
+    /// Up to `limit` entries whose key starts with `prefix`, in reverse key order, beginning
+    /// before `start_before` when given (the versioned keyspace finds "the newest version at or
+    /// below a revision" with one of these).
+    fn scan_rev(
+        &self,
+        prefix: &[u8],
+        start_before: Option<&[u8]>,
         limit: usize,
     ) -> Result<KeyValues, StorageError>;
 

@@ -458,6 +458,43 @@ impl Backend for SledBackend {
         Ok(out)
     }
 
+    fn scan_rev(
+        &self,
+        prefix: &[u8],
+        start_before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<super::KeyValues, StorageError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let upper = match start_before
+            .map(<[u8]>::to_vec)
+            .or_else(|| prefix_end(prefix))
+        {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        for item in self
+            .data
+            .range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), upper))
+            .rev()
+        {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            if key.first() == Some(&RESERVED) {
+                continue;
+            }
+            out.push((key.to_vec(), value.to_vec()));
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn apply(&self, batch: Batch) -> Result<Lsn, StorageError> {
         let mut guard = self.shared.lock();
         let st = &mut *guard;
@@ -645,6 +682,29 @@ impl Committer {
             return Err(std::io::Error::other("injected write failure"));
         }
         self.wal.append_sync(buf)
+    }
+}
+
+/// The smallest key above every key starting with `prefix` (`None`: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// sled's errors, as the storage layer's (callers never see which backend it was).
+impl From<sled::Error> for StorageError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) => StorageError::Io(io),
+            sled::Error::Corruption { .. } => StorageError::Corrupt(e.to_string()),
+            other => StorageError::Failed(format!("sled: {other}")),
+        }
     }
 }
 

@@ -74,9 +74,44 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A read, list or watch at a revision below the compaction revision (Kubernetes' wording,
+    /// which clients match to re-list).
+    #[error("too old resource version: {requested} ({compacted})")]
+    TooOld {
+        /// The revision asked for.
+        requested: u64,
+        /// The compaction revision.
+        compacted: u64,
+    },
+    /// A read or list at a revision the store has not reached.
+    #[error("too large resource version: {requested} (current {current})")]
+    TooLarge {
+        /// The revision asked for.
+        requested: u64,
+        /// The current revision.
+        current: u64,
+    },
     /// The storage layer failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for StoreError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Compacted {
+                requested,
+                compacted,
+            } => StoreError::TooOld {
+                requested,
+                compacted,
+            },
+            StorageError::FutureRevision { requested, current } => {
+                StoreError::TooLarge { requested, current }
+            }
+            other => StoreError::Storage(other),
+        }
+    }
 }
 
 impl StoreError {

@@ -113,7 +113,7 @@ pub async fn migrate(
     let mut failed = Vec::new();
     progress(&p);
     if total > 0 {
-        let mut cursor: Option<String> = None;
+        let mut cursor: Option<Vec<u8>> = None;
         loop {
             let batch = store
                 .reseal_batch(cursor.as_deref(), options.batch_size, &stale)

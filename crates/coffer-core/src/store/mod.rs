@@ -5,24 +5,32 @@
 //! writers share syncs (group commit). Change events are published in revision order, only once
 //! the write they describe is durable.
 //!
-//! Backend key layout: `s/<namespace>/<name>` holds a sealed record, `m/revision` the store
-//! revision (written in the same atomic batch as every record), `k/seed/<id>` the wrapped seeds.
+//! Secrets live in the versioned keyspace ([`crate::storage::mvcc`]) under the keys
+//! `s/<namespace>/<name>`, each version's value a sealed record; the store revision is the
+//! keyspace's. The wrapped seeds are unversioned backend keys `k/seed/<id>`.
+//!
+//! Every write keeps the version it supersedes (still sealed, under its own data key) until
+//! compaction; see [`history`] for reads at a revision, the History call, change replay for
+//! watches and retention.
 
 pub mod continue_token;
 mod error;
+pub mod history;
 pub mod migrate;
 pub mod quota;
 mod reseal;
+mod upgrade;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 
 pub use self::error::StoreError;
+pub use self::history::{HistoryEntry, HistoryPage};
 use self::quota::QuotaState;
 pub use self::quota::{QuotaExceeded, QuotaLimits, QuotaUsage, Quotas};
 pub use self::reseal::{RecordCounts, ResealBatch};
@@ -33,10 +41,12 @@ use crate::model::validation::{
     self, FieldError, FieldErrorKind, ValidationErrors, validate_name, validate_namespace,
 };
 use crate::model::{Secret, codec};
-use crate::storage::{Backend, Batch, Durability, Lsn, SledBackend, SledConfig};
+use crate::storage::mvcc::{Condition, KvMvcc, Mvcc, Txn, Version, Write};
+use crate::storage::{Backend, Durability, Lsn, SledBackend, SledConfig};
 
 const SECRET_PREFIX: &str = "s/";
-const REVISION_KEY: &[u8] = b"m/revision";
+/// The default of [`StoreConfig::history_retention`]: one hour.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(3600);
 /// Rows read from the backend per scan round of a list.
 const SCAN_CHUNK: usize = 256;
 /// The largest page a list returns when the caller sets no limit or a larger one.
@@ -78,6 +88,10 @@ pub struct StoreConfig {
     pub event_capacity: usize,
     /// Per-namespace quotas (see [`quota`]). Default: none.
     pub quotas: Quotas,
+    /// How long a superseded version is kept (then compaction removes it). Zero keeps only the
+    /// current version of each Secret, and no revision but the current one can be read. Default
+    /// [`DEFAULT_HISTORY_RETENTION`].
+    pub history_retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -88,6 +102,7 @@ impl Default for StoreConfig {
             outage: OutagePolicy::default(),
             event_capacity: 4096,
             quotas: Quotas::unlimited(),
+            history_retention: DEFAULT_HISTORY_RETENTION,
         }
     }
 }
@@ -103,8 +118,11 @@ pub struct ListOptions {
     pub field_selector: String,
     /// Page size; 0 means no limit (capped at [`MAX_LIST_LIMIT`]).
     pub limit: usize,
-    /// The token from the previous page.
+    /// The token from the previous page (it names the revision of the first page, and every
+    /// later page is read at that revision).
     pub continue_token: String,
+    /// 0: the latest state; N: the list exactly as it was at revision N.
+    pub resource_version: u64,
     /// A soft cap on a page's size in bytes (by [`Secret::approx_size`]); 0 means no cap. A page
     /// always holds at least one item; once adding the next match would pass the cap the page
     /// ends with a continue token, so that one page of large Secrets stays within a response
@@ -137,13 +155,14 @@ pub struct ListResult {
 /// The engine: the API the gRPC service calls.
 #[derive(Debug)]
 pub struct Store {
-    backend: Arc<dyn Backend>,
+    mvcc: Arc<dyn Mvcc>,
     seeds: SeedManager,
     algorithm: Algorithm,
-    /// The sequencing lock; holds the last assigned revision.
-    sequencer: tokio::sync::Mutex<u64>,
-    /// The highest revision whose batch is applied (visible) in the backend.
-    applied_revision: AtomicU64,
+    /// The sequencing lock: one write's read-check-write at a time (the keyspace assigns the
+    /// revisions).
+    sequencer: tokio::sync::Mutex<()>,
+    /// See [`StoreConfig::history_retention`].
+    retention: Duration,
     /// Events of writes applied but not yet published (they wait for durability).
     pending: std::sync::Mutex<VecDeque<(Lsn, Arc<ChangeEvent>)>>,
     events: broadcast::Sender<Arc<ChangeEvent>>,
@@ -161,7 +180,7 @@ impl Store {
     /// Whether the storage backend failed (a failed log write or sync): every write and read is
     /// refused until restart.
     pub fn storage_failed(&self) -> bool {
-        self.backend.is_failed()
+        self.mvcc.is_failed()
     }
 
     /// Opens the embedded default: sled under `data_dir`, the local key-file KEK at
@@ -192,7 +211,7 @@ impl Store {
     }
 
     /// Opens sled under `data_dir` (as [`Store::open_default`]) with any KMS, such as a KMS v2
-    /// plugin ([`crate::kms::GrpcKms`]); see [`crate::kms::KmsConfig::open`].
+    /// plugin (`coffer_kms::GrpcKms`; see `coffer_kms::KmsConfig::open`).
     pub async fn open_dir(
         data_dir: impl Into<PathBuf>,
         durability: Durability,
@@ -205,34 +224,44 @@ impl Store {
         Self::open(Arc::new(backend), kms, config).await
     }
 
-    /// Opens a store over any backend and KMS.
+    /// Opens a store over any ordered backend and KMS (the versioned keyspace is laid out in
+    /// the backend by [`KvMvcc`]).
     pub async fn open(
         backend: Arc<dyn Backend>,
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
-        let seeds =
-            SeedManager::load_with(kms, backend.clone(), config.seed_policy, config.outage).await?;
-        let revision = match backend.get(REVISION_KEY)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::data_loss("m/revision", "bad length"))?,
-            ),
-            None => 0,
-        };
+        let mvcc = Arc::new(KvMvcc::open(backend, !config.history_retention.is_zero())?);
+        let store = Self::open_mvcc(mvcc.clone(), kms, config).await?;
+        upgrade::from_unversioned(&store, &mvcc).await?;
+        Ok(store)
+    }
+
+    /// Opens a store over any versioned keyspace and KMS.
+    pub async fn open_mvcc(
+        mvcc: Arc<dyn Mvcc>,
+        kms: Arc<dyn Kms>,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        let seeds = SeedManager::load_with(
+            kms,
+            mvcc.backend().clone(),
+            config.seed_policy,
+            config.outage,
+        )
+        .await?;
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let usage = if config.quotas.is_enabled() {
-            scan_usage(backend.as_ref())?
+            scan_usage(mvcc.as_ref())?
         } else {
             HashMap::new()
         };
         Ok(Self {
-            backend,
+            mvcc,
             seeds,
             algorithm: config.algorithm,
-            sequencer: tokio::sync::Mutex::new(revision),
-            applied_revision: AtomicU64::new(revision),
+            sequencer: tokio::sync::Mutex::new(()),
+            retention: config.history_retention,
             pending: std::sync::Mutex::new(VecDeque::new()),
             events,
             seals: AtomicU64::new(0),
@@ -258,7 +287,13 @@ impl Store {
 
     /// The highest revision applied so far.
     pub fn revision(&self) -> u64 {
-        self.applied_revision.load(Ordering::Acquire)
+        self.mvcc.revision()
+    }
+
+    /// The compaction revision: reads, lists and watches below it are refused with
+    /// [`StoreError::TooOld`].
+    pub fn compact_revision(&self) -> u64 {
+        self.mvcc.compact_revision()
     }
 
     /// How many records this store has sealed (written) since it was opened.
@@ -278,7 +313,7 @@ impl Store {
 
     /// Makes everything written so far durable, whatever the durability mode (for shutdown).
     pub async fn sync(&self) -> Result<(), StoreError> {
-        Ok(self.backend.sync().await?)
+        Ok(self.mvcc.sync().await?)
     }
 
     /// Creates a Secret. Sets uid, creation timestamp and resource_version.
@@ -297,8 +332,8 @@ impl Store {
         validation::validate_secret(&secret)?;
         let key = secret.storage_key();
         let lsn = {
-            let mut seq = self.sequencer.lock().await;
-            if self.backend.get(backend_key(&key).as_bytes())?.is_some() {
+            let _seq = self.sequencer.lock().await;
+            if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     namespace: secret.metadata.namespace,
                     name: secret.metadata.name,
@@ -306,13 +341,8 @@ impl Store {
             }
             secret.metadata.uid = uuid::Uuid::new_v4().to_string();
             secret.metadata.creation_timestamp = Some(now_unix());
-            self.write_locked(
-                &mut seq,
-                &key,
-                Change::Put(&mut secret, EventKind::Added),
-                None,
-            )
-            .await?
+            self.write_locked(&key, Change::Put(&mut secret, EventKind::Added), None)
+                .await?
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -327,8 +357,8 @@ impl Store {
         check_key_parts(&secret.metadata.namespace, &secret.metadata.name)?;
         let key = secret.storage_key();
         let lsn = {
-            let mut seq = self.sequencer.lock().await;
-            let (old, old_len) =
+            let _seq = self.sequencer.lock().await;
+            let (old, old_version) =
                 self.read_locked(&key)
                     .await?
                     .ok_or_else(|| StoreError::NotFound {
@@ -343,10 +373,9 @@ impl Store {
                 return Ok(old);
             }
             self.write_locked(
-                &mut seq,
                 &key,
                 Change::Put(&mut secret, EventKind::Modified),
-                Some(old_len),
+                Some(&old_version),
             )
             .await?
         };
@@ -380,8 +409,8 @@ impl Store {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
         let (lsn, last) = {
-            let mut seq = self.sequencer.lock().await;
-            let (old, old_len) =
+            let _seq = self.sequencer.lock().await;
+            let (old, old_version) =
                 self.read_locked(&key)
                     .await?
                     .ok_or_else(|| StoreError::NotFound {
@@ -398,26 +427,38 @@ impl Store {
                     current: old.metadata.uid.clone(),
                 });
             }
-            let last = old.duplicate();
+            let mut last = old.duplicate();
             let lsn = self
-                .write_locked(&mut seq, &key, Change::Delete(Box::new(old)), Some(old_len))
+                .write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))
                 .await?;
-            let mut last = last;
-            last.metadata.resource_version = *seq;
+            last.metadata.resource_version = self.mvcc.revision();
             (lsn, last)
         };
         self.finish_write(lsn).await?;
         Ok(last)
     }
 
-    /// Reads one Secret.
+    /// Reads one Secret (its latest version).
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Secret, StoreError> {
+        self.get_at(namespace, name, 0).await
+    }
+
+    /// Reads one Secret as it was at `revision` (0: the latest): [`StoreError::NotFound`] when
+    /// it did not exist then, [`StoreError::TooOld`] below the compaction revision,
+    /// [`StoreError::TooLarge`] above the current one.
+    pub async fn get_at(
+        &self,
+        namespace: &str,
+        name: &str,
+        revision: u64,
+    ) -> Result<Secret, StoreError> {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
-        let record = self.backend.get(backend_key(&key).as_bytes())?;
-        self.backend.wait_durable(self.backend.applied()).await?;
-        match record {
-            Some(r) => self.open_record(&key, &r).await,
+        let at = (revision != 0).then_some(revision);
+        let version = self.mvcc.get(backend_key(&key).as_bytes(), at)?;
+        self.mvcc.wait_durable(self.mvcc.applied()).await?;
+        match version {
+            Some(v) => self.open_version(&key, &v).await,
             None => Err(StoreError::NotFound {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
@@ -454,9 +495,13 @@ impl Store {
             n => n.min(MAX_LIST_LIMIT),
         };
         // Read the revision before scanning: everything up to it is visible to the scan, so a
-        // watch from it misses nothing (it may repeat a change the list already shows).
-        let (revision, mut cursor) = if opts.continue_token.is_empty() {
-            (self.revision(), None)
+        // watch from it misses nothing (it may repeat a change the list already shows). A list
+        // at a revision (asked for, or named by a continue token) is exact.
+        let (revision, at, mut cursor) = if opts.continue_token.is_empty() {
+            match opts.resource_version {
+                0 => (self.revision(), None, None),
+                rv => (rv, Some(rv), None),
+            }
         } else {
             let (rv, start) = continue_token::decode(&opts.continue_token, &prefix)?;
             // A token names the revision of the list it continues, which cannot be newer than
@@ -468,28 +513,29 @@ impl Store {
                         .into(),
                 });
             }
-            (rv, Some(start))
+            (rv, Some(rv), Some(start))
         };
         let mut items = Vec::new();
         let mut page_bytes = 0usize;
         let mut more = false;
         'scan: loop {
-            let rows = self.backend.scan(
+            let rows = self.mvcc.range(
                 prefix.as_bytes(),
                 cursor.as_deref().map(str::as_bytes),
+                at,
                 SCAN_CHUNK,
             )?;
-            self.backend.wait_durable(self.backend.applied()).await?;
+            self.mvcc.wait_durable(self.mvcc.applied()).await?;
             let exhausted = rows.len() < SCAN_CHUNK;
-            for (k, v) in rows {
-                let bkey = String::from_utf8(k)
+            for v in rows {
+                let bkey = String::from_utf8(v.key.clone())
                     .map_err(|_| StoreError::data_loss("?", "storage key is not UTF-8"))?;
                 let key = &bkey[SECRET_PREFIX.len()..];
                 if items.len() == limit {
                     more = true;
                     break 'scan;
                 }
-                let secret = self.open_record(key, &v).await?;
+                let secret = self.open_version(key, &v).await?;
                 if fields.matches(&secret) && labels.matches(&secret.metadata.labels) {
                     let size = secret.approx_size();
                     if opts.max_bytes > 0
@@ -520,27 +566,27 @@ impl Store {
         })
     }
 
-    /// Seals and applies one write under the sequencing lock; returns its log position.
-    /// `old_len` is the length of the record it replaces or deletes (`None` for a create); a put
-    /// the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`] and writes
-    /// nothing.
+    /// Seals and commits one write under the sequencing lock; returns its log position.
+    /// `old` is the version it replaces or deletes (`None` for a create: then the key must not
+    /// exist); a put the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`]
+    /// and writes nothing.
     async fn write_locked(
         &self,
-        seq: &mut u64,
         key: &str,
         change: Change<'_>,
-        old_len: Option<usize>,
+        old: Option<&Version>,
     ) -> Result<Lsn, StoreError> {
-        let old_len = old_len.map(|n| n as u64);
-        let revision = *seq + 1;
-        let bkey = backend_key(key);
-        // The revision goes first: if a crash keeps only a prefix of a batch that was never
-        // acknowledged, a bumped revision without its record is harmless, while a record without
-        // its revision would let the next write reuse that resource_version.
-        let mut batch = Batch::new();
-        batch.put(REVISION_KEY, revision.to_be_bytes().to_vec());
+        let old_len = old.map(|v| v.value.len() as u64);
+        // Only this store writes, one write at a time: the keyspace will give the write the
+        // next revision, and the sealed object carries it.
+        let revision = self.mvcc.revision() + 1;
+        let bkey = backend_key(key).into_bytes();
+        let condition = Condition {
+            key: bkey.clone(),
+            mod_revision: old.map_or(0, |v| v.mod_revision),
+        };
         let quota_after;
-        let (kind, object) = match change {
+        let (write, kind, object) = match change {
             Change::Put(secret, kind) => {
                 secret.metadata.resource_version = revision;
                 let (seed_id, seed) = self.seeds.for_write().await?;
@@ -553,40 +599,55 @@ impl Store {
                     record.len() as u64,
                 )?;
                 self.seals.fetch_add(1, Ordering::Relaxed);
-                batch.put(bkey, record);
-                (kind, secret.duplicate())
+                let write = Write::Put {
+                    key: bkey,
+                    value: record,
+                    lease: 0,
+                };
+                (write, kind, secret.duplicate())
             }
             Change::Delete(last) => {
                 let mut last = *last;
-                batch.delete(bkey);
                 last.metadata.resource_version = revision;
                 quota_after = self
                     .quota_state()
                     .after_delete(&last.metadata.namespace, old_len.unwrap_or(0));
-                (EventKind::Deleted, last)
+                (Write::Delete { key: bkey }, EventKind::Deleted, last)
             }
         };
-        let lsn = self.backend.apply(batch)?;
+        let committed = self.mvcc.commit(Txn {
+            conditions: vec![condition],
+            writes: vec![write],
+            meta: Vec::new(),
+        })?;
+        if committed.revision != revision {
+            // Another writer committed to the same keyspace: the sealed object names the wrong
+            // revision. Nothing but this store may write to it.
+            return Err(StoreError::Storage(crate::storage::StorageError::Invalid(
+                format!(
+                    "revision {} committed where {revision} was sealed: another writer shares this storage",
+                    committed.revision
+                ),
+            )));
+        }
         {
             let mut quota = self.quota_state();
             if quota.enabled() {
                 quota.set(&object.metadata.namespace, quota_after);
             }
         }
-        *seq = revision;
-        self.applied_revision.store(revision, Ordering::Release);
         let event = Arc::new(ChangeEvent {
             kind,
             object,
             revision,
         });
-        self.pending_events().push_back((lsn, event));
-        Ok(lsn)
+        self.pending_events().push_back((committed.lsn, event));
+        Ok(committed.lsn)
     }
 
     /// Waits for durability of `lsn`, then publishes every event up to it, in order.
     async fn finish_write(&self, lsn: Lsn) -> Result<(), StoreError> {
-        self.backend.wait_durable(lsn).await?;
+        self.mvcc.wait_durable(lsn).await?;
         let mut pending = self.pending_events();
         while pending.front().is_some_and(|(l, _)| *l <= lsn) {
             if let Some((_, event)) = pending.pop_front() {
@@ -601,17 +662,22 @@ impl Store {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads the current object and its record's length under the sequencing lock (no
+    /// Reads the current object and its stored version under the sequencing lock (no
     /// durability wait: the caller's own write comes later and is waited for).
-    async fn read_locked(&self, key: &str) -> Result<Option<(Secret, usize)>, StoreError> {
-        match self.backend.get(backend_key(key).as_bytes())? {
-            Some(r) => Ok(Some((self.open_record(key, &r).await?, r.len()))),
+    async fn read_locked(&self, key: &str) -> Result<Option<(Secret, Version)>, StoreError> {
+        match self.mvcc.get(backend_key(key).as_bytes(), None)? {
+            Some(v) => Ok(Some((self.open_version(key, &v).await?, v))),
             None => Ok(None),
         }
     }
 
     fn quota_state(&self) -> std::sync::MutexGuard<'_, QuotaState> {
         self.quota.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens a stored version of the Secret at storage key `key` (`namespace/name`).
+    async fn open_version(&self, key: &str, version: &Version) -> Result<Secret, StoreError> {
+        self.open_record(key, &version.value).await
     }
 
     async fn open_record(&self, key: &str, record: &[u8]) -> Result<Secret, StoreError> {
@@ -644,22 +710,28 @@ enum Change<'a> {
     Delete(Box<Secret>),
 }
 
-/// Every namespace's usage, from the records' keys and lengths (nothing is decrypted).
-fn scan_usage(backend: &dyn Backend) -> Result<HashMap<String, QuotaUsage>, StoreError> {
+/// Every namespace's usage, from the current records' keys and lengths (nothing is
+/// decrypted; history does not count).
+fn scan_usage(mvcc: &dyn Mvcc) -> Result<HashMap<String, QuotaUsage>, StoreError> {
     let mut usage: HashMap<String, QuotaUsage> = HashMap::new();
     let mut cursor: Option<Vec<u8>> = None;
     loop {
-        let rows = backend.scan(SECRET_PREFIX.as_bytes(), cursor.as_deref(), SCAN_CHUNK)?;
+        let rows = mvcc.range(
+            SECRET_PREFIX.as_bytes(),
+            cursor.as_deref(),
+            None,
+            SCAN_CHUNK,
+        )?;
         let done = rows.len() < SCAN_CHUNK;
-        for (k, v) in &rows {
-            let key = String::from_utf8_lossy(&k[SECRET_PREFIX.len().min(k.len())..]);
+        for v in &rows {
+            let key = String::from_utf8_lossy(&v.key[SECRET_PREFIX.len().min(v.key.len())..]);
             let u = usage
                 .entry(quota::namespace_of(&key).to_owned())
                 .or_default();
             u.count += 1;
-            u.bytes += v.len() as u64;
+            u.bytes += v.value.len() as u64;
         }
-        cursor = rows.into_iter().next_back().map(|(k, _)| k);
+        cursor = rows.into_iter().next_back().map(|v| v.key);
         if done || cursor.is_none() {
             return Ok(usage);
         }

@@ -1,5 +1,7 @@
 //! Re-encryption of records under old seeds (what `coffer migrate` drives), and per-seed record
-//! counts (what `coffer kms status` shows).
+//! counts (what `coffer kms status` shows). Records are every stored version with a value: the
+//! current ones and the history kept until compaction, so that a retired KEK is not needed to
+//! read an old version either.
 //!
 //! A reseal rewrites a record's envelope only: the same plaintext bytes, sealed under the
 //! current seed for the same storage key. The object, its `resource_version` and the store
@@ -12,9 +14,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
-use super::{SECRET_PREFIX, Store, StoreError, backend_key};
+use super::{SECRET_PREFIX, Store, StoreError};
 use crate::crypto::{self, RecordHeader};
-use crate::storage::Batch;
 
 /// Rows read per scan round when counting.
 const COUNT_CHUNK: usize = 1024;
@@ -37,11 +38,11 @@ pub struct ResealBatch {
     pub scanned: usize,
     /// Records rewritten under the current seed.
     pub rewritten: usize,
-    /// Records that could not be rewritten, as (storage key `namespace/name`, why); never any
-    /// content.
+    /// Records that could not be rewritten, as (storage key `namespace/name` with the
+    /// revision, why); never any content.
     pub failed: Vec<(String, String)>,
-    /// The storage key to continue after, or `None` when the scan reached the end.
-    pub next: Option<String>,
+    /// The position to continue after, or `None` when the scan reached the end.
+    pub next: Option<Vec<u8>>,
 }
 
 impl Store {
@@ -50,18 +51,16 @@ impl Store {
         let mut counts = RecordCounts::default();
         let mut cursor: Option<Vec<u8>> = None;
         loop {
-            let rows =
-                self.backend
-                    .scan(SECRET_PREFIX.as_bytes(), cursor.as_deref(), COUNT_CHUNK)?;
+            let rows = self.mvcc.stored_values(cursor.as_deref(), COUNT_CHUNK)?;
             let done = rows.len() < COUNT_CHUNK;
-            for (_, v) in &rows {
+            for r in &rows {
                 counts.total += 1;
-                match RecordHeader::parse(v) {
+                match RecordHeader::parse(&r.version.value) {
                     Ok(h) => *counts.by_seed.entry(h.seed_id).or_default() += 1,
                     Err(_) => counts.unreadable += 1,
                 }
             }
-            cursor = rows.into_iter().next_back().map(|(k, _)| k);
+            cursor = rows.into_iter().next_back().map(|r| r.position);
             if done || cursor.is_none() {
                 return Ok(counts);
             }
@@ -69,36 +68,28 @@ impl Store {
     }
 
     /// Rewrites, under the seed new writes use, every record among the next `limit` records
-    /// after the storage key `after` (from the start when `None`) whose seed is in `stale`.
+    /// after position `after` (from the start when `None`) whose seed is in `stale`.
     /// A record that fails to open is reported in [`ResealBatch::failed`] and left as it is.
     pub async fn reseal_batch(
         &self,
-        after: Option<&str>,
+        after: Option<&[u8]>,
         limit: usize,
         stale: &BTreeSet<u32>,
     ) -> Result<ResealBatch, StoreError> {
         let limit = limit.max(1);
-        let start = after.map(backend_key);
-        let rows = self.backend.scan(
-            SECRET_PREFIX.as_bytes(),
-            start.as_deref().map(str::as_bytes),
-            limit,
-        )?;
+        let rows = self.mvcc.stored_values(after, limit)?;
         let mut out = ResealBatch {
             scanned: rows.len(),
             ..ResealBatch::default()
         };
         if rows.len() == limit {
-            out.next = rows
-                .last()
-                .and_then(|(k, _)| std::str::from_utf8(k).ok())
-                .and_then(|k| k.strip_prefix(SECRET_PREFIX))
-                .map(str::to_owned);
+            out.next = rows.last().map(|r| r.position.clone());
         }
-        let candidates: Vec<Vec<u8>> = rows
+        let candidates: Vec<_> = rows
             .into_iter()
-            .filter(|(_, v)| RecordHeader::parse(v).is_ok_and(|h| stale.contains(&h.seed_id)))
-            .map(|(k, _)| k)
+            .filter(|r| {
+                RecordHeader::parse(&r.version.value).is_ok_and(|h| stale.contains(&h.seed_id))
+            })
             .collect();
         if candidates.is_empty() {
             return Ok(out);
@@ -109,47 +100,44 @@ impl Store {
                 "the seed for new writes ({seed_id}) is itself under an old key_id; check the KMS status"
             )));
         }
-        let mut batch = Batch::new();
+        let mut replacements = Vec::new();
         // Record lengths change when the AEAD (and so the nonce size) does: the namespaces'
-        // stored bytes follow, once the batch is applied.
+        // stored bytes follow (current versions only: history does not count), once applied.
         let mut resized: Vec<(String, u64, u64)> = Vec::new();
         let lsn = {
             let _seq = self.sequencer.lock().await;
-            for bkey in candidates {
-                let Ok(key) = std::str::from_utf8(&bkey[SECRET_PREFIX.len()..]) else {
+            for stored in candidates {
+                let Some(key) = std::str::from_utf8(&stored.version.key)
+                    .ok()
+                    .and_then(|k| k.strip_prefix(SECRET_PREFIX))
+                    .map(str::to_owned)
+                else {
                     out.failed.push((
-                        String::from_utf8_lossy(&bkey).into_owned(),
-                        "storage key is not UTF-8".into(),
+                        String::from_utf8_lossy(&stored.version.key).into_owned(),
+                        "storage key is not a Secret's".into(),
                     ));
                     continue;
                 };
-                // Read again under the lock: the record may have been rewritten or deleted
-                // since the scan.
-                let Some(record) = self.backend.get(&bkey)? else {
+                let label = format!("{key}@{}", stored.version.mod_revision);
+                let Ok(header) = RecordHeader::parse(&stored.version.value) else {
                     continue;
-                };
-                let header = match RecordHeader::parse(&record) {
-                    Ok(h) if stale.contains(&h.seed_id) => h,
-                    _ => continue,
                 };
                 let old_seed = match self.seeds.seed_for_read(header.seed_id).await {
                     Ok(Some(s)) => s,
                     Ok(None) => {
-                        out.failed.push((
-                            key.to_owned(),
-                            format!("its seed {} is missing", header.seed_id),
-                        ));
+                        out.failed
+                            .push((label, format!("its seed {} is missing", header.seed_id)));
                         continue;
                     }
                     Err(e) => {
-                        out.failed.push((key.to_owned(), e.to_string()));
+                        out.failed.push((label, e.to_string()));
                         continue;
                     }
                 };
                 let plaintext = match header.open(&old_seed, key.as_bytes()) {
                     Ok(p) => p,
                     Err(e) => {
-                        out.failed.push((key.to_owned(), e.to_string()));
+                        out.failed.push((label, e.to_string()));
                         continue;
                     }
                 };
@@ -160,18 +148,22 @@ impl Store {
                     key.as_bytes(),
                     plaintext.expose(),
                 );
-                resized.push((
-                    super::quota::namespace_of(key).to_owned(),
-                    record.len() as u64,
-                    sealed.len() as u64,
-                ));
-                batch.put(bkey.clone(), sealed);
-                out.rewritten += 1;
+                if stored.current {
+                    resized.push((
+                        super::quota::namespace_of(&key).to_owned(),
+                        stored.version.value.len() as u64,
+                        sealed.len() as u64,
+                    ));
+                }
+                replacements.push((stored, sealed));
             }
-            if batch.ops.is_empty() {
+            if replacements.is_empty() {
                 return Ok(out);
             }
-            let lsn = self.backend.apply(batch)?;
+            // Each is replaced only if it still holds what was read (a write or compaction may
+            // have moved on since the scan).
+            let (n, lsn) = self.mvcc.replace_values(replacements)?;
+            out.rewritten = n;
             let mut quota = self.quota_state();
             if quota.enabled() {
                 for (ns, old, new) in resized {
@@ -182,7 +174,7 @@ impl Store {
             }
             lsn
         };
-        self.backend.wait_durable(lsn).await?;
+        self.mvcc.wait_durable(lsn).await?;
         self.seals
             .fetch_add(out.rewritten as u64, Ordering::Relaxed);
         Ok(out)

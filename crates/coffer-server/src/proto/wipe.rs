@@ -55,6 +55,21 @@ impl Wipe for pb::WatchManyEvent {
     }
 }
 
+impl Wipe for pb::SecretVersion {
+    fn wipe(&mut self) {
+        self.secret.wipe();
+    }
+}
+
+impl Wipe for pb::HistoryResponse {
+    fn wipe(&mut self) {
+        for v in &mut self.versions {
+            v.wipe();
+        }
+    }
+}
+
+impl Wipe for pb::HistoryRequest {}
 impl Wipe for pb::GetSecretRequest {}
 impl Wipe for pb::DeleteSecretRequest {}
 impl Wipe for pb::ListSecretsRequest {}

@@ -111,11 +111,40 @@ impl Secrets for SecretsService {
         })?;
         let result = self
             .store
-            .get(&req.namespace, &req.name)
+            .get_at(&req.namespace, &req.name, req.resource_version)
             .await
             .map_err(|e| store_error(&e));
         let secret = call.finish(result, rv_of)?;
         Ok(Response::new(secret_into_proto(secret)))
+    }
+
+    /// Old versions are read with the `get` verb (as `get --revision` is): no separate right.
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let (call, req) = self.gate.admit(request, Verb::Get, "history", |r| {
+            Target::object(&r.namespace, &r.name)
+        })?;
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        let result = self
+            .store
+            .history(&req.namespace, &req.name, limit)
+            .await
+            .map_err(|e| store_error(&e));
+        let page = call.finish(result, |p| p.versions.first().map_or(0, |v| v.revision))?;
+        Ok(Response::new(pb::HistoryResponse {
+            versions: page
+                .versions
+                .into_iter()
+                .map(|v| pb::SecretVersion {
+                    revision: v.revision,
+                    deleted: v.deleted,
+                    secret: v.secret.map(secret_into_proto),
+                })
+                .collect(),
+            compact_revision: page.compact_revision,
+        }))
     }
 
     async fn update(
@@ -171,6 +200,7 @@ impl Secrets for SecretsService {
             field_selector: req.field_selector,
             limit: usize::try_from(req.limit).unwrap_or(usize::MAX),
             continue_token: req.continue_token,
+            resource_version: req.resource_version,
             max_bytes: self.watch.list_page_bytes,
         };
         let result = self.store.list(&opts).await.map_err(|e| store_error(&e));

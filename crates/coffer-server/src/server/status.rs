@@ -55,7 +55,12 @@ pub fn store_error(e: &StoreError) -> Status {
         StoreError::QuotaExceeded(_) => status(Code::ResourceExhausted, e.to_string()),
         StoreError::Unavailable(_) => status(Code::Unavailable, e.to_string()),
         StoreError::DataLoss { .. } => status(Code::DataLoss, e.to_string()),
+        StoreError::TooOld { .. } | StoreError::TooLarge { .. } => {
+            status(Code::OutOfRange, e.to_string())
+        }
         StoreError::Storage(StorageError::Failed(_)) => status(Code::Unavailable, e.to_string()),
+        // Stored bytes that cannot be read back are lost data, whichever layer noticed.
+        StoreError::Storage(StorageError::Corrupt(_)) => status(Code::DataLoss, e.to_string()),
         StoreError::Storage(_) => status(Code::Internal, e.to_string()),
     }
 }

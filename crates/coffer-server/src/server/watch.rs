@@ -480,6 +480,7 @@ async fn send_initial(
         limit: INITIAL_PAGE,
         continue_token: String::new(),
         max_bytes: ctx.list_page_bytes,
+        ..ListOptions::default()
     };
     let mut revision = None;
     loop {

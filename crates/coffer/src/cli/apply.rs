@@ -166,6 +166,7 @@ async fn apply_one(
         .get(pb::GetSecretRequest {
             namespace: desired.metadata.namespace.clone(),
             name: name.clone(),
+            resource_version: 0,
         })
         .await
     {

@@ -252,6 +252,7 @@ pub(super) async fn run(server: &ServerAddr, args: ExecArgs) -> Result<ExitCode,
                 .get(pb::GetSecretRequest {
                     namespace: ns.clone(),
                     name: name.clone(),
+                    resource_version: 0,
                 })
                 .await;
             let data = match got {

@@ -95,6 +95,7 @@ pub(super) async fn run(server: &ServerAddr, args: GetArgs) -> Result<ExitCode, 
             .get(pb::GetSecretRequest {
                 namespace: namespace.clone(),
                 name: name.clone(),
+                resource_version: 0,
             })
             .await
         {
@@ -171,6 +172,7 @@ pub(super) async fn list_all(
                 field_selector: field_selector.to_owned(),
                 limit: chunk_size,
                 continue_token: std::mem::take(&mut continue_token),
+                resource_version: 0,
             })
             .await
             .map_err(|s| CliError::status(&server.display, &s, None))?

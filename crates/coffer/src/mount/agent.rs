@@ -886,6 +886,7 @@ impl State {
                 client.get(pb::GetSecretRequest {
                     namespace: spec.namespace.clone(),
                     name: spec.name.clone(),
+                    resource_version: 0,
                 }),
             )
             .await;

@@ -1,0 +1,787 @@
+//! [`KvMvcc`]: the versioned keyspace over an ordered key-value [`Backend`] (the layout is in
+//! the `layout` module).
+//!
+//! A commit is one backend batch, ordered so that any prefix a crash could keep of an
+//! unacknowledged batch is harmless: the revision first, then the copy of the version being
+//! superseded into history, then the change index entry, then the new current version. A change
+//! index entry whose version never landed is skipped on replay; a history copy of a version that
+//! is still current is ignored by every read.
+//!
+//! Compaction first raises the compaction revision durably (so no reader relies on what is about
+//! to go), then walks the change index up to it in bounded batches, removing for each key it
+//! names every version older than the one that was current at the compaction revision (and that
+//! one too when it is a tombstone). Writers only ever add versions above the current revision,
+//! so compaction needs no writer lock; resealing (`replace_values`) and compaction exclude each
+//! other with the maintenance lock, so a resealed value is never written back over a version
+//! compaction just removed.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use super::layout::{self, Entry};
+use super::{
+    Change, Committed, HistoryStats, Mvcc, Revision, StoredValue, Txn, Version, VersionKind, Write,
+};
+use crate::storage::{Backend, Batch, Lsn, StorageError};
+
+/// Backend rows per scan round.
+const CHUNK: usize = 256;
+/// Backend ops per compaction batch (bounded, so a writer never waits long behind one).
+const COMPACT_BATCH_OPS: usize = 1024;
+/// The key recording whether history was kept by the last open (`1`) or not.
+const HISTORY_FLAG_KEY: &[u8] = b"m/history";
+
+/// The versioned keyspace over an ordered key-value backend.
+#[derive(Debug)]
+pub struct KvMvcc {
+    raw: Arc<dyn Backend>,
+    /// Whether superseded versions are kept (`--history-retention 0` turns it off: then only the
+    /// current version exists and the compaction revision follows the current one).
+    keep_history: bool,
+    /// Serialises commits; holds the last committed revision.
+    commit: Mutex<Revision>,
+    /// The latest committed revision, for readers.
+    revision: AtomicU64,
+    compact: AtomicU64,
+    /// Kept superseded versions and their bytes.
+    versions: AtomicU64,
+    bytes: AtomicU64,
+    /// Compaction and resealing exclude each other (see the module docs).
+    maintenance: Mutex<()>,
+}
+
+impl KvMvcc {
+    /// Opens the keyspace in `raw`. With `keep_history` off, no superseded version is kept (and
+    /// any history an earlier run kept is compacted away by the next [`Mvcc::compact`]).
+    pub fn open(raw: Arc<dyn Backend>, keep_history: bool) -> Result<Self, StorageError> {
+        let revision = layout::parse_u64(raw.get(layout::REVISION_KEY)?, "m/revision")?;
+        let mut compact = layout::parse_u64(raw.get(layout::COMPACT_KEY)?, "m/compact")?;
+        let had_history = raw.get(HISTORY_FLAG_KEY)?.is_some_and(|v| v == b"1");
+        if keep_history != had_history {
+            let mut batch = Batch::new();
+            batch.put(
+                HISTORY_FLAG_KEY,
+                if keep_history { &b"1"[..] } else { b"0" },
+            );
+            if keep_history && revision > compact {
+                // Writes made while history was off left no older versions: reads below the
+                // current revision have nothing to serve.
+                compact = revision;
+                batch.put(layout::COMPACT_KEY, compact.to_be_bytes().to_vec());
+            }
+            raw.apply(batch)?;
+        }
+        let (versions, bytes) = count_history(raw.as_ref())?;
+        Ok(Self {
+            raw,
+            keep_history,
+            commit: Mutex::new(revision),
+            revision: AtomicU64::new(revision),
+            compact: AtomicU64::new(compact),
+            versions: AtomicU64::new(versions),
+            bytes: AtomicU64::new(bytes),
+            maintenance: Mutex::new(()),
+        })
+    }
+
+    /// Whether superseded versions are kept.
+    pub fn keeps_history(&self) -> bool {
+        self.keep_history
+    }
+
+    /// The backend under the keyspace.
+    pub fn raw(&self) -> &Arc<dyn Backend> {
+        &self.raw
+    }
+
+    /// Waits for the backend's durability of `lsn`.
+    pub async fn wait_durable_raw(&self, lsn: Lsn) -> Result<(), StorageError> {
+        self.raw.wait_durable(lsn).await
+    }
+
+    /// Moves a value stored outside the keyspace (at backend key `from`) in as `key`'s current
+    /// version, written at `revision`, in one atomic batch: the upgrade from the layout before
+    /// history. The compaction revision is raised to the current revision, as nothing older
+    /// than what is imported exists.
+    pub fn import_current(
+        &self,
+        from: &[u8],
+        key: Vec<u8>,
+        revision: Revision,
+        value: Vec<u8>,
+    ) -> Result<Lsn, StorageError> {
+        let _commit = self.lock_commit();
+        let version = Version {
+            key,
+            kind: VersionKind::Put,
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: 0,
+            prev_revision: 0,
+            value,
+        };
+        let current = self.revision();
+        let mut batch = Batch::new();
+        batch.put(layout::latest_key(&version.key), Entry::encode(&version));
+        if self.keep_history && self.compact.load(Ordering::Acquire) < current {
+            batch.put(layout::COMPACT_KEY, current.to_be_bytes().to_vec());
+            self.compact.fetch_max(current, Ordering::AcqRel);
+        }
+        batch.delete(from.to_vec());
+        self.raw.apply(batch)
+    }
+
+    fn lock_commit(&self) -> MutexGuard<'_, Revision> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_maintenance(&self) -> MutexGuard<'_, ()> {
+        self.maintenance.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn latest(&self, key: &[u8]) -> Result<Option<Version>, StorageError> {
+        self.raw
+            .get(&layout::latest_key(key))?
+            .map(|raw| Entry::decode(key, &raw))
+            .transpose()
+    }
+
+    /// The version of `key` current at `at` (a tombstone when it was deleted then).
+    fn floor(&self, key: &[u8], at: Revision) -> Result<Option<Version>, StorageError> {
+        if let Some(v) = self.latest(key)?
+            && v.mod_revision <= at
+        {
+            return Ok(Some(v));
+        }
+        let range = layout::history_range(key);
+        let before = at.checked_add(1).map(|next| layout::history_key(key, next));
+        let rows = self.raw.scan_rev(&range, before.as_deref(), 1)?;
+        rows.into_iter()
+            .next()
+            .map(|(_, raw)| Entry::decode(key, &raw))
+            .transpose()
+    }
+
+    /// Checks that `at` can be read (see [`StorageError::Compacted`] and
+    /// [`StorageError::FutureRevision`]).
+    fn check_readable(&self, at: Revision) -> Result<(), StorageError> {
+        let current = self.revision();
+        if at > current {
+            return Err(StorageError::FutureRevision {
+                requested: at,
+                current,
+            });
+        }
+        let compacted = self.compact_revision();
+        if at < compacted {
+            return Err(StorageError::Compacted {
+                requested: at,
+                compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// After a read at `at`: compaction may have started under it, and then what it read may be
+    /// missing versions.
+    fn recheck_compaction(&self, at: Revision) -> Result<(), StorageError> {
+        let compacted = self.compact_revision();
+        if at < compacted {
+            return Err(StorageError::Compacted {
+                requested: at,
+                compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// The first key after `cursor` (from the start of `prefix` when `None`) that has a current
+    /// version or kept history.
+    fn next_key(
+        &self,
+        prefix: &[u8],
+        cursor: Option<&[u8]>,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let latest_prefix = layout::latest_key(prefix);
+        let latest_after = cursor.map(layout::latest_key);
+        let live = self
+            .raw
+            .scan(&latest_prefix, latest_after.as_deref(), 1)?
+            .into_iter()
+            .next()
+            .map(|(k, _)| k[layout::LATEST.len()..].to_vec());
+        let history_prefix = layout::history_prefix(prefix);
+        let history_after = cursor.map(|c| {
+            let mut k = layout::history_range(c);
+            k.extend_from_slice(&[0xFF; 8]);
+            k
+        });
+        let old = match self
+            .raw
+            .scan(&history_prefix, history_after.as_deref(), 1)?
+            .into_iter()
+            .next()
+        {
+            Some((k, _)) => Some(layout::parse_history_key(&k)?.0),
+            None => None,
+        };
+        Ok(match (live, old) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    fn add_history(&self, versions: i64, bytes: i64) {
+        if versions >= 0 {
+            self.versions.fetch_add(versions as u64, Ordering::Relaxed);
+        } else {
+            sub_saturating(&self.versions, versions.unsigned_abs());
+        }
+        if bytes >= 0 {
+            self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        } else {
+            sub_saturating(&self.bytes, bytes.unsigned_abs());
+        }
+    }
+
+    /// Removes what compaction to `to` allows for the keys changed in `(from, to]`, one bounded
+    /// batch at a time; records progress in `m/compacted`.
+    async fn remove_compacted(&self, to: Revision) -> Result<(), StorageError> {
+        loop {
+            let done = {
+                let _maintenance = self.lock_maintenance();
+                self.compact_step(to)?
+            };
+            if done {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// One batch of [`Self::remove_compacted`]; true once nothing is left up to `to`.
+    fn compact_step(&self, to: Revision) -> Result<bool, StorageError> {
+        let from = layout::parse_u64(self.raw.get(layout::COMPACTED_KEY)?, "m/compacted")?;
+        if from >= to {
+            return Ok(true);
+        }
+        let after = layout::change_key(from, u32::MAX);
+        let rows = self.raw.scan(layout::CHANGES, Some(&after), CHUNK)?;
+        let mut batch = Batch::new();
+        let mut keys = BTreeSet::new();
+        let mut reached = from;
+        let mut finished = rows.len() < CHUNK;
+        for (k, v) in &rows {
+            let rev = layout::parse_change_key(k)?;
+            if rev > to {
+                finished = true;
+                break;
+            }
+            let (_, key) = layout::parse_change_value(v)?;
+            keys.insert(key.to_vec());
+            batch.delete(k.clone());
+            reached = rev;
+        }
+        if finished {
+            reached = to;
+        }
+        let (mut removed, mut removed_bytes) = (0i64, 0i64);
+        for key in keys {
+            let keep_from = match self.floor(&key, to)? {
+                // A key deleted at or before `to` needs none of its versions any more.
+                Some(v) if v.is_delete() => v.mod_revision + 1,
+                Some(v) => v.mod_revision,
+                None => to + 1,
+            };
+            let range = layout::history_range(&key);
+            let end = layout::history_key(&key, keep_from);
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let rows = self.raw.scan(&range, cursor.as_deref(), CHUNK)?;
+                let last_round = rows.len() < CHUNK;
+                for (k, v) in &rows {
+                    if k.as_slice() >= end.as_slice() {
+                        break;
+                    }
+                    batch.delete(k.clone());
+                    removed += 1;
+                    removed_bytes += v.len() as i64;
+                }
+                if last_round
+                    || rows
+                        .last()
+                        .is_some_and(|(k, _)| k.as_slice() >= end.as_slice())
+                {
+                    break;
+                }
+                cursor = rows.into_iter().next_back().map(|(k, _)| k);
+                if batch.ops.len() >= COMPACT_BATCH_OPS {
+                    // A hot key's history: flush what is gathered and go on (its change index
+                    // entries go with the last batch, so a crash redoes this key).
+                    let mut partial = Batch::new();
+                    partial.ops = batch
+                        .ops
+                        .drain(..)
+                        .filter(|op| !matches!(op, crate::storage::Op::Delete(k) if k.starts_with(layout::CHANGES)))
+                        .collect();
+                    self.raw.apply(partial)?;
+                }
+            }
+        }
+        batch.put(layout::COMPACTED_KEY, reached.to_be_bytes().to_vec());
+        self.raw.apply(batch)?;
+        self.add_history(-removed, -removed_bytes);
+        Ok(reached >= to)
+    }
+}
+
+#[async_trait]
+impl Mvcc for KvMvcc {
+    fn revision(&self) -> Revision {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    fn compact_revision(&self) -> Revision {
+        if self.keep_history {
+            self.compact.load(Ordering::Acquire)
+        } else {
+            self.revision()
+        }
+    }
+
+    fn get(&self, key: &[u8], at: Option<Revision>) -> Result<Option<Version>, StorageError> {
+        let Some(at) = at else {
+            return self.latest(key);
+        };
+        self.check_readable(at)?;
+        let found = self.floor(key, at)?.filter(|v| !v.is_delete());
+        self.recheck_compaction(at)?;
+        Ok(found)
+    }
+
+    fn range(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        at: Option<Revision>,
+        limit: usize,
+    ) -> Result<Vec<Version>, StorageError> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let Some(at) = at else {
+            let latest_prefix = layout::latest_key(prefix);
+            let mut cursor = start_after.map(layout::latest_key);
+            loop {
+                let want = (limit - out.len()).min(CHUNK);
+                let rows = self.raw.scan(&latest_prefix, cursor.as_deref(), want)?;
+                let last_round = rows.len() < want;
+                for (k, raw) in &rows {
+                    out.push(Entry::decode(&k[layout::LATEST.len()..], raw)?);
+                }
+                if last_round || out.len() >= limit {
+                    return Ok(out);
+                }
+                cursor = rows.into_iter().next_back().map(|(k, _)| k);
+            }
+        };
+        self.check_readable(at)?;
+        let mut cursor = start_after.map(<[u8]>::to_vec);
+        while out.len() < limit {
+            let Some(key) = self.next_key(prefix, cursor.as_deref())? else {
+                break;
+            };
+            if let Some(v) = self.floor(&key, at)?
+                && !v.is_delete()
+            {
+                out.push(v);
+            }
+            cursor = Some(key);
+        }
+        self.recheck_compaction(at)?;
+        Ok(out)
+    }
+
+    fn history(&self, key: &[u8], limit: usize) -> Result<Vec<Version>, StorageError> {
+        let mut out = Vec::new();
+        let current = self.latest(key)?;
+        let current_rev = current.as_ref().map(|v| v.mod_revision);
+        out.extend(current);
+        let range = layout::history_range(key);
+        let mut cursor: Option<Vec<u8>> = None;
+        while out.len() < limit {
+            let rows = self.raw.scan_rev(&range, cursor.as_deref(), CHUNK)?;
+            let last_round = rows.len() < CHUNK;
+            for (_, raw) in &rows {
+                let v = Entry::decode(key, raw)?;
+                // A history copy of the current version (a crash kept part of a write).
+                if Some(v.mod_revision) != current_rev {
+                    out.push(v);
+                }
+            }
+            if last_round {
+                break;
+            }
+            cursor = rows.into_iter().next_back().map(|(k, _)| k);
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn changes(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StorageError> {
+        if after < self.compact_revision() {
+            return Err(StorageError::Compacted {
+                requested: after,
+                compacted: self.compact_revision(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut cursor = layout::change_key(after, u32::MAX);
+        while out.len() < limit {
+            let rows = self.raw.scan(layout::CHANGES, Some(&cursor), CHUNK)?;
+            let last_round = rows.len() < CHUNK;
+            for (k, v) in &rows {
+                let rev = layout::parse_change_key(k)?;
+                let (_, key) = layout::parse_change_value(v)?;
+                let kv = match self.latest(key)? {
+                    Some(v) if v.mod_revision == rev => Some(v),
+                    _ => self
+                        .raw
+                        .get(&layout::history_key(key, rev))?
+                        .map(|raw| Entry::decode(key, &raw))
+                        .transpose()?,
+                };
+                // No version at `rev`: a write a crash cut short (never acknowledged).
+                let Some(kv) = kv else { continue };
+                let prev = match kv.prev_revision {
+                    0 => None,
+                    p => self
+                        .raw
+                        .get(&layout::history_key(key, p))?
+                        .map(|raw| Entry::decode(key, &raw))
+                        .transpose()?,
+                };
+                out.push(Change { kv, prev });
+                if out.len() == limit {
+                    break;
+                }
+            }
+            if last_round || out.len() == limit {
+                break;
+            }
+            match rows.into_iter().next_back() {
+                Some((k, _)) => cursor = k,
+                None => break,
+            }
+        }
+        self.recheck_compaction(after)?;
+        Ok(out)
+    }
+
+    fn commit(&self, txn: Txn) -> Result<Committed, StorageError> {
+        let mut last = self.lock_commit();
+        for c in &txn.conditions {
+            let current = self.latest(&c.key)?.map_or(0, |v| v.mod_revision);
+            if current != c.mod_revision {
+                return Err(StorageError::ConditionFailed {
+                    key: String::from_utf8_lossy(&c.key).into_owned(),
+                    expected: c.mod_revision,
+                    current,
+                });
+            }
+        }
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = txn.writes.iter().find(|w| !seen.insert(w.key().to_vec())) {
+            return Err(StorageError::Invalid(format!(
+                "key {:?} is written twice in one transaction",
+                String::from_utf8_lossy(dup.key())
+            )));
+        }
+        let revision = *last + 1;
+        let now = unix_ms();
+        let mut batch = Batch::new();
+        // The revision goes first (see the module docs).
+        batch.put(layout::REVISION_KEY, revision.to_be_bytes().to_vec());
+        let mut prev = Vec::with_capacity(txn.writes.len());
+        let (mut kept, mut kept_bytes, mut changed) = (0i64, 0i64, 0u32);
+        let mut finals = Vec::new();
+        for write in &txn.writes {
+            let key = write.key();
+            let old = self.latest(key)?;
+            let next = match (write, &old) {
+                (Write::Delete { .. }, None) => {
+                    prev.push(None);
+                    continue;
+                }
+                (Write::Put { value, lease, .. }, _) => Version {
+                    key: key.to_vec(),
+                    kind: VersionKind::Put,
+                    create_revision: old.as_ref().map_or(revision, |o| o.create_revision),
+                    mod_revision: revision,
+                    version: old.as_ref().map_or(1, |o| o.version + 1),
+                    lease: *lease,
+                    prev_revision: old.as_ref().map_or(0, |o| o.mod_revision),
+                    value: value.clone(),
+                },
+                (Write::Delete { .. }, Some(o)) => Version {
+                    key: key.to_vec(),
+                    kind: VersionKind::Delete,
+                    create_revision: o.create_revision,
+                    mod_revision: revision,
+                    version: 0,
+                    lease: 0,
+                    prev_revision: o.mod_revision,
+                    value: Vec::new(),
+                },
+            };
+            if self.keep_history {
+                if let Some(o) = &old {
+                    let encoded = Entry::encode(o);
+                    kept += 1;
+                    kept_bytes += encoded.len() as i64;
+                    batch.put(layout::history_key(key, o.mod_revision), encoded);
+                }
+                batch.put(
+                    layout::change_key(revision, changed),
+                    layout::change_value(now, key),
+                );
+                if next.is_delete() {
+                    let encoded = Entry::encode(&next);
+                    kept += 1;
+                    kept_bytes += encoded.len() as i64;
+                    batch.put(layout::history_key(key, revision), encoded);
+                }
+            }
+            changed += 1;
+            finals.push(next);
+            prev.push(old);
+        }
+        // The current versions last (see the module docs).
+        for v in &finals {
+            match v.kind {
+                VersionKind::Put => batch.put(layout::latest_key(&v.key), Entry::encode(v)),
+                VersionKind::Delete => batch.delete(layout::latest_key(&v.key)),
+            };
+        }
+        if changed == 0 {
+            if txn.meta.is_empty() {
+                return Ok(Committed {
+                    revision: *last,
+                    lsn: self.raw.applied(),
+                    prev,
+                });
+            }
+            let mut meta = Batch::new();
+            meta.ops = txn.meta;
+            let lsn = self.raw.apply(meta)?;
+            return Ok(Committed {
+                revision: *last,
+                lsn,
+                prev,
+            });
+        }
+        batch.ops.extend(txn.meta);
+        let lsn = self.raw.apply(batch)?;
+        *last = revision;
+        self.revision.store(revision, Ordering::Release);
+        self.add_history(kept, kept_bytes);
+        Ok(Committed {
+            revision,
+            lsn,
+            prev,
+        })
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StorageError> {
+        if !self.keep_history {
+            return Ok(());
+        }
+        let current = self.revision();
+        if revision > current {
+            return Err(StorageError::FutureRevision {
+                requested: revision,
+                current,
+            });
+        }
+        let compacted = self.compact_revision();
+        if revision < compacted {
+            return Err(StorageError::Compacted {
+                requested: revision,
+                compacted,
+            });
+        }
+        if revision > compacted {
+            let mut batch = Batch::new();
+            batch.put(layout::COMPACT_KEY, revision.to_be_bytes().to_vec());
+            let lsn = self.raw.apply(batch)?;
+            // Durable before anything is removed: a crash must not bring back a lower
+            // compaction revision over versions already gone.
+            self.raw.wait_durable(lsn).await?;
+            self.compact.fetch_max(revision, Ordering::AcqRel);
+        }
+        self.remove_compacted(revision).await
+    }
+
+    fn revision_at_time(&self, unix_ms: u64) -> Result<Revision, StorageError> {
+        let mut found = self.compact_revision();
+        let mut cursor = layout::change_key(found, u32::MAX);
+        loop {
+            let rows = self.raw.scan(layout::CHANGES, Some(&cursor), CHUNK)?;
+            let last_round = rows.len() < CHUNK;
+            for (k, v) in &rows {
+                let (time, _) = layout::parse_change_value(v)?;
+                if time > unix_ms {
+                    return Ok(found);
+                }
+                found = found.max(layout::parse_change_key(k)?);
+            }
+            match rows.into_iter().next_back() {
+                Some((k, _)) if !last_round => cursor = k,
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    fn stats(&self) -> HistoryStats {
+        HistoryStats {
+            versions: self.versions.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            compact_revision: self.compact_revision(),
+        }
+    }
+
+    fn stored_values(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<StoredValue>, StorageError> {
+        // `h/` sorts before `l/`: history first, then the current versions.
+        let mut out = Vec::new();
+        let mut cursor = after.map(<[u8]>::to_vec);
+        for prefix in [layout::HISTORY, layout::LATEST] {
+            if cursor
+                .as_deref()
+                .is_some_and(|c| c > prefix && !c.starts_with(prefix))
+            {
+                continue;
+            }
+            loop {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let want = (limit - out.len()).min(CHUNK);
+                let start = cursor.as_deref().filter(|c| c.starts_with(prefix));
+                let rows = self.raw.scan(prefix, start, want)?;
+                let last_round = rows.len() < want;
+                for (k, raw) in &rows {
+                    let (key, current) = if prefix == layout::HISTORY {
+                        (layout::parse_history_key(k)?.0, false)
+                    } else {
+                        (k[layout::LATEST.len()..].to_vec(), true)
+                    };
+                    let version = Entry::decode(&key, raw)?;
+                    if !version.is_delete() {
+                        out.push(StoredValue {
+                            position: k.clone(),
+                            current,
+                            version,
+                        });
+                    }
+                }
+                cursor = rows.into_iter().next_back().map(|(k, _)| k).or(cursor);
+                if last_round {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn replace_values(
+        &self,
+        replacements: Vec<(StoredValue, Vec<u8>)>,
+    ) -> Result<(usize, Lsn), StorageError> {
+        let _maintenance = self.lock_maintenance();
+        let _commit = self.lock_commit();
+        let mut batch = Batch::new();
+        let mut delta = 0i64;
+        for (stored, value) in replacements {
+            let Some(raw) = self.raw.get(&stored.position)? else {
+                continue;
+            };
+            let mut v = Entry::decode(&stored.version.key, &raw)?;
+            if v.mod_revision != stored.version.mod_revision || v.value != stored.version.value {
+                continue;
+            }
+            v.value = value;
+            let encoded = Entry::encode(&v);
+            if !stored.current {
+                delta += encoded.len() as i64 - raw.len() as i64;
+            }
+            batch.put(stored.position, encoded);
+        }
+        let n = batch.ops.len();
+        if n == 0 {
+            return Ok((0, self.raw.applied()));
+        }
+        let lsn = self.raw.apply(batch)?;
+        self.add_history(0, delta);
+        Ok((n, lsn))
+    }
+
+    fn applied(&self) -> Lsn {
+        self.raw.applied()
+    }
+
+    async fn wait_durable(&self, lsn: Lsn) -> Result<(), StorageError> {
+        self.raw.wait_durable(lsn).await
+    }
+
+    async fn sync(&self) -> Result<(), StorageError> {
+        self.raw.sync().await
+    }
+
+    fn is_failed(&self) -> bool {
+        self.raw.is_failed()
+    }
+
+    fn backend(&self) -> &Arc<dyn Backend> {
+        &self.raw
+    }
+}
+
+/// Kept versions and bytes, counted at open.
+fn count_history(raw: &dyn Backend) -> Result<(u64, u64), StorageError> {
+    let (mut versions, mut bytes) = (0u64, 0u64);
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let rows = raw.scan(layout::HISTORY, cursor.as_deref(), 1024)?;
+        let last_round = rows.len() < 1024;
+        for (_, v) in &rows {
+            versions += 1;
+            bytes += v.len() as u64;
+        }
+        cursor = rows.into_iter().next_back().map(|(k, _)| k);
+        if last_round || cursor.is_none() {
+            return Ok((versions, bytes));
+        }
+    }
+}
+
+fn sub_saturating(counter: &AtomicU64, n: u64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(n))
+    });
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

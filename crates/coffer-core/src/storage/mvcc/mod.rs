@@ -1,0 +1,265 @@
+//! The versioned keyspace the store writes to: etcd's MVCC model.
+//!
+//! One store revision counts every committed transaction. Each key has versions: a put makes a
+//! new one (`create_revision` kept, `mod_revision` = the revision, `version` + 1), a delete ends
+//! the key with a tombstone. Superseded versions and tombstones are kept until compaction: reads
+//! at any revision at or above the compaction revision `C` see the keyspace exactly as it was
+//! then; reads below `C` fail with [`StorageError::Compacted`], above the current revision with
+//! [`StorageError::FutureRevision`]. A change index lets a watch replay every change after a
+//! revision, in order, with the version each change replaced.
+//!
+//! Values are opaque here (the store puts sealed records in them); keys and revisions are in
+//! clear, as etcd's are.
+//!
+//! [`Mvcc`] is the trait the store uses. [`KvMvcc`] implements it over any ordered key-value
+//! [`Backend`] (the sled backend, the fault-injecting wrapper); an etcd backend implements it
+//! directly on etcd's own Range-at-revision, `prev_kv`, watch and Compact, so that Coffer's
+//! revisions are etcd's.
+
+mod kv;
+pub mod layout;
+
+use async_trait::async_trait;
+
+pub use self::kv::KvMvcc;
+use super::{Backend, Lsn, Op, StorageError};
+
+/// A store revision.
+pub type Revision = u64;
+
+/// Whether a version holds a value or ends its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionKind {
+    /// A put: the value is the key's content from `mod_revision` on.
+    Put,
+    /// A delete tombstone: the key did not exist from `mod_revision` on (value empty).
+    Delete,
+}
+
+/// One version of a key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Put or delete.
+    pub kind: VersionKind,
+    /// The revision that created the key (kept by later puts, as etcd does).
+    pub create_revision: Revision,
+    /// The revision of this version.
+    pub mod_revision: Revision,
+    /// 1 for the put that created the key, + 1 per later put; 0 for a tombstone.
+    pub version: u64,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
+    /// The `mod_revision` of the version this one replaced (0: none).
+    pub prev_revision: Revision,
+    /// The stored value (a sealed record); empty for a tombstone.
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for Version {
+    // The value is ciphertext, but there is no reason to print it either.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Version")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("kind", &self.kind)
+            .field("create_revision", &self.create_revision)
+            .field("mod_revision", &self.mod_revision)
+            .field("version", &self.version)
+            .field("lease", &self.lease)
+            .field("prev_revision", &self.prev_revision)
+            .field("value_len", &self.value.len())
+            .finish()
+    }
+}
+
+impl Version {
+    /// Whether this is a delete tombstone.
+    pub fn is_delete(&self) -> bool {
+        self.kind == VersionKind::Delete
+    }
+}
+
+/// One write of a [`Txn`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Sets `key` to `value` (a new version).
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+        /// The lease to attach (0: none).
+        lease: i64,
+    },
+    /// Deletes `key` (a tombstone version; nothing when the key does not exist).
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for Write {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Write::Put { key, value, lease } => write!(
+                f,
+                "Put({:?}, {} bytes, lease {lease})",
+                String::from_utf8_lossy(key),
+                value.len()
+            ),
+            Write::Delete { key } => write!(f, "Delete({:?})", String::from_utf8_lossy(key)),
+        }
+    }
+}
+
+impl Write {
+    /// The key written.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
+/// A condition a [`Txn`] needs: `key`'s current `mod_revision` is `mod_revision` (0: the key
+/// does not exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its expected current `mod_revision` (0: absent).
+    pub mod_revision: Revision,
+}
+
+/// Writes committed together at one revision, if every condition holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// All must hold, else nothing is written ([`StorageError::ConditionFailed`]).
+    pub conditions: Vec<Condition>,
+    /// The versioned writes (each key at most once).
+    pub writes: Vec<Write>,
+    /// Unversioned writes to the backend's own keys (seeds and such), applied in the same batch.
+    pub meta: Vec<Op>,
+}
+
+/// What a commit did.
+#[derive(Debug)]
+pub struct Committed {
+    /// The revision of the transaction (the current revision, unchanged, when it changed no
+    /// key: a delete of absent keys, as in etcd).
+    pub revision: Revision,
+    /// The backend position to wait on for durability.
+    pub lsn: Lsn,
+    /// For each write, the version it replaced (`None`: the key did not exist).
+    pub prev: Vec<Option<Version>>,
+}
+
+/// One change, as a watch replays it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The new version (a tombstone for a delete).
+    pub kv: Version,
+    /// The version it replaced, when still kept.
+    pub prev: Option<Version>,
+}
+
+/// How much history is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStats {
+    /// Superseded versions and tombstones kept.
+    pub versions: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// The compaction revision.
+    pub compact_revision: Revision,
+}
+
+/// A stored version's value as `coffer migrate` rewrites it: where it is, and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredValue {
+    /// An opaque position (continue a scan after it; name it to replace the value).
+    pub position: Vec<u8>,
+    /// Whether this is the key's current version (not history).
+    pub current: bool,
+    /// The version.
+    pub version: Version,
+}
+
+/// The versioned keyspace (see the module docs).
+///
+/// Reads are not snapshots of a moving store: pair them with [`Mvcc::applied`] and
+/// [`Mvcc::wait_durable`] before showing data to a client, as with [`Backend`].
+#[async_trait]
+pub trait Mvcc: Send + Sync + std::fmt::Debug + 'static {
+    /// The latest committed revision.
+    fn revision(&self) -> Revision;
+
+    /// The compaction revision: reads at revisions below it are refused.
+    fn compact_revision(&self) -> Revision;
+
+    /// `key`'s live version at revision `at` (`None`: the latest); `None` when it did not exist
+    /// then (or was deleted).
+    fn get(&self, key: &[u8], at: Option<Revision>) -> Result<Option<Version>, StorageError>;
+
+    /// Up to `limit` live versions at revision `at` (`None`: the latest) of the keys starting
+    /// with `prefix`, after `start_after`, in key order.
+    fn range(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        at: Option<Revision>,
+        limit: usize,
+    ) -> Result<Vec<Version>, StorageError>;
+
+    /// Up to `limit` kept versions of `key`, newest first, tombstones included.
+    fn history(&self, key: &[u8], limit: usize) -> Result<Vec<Version>, StorageError>;
+
+    /// Up to `limit` changes after revision `after`, in revision order (refused below the
+    /// compaction revision).
+    fn changes(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StorageError>;
+
+    /// Commits `txn` at the next revision (see [`Committed`]). Durability is not awaited.
+    fn commit(&self, txn: Txn) -> Result<Committed, StorageError>;
+
+    /// Raises the compaction revision to `revision` (durably), then removes every version
+    /// superseded at or before it, in bounded batches that never hold writers up.
+    async fn compact(&self, revision: Revision) -> Result<(), StorageError>;
+
+    /// The newest revision committed at or before `unix_ms` (milliseconds since the epoch), for
+    /// retention by age; the compaction revision when there is none newer.
+    fn revision_at_time(&self, unix_ms: u64) -> Result<Revision, StorageError>;
+
+    /// How much history is kept.
+    fn stats(&self) -> HistoryStats;
+
+    /// Up to `limit` stored versions with a value (current ones and history) after `position`.
+    fn stored_values(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<StoredValue>, StorageError>;
+
+    /// Replaces the values of stored versions in place (same key, revision and metadata), each
+    /// only if it still holds `old` (`coffer migrate` resealing under a new key). Returns how
+    /// many were replaced and the position to wait on.
+    fn replace_values(
+        &self,
+        replacements: Vec<(StoredValue, Vec<u8>)>,
+    ) -> Result<(usize, Lsn), StorageError>;
+
+    /// The position of the latest applied write.
+    fn applied(&self) -> Lsn;
+
+    /// Resolves once everything up to `lsn` is on stable storage.
+    async fn wait_durable(&self, lsn: Lsn) -> Result<(), StorageError>;
+
+    /// Makes everything applied so far durable.
+    async fn sync(&self) -> Result<(), StorageError>;
+
+    /// Whether the storage has failed until restart.
+    fn is_failed(&self) -> bool;
+
+    /// The ordered key-value backend under this keyspace, for unversioned data (seeds).
+    fn backend(&self) -> &std::sync::Arc<dyn Backend>;
+}

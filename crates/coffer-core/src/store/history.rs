@@ -1,0 +1,215 @@
+//! History: what the store keeps of superseded versions, and what it serves from them.
+//!
+//! - [`Store::get_at`] and lists with a `resource_version` read the keyspace as it was at a
+//!   revision (see [`super::Store::list`]).
+//! - [`Store::history`]: a Secret's kept versions, newest first; a delete is a version of its own
+//!   whose object is the state it removed.
+//! - [`Store::changes_after`]: every change after a revision, decrypted, in order: what a watch
+//!   resuming from storage replays (also after a restart).
+//! - [`Store::compact`] raises the compaction revision (the etcd door's Compact calls it), and
+//!   [`Store::run_retention`] does so in the background for versions superseded longer ago than
+//!   the retention.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ChangeEvent, EventKind, SECRET_PREFIX, Store, StoreError, backend_key, check_key_parts,
+};
+use crate::model::{ObjectMeta, Secret};
+use crate::storage::mvcc::{HistoryStats, Version};
+
+/// The most versions one History call returns.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// One kept version of a Secret.
+#[derive(Debug)]
+pub struct HistoryEntry {
+    /// The revision that wrote this version (for a delete: the delete's).
+    pub revision: u64,
+    /// Whether this version is a delete.
+    pub deleted: bool,
+    /// The object as this version left it; for a delete, the state it removed (`None` only if
+    /// that state is no longer kept).
+    pub secret: Option<Secret>,
+}
+
+/// A Secret's history.
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub versions: Vec<HistoryEntry>,
+    /// Reads below this revision are refused; older versions are gone.
+    pub compact_revision: u64,
+}
+
+impl Store {
+    /// Up to `limit` kept versions of a Secret (0: up to [`MAX_HISTORY_LIMIT`]), newest first;
+    /// [`StoreError::NotFound`] when nothing of it is kept.
+    pub async fn history(
+        &self,
+        namespace: &str,
+        name: &str,
+        limit: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        check_key_parts(namespace, name)?;
+        let limit = match limit {
+            0 => MAX_HISTORY_LIMIT,
+            n => n.min(MAX_HISTORY_LIMIT),
+        };
+        let key = crate::model::storage_key(namespace, name);
+        // One more than asked: a delete's object is the version just below it.
+        let versions = self.mvcc.history(backend_key(&key).as_bytes(), limit + 1)?;
+        self.mvcc.wait_durable(self.mvcc.applied()).await?;
+        if versions.is_empty() {
+            return Err(StoreError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        let mut out = Vec::with_capacity(limit);
+        for (i, v) in versions.iter().enumerate().take(limit) {
+            if v.is_delete() {
+                let removed = match versions.get(i + 1) {
+                    Some(p) if p.mod_revision == v.prev_revision && !p.is_delete() => {
+                        Some(self.open_version(&key, p).await?)
+                    }
+                    _ => None,
+                };
+                out.push(HistoryEntry {
+                    revision: v.mod_revision,
+                    deleted: true,
+                    secret: removed.map(|mut s| {
+                        s.metadata.resource_version = v.mod_revision;
+                        s
+                    }),
+                });
+            } else {
+                out.push(HistoryEntry {
+                    revision: v.mod_revision,
+                    deleted: false,
+                    secret: Some(self.open_version(&key, v).await?),
+                });
+            }
+        }
+        Ok(HistoryPage {
+            versions: out,
+            compact_revision: self.mvcc.compact_revision(),
+        })
+    }
+
+    /// Up to `limit` changes after revision `after` and at or below `until`, decrypted, in
+    /// revision order, as a watch shows them: an object's first version is `Added`, later ones
+    /// `Modified`, a delete `Deleted` with the state it removed. [`StoreError::TooOld`] below
+    /// the compaction revision.
+    pub async fn changes_after(
+        &self,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<ChangeEvent>, StoreError> {
+        let changes = self.mvcc.changes(after, limit)?;
+        self.mvcc.wait_durable(self.mvcc.applied()).await?;
+        let mut out = Vec::with_capacity(changes.len());
+        for change in changes {
+            let revision = change.kv.mod_revision;
+            if revision > until {
+                break;
+            }
+            let Some(key) = secret_key(&change.kv) else {
+                continue;
+            };
+            let (kind, mut object) = if change.kv.is_delete() {
+                let last = match &change.prev {
+                    Some(prev) => self.open_version(&key, prev).await?,
+                    None => bare_object(&key),
+                };
+                (EventKind::Deleted, last)
+            } else {
+                let kind = if change.kv.version == 1 {
+                    EventKind::Added
+                } else {
+                    EventKind::Modified
+                };
+                (kind, self.open_version(&key, &change.kv).await?)
+            };
+            object.metadata.resource_version = revision;
+            out.push(ChangeEvent {
+                kind,
+                object,
+                revision,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Raises the compaction revision to `revision` and removes the versions it makes
+    /// unreadable. [`StoreError::TooOld`] when it is below the compaction revision already,
+    /// [`StoreError::TooLarge`] above the current revision.
+    pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        Ok(self.mvcc.compact(revision).await?)
+    }
+
+    /// How much history is kept (for metrics).
+    pub fn history_stats(&self) -> HistoryStats {
+        self.mvcc.stats()
+    }
+
+    /// The retention set at open ([`super::StoreConfig::history_retention`]).
+    pub fn history_retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Compacts away, every `interval` until `shutdown`, the versions superseded longer ago than
+    /// the retention (with zero retention, whatever an earlier run kept). Errors are logged and
+    /// retried at the next round.
+    pub async fn run_retention(&self, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            if let Err(e) = self.retain_once().await {
+                tracing::warn!(error = %e, "history compaction failed; retrying later");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// One round of [`Store::run_retention`]: returns the compaction revision after it.
+    pub async fn retain_once(&self) -> Result<u64, StoreError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let cutoff = now.saturating_sub(self.retention).as_millis() as u64;
+        let target = if self.retention.is_zero() {
+            self.mvcc.revision()
+        } else {
+            self.mvcc.revision_at_time(cutoff)?
+        };
+        if target > self.mvcc.compact_revision() {
+            self.compact(target).await?;
+        }
+        Ok(self.mvcc.compact_revision())
+    }
+}
+
+/// The storage key `namespace/name` of a Secret's version (`None` for keys that are not
+/// Secrets).
+fn secret_key(v: &Version) -> Option<String> {
+    let key = std::str::from_utf8(&v.key).ok()?;
+    key.strip_prefix(SECRET_PREFIX).map(str::to_owned)
+}
+
+/// An object carrying only its namespace and name (a delete whose removed state is gone).
+fn bare_object(key: &str) -> Secret {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    Secret {
+        metadata: ObjectMeta {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    }
+}
