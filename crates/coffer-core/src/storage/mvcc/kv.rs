@@ -26,7 +26,7 @@ use super::layout::{self, Entry};
 use super::{
     Change, Committed, HistoryStats, Mvcc, Revision, StoredValue, Txn, Version, VersionKind, Write,
 };
-use crate::storage::{Backend, Batch, Lsn, StorageError};
+use crate::storage::{Backend, Batch, Lsn, Op, StorageError};
 
 /// Backend rows per scan round.
 const CHUNK: usize = 256;
@@ -323,12 +323,11 @@ impl KvMvcc {
                 if batch.ops.len() >= COMPACT_BATCH_OPS {
                     // A hot key's history: flush what is gathered and go on (its change index
                     // entries go with the last batch, so a crash redoes this key).
-                    let mut partial = Batch::new();
-                    partial.ops = batch
-                        .ops
-                        .drain(..)
-                        .filter(|op| !matches!(op, crate::storage::Op::Delete(k) if k.starts_with(layout::CHANGES)))
-                        .collect();
+                    let (index, versions): (Vec<_>, Vec<_>) = batch.ops.drain(..).partition(
+                        |op| matches!(op, Op::Delete(k) if k.starts_with(layout::CHANGES)),
+                    );
+                    batch.ops = index;
+                    let partial = Batch { ops: versions };
                     self.raw.apply(partial)?;
                 }
             }
@@ -784,4 +783,330 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{SledBackend, SledConfig};
+
+    fn open(dir: &std::path::Path, keep_history: bool) -> KvMvcc {
+        let raw = SledBackend::open(SledConfig::new(dir)).expect("sled");
+        KvMvcc::open(Arc::new(raw), keep_history).expect("mvcc")
+    }
+
+    fn put(m: &KvMvcc, key: &str, value: &str) -> Revision {
+        m.commit(Txn {
+            writes: vec![Write::Put {
+                key: key.into(),
+                value: value.into(),
+                lease: 0,
+            }],
+            ..Txn::default()
+        })
+        .expect("put")
+        .revision
+    }
+
+    fn del(m: &KvMvcc, key: &str) -> Revision {
+        m.commit(Txn {
+            writes: vec![Write::Delete { key: key.into() }],
+            ..Txn::default()
+        })
+        .expect("delete")
+        .revision
+    }
+
+    fn value_at(m: &KvMvcc, key: &str, at: Option<Revision>) -> Option<String> {
+        m.get(key.as_bytes(), at)
+            .expect("get")
+            .map(|v| String::from_utf8(v.value).expect("utf-8"))
+    }
+
+    fn keys_at(m: &KvMvcc, prefix: &str, at: Option<Revision>) -> Vec<String> {
+        m.range(prefix.as_bytes(), None, at, 100)
+            .expect("range")
+            .into_iter()
+            .map(|v| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(&v.key),
+                    String::from_utf8_lossy(&v.value)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_revision_reads_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        assert_eq!(put(&m, "a", "a1"), 1);
+        assert_eq!(put(&m, "b", "b1"), 2);
+        assert_eq!(put(&m, "a", "a2"), 3);
+        assert_eq!(del(&m, "b"), 4);
+        assert_eq!(put(&m, "b", "b2"), 5);
+        assert_eq!(put(&m, "a\0x", "z"), 6);
+        assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("a1"));
+        assert_eq!(value_at(&m, "a", Some(2)).as_deref(), Some("a1"));
+        assert_eq!(value_at(&m, "a", Some(3)).as_deref(), Some("a2"));
+        assert_eq!(value_at(&m, "b", Some(4)), None);
+        assert_eq!(value_at(&m, "b", Some(5)).as_deref(), Some("b2"));
+        assert_eq!(value_at(&m, "a", None).as_deref(), Some("a2"));
+        assert_eq!(keys_at(&m, "", Some(1)), ["a=a1"]);
+        assert_eq!(keys_at(&m, "", Some(2)), ["a=a1", "b=b1"]);
+        assert_eq!(keys_at(&m, "", Some(4)), ["a=a2"]);
+        assert_eq!(keys_at(&m, "", Some(6)), ["a=a2", "a\0x=z", "b=b2"]);
+        assert_eq!(keys_at(&m, "", None), ["a=a2", "a\0x=z", "b=b2"]);
+        assert_eq!(keys_at(&m, "a", Some(3)), ["a=a2"]);
+        // A re-created key starts over: new create_revision, version 1.
+        let b = m.get(b"b", None).expect("get").expect("b");
+        assert_eq!((b.create_revision, b.mod_revision, b.version), (5, 5, 1));
+        let a = m.get(b"a", None).expect("get").expect("a");
+        assert_eq!(
+            (
+                a.create_revision,
+                a.mod_revision,
+                a.version,
+                a.prev_revision
+            ),
+            (1, 3, 2, 1)
+        );
+        // Paging at a revision continues after a key.
+        let page = m.range(b"", Some(b"a"), Some(2), 1).expect("range");
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].key, b"b");
+        assert!(matches!(
+            m.get(b"a", Some(7)),
+            Err(StorageError::FutureRevision {
+                requested: 7,
+                current: 6
+            })
+        ));
+    }
+
+    #[test]
+    fn history_and_changes_include_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        put(&m, "k", "v1");
+        put(&m, "other", "o");
+        put(&m, "k", "v2");
+        del(&m, "k");
+        put(&m, "k", "v3");
+        let h: Vec<_> = m
+            .history(b"k", 10)
+            .expect("history")
+            .into_iter()
+            .map(|v| (v.mod_revision, v.is_delete()))
+            .collect();
+        assert_eq!(h, [(5, false), (4, true), (3, false), (1, false)]);
+        assert_eq!(m.history(b"k", 2).expect("history").len(), 2);
+        let changes = m.changes(1, 100).expect("changes");
+        let summary: Vec<_> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.kv.mod_revision,
+                    String::from_utf8_lossy(&c.kv.key).into_owned(),
+                    c.kv.is_delete(),
+                    c.prev.as_ref().map(|p| p.mod_revision),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (2, "other".to_owned(), false, None),
+                (3, "k".to_owned(), false, Some(1)),
+                (4, "k".to_owned(), true, Some(3)),
+                (5, "k".to_owned(), false, None),
+            ]
+        );
+        assert_eq!(m.changes(3, 1).expect("changes")[0].kv.mod_revision, 4);
+        assert!(m.changes(5, 10).expect("changes").is_empty());
+    }
+
+    #[test]
+    fn conditions_and_duplicate_keys_refuse_the_whole_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        put(&m, "k", "v1");
+        let stale = m.commit(Txn {
+            conditions: vec![super::super::Condition {
+                key: b"k".to_vec(),
+                mod_revision: 0,
+            }],
+            writes: vec![Write::Put {
+                key: b"k".to_vec(),
+                value: b"v2".to_vec(),
+                lease: 0,
+            }],
+            ..Txn::default()
+        });
+        assert!(
+            matches!(stale, Err(StorageError::ConditionFailed { current: 1, .. })),
+            "{stale:?}"
+        );
+        let dup = m.commit(Txn {
+            writes: vec![
+                Write::Delete { key: b"k".to_vec() },
+                Write::Put {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    lease: 0,
+                },
+            ],
+            ..Txn::default()
+        });
+        assert!(matches!(dup, Err(StorageError::Invalid(_))), "{dup:?}");
+        // A delete of nothing changes nothing, as in etcd.
+        assert_eq!(del(&m, "absent"), 1);
+        assert_eq!(m.revision(), 1);
+    }
+
+    #[tokio::test]
+    async fn compaction_removes_what_it_may_and_refuses_reads_below_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        put(&m, "a", "a1"); // 1
+        put(&m, "a", "a2"); // 2
+        put(&m, "b", "b1"); // 3
+        del(&m, "b"); // 4
+        put(&m, "a", "a3"); // 5
+        put(&m, "c", "c1"); // 6
+        assert_eq!(m.stats().versions, 4, "a1, a2, b1 and b's tombstone");
+        m.compact(4).await.expect("compact");
+        assert_eq!(m.compact_revision(), 4);
+        assert!(matches!(
+            m.get(b"a", Some(3)),
+            Err(StorageError::Compacted {
+                requested: 3,
+                compacted: 4
+            })
+        ));
+        assert!(matches!(
+            m.changes(3, 10),
+            Err(StorageError::Compacted { .. })
+        ));
+        // At 4 and later every read still answers exactly.
+        assert_eq!(value_at(&m, "a", Some(4)).as_deref(), Some("a2"));
+        assert_eq!(keys_at(&m, "", Some(4)), ["a=a2"]);
+        assert_eq!(keys_at(&m, "", Some(5)), ["a=a3"]);
+        let revs: Vec<_> = m
+            .history(b"a", 10)
+            .expect("history")
+            .iter()
+            .map(|v| v.mod_revision)
+            .collect();
+        assert_eq!(revs, [5, 2], "a1 is gone, a2 was current at 4");
+        assert!(
+            m.history(b"b", 10).expect("history").is_empty(),
+            "b was deleted by 4"
+        );
+        assert_eq!(m.stats().versions, 1);
+        assert_eq!(m.changes(4, 10).expect("changes").len(), 2);
+        assert!(matches!(
+            m.compact(3).await,
+            Err(StorageError::Compacted { .. })
+        ));
+        assert!(matches!(
+            m.compact(9).await,
+            Err(StorageError::FutureRevision { .. })
+        ));
+        // Reopened: the compaction revision and the counts are kept.
+        drop(m);
+        let m = open(dir.path(), true);
+        assert_eq!(
+            (m.compact_revision(), m.revision(), m.stats().versions),
+            (4, 6, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn compaction_of_a_hot_key_goes_in_bounded_batches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        for i in 0..1500 {
+            put(&m, "hot", &format!("v{i}"));
+        }
+        put(&m, "cold", "c");
+        assert_eq!(m.stats().versions, 1499);
+        m.compact(1400).await.expect("compact");
+        // Versions 1400..=1500 remain (1400 was current at the compaction revision).
+        assert_eq!(m.history(b"hot", 2000).expect("history").len(), 101);
+        assert_eq!(m.stats().versions, 100);
+        assert_eq!(value_at(&m, "hot", Some(1400)).as_deref(), Some("v1399"));
+        let index = m.raw.scan(layout::CHANGES, None, 10_000).expect("scan");
+        assert_eq!(
+            index.len(),
+            101,
+            "the change index below the compaction revision is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_finds_the_revision_written_before_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        put(&m, "a", "1");
+        put(&m, "a", "2");
+        let between = unix_ms();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        put(&m, "a", "3");
+        assert_eq!(m.revision_at_time(between).expect("at"), 2);
+        assert_eq!(m.revision_at_time(0).expect("at"), 0);
+        assert_eq!(m.revision_at_time(u64::MAX).expect("at"), 3);
+    }
+
+    #[test]
+    fn without_history_only_the_current_revision_is_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let m = open(dir.path(), false);
+            put(&m, "a", "1");
+            put(&m, "a", "2");
+            assert_eq!(m.stats().versions, 0);
+            assert_eq!(m.compact_revision(), 2);
+            assert!(matches!(
+                m.get(b"a", Some(1)),
+                Err(StorageError::Compacted { .. })
+            ));
+            assert_eq!(value_at(&m, "a", Some(2)).as_deref(), Some("2"));
+            assert_eq!(m.history(b"a", 10).expect("history").len(), 1);
+        }
+        // Turning history on later: nothing older than now can be read.
+        let m = open(dir.path(), true);
+        assert_eq!(m.compact_revision(), 2);
+        put(&m, "a", "3");
+        assert_eq!(value_at(&m, "a", Some(2)).as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn stored_values_cover_history_and_current_and_replace_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        put(&m, "a", "old");
+        put(&m, "a", "new");
+        del(&m, "gone-never-existed");
+        let all = m.stored_values(None, 100).expect("values");
+        assert_eq!(all.len(), 2);
+        assert!(!all[0].current && all[1].current);
+        let first = m.stored_values(None, 1).expect("values");
+        let rest = m
+            .stored_values(Some(&first[0].position), 100)
+            .expect("values");
+        assert_eq!(rest.len(), 1);
+        let (n, _) = m
+            .replace_values(vec![(all[0].clone(), b"OLD".to_vec())])
+            .expect("replace");
+        assert_eq!(n, 1);
+        assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("OLD"));
+        // A value that changed since it was read is left alone.
+        let (n, _) = m
+            .replace_values(vec![(all[0].clone(), b"again".to_vec())])
+            .expect("replace");
+        assert_eq!(n, 0);
+        assert_eq!(m.revision(), 2, "replacing values is not a write");
+    }
 }
