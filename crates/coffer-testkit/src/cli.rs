@@ -131,6 +131,14 @@ impl Server {
         server
     }
 
+    /// Kills the server (SIGKILL: nothing is flushed on the way out) and starts a new one on
+    /// the same data directory.
+    pub fn restart(mut self) -> Self {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        drop(self);
+        Self::start_with(dir, &[])
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

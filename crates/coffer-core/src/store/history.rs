@@ -30,6 +30,11 @@ pub struct HistoryEntry {
     pub revision: u64,
     /// Whether this version is a delete.
     pub deleted: bool,
+    /// Whether this version created the Secret (its first, or the first after a delete).
+    pub created: bool,
+    /// When it was written, in milliseconds since the Unix epoch (`None`: not known, as for
+    /// versions from before history was kept).
+    pub written_ms: Option<u64>,
     /// The object as this version left it; for a delete, the state it removed (`None` only if
     /// that state is no longer kept).
     pub secret: Option<Secret>,
@@ -80,6 +85,8 @@ impl Store {
                 out.push(HistoryEntry {
                     revision: v.mod_revision,
                     deleted: true,
+                    created: false,
+                    written_ms: (v.written_ms != 0).then_some(v.written_ms),
                     secret: removed.map(|mut s| {
                         s.metadata.resource_version = v.mod_revision;
                         s
@@ -89,6 +96,8 @@ impl Store {
                 out.push(HistoryEntry {
                     revision: v.mod_revision,
                     deleted: false,
+                    created: v.version == 1,
+                    written_ms: (v.written_ms != 0).then_some(v.written_ms),
                     secret: Some(self.open_version(&key, v).await?),
                 });
             }

@@ -140,7 +140,12 @@ impl Secrets for SecretsService {
                 .map(|v| pb::SecretVersion {
                     revision: v.revision,
                     deleted: v.deleted,
+                    created: v.created,
                     secret: v.secret.map(secret_into_proto),
+                    written_at: v.written_ms.map(|ms| prost_types::Timestamp {
+                        seconds: (ms / 1000) as i64,
+                        nanos: ((ms % 1000) * 1_000_000) as i32,
+                    }),
                 })
                 .collect(),
             compact_revision: page.compact_revision,

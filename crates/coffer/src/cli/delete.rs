@@ -72,7 +72,7 @@ pub(super) async fn run(server: &ServerAddr, args: DeleteArgs) -> Result<ExitCod
     let mut client = server.connect().await?;
     if by_selector {
         let selector = args.selector.clone().unwrap_or_default();
-        let (items, _) = list_all(server, &mut client, &namespace, &selector, "", 500).await?;
+        let (items, _) = list_all(server, &mut client, &namespace, &selector, "", 500, 0).await?;
         if items.is_empty() {
             eprintln!("No resources found");
             return Ok(ExitCode::SUCCESS);

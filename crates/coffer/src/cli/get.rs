@@ -42,6 +42,7 @@ pub(super) async fn run(server: &ServerAddr, args: GetArgs) -> Result<ExitCode, 
         labels: args.show_labels,
         event: false,
     };
+    let revision = args.revision.unwrap_or(0);
     let mut client = server.connect().await?;
     let mut out = Out::new();
 
@@ -67,6 +68,7 @@ pub(super) async fn run(server: &ServerAddr, args: GetArgs) -> Result<ExitCode, 
             args.selector.as_deref().unwrap_or(""),
             args.field_selector.as_deref().unwrap_or(""),
             args.chunk_size,
+            revision,
         )
         .await?
         .0;
@@ -95,7 +97,7 @@ pub(super) async fn run(server: &ServerAddr, args: GetArgs) -> Result<ExitCode, 
             .get(pb::GetSecretRequest {
                 namespace: namespace.clone(),
                 name: name.clone(),
-                resource_version: 0,
+                resource_version: revision,
             })
             .await
         {
@@ -153,7 +155,7 @@ fn render_many(
     }
 }
 
-/// Lists every page; returns the items and the revision of the last page.
+/// Lists every page (at `revision`, 0: the latest); returns the items and the list's revision.
 pub(super) async fn list_all(
     server: &ServerAddr,
     client: &mut Client,
@@ -161,6 +163,7 @@ pub(super) async fn list_all(
     label_selector: &str,
     field_selector: &str,
     chunk_size: u32,
+    revision: u64,
 ) -> Result<(Vec<Secret>, u64), CliError> {
     let mut items = Vec::new();
     let mut continue_token = String::new();
@@ -172,7 +175,7 @@ pub(super) async fn list_all(
                 field_selector: field_selector.to_owned(),
                 limit: chunk_size,
                 continue_token: std::mem::take(&mut continue_token),
-                resource_version: 0,
+                resource_version: revision,
             })
             .await
             .map_err(|s| CliError::status(&server.display, &s, None))?
@@ -230,6 +233,7 @@ async fn watch(
             &label_selector,
             &field_selector,
             args.chunk_size,
+            0,
         )
         .await?;
         revision = rv;

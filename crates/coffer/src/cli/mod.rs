@@ -14,11 +14,13 @@ mod delete;
 mod error;
 mod exec;
 mod get;
+mod history;
 pub mod jsonpath;
 pub mod kms;
 pub mod migrate;
 mod mount;
 pub mod printer;
+mod rollback;
 mod serve;
 mod tls;
 
@@ -65,6 +67,10 @@ pub enum Command {
     Create(CreateArgs),
     /// Display one or many Secrets (a table by default), or watch them with -w.
     Get(GetArgs),
+    /// List a Secret's kept versions, newest first (REVISION, AGE, CHANGE, DATA-KEYS).
+    History(HistoryArgs),
+    /// Write an earlier version of a Secret as its newest (re-creates a deleted Secret).
+    Rollback(RollbackArgs),
     /// Create or update Secrets from Kubernetes manifests (YAML or JSON).
     Apply(ApplyArgs),
     /// Delete Secrets by name, selector or manifest.
@@ -236,6 +242,42 @@ pub struct GetArgs {
     /// List page size.
     #[arg(long, default_value_t = 500)]
     pub chunk_size: u32,
+    /// Show the Secret(s) exactly as they were at store revision N (from history; 0: latest).
+    #[arg(long, value_name = "N", conflicts_with_all = ["watch", "watch_only"])]
+    pub revision: Option<u64>,
+}
+
+/// `coffer history secret NAME`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// `secret` or `secret/NAME`.
+    pub resource: String,
+    /// The Secret's name (unless given as `secret/NAME`).
+    pub name: Option<String>,
+    /// The namespace.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// At most this many versions, newest first (0: the server's cap, 1000).
+    #[arg(long, default_value_t = 0)]
+    pub limit: u32,
+    /// Do not print the header row.
+    #[arg(long)]
+    pub no_headers: bool,
+}
+
+/// `coffer rollback secret NAME --to-revision N`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// `secret` or `secret/NAME`.
+    pub resource: String,
+    /// The Secret's name (unless given as `secret/NAME`).
+    pub name: Option<String>,
+    /// The namespace.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// The revision whose version (data, labels, annotations, type) becomes the newest.
+    #[arg(long, value_name = "N")]
+    pub to_revision: u64,
 }
 
 /// `coffer apply`.
@@ -313,6 +355,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 CreateWhat::Secret(s) => self::create_cmd::run(&server, s.flavor).await,
             },
             Command::Get(args) => get::run(&server, args).await,
+            Command::History(args) => history::run(&server, args).await,
+            Command::Rollback(args) => rollback::run(&server, args).await,
             Command::Apply(args) => apply::run(&server, args).await,
             Command::Delete(args) => delete::run(&server, args).await,
             Command::Mount(args) => mount::run(&server, args).await,
@@ -354,6 +398,17 @@ fn parse_resource(s: &str) -> Result<Option<String>, CliError> {
         ))),
         Some(n) => Ok(Some(n.to_owned())),
         None => Ok(None),
+    }
+}
+
+/// The one Secret name a command takes as `secret NAME` or `secret/NAME`.
+fn one_name(resource: &str, name: Option<&String>) -> Result<String, CliError> {
+    match (parse_resource(resource)?, name.cloned()) {
+        (Some(n), None) | (None, Some(n)) => Ok(n),
+        (Some(_), Some(_)) => Err(CliError::msg(
+            "there is no need to specify a resource type as a separate argument when passing arguments in resource/name form",
+        )),
+        (None, None) => Err(CliError::msg("a Secret name is required")),
     }
 }
 

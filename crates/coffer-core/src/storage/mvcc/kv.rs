@@ -123,6 +123,7 @@ impl KvMvcc {
             version: 1,
             lease: 0,
             prev_revision: 0,
+            written_ms: 0,
             value,
         };
         let current = self.revision();
@@ -526,6 +527,7 @@ impl Mvcc for KvMvcc {
                     version: old.as_ref().map_or(1, |o| o.version + 1),
                     lease: *lease,
                     prev_revision: old.as_ref().map_or(0, |o| o.mod_revision),
+                    written_ms: now,
                     value: value.clone(),
                 },
                 (Write::Delete { .. }, Some(o)) => Version {
@@ -536,6 +538,7 @@ impl Mvcc for KvMvcc {
                     version: 0,
                     lease: 0,
                     prev_revision: o.mod_revision,
+                    written_ms: now,
                     value: Vec::new(),
                 },
             };

@@ -38,8 +38,8 @@ pub(super) const COMPACTED_KEY: &[u8] = b"m/compacted";
 const ENTRY_MAGIC: u8 = 0xC5;
 const KIND_PUT: u8 = 0;
 const KIND_DELETE: u8 = 1;
-/// magic, kind, create, mod, version, lease, prev.
-const ENTRY_HEADER_LEN: usize = 2 + 8 * 5;
+/// magic, kind, create, mod, version, lease, prev, written.
+const ENTRY_HEADER_LEN: usize = 2 + 8 * 6;
 
 /// Where a current version's sealed record starts in its stored entry.
 pub const VALUE_OFFSET: usize = ENTRY_HEADER_LEN;
@@ -179,6 +179,7 @@ impl Entry {
         out.extend_from_slice(&v.version.to_be_bytes());
         out.extend_from_slice(&v.lease.to_be_bytes());
         out.extend_from_slice(&v.prev_revision.to_be_bytes());
+        out.extend_from_slice(&v.written_ms.to_be_bytes());
         out.extend_from_slice(&v.value);
         out
     }
@@ -207,6 +208,7 @@ impl Entry {
             version: u64::from_be_bytes(field(2)),
             lease: i64::from_be_bytes(field(3)),
             prev_revision: u64::from_be_bytes(field(4)),
+            written_ms: u64::from_be_bytes(field(5)),
             value: raw[ENTRY_HEADER_LEN..].to_vec(),
         })
     }
@@ -252,6 +254,7 @@ mod tests {
             version: 0,
             lease: -1,
             prev_revision: 5,
+            written_ms: 1_700_000_000_000,
             value: b"sealed".to_vec(),
         };
         let raw = Entry::encode(&v);

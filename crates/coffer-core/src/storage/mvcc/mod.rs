@@ -53,6 +53,8 @@ pub struct Version {
     pub lease: i64,
     /// The `mod_revision` of the version this one replaced (0: none).
     pub prev_revision: Revision,
+    /// When this version was written, in milliseconds since the Unix epoch (0: unknown).
+    pub written_ms: u64,
     /// The stored value (a sealed record); empty for a tombstone.
     pub value: Vec<u8>,
 }
@@ -68,6 +70,7 @@ impl std::fmt::Debug for Version {
             .field("version", &self.version)
             .field("lease", &self.lease)
             .field("prev_revision", &self.prev_revision)
+            .field("written_ms", &self.written_ms)
             .field("value_len", &self.value.len())
             .finish()
     }
