@@ -16,6 +16,8 @@
 //!   DATA_LOSS); a write whose watch event was delivered counts as acknowledged (events are
 //!   published only once durable);
 //! - List shows exactly the keys that exist, with the same content as Get;
+//! - every acknowledged version is in the key's History (with its revision, content, or as a
+//!   delete), as is every in-doubt write found applied;
 //! - revisions never go backwards: the revision after a restart is at least every acknowledged
 //!   or watched revision and the previous restart's;
 //! - the watch of each cycle sees consecutive revisions (no gap, no duplicate), each event equal
@@ -139,6 +141,8 @@ struct KeyModel {
     acked_rv: u64,
     /// A write sent after `acked` whose answer was lost: it may or may not have happened.
     doubt: Option<State>,
+    /// Every acknowledged (or verified) version with its revision: each must be in History.
+    versions: Vec<(u64, State)>,
 }
 
 /// One acknowledged write.
@@ -167,6 +171,7 @@ struct Totals {
     doubt_applied: u64,
     doubt_absent: u64,
     keys_checked: u64,
+    versions_checked: u64,
     events_checked: u64,
     resumes_served: u64,
     resumes_rejected: u64,
@@ -362,6 +367,7 @@ async fn run(args: Args) -> Result<bool, String> {
                 acked: State::Absent,
                 acked_rv: 0,
                 doubt: None,
+                versions: Vec::new(),
             });
         }
     }
@@ -451,8 +457,8 @@ async fn run(args: Args) -> Result<bool, String> {
         totals.in_doubt, totals.doubt_applied, totals.doubt_absent
     );
     println!(
-        "  key checks after restart: {}; watch events checked: {}",
-        totals.keys_checked, totals.events_checked
+        "  key checks after restart: {}; versions found in History: {}; watch events checked: {}",
+        totals.keys_checked, totals.versions_checked, totals.events_checked
     );
     println!(
         "  watch resumed across a restart: {} served gap-free (resume revision = recovered \
@@ -627,8 +633,12 @@ async fn verify_inner(
         totals.keys_checked += 1;
         // From now on the found state is the truth.
         if let State::Present(_, Some(rv)) = &actual {
+            if matches_doubt && !matches_acked {
+                key.versions.push((*rv, actual.clone()));
+            }
             key.acked_rv = key.acked_rv.max(*rv);
         }
+        totals.versions_checked += check_history(client, key, &mut bad).await;
         key.acked = actual;
         key.doubt = None;
     }
@@ -695,6 +705,58 @@ async fn verify_inner(
         }
     }
     (revision, resumed)
+}
+
+/// Checks that every version of `key` the harness knows of is in its History; returns how many
+/// were checked.
+async fn check_history(client: &mut Client, key: &KeyModel, bad: &mut impl FnMut(String)) -> u64 {
+    if key.versions.is_empty() {
+        return 0;
+    }
+    let request = pb::HistoryRequest {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        limit: 0,
+    };
+    let page = match tokio::time::timeout(RPC_TIMEOUT, client.history(request)).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(e)) => {
+            bad(format!("history {}/{}: {e}", key.namespace, key.name));
+            return 0;
+        }
+        Err(_) => {
+            bad(format!("history {}/{} hung", key.namespace, key.name));
+            return 0;
+        }
+    };
+    let by_rv: HashMap<u64, &pb::SecretVersion> =
+        page.versions.iter().map(|v| (v.revision, v)).collect();
+    // History returns at most 1000 versions: check what is within them.
+    let oldest = if page.versions.len() >= 1000 {
+        page.versions.last().map_or(0, |v| v.revision)
+    } else {
+        0
+    };
+    let mut checked = 0;
+    for (rv, state) in key.versions.iter().filter(|(rv, _)| *rv >= oldest) {
+        checked += 1;
+        let ok = match (by_rv.get(rv), state) {
+            (Some(v), State::Absent) => v.deleted,
+            (Some(v), State::Present(c, _)) => {
+                !v.deleted && v.secret.as_ref().is_some_and(|s| Content::of(s) == *c)
+            }
+            (None, _) => false,
+        };
+        if !ok {
+            bad(format!(
+                "{}/{}: the acknowledged version at revision {rv} ({}) is not in its history",
+                key.namespace,
+                key.name,
+                describe(state)
+            ));
+        }
+    }
+    checked
 }
 
 fn describe(s: &State) -> String {
@@ -1052,6 +1114,7 @@ fn apply_outcome(cycle: u32, keys: &mut [KeyModel], outcome: Outcome, totals: &m
             let k = &mut keys[a.key];
             k.acked = a.state.clone();
             k.acked_rv = a.rv;
+            k.versions.push((a.rv, a.state.clone()));
         }
         if let Some((key, state)) = &w.doubt {
             totals.in_doubt += 1;
@@ -1120,6 +1183,7 @@ fn apply_outcome(cycle: u32, keys: &mut [KeyModel], outcome: Outcome, totals: &m
                     State::Absent => State::Absent,
                 };
                 k.acked_rv = ev.rv;
+                k.versions.push((ev.rv, k.acked.clone()));
                 totals.doubt_applied += 1;
             }
         }
