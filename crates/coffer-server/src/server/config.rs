@@ -45,7 +45,8 @@
 //! relative `data_dir` or socket path is relative to the working directory.
 //!
 //! A new setting is one field in its concern's struct (flag, file key and help text at once),
-//! one line in that struct's `merge_fields!`, and its use in the concern's `resolve`.
+//! one line in that struct's `merge_fields!`, and its use where the struct is resolved (for a
+//! store setting: [`StoreArgs`], then [`ServeConfig::store_config`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -61,6 +62,7 @@ use crate::auth::{SecurityArgs, SecurityConfig};
 use crate::settings::{self, Merge, merge_fields, parse_duration};
 use coffer_core::crypto::Algorithm;
 use coffer_core::storage::Durability;
+use coffer_core::store::StoreConfig;
 use coffer_kms::{KmsConfig, KmsEndpoint};
 
 /// The data directory when none is given.
@@ -402,6 +404,19 @@ pub struct ServeConfig {
     pub limits: LimitConfig,
     /// Authentication, authorization, audit, per-connection limits.
     pub security: SecurityConfig,
+}
+
+impl ServeConfig {
+    /// The engine's settings: the AEAD, the KMS outage policy and the quotas (the one place
+    /// where resolved store settings meet [`StoreConfig`]).
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            algorithm: self.aead,
+            outage: self.kms.outage,
+            quotas: self.limits.quotas.clone(),
+            ..StoreConfig::default()
+        }
+    }
 }
 
 impl ServeArgs {

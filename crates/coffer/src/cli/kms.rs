@@ -17,7 +17,7 @@ use clap::{Args, Subcommand};
 use super::error::CliError;
 use coffer_core::model::timestamp::format_rfc3339;
 use coffer_core::storage::Durability;
-use coffer_core::store::{Store, StoreConfig};
+use coffer_core::store::{Quotas, Store, StoreConfig};
 use coffer_kms::KmsEndpoint;
 use coffer_kms::config::LOCAL_KEK_FILE;
 use coffer_server::server::config as serve;
@@ -110,10 +110,10 @@ impl OfflineStoreArgs {
             .kms
             .open(dir)
             .map_err(|e| CliError::msg(format_args!("KMS: {e}")))?;
+        // Offline tools write no new Secrets: no quotas.
         let store_config = StoreConfig {
-            algorithm: config.aead,
-            outage: config.kms.outage,
-            ..StoreConfig::default()
+            quotas: Quotas::unlimited(),
+            ..config.store_config()
         };
         let store = Store::open_dir(dir, Durability::Sync, store_config, kms)
             .await
