@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`model`]: the Secret object, Kubernetes validation, selectors, manifests, and the plaintext
-//!   encoding that the envelope seals.
+//! - [`model`]: the Secret object, Kubernetes validation, selectors, manifests, RFC 3339
+//!   timestamps, and the plaintext encoding that the envelope seals.
 //! - [`crypto`]: the AEADs, zeroizing key types, HKDF per-write keys, the sealed-record format.
 //! - [`kms`]: the `Kms` trait (KMS v2 semantics), the local key-file KEK, the seed manager that
 //!   keeps KMS calls off the write path, and its `Status` poller.

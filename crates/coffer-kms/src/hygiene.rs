@@ -13,8 +13,10 @@
 //!
 //! Everything here goes through rustix's safe wrappers; the crate stays free of `unsafe`.
 
-/// What [`apply`] does; the KMS plugins take these as their own `serve` flags.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args)]
+/// What [`apply`] does; the KMS plugins take these as their own `serve` flags, `coffer serve`
+/// also from its config file's `[limits]` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::Args, serde::Deserialize)]
+#[serde(default)]
 pub struct HygieneOptions {
     /// Leave core dumps on (by default they are off: a core file would hold keys and
     /// plaintext).

@@ -9,6 +9,10 @@
 //! - [`auth`]: authentication (mTLS, bearer tokens, unix peer uids), the authorization policy,
 //!   per-connection info, and the gate every Secret RPC passes.
 //! - [`audit`]: the audit log (JSON lines, no Secret data, HMACs for correlated values).
+//! - [`throttle`]: the token bucket and the stream cap behind both the server-wide and the
+//!   per-connection limits (a leaf: `server` and `auth` both use it).
+//! - [`settings`]: how every settings struct of `coffer serve` is read: flags over the
+//!   `--config` file over the defaults, durations through `humantime` (a leaf).
 //!
 //! # What this crate may use
 //!
@@ -21,3 +25,5 @@ pub mod audit;
 pub mod auth;
 pub mod proto;
 pub mod server;
+pub mod settings;
+pub mod throttle;

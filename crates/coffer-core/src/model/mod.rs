@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod manifest;
 pub mod selector;
+pub mod timestamp;
 pub mod validation;
 
 use std::collections::BTreeMap;

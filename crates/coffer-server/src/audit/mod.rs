@@ -264,9 +264,9 @@ struct Marker {
     event: &'static str,
 }
 
-/// Now, in RFC 3339 (UTC).
+/// Now, in RFC 3339 (UTC) with nanoseconds.
 pub fn now_rfc3339() -> String {
-    prost_types::Timestamp::from(std::time::SystemTime::now()).to_string()
+    coffer_core::model::timestamp::format_rfc3339_nanos(std::time::SystemTime::now())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The security flags of `coffer serve` (flattened into `ServeArgs`), the `[security]` table
-//! of the TOML config, and their resolved form [`SecurityConfig`].
+//! The security flags of `coffer serve` (flattened into `ServeArgs`), which are also the
+//! `[security]` table of the TOML config, and their resolved form [`SecurityConfig`].
 //!
 //! ```toml
 //! [security]
@@ -22,9 +22,12 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::AuthConfigError;
+use crate::settings::{Merge, merge_fields};
 
-/// Authentication, authorization, audit and per-connection limits.
-#[derive(Debug, Clone, Args, Default)]
+/// Authentication, authorization, audit and per-connection limits: the flags, and the config
+/// file's `[security]` table (the flags' names with `_`).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SecurityArgs {
     /// Serve TLS on TCP listeners with this PEM certificate (chain).
     #[arg(long, value_name = "PEM")]
@@ -71,37 +74,21 @@ pub struct SecurityArgs {
     pub request_burst_per_connection: Option<u32>,
 }
 
-/// The `[security]` table of the config file (the flags' names with `_`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSecurity {
-    #[serde(alias = "tls-cert")]
-    tls_cert: Option<PathBuf>,
-    #[serde(alias = "tls-key")]
-    tls_key: Option<PathBuf>,
-    #[serde(alias = "client-ca")]
-    client_ca: Option<PathBuf>,
-    #[serde(alias = "token-file")]
-    token_file: Option<PathBuf>,
-    #[serde(alias = "unix-peer-users")]
-    unix_peer_users: Option<Vec<String>>,
-    #[serde(alias = "authz-policy")]
-    authz_policy: Option<PathBuf>,
-    #[serde(alias = "insecure-allow-unauthenticated")]
-    insecure_allow_unauthenticated: Option<bool>,
-    #[serde(alias = "audit-log")]
-    audit_log: Option<PathBuf>,
-    #[serde(alias = "audit-fail-closed")]
-    audit_fail_closed: Option<bool>,
-    #[serde(alias = "audit-hmac-key-file")]
-    audit_hmac_key_file: Option<PathBuf>,
-    #[serde(alias = "max-watch-streams-per-connection")]
-    max_watch_streams_per_connection: Option<usize>,
-    #[serde(alias = "max-requests-per-second-per-connection")]
-    max_requests_per_second_per_connection: Option<f64>,
-    #[serde(alias = "request-burst-per-connection")]
-    request_burst_per_connection: Option<u32>,
-}
+merge_fields!(SecurityArgs {
+    tls_cert,
+    tls_key,
+    client_ca,
+    token_file,
+    unix_peer_users,
+    authz_policy,
+    insecure_allow_unauthenticated,
+    audit_log,
+    audit_fail_closed,
+    audit_hmac_key_file,
+    max_watch_streams_per_connection,
+    max_requests_per_second_per_connection,
+    request_burst_per_connection,
+});
 
 /// A unix peer uid trusted as a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,47 +173,39 @@ impl SecurityConfig {
 }
 
 impl SecurityArgs {
-    /// Merges the flags with the `[security]` table (flags win) and checks them.
-    pub fn resolve(&self, file: Option<FileSecurity>) -> Result<SecurityConfig, AuthConfigError> {
-        let f = file.unwrap_or_default();
-        let tls_cert = self.tls_cert.clone().or(f.tls_cert);
-        let tls_key = self.tls_key.clone().or(f.tls_key);
-        let tls = match (tls_cert, tls_key) {
+    /// Merges the flags with the config file's `[security]` table, if given (flags win), and
+    /// checks them.
+    pub fn resolve(&self, file: Option<SecurityArgs>) -> Result<SecurityConfig, AuthConfigError> {
+        let f = match file {
+            Some(file) => self.clone().merge(file),
+            None => self.clone(),
+        };
+        let tls = match (f.tls_cert, f.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => return Err(AuthConfigError::new("--tls-cert needs --tls-key")),
             (None, Some(_)) => return Err(AuthConfigError::new("--tls-key needs --tls-cert")),
         };
-        let client_ca = self.client_ca.clone().or(f.client_ca);
+        let client_ca = f.client_ca;
         if client_ca.is_some() && tls.is_none() {
             return Err(AuthConfigError::new(
                 "--client-ca needs --tls-cert and --tls-key (client certificates are presented in the TLS handshake)",
             ));
         }
-        let peers = if self.unix_peer_users.is_empty() {
-            f.unix_peer_users.unwrap_or_default()
-        } else {
-            self.unix_peer_users.clone()
-        };
-        let unix_peer_users = peers
+        let unix_peer_users = f
+            .unix_peer_users
             .iter()
             .map(|p| p.parse::<UnixPeerUser>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| AuthConfigError::new(format!("--unix-peer-users {e}")))?;
-        let max_watch_streams = self
-            .max_watch_streams_per_connection
-            .or(f.max_watch_streams_per_connection);
+        let max_watch_streams = f.max_watch_streams_per_connection;
         if max_watch_streams == Some(0) {
             return Err(AuthConfigError::new(
                 "--max-watch-streams-per-connection: must be at least 1",
             ));
         }
-        let rate = self
-            .max_requests_per_second_per_connection
-            .or(f.max_requests_per_second_per_connection);
-        let burst = self
-            .request_burst_per_connection
-            .or(f.request_burst_per_connection);
+        let rate = f.max_requests_per_second_per_connection;
+        let burst = f.request_burst_per_connection;
         let rate = match rate {
             None if burst.is_some() => {
                 return Err(AuthConfigError::new(
@@ -255,14 +234,13 @@ impl SecurityArgs {
         let config = SecurityConfig {
             tls,
             client_ca,
-            token_file: self.token_file.clone().or(f.token_file),
+            token_file: f.token_file,
             unix_peer_users,
-            authz_policy: self.authz_policy.clone().or(f.authz_policy),
-            insecure_allow_unauthenticated: self.insecure_allow_unauthenticated
-                || f.insecure_allow_unauthenticated.unwrap_or(false),
-            audit_log: self.audit_log.clone().or(f.audit_log),
-            audit_fail_closed: self.audit_fail_closed || f.audit_fail_closed.unwrap_or(false),
-            audit_hmac_key_file: self.audit_hmac_key_file.clone().or(f.audit_hmac_key_file),
+            authz_policy: f.authz_policy,
+            insecure_allow_unauthenticated: f.insecure_allow_unauthenticated,
+            audit_log: f.audit_log,
+            audit_fail_closed: f.audit_fail_closed,
+            audit_hmac_key_file: f.audit_hmac_key_file,
             limits: ConnLimits {
                 max_watch_streams,
                 rate,
@@ -384,7 +362,7 @@ mod tests {
 
     #[test]
     fn file_table_with_flags_winning() {
-        let file: FileSecurity = toml::from_str(
+        let file: SecurityArgs = crate::settings::from_toml(
             "token_file = \"/file/tokens\"\nunix-peer-users = [\"5=e\"]\naudit_log = \"/a\"\naudit_fail_closed = true\n",
         )
         .expect("toml");
@@ -396,6 +374,7 @@ mod tests {
         assert_eq!(c.token_file, Some(PathBuf::from("/flag/tokens")));
         assert_eq!(c.unix_peer_users.len(), 1);
         assert!(c.audit_fail_closed);
-        assert!(toml::from_str::<FileSecurity>("tokn_file = \"x\"").is_err());
+        let e = crate::settings::from_toml::<SecurityArgs>("tokn_file = \"x\"").expect_err("typo");
+        assert!(e.contains("tokn_file"), "{e}");
     }
 }

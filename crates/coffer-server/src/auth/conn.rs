@@ -1,19 +1,22 @@
 //! What the server knows about each accepted connection: a unique id, the remote address, the
-//! peer's uid on a unix socket, and the connection's own limits (a token bucket of requests
-//! and a count of open watch streams), and on a TLS listener the client certificates the peer
-//! presented (possession proven at the handshake, chain checked per request by the gate).
+//! peer's uid on a unix socket, and the connection's own limits (a [`TokenBucket`] of requests
+//! and a [`StreamCap`] on open watch streams, the same limiters as the server-wide ones), and on
+//! a TLS listener the client certificates the peer presented (possession proven at the
+//! handshake, chain checked per request by the gate).
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
+
+pub use crate::throttle::StreamPermit as WatchStreamGuard;
+use crate::throttle::{StreamCap, TokenBucket};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -39,14 +42,11 @@ pub struct ConnState {
     /// The client certificate chain presented at the TLS handshake (leaf first), if any. Not
     /// verified against the client CA yet: see `crate::auth::tls`.
     peer_certs: Vec<CertificateDer<'static>>,
-    bucket: Mutex<Bucket>,
-    watch_streams: AtomicUsize,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Option<Instant>,
+    /// The request budget, made (full) at the first request: the limits are the server's
+    /// settings, which the accept loop that builds this state does not hold.
+    bucket: OnceLock<TokenBucket>,
+    /// The watch streams open, made at the first one, for the same reason.
+    watch_streams: OnceLock<Arc<StreamCap>>,
 }
 
 /// A connection's info as tonic hands it to each request (in the request's extensions).
@@ -60,11 +60,8 @@ impl ConnState {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             peer,
             peer_certs: Vec::new(),
-            bucket: Mutex::new(Bucket {
-                tokens: 0.0,
-                last: None,
-            }),
-            watch_streams: AtomicUsize::new(0),
+            bucket: OnceLock::new(),
+            watch_streams: OnceLock::new(),
         }
     }
 
@@ -92,55 +89,25 @@ impl ConnState {
     }
 
     /// Takes one request token from the connection's bucket (`rate` per second, at most
-    /// `burst` saved up; a new connection starts full). False: over the rate.
+    /// `burst` saved up; a new connection starts full). False: over the rate. The first call's
+    /// `rate` and `burst` hold for the connection's life.
     pub fn take_request(&self, rate: f64, burst: f64) -> bool {
-        let now = Instant::now();
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
-        b.tokens = match b.last {
-            None => burst,
-            Some(last) => (b.tokens + now.duration_since(last).as_secs_f64() * rate).min(burst),
-        };
-        b.last = Some(now);
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket
+            .get_or_init(|| TokenBucket::new(rate, burst))
+            .try_take()
     }
 
-    /// Counts a watch stream open on this connection, unless `max` are open already.
-    pub fn open_watch_stream(self: &Arc<Self>, max: usize) -> Option<WatchStreamGuard> {
-        let mut cur = self.watch_streams.load(Ordering::Relaxed);
-        loop {
-            if cur >= max {
-                return None;
-            }
-            match self.watch_streams.compare_exchange_weak(
-                cur,
-                cur + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(WatchStreamGuard(self.clone())),
-                Err(now) => cur = now,
-            }
-        }
+    /// Counts a watch stream open on this connection, unless `max` are open already. The first
+    /// call's `max` holds for the connection's life.
+    pub fn open_watch_stream(&self, max: usize) -> Option<WatchStreamGuard> {
+        self.watch_streams
+            .get_or_init(|| StreamCap::new(max))
+            .try_open()
     }
 
     /// Watch streams open on this connection.
     pub fn watch_streams(&self) -> usize {
-        self.watch_streams.load(Ordering::Relaxed)
-    }
-}
-
-/// Releases a connection's watch stream slot when dropped.
-#[derive(Debug)]
-pub struct WatchStreamGuard(Arc<ConnState>);
-
-impl Drop for WatchStreamGuard {
-    fn drop(&mut self) {
-        self.0.watch_streams.fetch_sub(1, Ordering::AcqRel);
+        self.watch_streams.get().map_or(0, |c| c.open())
     }
 }
 

@@ -1,7 +1,16 @@
-//! `coffer serve` settings: flags, with an optional TOML file holding the same settings.
+//! `coffer serve` settings: one struct per concern, each both the flags (`clap::Args`) and its
+//! part of the optional `--config` TOML file (`serde::Deserialize`), merged flag over file over
+//! default (see [`crate::settings`]).
 //!
-//! [`ServeArgs`] is what the CLI parses; [`ServeArgs::resolve`] merges it with the `--config`
-//! file (a flag given on the command line wins) and the defaults into a [`ServeConfig`].
+//! | concern | flags struct | file | resolved into |
+//! |---|---|---|---|
+//! | data directory, AEAD, durability | [`StoreArgs`] | top level | [`ServeConfig`] |
+//! | listeners, metrics endpoint | [`ListenArgs`] | top level | [`ServeConfig::listen`] |
+//! | watch window, bookmarks | [`WatchArgs`] | top level | [`ServerOptions`] |
+//! | shutdown grace, token cleaner | [`ServerArgs`] | top level | [`ServerOptions`] |
+//! | KMS plugin, deadline, outage | [`KmsArgs`] | top level | [`KmsConfig`] |
+//! | quotas, server-wide limits, hygiene | [`LimitArgs`] | `[limits]` | [`LimitConfig`] |
+//! | authentication, audit, per-connection limits | [`SecurityArgs`] | `[security]` | [`SecurityConfig`] |
 //!
 //! The file uses the flags' names with `_` (or `-`) between words, e.g.
 //!
@@ -19,7 +28,7 @@
 //! kms = "unix:///run/kms/kms.sock"
 //! kms_timeout = "3s"
 //! kms_grace = "3m"
-//! kms_poll_interval = "60s"
+//! kms_poll_interval = "1h30m"
 //!
 //! [limits]
 //! quota_file = "/etc/coffer/quota.toml"
@@ -32,10 +41,15 @@
 //! token_file = "/etc/coffer/tokens.csv"
 //! ```
 //!
-//! A relative `data_dir` or socket path is relative to the working directory.
+//! Durations are `humantime` strings (`500ms`, `90s`, `1h30m`) or a bare number of seconds. A
+//! relative `data_dir` or socket path is relative to the working directory.
+//!
+//! A new setting is one field in its concern's struct (flag, file key and help text at once),
+//! one line in that struct's `merge_fields!`, and its use where the struct is resolved (for a
+//! store setting: [`StoreArgs`], then [`ServeConfig::store_config`]).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -43,11 +57,12 @@ use clap::Args;
 use serde::Deserialize;
 
 use super::ServeError;
-use super::limits::{LimitArgs, LimitConfig, LimitFile, LimitOptions};
-use crate::auth::args::FileSecurity;
+use super::limits::{LimitArgs, LimitConfig, LimitOptions};
 use crate::auth::{SecurityArgs, SecurityConfig};
+use crate::settings::{self, Merge, merge_fields, parse_duration};
 use coffer_core::crypto::Algorithm;
 use coffer_core::storage::Durability;
+use coffer_core::store::StoreConfig;
 use coffer_kms::{KmsConfig, KmsEndpoint};
 
 /// The data directory when none is given.
@@ -55,60 +70,36 @@ pub const DEFAULT_DATA_DIR: &str = "./coffer-data";
 /// The listen address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
-/// Settings of `coffer serve`. Every flag can also be set in the `--config` TOML file (same names,
-/// with `_` for `-`); a flag given on the command line wins over the file.
-#[derive(Debug, Clone, Args, Default)]
+/// Settings of `coffer serve`: the concerns below, flattened. Every flag can also be set in the
+/// `--config` TOML file (same names, with `_` for `-`); a flag given on the command line wins
+/// over the file.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeArgs {
-    /// Data directory (sled database, write-ahead log, and the local KEK file) [default: ./coffer-data].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Address to listen on: HOST:PORT or unix:///path/to.sock. Repeatable [default: 127.0.0.1:7070].
-    #[arg(long)]
-    pub listen: Vec<String>,
-    /// AEAD for new records: aes-256-gcm or xchacha20-poly1305 [default: aes-256-gcm].
-    #[arg(long)]
-    pub aead: Option<String>,
-    /// Prometheus text endpoint address (HOST:PORT); off when unset.
-    #[arg(long)]
-    pub metrics_listen: Option<String>,
-    /// Acknowledge writes before they are fsync'd (a power loss may lose ~100 ms of writes).
-    #[arg(long)]
-    pub relaxed_durability: bool,
-    /// TOML file with the same settings.
-    #[arg(long)]
+    /// TOML file with the same settings (a flag given on the command line wins over it).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// How often expired bootstrap tokens are deleted, e.g. 60s or 5m; 0 turns the cleaner off
-    /// [default: 60s].
-    #[arg(long, value_name = "DURATION")]
-    pub token_cleaner_interval: Option<String>,
-    /// How often a watch that allows bookmarks gets one [default: 60s].
-    #[arg(long, value_name = "DURATION")]
-    pub bookmark_interval: Option<String>,
-    /// How long shutdown waits for in-flight calls before it closes connections [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub shutdown_grace: Option<String>,
-    /// How many recent changes are kept for watches to resume from [default: 1000].
-    #[arg(long, value_name = "EVENTS")]
-    pub watch_window: Option<usize>,
-    /// How long a change stays in that window at most, e.g. 5m; 0 for no age limit
-    /// [default: 5m].
-    #[arg(long, value_name = "DURATION")]
-    pub watch_window_age: Option<String>,
-    /// KMS v2 plugin socket (unix:///path/to/kms.sock); unset: the local key file
-    /// <data-dir>/kek.key.
-    #[arg(long, value_name = "unix:///PATH")]
-    pub kms: Option<String>,
-    /// Deadline of each KMS call [default: 3s].
-    #[arg(long, value_name = "DURATION")]
-    pub kms_timeout: Option<String>,
-    /// How long writes keep working after the last good KMS Status; reads go on regardless
-    /// [default: 3m].
-    #[arg(long, value_name = "DURATION")]
-    pub kms_grace: Option<String>,
-    /// How often the KMS Status is polled while healthy (every 10s, or this if shorter, while
-    /// failing) [default: 60s].
-    #[arg(long, value_name = "DURATION")]
-    pub kms_poll_interval: Option<String>,
+    /// Data directory, AEAD and durability.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub store: StoreArgs,
+    /// Where the server and its metrics endpoint listen.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub listen: ListenArgs,
+    /// The server's own timers.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub server: ServerArgs,
+    /// The watch window and bookmarks.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub watch: WatchArgs,
+    /// The KMS and its outage policy.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub kms: KmsArgs,
     /// Quotas, server-wide limits and memory hygiene (the file's `[limits]` table).
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -116,6 +107,186 @@ pub struct ServeArgs {
     /// the config file).
     #[command(flatten)]
     pub security: SecurityArgs,
+}
+
+merge_fields!(ServeArgs {
+    config,
+    store,
+    listen,
+    server,
+    watch,
+    kms,
+    limits,
+    security,
+});
+
+/// Where and how Secrets are stored.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default)]
+pub struct StoreArgs {
+    /// Data directory (sled database, write-ahead log, and the local KEK file) [default: ./coffer-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// AEAD for new records: aes-256-gcm or xchacha20-poly1305 [default: aes-256-gcm].
+    #[arg(long)]
+    #[serde(deserialize_with = "settings::parsed")]
+    pub aead: Option<Algorithm>,
+    /// Acknowledge writes before they are fsync'd (a power loss may lose ~100 ms of writes).
+    #[arg(long)]
+    pub relaxed_durability: bool,
+}
+
+merge_fields!(StoreArgs {
+    data_dir,
+    aead,
+    relaxed_durability,
+});
+
+/// Where the server listens.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default)]
+pub struct ListenArgs {
+    /// Address to listen on: HOST:PORT or unix:///path/to.sock. Repeatable [default: 127.0.0.1:7070].
+    #[arg(long)]
+    #[serde(deserialize_with = "settings::parsed_list")]
+    pub listen: Vec<ListenAddr>,
+    /// Prometheus text endpoint address (HOST:PORT); off when unset.
+    #[arg(long)]
+    #[serde(deserialize_with = "settings::parsed")]
+    pub metrics_listen: Option<ListenAddr>,
+}
+
+merge_fields!(ListenArgs {
+    listen,
+    metrics_listen
+});
+
+impl ListenArgs {
+    /// Applies the default address and checks the metrics endpoint; returns the addresses and
+    /// the metrics endpoint.
+    pub fn resolve(&self) -> Result<(Vec<ListenAddr>, Option<String>), ServeError> {
+        let listen = if self.listen.is_empty() {
+            vec![ListenAddr::Tcp(DEFAULT_LISTEN.to_owned())]
+        } else {
+            self.listen.clone()
+        };
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(ListenAddr::Tcp(a)) => Some(a.clone()),
+            Some(m @ ListenAddr::Unix(_)) => {
+                return Err(ServeError::Config(format!(
+                    "--metrics-listen {:?}: must be HOST:PORT",
+                    m.to_string()
+                )));
+            }
+        };
+        Ok((listen, metrics_listen))
+    }
+}
+
+/// The server's own timers.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default)]
+pub struct ServerArgs {
+    /// How long shutdown waits for in-flight calls before it closes connections [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// How often expired bootstrap tokens are deleted, e.g. 60s or 5m; 0 turns the cleaner off
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub token_cleaner_interval: Option<Duration>,
+}
+
+merge_fields!(ServerArgs {
+    shutdown_grace,
+    token_cleaner_interval,
+});
+
+/// The watch window and bookmarks.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default)]
+pub struct WatchArgs {
+    /// How often a watch that allows bookmarks gets one [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub bookmark_interval: Option<Duration>,
+    /// How many recent changes are kept for watches to resume from [default: 1000].
+    #[arg(long, value_name = "EVENTS")]
+    pub watch_window: Option<usize>,
+    /// How long a change stays in that window at most, e.g. 5m; 0 for no age limit
+    /// [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub watch_window_age: Option<Duration>,
+}
+
+merge_fields!(WatchArgs {
+    bookmark_interval,
+    watch_window,
+    watch_window_age,
+});
+
+/// The KMS: the local key file or a KMS v2 plugin, its call deadline and outage policy.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default)]
+pub struct KmsArgs {
+    /// KMS v2 plugin socket (unix:///path/to/kms.sock); unset: the local key file
+    /// <data-dir>/kek.key.
+    #[arg(long, value_name = "unix:///PATH")]
+    #[serde(deserialize_with = "settings::parsed")]
+    pub kms: Option<KmsEndpoint>,
+    /// Deadline of each KMS call [default: 3s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub kms_timeout: Option<Duration>,
+    /// How long writes keep working after the last good KMS Status; reads go on regardless
+    /// [default: 3m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub kms_grace: Option<Duration>,
+    /// How often the KMS Status is polled while healthy (every 10s, or this if shorter, while
+    /// failing) [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub kms_poll_interval: Option<Duration>,
+}
+
+merge_fields!(KmsArgs {
+    kms,
+    kms_timeout,
+    kms_grace,
+    kms_poll_interval,
+});
+
+impl KmsArgs {
+    /// Applies the defaults ([`KmsConfig::default`]) and checks the values.
+    pub fn resolve(&self) -> Result<KmsConfig, ServeError> {
+        let mut kms = KmsConfig {
+            endpoint: self.kms.clone(),
+            ..KmsConfig::default()
+        };
+        if let Some(d) = self.kms_timeout {
+            kms.timeout = positive(d, "kms-timeout")?;
+        }
+        if let Some(d) = self.kms_grace {
+            kms.outage.grace = d;
+        }
+        if let Some(d) = self.kms_poll_interval {
+            kms.outage.healthy_interval = positive(d, "kms-poll-interval")?;
+        }
+        Ok(kms)
+    }
+}
+
+/// `d`, unless it is zero.
+fn positive(d: Duration, flag: &str) -> Result<Duration, ServeError> {
+    if d.is_zero() {
+        Err(ServeError::Config(format!("--{flag}: must be more than 0")))
+    } else {
+        Ok(d)
+    }
 }
 
 /// Where the server listens.
@@ -128,13 +299,11 @@ pub enum ListenAddr {
 }
 
 impl FromStr for ListenAddr {
-    type Err = ServeError;
+    type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = |why: &str| {
-            ServeError::Config(format!(
-                "listen address {s:?}: {why} (expected HOST:PORT or unix:///path/to.sock)"
-            ))
+            format!("listen address {s:?}: {why} (expected HOST:PORT or unix:///path/to.sock)")
         };
         if let Some(path) = s
             .strip_prefix("unix://")
@@ -237,43 +406,17 @@ pub struct ServeConfig {
     pub security: SecurityConfig,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(alias = "data-dir")]
-    data_dir: Option<PathBuf>,
-    listen: Option<OneOrMany>,
-    aead: Option<String>,
-    #[serde(alias = "metrics-listen")]
-    metrics_listen: Option<String>,
-    #[serde(alias = "relaxed-durability")]
-    relaxed_durability: Option<bool>,
-    #[serde(alias = "token-cleaner-interval")]
-    token_cleaner_interval: Option<String>,
-    #[serde(alias = "bookmark-interval")]
-    bookmark_interval: Option<String>,
-    #[serde(alias = "shutdown-grace")]
-    shutdown_grace: Option<String>,
-    #[serde(alias = "watch-window")]
-    watch_window: Option<usize>,
-    #[serde(alias = "watch-window-age")]
-    watch_window_age: Option<String>,
-    kms: Option<String>,
-    #[serde(alias = "kms-timeout")]
-    kms_timeout: Option<String>,
-    #[serde(alias = "kms-grace")]
-    kms_grace: Option<String>,
-    #[serde(alias = "kms-poll-interval")]
-    kms_poll_interval: Option<String>,
-    limits: Option<LimitFile>,
-    security: Option<FileSecurity>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
+impl ServeConfig {
+    /// The engine's settings: the AEAD, the KMS outage policy and the quotas (the one place
+    /// where resolved store settings meet [`StoreConfig`]).
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            algorithm: self.aead,
+            outage: self.kms.outage,
+            quotas: self.limits.quotas.clone(),
+            ..StoreConfig::default()
+        }
+    }
 }
 
 impl ServeArgs {
@@ -281,80 +424,38 @@ impl ServeArgs {
     pub fn resolve(&self) -> Result<ServeConfig, ServeError> {
         let file = match &self.config {
             Some(path) => read_file_config(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let security = self
+        let args = self.clone().merge(file);
+        let security = args
             .security
-            .resolve(file.security)
+            .resolve(None)
             .map_err(|e| ServeError::Config(e.to_string()))?;
-        let data_dir = self
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let listen: Vec<String> = if !self.listen.is_empty() {
-            self.listen.clone()
-        } else {
-            match file.listen {
-                Some(OneOrMany::One(a)) => vec![a],
-                Some(OneOrMany::Many(v)) if !v.is_empty() => v,
-                _ => vec![DEFAULT_LISTEN.to_owned()],
-            }
+        let (listen, metrics_listen) = args.listen.resolve()?;
+        let limits = args.limits.resolve()?;
+        let mut options = ServerOptions {
+            limits: limits.server,
+            ..ServerOptions::default()
         };
-        let listen = listen
-            .iter()
-            .map(|a| a.parse())
-            .collect::<Result<Vec<ListenAddr>, _>>()?;
-        let aead = match self.aead.as_deref().or(file.aead.as_deref()) {
-            Some(a) => a
-                .parse::<Algorithm>()
-                .map_err(|e| ServeError::Config(format!("--aead: {e}")))?,
-            None => Algorithm::default(),
-        };
-        let metrics_listen = self.metrics_listen.clone().or(file.metrics_listen);
-        if let Some(m) = &metrics_listen {
-            match m.parse::<ListenAddr>()? {
-                ListenAddr::Tcp(_) => {}
-                ListenAddr::Unix(_) => {
-                    return Err(ServeError::Config(format!(
-                        "--metrics-listen {m:?}: must be HOST:PORT"
-                    )));
-                }
-            }
-        }
-        let relaxed = self.relaxed_durability || file.relaxed_durability.unwrap_or(false);
-        let mut options = ServerOptions::default();
-        let duration = |flag: &Option<String>, file: Option<String>, name: &str| {
-            flag.clone()
-                .or(file)
-                .map(|d| {
-                    parse_duration(&d).map_err(|e| ServeError::Config(format!("--{name}: {e}")))
-                })
-                .transpose()
-        };
-        if let Some(d) = duration(
-            &self.token_cleaner_interval,
-            file.token_cleaner_interval,
-            "token-cleaner-interval",
-        )? {
-            options.token_cleaner_interval = (!d.is_zero()).then_some(d);
-        }
-        if let Some(d) = duration(
-            &self.bookmark_interval,
-            file.bookmark_interval,
-            "bookmark-interval",
-        )? {
-            if d.is_zero() {
-                return Err(ServeError::Config(
-                    "--bookmark-interval: must be more than 0".into(),
-                ));
-            }
-            options.bookmark_interval = d;
-        }
-        if let Some(d) = duration(&self.shutdown_grace, file.shutdown_grace, "shutdown-grace")? {
+        let ServerArgs {
+            shutdown_grace,
+            token_cleaner_interval,
+        } = args.server;
+        if let Some(d) = shutdown_grace {
             options.shutdown_grace = d;
         }
-        if let Some(n) = self.watch_window.or(file.watch_window) {
+        if let Some(d) = token_cleaner_interval {
+            options.token_cleaner_interval = (!d.is_zero()).then_some(d);
+        }
+        let WatchArgs {
+            bookmark_interval,
+            watch_window,
+            watch_window_age,
+        } = args.watch;
+        if let Some(d) = bookmark_interval {
+            options.bookmark_interval = positive(d, "bookmark-interval")?;
+        }
+        if let Some(n) = watch_window {
             if n == 0 {
                 return Err(ServeError::Config(
                     "--watch-window: must be at least 1".into(),
@@ -362,95 +463,56 @@ impl ServeArgs {
             }
             options.watch_window_events = n;
         }
-        if let Some(d) = duration(
-            &self.watch_window_age,
-            file.watch_window_age,
-            "watch-window-age",
-        )? {
+        if let Some(d) = watch_window_age {
             options.watch_window_age = (!d.is_zero()).then_some(d);
         }
-        let limits = self.limits.resolve(file.limits)?;
-        options.limits = limits.server;
-        let mut kms = KmsConfig::default();
-        if let Some(e) = self.kms.clone().or(file.kms) {
-            kms.endpoint = Some(
-                e.parse::<KmsEndpoint>()
-                    .map_err(|e| ServeError::Config(format!("--kms: {e}")))?,
-            );
-        }
-        let positive = |d: Duration, name: &str| {
-            if d.is_zero() {
-                Err(ServeError::Config(format!("--{name}: must be more than 0")))
-            } else {
-                Ok(d)
-            }
-        };
-        if let Some(d) = duration(&self.kms_timeout, file.kms_timeout, "kms-timeout")? {
-            kms.timeout = positive(d, "kms-timeout")?;
-        }
-        if let Some(d) = duration(&self.kms_grace, file.kms_grace, "kms-grace")? {
-            kms.outage.grace = d;
-        }
-        if let Some(d) = duration(
-            &self.kms_poll_interval,
-            file.kms_poll_interval,
-            "kms-poll-interval",
-        )? {
-            kms.outage.healthy_interval = positive(d, "kms-poll-interval")?;
-        }
+        let store = args.store;
         Ok(ServeConfig {
-            data_dir,
+            data_dir: store
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen,
-            aead,
+            aead: store.aead.unwrap_or_default(),
             metrics_listen,
-            durability: if relaxed {
+            durability: if store.relaxed_durability {
                 Durability::Relaxed
             } else {
                 Durability::Sync
             },
             options,
-            kms,
+            kms: args.kms.resolve()?,
             limits,
             security,
         })
     }
 }
 
-fn read_file_config(path: &Path) -> Result<FileConfig, ServeError> {
+/// Reads the `--config` file: the same settings as the flags.
+fn read_file_config(path: &std::path::Path) -> Result<ServeArgs, ServeError> {
     let text = std::fs::read_to_string(path).map_err(|e| ServeError::Io {
         context: format!("cannot read config file {}", path.display()),
         source: e,
     })?;
-    toml::from_str(&text)
-        .map_err(|e| ServeError::Config(format!("config file {}: {}", path.display(), e.message())))
-}
-
-/// Parses a duration: a number with a unit `ms`, `s`, `m` or `h` (`250ms`, `60s`, `5m`), or a
-/// bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 250ms, 60s, 5m, 1h)"))?;
-    let d = match unit.trim() {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "{s:?} has an unknown unit (expected ms, s, m or h)"
-            ));
-        }
-    };
-    Ok(d)
+    settings::from_toml(&text)
+        .map_err(|e| ServeError::Config(format!("config file {}: {e}", path.display())))
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::{CommandFactory, Parser};
+
     use super::*;
+
+    /// `coffer serve`'s flags as the CLI parses them.
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn flags(list: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Serve::try_parse_from(std::iter::once("serve").chain(list.iter().copied())).map(|s| s.args)
+    }
 
     #[test]
     fn defaults() {
@@ -472,37 +534,59 @@ mod tests {
         assert_eq!(c.kms, KmsConfig::default());
         assert_eq!(c.kms.timeout, Duration::from_secs(3));
         assert_eq!(c.kms.outage.grace, Duration::from_secs(180));
-        let args = ServeArgs {
-            kms: Some("unix:///run/kms.sock".into()),
-            kms_timeout: Some("500ms".into()),
-            kms_grace: Some("10s".into()),
-            kms_poll_interval: Some("2s".into()),
-            ..ServeArgs::default()
-        };
+        let args = flags(&[
+            "--kms",
+            "unix:///run/kms.sock",
+            "--kms-timeout",
+            "500ms",
+            "--kms-grace",
+            "10s",
+            "--kms-poll-interval",
+            "2s",
+        ])
+        .expect("flags");
         let c = args.resolve().expect("resolve");
         assert_eq!(c.kms.endpoint, Some(KmsEndpoint::unix("/run/kms.sock")));
         assert_eq!(c.kms.timeout, Duration::from_millis(500));
         assert_eq!(c.kms.outage.grace, Duration::from_secs(10));
         assert_eq!(c.kms.outage.healthy_interval, Duration::from_secs(2));
-        for (args, flag) in [
-            (
-                ServeArgs {
-                    kms: Some("/run/kms.sock".into()),
-                    ..ServeArgs::default()
-                },
-                "--kms",
-            ),
-            (
-                ServeArgs {
-                    kms_timeout: Some("0".into()),
-                    ..ServeArgs::default()
-                },
-                "--kms-timeout",
-            ),
-        ] {
-            let err = args.resolve().expect_err(flag).to_string();
-            assert!(err.contains(flag), "{err}");
+        let err = flags(&["--kms", "/run/kms.sock"]).expect_err("--kms");
+        assert!(err.to_string().contains("--kms"), "{err}");
+        let err = flags(&["--kms-timeout", "0"])
+            .expect("flags")
+            .resolve()
+            .expect_err("zero");
+        assert!(err.to_string().contains("--kms-timeout"), "{err}");
+    }
+
+    #[test]
+    fn durations_like_1h30m_from_flags_and_file() {
+        let c = flags(&["--kms-poll-interval", "1h30m", "--watch-window-age", "90s"])
+            .expect("flags")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(c.kms.outage.healthy_interval, Duration::from_secs(5400));
+        assert_eq!(c.options.watch_window_age, Some(Duration::from_secs(90)));
+        for flag in ["--shutdown-grace", "--watch-window-age", "--kms-timeout"] {
+            let err = flags(&[flag, "soon"]).expect_err(flag).to_string();
+            assert!(
+                err.contains(flag) && err.contains("not a duration"),
+                "{err}"
+            );
         }
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "shutdown_grace = \"1h30m\"\nkms-grace = \"500ms\"\n").expect("w");
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().expect("resolve");
+        assert_eq!(c.options.shutdown_grace, Duration::from_secs(5400));
+        assert_eq!(c.kms.outage.grace, Duration::from_millis(500));
+        std::fs::write(&path, "kms_grace = \"3 fortnights\"\n").expect("w");
+        let err = args.resolve().expect_err("bad duration").to_string();
+        assert!(err.contains("kms_grace") && err.contains("c.toml"), "{err}");
     }
 
     #[test]
@@ -522,13 +606,17 @@ mod tests {
         for bad in ["7070", ":7070", "host:port", "unix://", "h:99999"] {
             assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");
         }
+        let err = flags(&["--metrics-listen", "unix:///m.sock"])
+            .expect("flags")
+            .resolve()
+            .expect_err("unix metrics");
+        assert!(err.to_string().contains("--metrics-listen"), "{err}");
     }
 
     #[test]
     fn file_and_flags_merge_with_flags_winning() {
-        let dir = std::env::temp_dir().join(format!("coffer-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("c.toml");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
             "data_dir = \"/from/file\"\nlisten = [\"127.0.0.1:1\", \"unix:///tmp/x.sock\"]\n\
@@ -538,7 +626,10 @@ mod tests {
         .expect("write");
         let args = ServeArgs {
             config: Some(path.clone()),
-            data_dir: Some("/from/flag".into()),
+            store: StoreArgs {
+                data_dir: Some("/from/flag".into()),
+                ..StoreArgs::default()
+            },
             ..ServeArgs::default()
         };
         let c = args.resolve().expect("resolve");
@@ -549,11 +640,29 @@ mod tests {
         assert_eq!(c.options.token_cleaner_interval, None);
         assert_eq!(c.options.bookmark_interval, Duration::from_millis(250));
         assert_eq!(c.options.watch_window_events, 7);
+        let c = ServeArgs {
+            listen: ListenArgs {
+                listen: vec![ListenAddr::Tcp("127.0.0.1:2".into())],
+                ..ListenArgs::default()
+            },
+            ..args.clone()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(c.listen, [ListenAddr::Tcp("127.0.0.1:2".into())]);
 
         std::fs::write(&path, "data_dir = \"/x\"\nlisen = \"typo\"\n").expect("write");
         let err = args.resolve().expect_err("unknown key");
         assert!(err.to_string().contains("lisen"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(&path, "config = \"/other.toml\"\n").expect("write");
+        let err = args.resolve().expect_err("not a file key");
+        assert!(err.to_string().contains("config"), "{err}");
+        std::fs::write(&path, "listen = \"7070\"\n").expect("write");
+        let err = args.resolve().expect_err("bad address").to_string();
+        assert!(
+            err.contains("listen") && err.contains("missing port"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -581,15 +690,54 @@ mod tests {
             err.contains("--audit-fail-closed needs --audit-log"),
             "{err}"
         );
+        std::fs::write(
+            &path,
+            "[security]\nmax_watch_streams_per_connection = \"x\"\n",
+        )
+        .expect("write");
+        let err = args.resolve().expect_err("bad type").to_string();
+        assert!(
+            err.contains("security.max_watch_streams_per_connection"),
+            "{err}"
+        );
     }
 
+    /// Every flag has help text, and a default it states is the default: `--flag VALUE` with
+    /// the stated value resolves to what no flag at all resolves to.
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("5 days").is_err());
-        assert!(parse_duration("-1s").is_err());
+    fn help_states_the_defaults() {
+        let default = format!("{:?}", ServeArgs::default().resolve().expect("defaults"));
+        let mut checked = 0;
+        let command = Serve::command();
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            assert!(!help.trim().is_empty(), "--{long} has no help");
+            let Some(stated) = help
+                .split_once("[default: ")
+                .and_then(|(_, rest)| rest.split_once(']'))
+                .map(|(value, _)| value.to_owned())
+            else {
+                continue;
+            };
+            // A default in words ("unlimited", "one second's worth") is not a value.
+            let Ok(args) = flags(&[&format!("--{long}"), &stated]) else {
+                continue;
+            };
+            let resolved = format!("{:?}", args.resolve().expect(long));
+            assert_eq!(resolved, default, "--{long} [default: {stated}]");
+            checked += 1;
+        }
+        assert!(checked >= 12, "{checked}");
+        let help = Serve::command().render_long_help().to_string();
+        for flag in [
+            "--config",
+            "--data-dir",
+            "--kms-poll-interval",
+            "--disable-mlock",
+            "--tls-cert",
+        ] {
+            assert!(help.contains(flag), "{flag}: {help}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Server-wide limits on the Secrets service: a cap on concurrent watch streams (Watch and
-//! WatchMany) and a request rate (a token bucket). Both answer `RESOURCE_EXHAUSTED` with a message
+//! WatchMany) and a request rate (a token bucket), with the same limiters as the per-connection
+//! limits ([`crate::throttle`]). Both answer `RESOURCE_EXHAUSTED` with a message
 //! that says which limit was hit and what to do.
 //!
 //! [`LimitedSecrets`] wraps the `coffer.v1.Secrets` service only: health checks and reflection
@@ -19,12 +20,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use clap::Args;
 use http_body::Frame;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tonic::body::Body;
 use tonic::codegen::{Bytes, Service, http};
@@ -32,6 +31,8 @@ use tonic::server::NamedService;
 
 use super::ServeError;
 use super::status;
+use crate::settings::merge_fields;
+use crate::throttle::{StreamCap, StreamPermit, TokenBucket};
 use coffer_core::store::Quotas;
 use coffer_kms::hygiene::HygieneOptions;
 
@@ -60,30 +61,24 @@ pub struct LimitCounters {
     pub rate_limited: AtomicU64,
 }
 
-/// The limits' shared state: the stream semaphore and the token bucket.
+/// The limits' shared state: the stream cap and the token bucket.
 #[derive(Debug)]
 pub struct Limits {
-    options: LimitOptions,
-    /// Permits for watch streams: one per open Watch or WatchMany stream.
-    streams: Option<Arc<Semaphore>>,
-    /// `(tokens, last refill)`; a std mutex is enough, it is held for a few instructions.
-    bucket: Option<std::sync::Mutex<(f64, Instant)>>,
+    /// Places for watch streams: one per open Watch or WatchMany stream.
+    streams: Option<Arc<StreamCap>>,
+    /// The request rate.
+    bucket: Option<TokenBucket>,
     counters: Arc<LimitCounters>,
 }
 
 impl Limits {
     /// Limits per `options`, counting rejections in `counters`.
     pub fn new(options: LimitOptions, counters: Arc<LimitCounters>) -> Arc<Self> {
-        let streams = options
-            .max_watch_streams
-            .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
-        let bucket = options
-            .max_request_rate
-            .map(|_| std::sync::Mutex::new((f64::from(burst(&options)), Instant::now())));
         Arc::new(Self {
-            options,
-            streams,
-            bucket,
+            streams: options.max_watch_streams.map(StreamCap::new),
+            bucket: options
+                .max_request_rate
+                .map(|rate| TokenBucket::new(rate, f64::from(burst(&options)))),
             counters,
         })
     }
@@ -95,48 +90,38 @@ impl Limits {
 
     /// Watch streams open now (counted only while a cap is set).
     pub fn watch_streams_open(&self) -> usize {
-        match (&self.streams, self.options.max_watch_streams) {
-            (Some(s), Some(max)) => max.saturating_sub(s.available_permits()),
-            _ => 0,
-        }
+        self.streams.as_ref().map_or(0, |s| s.open())
     }
 
     /// Takes one token, or says how the rate limit refuses the call.
     pub fn admit_request(&self) -> Result<(), tonic::Status> {
-        let (Some(bucket), Some(rate)) = (&self.bucket, self.options.max_request_rate) else {
+        let Some(bucket) = &self.bucket else {
             return Ok(());
         };
-        let cap = f64::from(burst(&self.options));
-        let mut b = bucket.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let refill = now.saturating_duration_since(b.1).as_secs_f64() * rate;
-        b.0 = (b.0 + refill).min(cap);
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
+        if bucket.try_take() {
             return Ok(());
         }
-        drop(b);
         self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         Err(status::status(
             Code::ResourceExhausted,
             format!(
-                "rate limit exceeded: the server accepts at most {rate} requests per second \
+                "rate limit exceeded: the server accepts at most {} requests per second \
                  (burst {}); retry later",
-                burst(&self.options)
+                bucket.rate(),
+                bucket.burst()
             ),
         ))
     }
 
     /// Takes a watch-stream permit (`None` when there is no cap), or says how the cap refuses
     /// the stream.
-    pub fn admit_watch_stream(&self) -> Result<Option<OwnedSemaphorePermit>, tonic::Status> {
-        let Some(sem) = &self.streams else {
+    pub fn admit_watch_stream(&self) -> Result<Option<StreamPermit>, tonic::Status> {
+        let Some(cap) = &self.streams else {
             return Ok(None);
         };
-        match sem.clone().try_acquire_owned() {
-            Ok(p) => Ok(Some(p)),
-            Err(_) => {
+        match cap.try_open() {
+            Some(p) => Ok(Some(p)),
+            None => {
                 self.counters
                     .watch_streams_rejected
                     .fetch_add(1, Ordering::Relaxed);
@@ -146,7 +131,7 @@ impl Limits {
                         "too many watch streams: the server's limit of {} concurrent Watch and \
                          WatchMany streams is reached; retry later, or multiplex watches over \
                          one WatchMany stream",
-                        self.options.max_watch_streams.unwrap_or(0)
+                        cap.max()
                     ),
                 ))
             }
@@ -226,7 +211,7 @@ where
 #[derive(Debug)]
 struct PermitBody {
     inner: Body,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<StreamPermit>,
 }
 
 impl http_body::Body for PermitBody {
@@ -266,7 +251,8 @@ impl http_body::Body for PermitBody {
 
 /// `coffer serve` flags for quotas, limits and memory hygiene (flattened into
 /// [`super::ServeArgs`]); each can also be set in the `[limits]` table of the `--config` file.
-#[derive(Debug, Clone, Args, Default)]
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitArgs {
     /// Per-namespace quotas (TOML: a [default] table and [namespaces.NAME] tables with
     /// "count/secrets" and "bytes/secrets"); unset: no quota.
@@ -283,35 +269,26 @@ pub struct LimitArgs {
     /// How many calls may arrive at once above the rate [default: one second's worth].
     #[arg(long, value_name = "CALLS")]
     pub request_burst: Option<u32>,
-    /// Leave core dumps on (by default the server sets RLIMIT_CORE to 0 and marks itself not
-    /// dumpable, so that no core file holds keys or Secrets).
-    #[arg(long)]
-    pub allow_core_dumps: bool,
-    /// Do not lock the server's memory (mlockall); by default it tries, and warns once if the
-    /// system does not allow it.
-    #[arg(long)]
-    pub disable_mlock: bool,
+    /// Core dumps and memory locking (`--allow-core-dumps`, `--disable-mlock`): by default the
+    /// server sets RLIMIT_CORE to 0, marks itself not dumpable and tries to lock its memory.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub hygiene: HygieneOptions,
 }
 
-/// The `[limits]` table of the config file: the same settings as [`LimitArgs`].
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LimitFile {
-    #[serde(alias = "quota-file")]
-    quota_file: Option<PathBuf>,
-    #[serde(alias = "max-watch-streams")]
-    max_watch_streams: Option<usize>,
-    #[serde(alias = "max-request-rate")]
-    max_request_rate: Option<f64>,
-    #[serde(alias = "request-burst")]
-    request_burst: Option<u32>,
-    #[serde(alias = "allow-core-dumps")]
-    allow_core_dumps: Option<bool>,
-    #[serde(alias = "disable-mlock")]
-    disable_mlock: Option<bool>,
-}
+merge_fields!(LimitArgs {
+    quota_file,
+    max_watch_streams,
+    max_request_rate,
+    request_burst,
+    hygiene,
+});
+merge_fields!(HygieneOptions {
+    allow_core_dumps,
+    disable_mlock,
+});
 
-/// [`LimitArgs`] resolved with the file.
+/// [`LimitArgs`] resolved.
 #[derive(Debug, Clone, Default)]
 pub struct LimitConfig {
     /// The per-namespace quotas (read from `--quota-file`).
@@ -323,20 +300,17 @@ pub struct LimitConfig {
 }
 
 impl LimitArgs {
-    /// Merges the flags with the config file's `[limits]` table (flags win).
-    pub(crate) fn resolve(&self, file: Option<LimitFile>) -> Result<LimitConfig, ServeError> {
-        let file = file.unwrap_or_default();
-        let quotas = match self.quota_file.clone().or(file.quota_file) {
+    /// Reads the quota file and checks the limits (merge the config file's `[limits]` table in
+    /// first: [`crate::settings::Merge`]).
+    pub fn resolve(&self) -> Result<LimitConfig, ServeError> {
+        let quotas = match &self.quota_file {
             Some(path) => {
-                Quotas::read(&path).map_err(|e| ServeError::Config(format!("--quota-file: {e}")))?
+                Quotas::read(path).map_err(|e| ServeError::Config(format!("--quota-file: {e}")))?
             }
             None => Quotas::unlimited(),
         };
-        let max_watch_streams = self
-            .max_watch_streams
-            .or(file.max_watch_streams)
-            .filter(|n| *n > 0);
-        let rate = self.max_request_rate.or(file.max_request_rate);
+        let max_watch_streams = self.max_watch_streams.filter(|n| *n > 0);
+        let rate = self.max_request_rate;
         if let Some(r) = rate
             && !(r.is_finite() && r >= 0.0)
         {
@@ -345,8 +319,7 @@ impl LimitArgs {
                  0 for unlimited)"
             )));
         }
-        let request_burst = self.request_burst.or(file.request_burst);
-        if request_burst == Some(0) {
+        if self.request_burst == Some(0) {
             return Err(ServeError::Config(
                 "--request-burst: must be at least 1".into(),
             ));
@@ -356,12 +329,9 @@ impl LimitArgs {
             server: LimitOptions {
                 max_watch_streams,
                 max_request_rate: rate.filter(|r| *r > 0.0),
-                request_burst,
+                request_burst: self.request_burst,
             },
-            hygiene: HygieneOptions {
-                allow_core_dumps: self.allow_core_dumps || file.allow_core_dumps.unwrap_or(false),
-                disable_mlock: self.disable_mlock || file.disable_mlock.unwrap_or(false),
-            },
+            hygiene: self.hygiene,
         })
     }
 }
@@ -369,6 +339,7 @@ impl LimitArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Merge;
 
     #[test]
     fn token_bucket() {
@@ -447,11 +418,11 @@ mod tests {
 
     #[test]
     fn settings() {
-        let c = LimitArgs::default().resolve(None).expect("defaults");
+        let c = LimitArgs::default().resolve().expect("defaults");
         assert_eq!(c.server, LimitOptions::default());
         assert!(!c.quotas.is_enabled());
         assert!(!c.hygiene.allow_core_dumps && !c.hygiene.disable_mlock);
-        let file: LimitFile = toml::from_str(
+        let file: LimitArgs = crate::settings::from_toml(
             "max-watch-streams = 10\nmax_request_rate = 2.5\ndisable_mlock = true\n",
         )
         .expect("toml");
@@ -459,7 +430,7 @@ mod tests {
             max_watch_streams: Some(20),
             ..LimitArgs::default()
         };
-        let c = args.resolve(Some(file)).expect("merge");
+        let c = args.merge(file).resolve().expect("merge");
         assert_eq!(c.server.max_watch_streams, Some(20));
         assert_eq!(c.server.max_request_rate, Some(2.5));
         assert!(c.hygiene.disable_mlock);
@@ -486,7 +457,7 @@ mod tests {
                 "--quota-file",
             ),
         ] {
-            let e = args.resolve(None).expect_err(flag).to_string();
+            let e = args.resolve().expect_err(flag).to_string();
             assert!(e.contains(flag), "{e}");
         }
     }

@@ -81,7 +81,7 @@ use crate::auth::conn::Conn;
 use crate::auth::gate::Gate;
 use crate::proto::v1::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::secrets_server::SecretsServer;
-use coffer_core::store::{Store, StoreConfig, StoreError};
+use coffer_core::store::{Store, StoreError};
 
 /// The most streams (calls, including Watch and WatchMany streams) one HTTP/2 connection may
 /// have open at once. 100,000 watch streams therefore need at least 98 connections; a client
@@ -148,12 +148,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     coffer_kms::hygiene::apply(&config.limits.hygiene);
     create_data_dir(&config.data_dir)?;
     let metrics = Metrics::new();
-    let store_config = StoreConfig {
-        algorithm: config.aead,
-        outage: config.kms.outage,
-        quotas: config.limits.quotas.clone(),
-        ..StoreConfig::default()
-    };
+    let store_config = config.store_config();
     // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
     // leaves the server up but not ready, and the Status poller retries).
     let kms = config

@@ -10,15 +10,19 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 use super::error::CliError;
-use coffer_core::model::manifest::format_rfc3339;
+use coffer_core::model::timestamp::format_rfc3339;
 use coffer_core::storage::Durability;
-use coffer_core::store::{Store, StoreConfig};
+use coffer_core::store::{Quotas, Store, StoreConfig};
+use coffer_kms::KmsEndpoint;
 use coffer_kms::config::LOCAL_KEK_FILE;
+use coffer_server::server::config as serve;
 use coffer_server::server::{ServeArgs, ServeConfig};
+use coffer_server::settings::parse_duration;
 
 /// Where the store is and which KMS protects it, for the commands that open a data directory
 /// offline (`coffer kms status`, `coffer migrate`).
@@ -30,10 +34,10 @@ pub struct OfflineStoreArgs {
     /// KMS v2 plugin socket (unix:///path/to/kms.sock), as given to `coffer serve`; unset: the
     /// local key file <data-dir>/kek.key.
     #[arg(long, value_name = "unix:///PATH")]
-    pub kms: Option<String>,
+    pub kms: Option<KmsEndpoint>,
     /// Deadline of each KMS call [default: 3s].
-    #[arg(long, value_name = "DURATION")]
-    pub kms_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub kms_timeout: Option<Duration>,
     /// The `coffer serve` TOML config file (its data_dir, kms, kms_timeout and aead are used).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -70,10 +74,16 @@ impl OfflineStoreArgs {
     /// Resolves the settings as `coffer serve` would.
     pub(super) fn resolve(&self) -> Result<ServeConfig, CliError> {
         ServeArgs {
-            data_dir: self.data_dir.clone(),
-            kms: self.kms.clone(),
-            kms_timeout: self.kms_timeout.clone(),
             config: self.config.clone(),
+            store: serve::StoreArgs {
+                data_dir: self.data_dir.clone(),
+                ..serve::StoreArgs::default()
+            },
+            kms: serve::KmsArgs {
+                kms: self.kms.clone(),
+                kms_timeout: self.kms_timeout,
+                ..serve::KmsArgs::default()
+            },
             ..ServeArgs::default()
         }
         .resolve()
@@ -100,10 +110,10 @@ impl OfflineStoreArgs {
             .kms
             .open(dir)
             .map_err(|e| CliError::msg(format_args!("KMS: {e}")))?;
+        // Offline tools write no new Secrets: no quotas.
         let store_config = StoreConfig {
-            algorithm: config.aead,
-            outage: config.kms.outage,
-            ..StoreConfig::default()
+            quotas: Quotas::unlimited(),
+            ..config.store_config()
         };
         let store = Store::open_dir(dir, Durability::Sync, store_config, kms)
             .await

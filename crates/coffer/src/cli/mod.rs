@@ -529,6 +529,62 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every duration flag goes through humantime: `1h30m` works, a bad value names the flag.
+    #[test]
+    fn duration_flags() {
+        let hour_and_a_half = std::time::Duration::from_secs(5400);
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("coffer").chain(args.iter().copied()))
+        };
+        match parse(&[
+            "mount",
+            "--once",
+            "--timeout",
+            "1h30m",
+            "--retry-max",
+            "90s",
+        ])
+        .map(|c| c.command)
+        {
+            Ok(Command::Mount(m)) => {
+                assert_eq!(m.timeout, Some(hour_and_a_half));
+                assert_eq!(m.retry_max, Some(std::time::Duration::from_secs(90)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "serve",
+            "--shutdown-grace",
+            "1h30m",
+            "--kms-timeout",
+            "500ms",
+        ])
+        .map(|c| c.command)
+        {
+            Ok(Command::Serve(s)) => {
+                assert_eq!(s.server.shutdown_grace, Some(hour_and_a_half));
+                assert_eq!(
+                    s.kms.kms_timeout,
+                    Some(std::time::Duration::from_millis(500))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["migrate", "--kms-timeout", "1h30m"]).map(|c| c.command) {
+            Ok(Command::Migrate(m)) => assert_eq!(m.store.kms_timeout, Some(hour_and_a_half)),
+            other => panic!("{other:?}"),
+        }
+        for args in [
+            &["mount", "--once", "--timeout", "soon"][..],
+            &["serve", "--watch-window-age", "5 parsecs"],
+            &["kms", "status", "--kms-timeout", "1 fortnight"],
+        ] {
+            let flag = args[args.len() - 2];
+            let e = parse(args).expect_err(flag).to_string();
+            assert!(e.contains(flag) && e.contains("not a duration"), "{e}");
+        }
+    }
+
     #[test]
     fn resources() {
         assert_eq!(parse_resource("secrets").ok(), Some(None));

@@ -16,7 +16,7 @@ use super::client::ServerAddr;
 use super::error::CliError;
 use crate::mount::config::{self, KeyToPath, MountSpec, parse_mode, parse_secret_ref};
 use crate::mount::{Agent, AgentOptions, Connector};
-use coffer_server::server::config::parse_duration;
+use coffer_server::settings::parse_duration;
 
 /// `coffer mount`.
 #[derive(Debug, Args)]

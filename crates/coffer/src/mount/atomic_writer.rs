@@ -605,7 +605,7 @@ fn utc_stamp(t: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     // `2026-11-28T15:04:05Z` -> `2026_11_28_15_04_05`
-    coffer_core::model::manifest::format_rfc3339(secs)
+    coffer_core::model::timestamp::format_rfc3339(secs)
         .trim_end_matches('Z')
         .replace(['-', 'T', ':'], "_")
 }
