@@ -191,11 +191,13 @@ impl Store {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let cutoff = now.saturating_sub(self.retention).as_millis() as u64;
-        let target = if self.retention.is_zero() {
-            self.mvcc.revision()
-        } else {
-            self.mvcc.revision_at_time(cutoff)?
-        };
+        if self.retention.is_zero() {
+            if self.mvcc.stats().versions > 0 {
+                self.compact(self.mvcc.revision()).await?;
+            }
+            return Ok(self.mvcc.compact_revision());
+        }
+        let target = self.mvcc.revision_at_time(cutoff)?;
         if target > self.mvcc.compact_revision() {
             self.compact(target).await?;
         }

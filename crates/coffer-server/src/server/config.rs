@@ -134,12 +134,18 @@ pub struct StoreArgs {
     /// Acknowledge writes before they are fsync'd (a power loss may lose ~100 ms of writes).
     #[arg(long)]
     pub relaxed_durability: bool,
+    /// How long a superseded version of a Secret is kept for reads at a revision, History and
+    /// watch resumes, e.g. 1h30m; 0 keeps only the latest version (no history) [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub history_retention: Option<Duration>,
 }
 
 merge_fields!(StoreArgs {
     data_dir,
     aead,
     relaxed_durability,
+    history_retention,
 });
 
 /// Where the server listens.
@@ -396,6 +402,8 @@ pub struct ServeConfig {
     pub metrics_listen: Option<String>,
     /// When writes count as durable.
     pub durability: Durability,
+    /// How long superseded versions are kept (0: none).
+    pub history_retention: Duration,
     /// Server tunables.
     pub options: ServerOptions,
     /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
@@ -414,6 +422,7 @@ impl ServeConfig {
             algorithm: self.aead,
             outage: self.kms.outage,
             quotas: self.limits.quotas.clone(),
+            history_retention: self.history_retention,
             ..StoreConfig::default()
         }
     }
@@ -479,6 +488,9 @@ impl ServeArgs {
             } else {
                 Durability::Sync
             },
+            history_retention: store
+                .history_retention
+                .unwrap_or(coffer_core::store::DEFAULT_HISTORY_RETENTION),
             options,
             kms: args.kms.resolve()?,
             limits,
@@ -567,7 +579,27 @@ mod tests {
             .expect("resolve");
         assert_eq!(c.kms.outage.healthy_interval, Duration::from_secs(5400));
         assert_eq!(c.options.watch_window_age, Some(Duration::from_secs(90)));
-        for flag in ["--shutdown-grace", "--watch-window-age", "--kms-timeout"] {
+        let c = flags(&["--history-retention", "1h30m"])
+            .expect("flags")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(
+            c.store_config().history_retention,
+            Duration::from_secs(5400)
+        );
+        let c = flags(&["--history-retention", "0"])
+            .expect("flags")
+            .resolve()
+            .expect("resolve");
+        assert!(c.store_config().history_retention.is_zero());
+        let c = flags(&[]).expect("flags").resolve().expect("resolve");
+        assert_eq!(c.history_retention, Duration::from_secs(3600));
+        for flag in [
+            "--shutdown-grace",
+            "--watch-window-age",
+            "--kms-timeout",
+            "--history-retention",
+        ] {
             let err = flags(&[flag, "soon"]).expect_err(flag).to_string();
             assert!(
                 err.contains(flag) && err.contains("not a duration"),

@@ -484,6 +484,7 @@ impl Server {
         if let Some(interval) = options.token_cleaner_interval {
             background.spawn(cleaner::run(store.clone(), interval, shutdown.clone()));
         }
+        background.spawn(retain_history(store.clone(), shutdown.clone()));
         if let Some(l) = metrics_listener {
             background.spawn(metrics::serve(
                 l,
@@ -527,6 +528,16 @@ impl Server {
             done: Some(supervisor),
         })
     }
+}
+
+/// Compacts away the versions superseded longer ago than the retention, until shutdown: a round
+/// every tenth of the retention (between 1 s and 1 min), so nothing outlives it by much.
+async fn retain_history(store: Arc<Store>, shutdown: CancellationToken) {
+    let interval = (store.history_retention() / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    store.run_retention(interval, shutdown).await;
 }
 
 /// Runs the KMS Status poller until shutdown.
