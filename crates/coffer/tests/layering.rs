@@ -170,10 +170,7 @@ fn crate_rules(all: &[Deps]) -> Vec<String> {
 #[test]
 fn crate_arrows_point_down() {
     let root = workspace_root();
-    let all: Vec<Deps> = members(&root)
-        .iter()
-        .map(|m| read_deps(&root, m))
-        .collect();
+    let all: Vec<Deps> = members(&root).iter().map(|m| read_deps(&root, m)).collect();
     assert!(all.iter().any(|d| d.name == "coffer-core"), "{all:?}");
     let broken = crate_rules(&all);
     assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
@@ -255,7 +252,13 @@ fn raw_string_end(b: &[u8], mut i: usize) -> Option<usize> {
     }
     i += 1;
     while i < b.len() {
-        if b[i] == b'"' && b[i + 1..].iter().take(hashes).filter(|c| **c == b'#').count() == hashes
+        if b[i] == b'"'
+            && b[i + 1..]
+                .iter()
+                .take(hashes)
+                .filter(|c| **c == b'#')
+                .count()
+                == hashes
         {
             return Some(i + 1 + hashes);
         }
@@ -596,8 +599,7 @@ fn file_graph(files: &BTreeMap<Vec<String>, String>, sources: &HashMap<String, S
             let facade = r.public_use && target.len() > module.len() && target.starts_with(module);
             let to = &files[&target];
             if to != from && !facade {
-                node.entry(to.clone())
-                    .or_insert_with(|| r.path.join("::"));
+                node.entry(to.clone()).or_insert_with(|| r.path.join("::"));
             }
         }
     }
@@ -683,7 +685,8 @@ fn describe(group: &[String], graph: &Graph) -> String {
 fn skipped(crate_dir: &str, file: &str) -> bool {
     // Issue 13 rewrites coffer-core's storage/ and store/ (MVCC); their cycles are untangled
     // there, and then these two lines go.
-    crate_dir == "crates/coffer-core" && (file.starts_with("storage/") || file.starts_with("store/"))
+    crate_dir == "crates/coffer-core"
+        && (file.starts_with("storage/") || file.starts_with("store/"))
 }
 
 #[test]
@@ -714,7 +717,10 @@ fn no_import_cycles_between_files() {
             report.push_str(&format!("{member}:\n{}", describe(&group, &graph)));
         }
     }
-    assert!(checked > 50, "only {checked} files found under the members' src/");
+    assert!(
+        checked > 50,
+        "only {checked} files found under the members' src/"
+    );
     assert!(report.is_empty(), "import cycles between files:\n{report}");
 }
 
@@ -776,7 +782,8 @@ fn use_trees_with_braces_self_globs_and_aliases() {
     let mut out = Vec::new();
     let mut j = 0;
     use_tree(&toks, &mut j, Vec::new(), &mut out);
-    let got: Vec<(String, Option<String>)> = out.into_iter().map(|(p, a)| (p.join("::"), a)).collect();
+    let got: Vec<(String, Option<String>)> =
+        out.into_iter().map(|(p, a)| (p.join("::"), a)).collect();
     assert_eq!(
         got,
         [
@@ -796,12 +803,18 @@ fn paths_resolve_to_the_deepest_file_and_inline_modules_shift_super() {
             "server/mod.rs",
             "mod hub; mod watch; pub use self::hub::Hub; fn f() { watch::open(); }",
         ),
-        ("server/hub.rs", "use super::super::audit::Auditor; fn g() {}"),
+        (
+            "server/hub.rs",
+            "use super::super::audit::Auditor; fn g() {}",
+        ),
         (
             "server/watch.rs",
             "mod inner { use super::*; use super::super::hub::X; }",
         ),
-        ("audit/mod.rs", "pub(crate) fn x() { let s = \"crate::server\"; }"),
+        (
+            "audit/mod.rs",
+            "pub(crate) fn x() { let s = \"crate::server\"; }",
+        ),
     ]);
     assert_eq!(
         edges(&g),
@@ -826,7 +839,10 @@ fn facade_reexports_are_not_edges_but_private_uses_and_parents_are() {
              pub struct ServeError;",
         ),
         // Through the parent's re-export: the edge goes to the defining file.
-        ("server/metrics.rs", "use crate::server::C; pub struct Metrics;"),
+        (
+            "server/metrics.rs",
+            "use crate::server::C; pub struct Metrics;",
+        ),
         ("server/hub.rs", "use super::{ServeError, Metrics};"),
     ]);
     assert_eq!(
@@ -843,7 +859,10 @@ fn facade_reexports_are_not_edges_but_private_uses_and_parents_are() {
 #[test]
 fn a_three_file_cycle_is_one_group_and_macros_and_visibility_are_not_paths() {
     let g = graph_of(&[
-        ("lib.rs", "mod a; mod b; mod c; macro_rules! m { () => { $crate::a::f() } }"),
+        (
+            "lib.rs",
+            "mod a; mod b; mod c; macro_rules! m { () => { $crate::a::f() } }",
+        ),
         ("a.rs", "pub(in crate::c) fn f() { crate::b::g(); }"),
         ("b.rs", "fn g() { super::c::h::<u8>(); }"),
         ("c.rs", "use crate::{a::f as ff};"),
