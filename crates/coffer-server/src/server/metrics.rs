@@ -10,7 +10,13 @@
 //! - `coffer_kms_calls_total{op,result}`: calls to the KMS plugin, counted by [`CountingKms`].
 //! - `coffer_seal_total` / `coffer_open_total`: records sealed and opened by the store.
 //! - `coffer_limit_rejections_total{limit}`: calls refused by a server-wide limit
-//!   (`watch_streams`, `request_rate`; see [`super::limits`]).
+//!   (`watch_streams`, `request_rate`; see [`super::limits`]) or by their connection's limit
+//!   (`connection_watch_streams`, `connection_request_rate`; counted by [`Security`]).
+//! - `coffer_audit_errors_total`: audit records that could not be written (counted by the
+//!   [`Auditor`](crate::audit::Auditor)).
+//!
+//! Counters that belong to a lower layer (auth, audit) are kept there, where the event happens;
+//! [`Metrics::read_from`] hands the renderer the [`Security`] that holds them.
 //!
 //! RPCs are observed by [`MetricsService`], which wraps the whole gRPC router: it reads the
 //! `grpc-status` of a trailers-only answer from the response headers, and otherwise from the
@@ -26,6 +32,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +42,7 @@ use tonic::Code;
 use tonic::codegen::{Bytes, Service, http};
 use zeroize::Zeroizing;
 
+use crate::auth::Security;
 use coffer_core::kms::{Kms, KmsError, KmsStatus, Wrapped};
 use coffer_core::store::Store;
 
@@ -77,8 +85,9 @@ pub struct Metrics {
     kms: [[AtomicU64; 2]; KMS_OPS.len()],
     /// Calls refused by the server-wide limits.
     limits: Arc<super::limits::LimitCounters>,
-    /// Audit records that could not be written.
-    audit_errors: AtomicU64,
+    /// The security state whose counters (audit errors, per-connection rejections) are
+    /// rendered; set by the server that uses this registry.
+    security: ArcSwapOption<Security>,
 }
 
 /// The index of a method in [`METHODS`] from a request path.
@@ -178,14 +187,19 @@ impl Metrics {
         self.limits.clone()
     }
 
-    /// Counts an audit record that could not be written.
-    pub fn audit_error(&self) {
-        self.audit_errors.fetch_add(1, Ordering::Relaxed);
+    /// Renders the counters `security` keeps (audit errors, per-connection limit rejections)
+    /// from now on. [`Server::start`](super::Server::start) calls it.
+    pub fn read_from(&self, security: Arc<Security>) {
+        self.security.store(Some(security));
     }
 
-    /// Audit records that could not be written.
+    /// Audit records that could not be written (by the auditor of the security state this
+    /// registry reads from).
     pub fn audit_errors(&self) -> u64 {
-        self.audit_errors.load(Ordering::Relaxed)
+        self.security
+            .load()
+            .as_ref()
+            .map_or(0, |s| s.auditor().errors())
     }
 
     fn kms_call(&self, op: usize, ok: bool) {
@@ -288,18 +302,25 @@ impl Metrics {
                 );
             }
         }
+        let security = self.security.load();
+        let (conn_streams, conn_rate) = security.as_ref().map_or((0, 0), |s| {
+            let r = s.rejections();
+            (r.watch_streams(), r.rate_limited())
+        });
         let _ = write!(
             out,
-            "# HELP coffer_limit_rejections_total Calls refused by a server-wide limit.\n\
+            "# HELP coffer_limit_rejections_total Calls refused by a server-wide or per-connection limit.\n\
              # TYPE coffer_limit_rejections_total counter\n\
              coffer_limit_rejections_total{{limit=\"watch_streams\"}} {}\n\
              coffer_limit_rejections_total{{limit=\"request_rate\"}} {}\n\
+             coffer_limit_rejections_total{{limit=\"connection_watch_streams\"}} {conn_streams}\n\
+             coffer_limit_rejections_total{{limit=\"connection_request_rate\"}} {conn_rate}\n\
              # HELP coffer_audit_errors_total Audit records that could not be written.\n\
              # TYPE coffer_audit_errors_total counter\n\
              coffer_audit_errors_total {}\n",
             self.limits.watch_streams_rejected.load(Ordering::Relaxed),
             self.limits.rate_limited.load(Ordering::Relaxed),
-            self.audit_errors.load(Ordering::Relaxed)
+            self.audit_errors()
         );
         if let Some(store) = store {
             let _ = write!(

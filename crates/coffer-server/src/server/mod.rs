@@ -45,6 +45,7 @@
 pub mod cleaner;
 pub mod config;
 pub mod convert;
+mod error;
 mod health;
 mod hub;
 pub mod limits;
@@ -67,6 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
+pub use self::error::ServeError;
 use self::health::ShutdownAwareHealth;
 use self::hub::Hub;
 use self::metrics::MetricsService;
@@ -98,42 +100,6 @@ pub const INITIAL_CONNECTION_WINDOW: u32 = 256 * 1024;
 pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a ping may go unanswered before the connection (and its streams) is closed.
 pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Errors of starting or running the server.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A setting is wrong; the message names it.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// An address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address, as configured.
-        addr: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// Another I/O failure.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Why it failed.
-        source: io::Error,
-    },
-    /// The store could not be opened or synced.
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    /// The gRPC transport failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The reflection service could not be built.
-    #[error("reflection service: {0}")]
-    Reflection(String),
-    /// A server task panicked or was cancelled.
-    #[error("server task failed: {0}")]
-    Task(String),
-}
 
 /// Runs `coffer serve`: resolves the settings, opens the store (sled under the data directory,
 /// the local key-file KEK or the `--kms` plugin), serves until SIGTERM or SIGINT, then shuts
@@ -172,8 +138,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         config.data_dir.display(),
         config.durability
     );
-    let security = Security::load(config.security, Some(metrics.clone()))
-        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let security =
+        Security::load(config.security).map_err(|e| ServeError::Config(e.to_string()))?;
     let mut server = Server::new(Arc::new(store))
         .options(config.options)
         .security(security.clone())
@@ -358,6 +324,8 @@ impl Server {
         } = self;
         let metrics = metrics.unwrap_or_else(Metrics::new);
         let security = security.unwrap_or_else(Security::disabled);
+        // Audit errors and per-connection rejections are counted by the security state itself.
+        metrics.read_from(security.clone());
         let tls = security
             .tls_acceptor()
             .map_err(|e| ServeError::Config(e.to_string()))?;
