@@ -5,8 +5,8 @@
 //!
 //! - [`config`]: `ServeArgs` (the contract with the CLI), the TOML file, defaults.
 //! - [`service`]: the `coffer.v1.Secrets` implementation over [`Store`].
-//! - `hub`: routes change events to the watchers they concern (indexed, converted once).
-//! - `watch`: Watch and WatchMany streams over the hub and a window of recent change events.
+//! - `watch`: Watch and WatchMany streams: a hub routes change events (converted once) to the
+//!   bounded queues of the watchers they concern; a window of recent events serves resumes.
 //! - [`status`]: the one mapping from engine errors to gRPC codes.
 //! - [`convert`]: wire messages to and from the engine's `Secret`.
 //! - [`metrics`]: Prometheus counters, the RPC observer, the KMS call counter, `/metrics`.
@@ -47,14 +47,12 @@ pub mod config;
 pub mod convert;
 mod error;
 mod health;
-mod hub;
 pub mod limits;
 pub mod metrics;
 mod preface;
 pub mod service;
 pub mod status;
 mod watch;
-mod watch_queue;
 
 use std::io;
 use std::net::SocketAddr;
@@ -70,14 +68,13 @@ use tonic::service::Routes;
 pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
 pub use self::error::ServeError;
 use self::health::ShutdownAwareHealth;
-use self::hub::Hub;
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
 pub use self::preface::PREFACE_TIMEOUT;
 use self::preface::PrefaceDeadline;
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
-use self::watch::WatchContext;
+use self::watch::{Hub, WatchContext};
 use crate::auth::Security;
 use crate::auth::conn::Conn;
 use crate::auth::gate::Gate;
