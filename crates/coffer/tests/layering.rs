@@ -452,7 +452,7 @@ fn use_tree(
             }
             Some(t) if is_ident(t) => {
                 // `self` inside braces names the prefix itself.
-                if !(t == "self" && !prefix.is_empty()) {
+                if t != "self" || prefix.is_empty() {
                     prefix.push(t.to_owned());
                 }
                 *j += 1;

@@ -66,7 +66,8 @@ pub struct Record<'a> {
     /// The WatchMany watch id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch_id: Option<u64>,
-    /// The outcome: a gRPC code name (`Ok`, `PermissionDenied`, ...).
+    /// The outcome: the code's audit name (`Ok`, `PermissionDenied`, ...; see
+    /// [`coffer_kms::code::audit_name`]).
     pub code: String,
     /// The resource version the request read or wrote (0 when none).
     pub resource_version: u64,

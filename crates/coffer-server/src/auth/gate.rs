@@ -229,7 +229,7 @@ impl Call {
             label_selector_hmac: (!target.label_selector.is_empty())
                 .then(|| auditor.hmac(target.label_selector.as_bytes())),
             watch_id: watch.map(|(id, _)| id),
-            code: format!("{code:?}"),
+            code: coffer_kms::code::audit_name(code).to_owned(),
             resource_version,
             source: &self.source.address,
             connection: self.source.connection,

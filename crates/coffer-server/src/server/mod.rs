@@ -48,6 +48,7 @@ pub mod convert;
 mod error;
 mod health;
 pub mod limits;
+mod listen;
 pub mod metrics;
 mod preface;
 pub mod service;
@@ -59,8 +60,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::Stream;
-use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -68,15 +67,15 @@ use tonic::service::Routes;
 pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
 pub use self::error::ServeError;
 use self::health::ShutdownAwareHealth;
+pub use self::listen::BoundAddr;
+use self::listen::{Bound, Listener, bind_all, tcp_incoming, tls_incoming, unix_incoming};
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
 pub use self::preface::PREFACE_TIMEOUT;
-use self::preface::PrefaceDeadline;
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
 use self::watch::{Hub, WatchContext};
 use crate::auth::Security;
-use crate::auth::conn::Conn;
 use crate::auth::gate::Gate;
 use crate::proto::v1::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::secrets_server::SecretsServer;
@@ -229,24 +228,6 @@ async fn wait_for_signal() -> &'static str {
     {
         let _ = tokio::signal::ctrl_c().await;
         "Ctrl-C"
-    }
-}
-
-/// An address the server is listening on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BoundAddr {
-    /// A TCP address (with the port chosen, when 0 was asked for).
-    Tcp(SocketAddr),
-    /// A unix socket.
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for BoundAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BoundAddr::Tcp(a) => write!(f, "{a}"),
-            BoundAddr::Unix(p) => write!(f, "unix://{}", p.display()),
-        }
     }
 }
 
@@ -666,178 +647,6 @@ fn log_security(security: &Security, tls: bool) {
             }
         );
     }
-}
-
-/// Everything [`Server::start`] binds.
-struct Bound {
-    listeners: Vec<Listener>,
-    addrs: Vec<BoundAddr>,
-    sockets: Vec<PathBuf>,
-    metrics: Option<TcpListener>,
-    metrics_addr: Option<SocketAddr>,
-}
-
-/// Binds every address; on a failure, removes the socket files it had created.
-async fn bind_all(listen: &[ListenAddr], metrics: Option<&str>) -> Result<Bound, ServeError> {
-    let mut bound = Bound {
-        listeners: Vec::new(),
-        addrs: Vec::new(),
-        sockets: Vec::new(),
-        metrics: None,
-        metrics_addr: None,
-    };
-    let result = bind_into(&mut bound, listen, metrics).await;
-    match result {
-        Ok(()) => Ok(bound),
-        Err(e) => {
-            drop(bound.listeners);
-            for path in &bound.sockets {
-                let _ = std::fs::remove_file(path);
-            }
-            Err(e)
-        }
-    }
-}
-
-async fn bind_into(
-    bound: &mut Bound,
-    listen: &[ListenAddr],
-    metrics: Option<&str>,
-) -> Result<(), ServeError> {
-    for addr in listen {
-        match addr {
-            ListenAddr::Tcp(a) => {
-                let l = TcpListener::bind(a.as_str())
-                    .await
-                    .map_err(|e| listen_error(addr, e))?;
-                let local = l.local_addr().map_err(|e| listen_error(addr, e))?;
-                bound.addrs.push(BoundAddr::Tcp(local));
-                bound.listeners.push(Listener::Tcp(l));
-            }
-            ListenAddr::Unix(path) => {
-                let l = bind_unix(path).await.map_err(|e| listen_error(addr, e))?;
-                bound.sockets.push(path.clone());
-                bound.addrs.push(BoundAddr::Unix(path.clone()));
-                bound.listeners.push(Listener::Unix(l));
-            }
-        }
-    }
-    if let Some(a) = metrics {
-        let err = |source| ServeError::Listen {
-            addr: a.to_owned(),
-            source,
-        };
-        let l = TcpListener::bind(a).await.map_err(err)?;
-        bound.metrics_addr = Some(l.local_addr().map_err(err)?);
-        bound.metrics = Some(l);
-    }
-    Ok(())
-}
-
-fn listen_error(addr: &ListenAddr, source: io::Error) -> ServeError {
-    ServeError::Listen {
-        addr: addr.to_string(),
-        source,
-    }
-}
-
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-/// Accepted TCP connections (with `TCP_NODELAY`, and a deadline on the HTTP/2 preface: see
-/// [`PrefaceDeadline`]). An accept error (out of file descriptors,
-/// say) is passed on after a short pause, so the accept loop cannot spin.
-fn tcp_incoming(
-    l: TcpListener,
-) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::TcpStream>>>> {
-    futures::stream::unfold(l, |l| async move {
-        let r = match l.accept().await {
-            Ok((s, _)) => {
-                let _ = s.set_nodelay(true);
-                Ok(PrefaceDeadline::new(Conn::tcp(s), PREFACE_TIMEOUT))
-            }
-            Err(e) => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                Err(e)
-            }
-        };
-        Some((r, l))
-    })
-}
-
-/// How long a client has to finish its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Accepted TLS connections. Each handshake runs in its own task (so a slow or silent client
-/// does not hold up the others) and is bounded by [`TLS_HANDSHAKE_TIMEOUT`]; a failed one is
-/// logged at debug level and dropped. A client certificate is accepted at the handshake if the
-/// client proves it holds its key; its chain is checked per request (see `crate::auth::tls`).
-/// Accepting stops when the server drops the stream (at shutdown).
-fn tls_incoming(
-    l: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-) -> impl Stream<
-    Item = io::Result<
-        PrefaceDeadline<Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
-    >,
-> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = tx.closed() => break,
-                r = l.accept() => r,
-            };
-            let (stream, addr) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        // The HTTP/2 preface has its own deadline once the handshake is done.
-                        let conn = PrefaceDeadline::new(Conn::tls(tls), PREFACE_TIMEOUT);
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// Accepted unix socket connections, as [`tcp_incoming`].
-fn unix_incoming(
-    l: UnixListener,
-) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::UnixStream>>>> {
-    futures::stream::unfold(l, |l| async move {
-        let r = match l.accept().await {
-            Ok((s, _)) => Ok(PrefaceDeadline::new(Conn::unix(s), PREFACE_TIMEOUT)),
-            Err(e) => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                Err(e)
-            }
-        };
-        Some((r, l))
-    })
-}
-
-/// Binds a unix socket at `path`, replacing a stale socket file (one nobody answers on) but
-/// never a live socket or any other kind of file. The socket is made owner-only (0600): without
-/// authentication, whoever can connect can read every Secret (see [`open_sockets`]).
-async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    coffer_kms::plugin::bind_unix(path).await
 }
 
 struct Supervised {
