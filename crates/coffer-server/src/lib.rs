@@ -10,6 +10,9 @@
 //!   per-connection info, and the gate every Secret RPC passes.
 //! - [`audit`]: the audit log (JSON lines, no Secret data, HMACs for correlated values).
 //!
+//! Inside the crate the arrows point down too: `server` -> `auth` -> `audit`; no file imports
+//! a file that imports it (checked by `crates/coffer/tests/layering.rs`).
+//!
 //! # What this crate may use
 //!
 //! `coffer-core` (the store it serves) and `coffer-kms` (the KMS client it dials, the wiping

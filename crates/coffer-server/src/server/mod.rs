@@ -14,9 +14,15 @@
 //!   hygiene flags.
 //! - [`cleaner`]: deletes expired bootstrap tokens.
 //! - `health`: the gRPC health service, ending its watches at shutdown.
+//! - `listen`: binding the addresses; accepting on them through the one accept loop
+//!   ([`coffer_kms::net`]), with the TLS handshake and the HTTP/2 preface deadline (`preface`).
+//! - `error`: [`ServeError`].
+//!
+//! This module file is the facade and the run loop: its children never name it.
 //!
 //! Authentication, authorization, per-connection limits and audit live in [`crate::auth`] and
-//! [`crate::audit`]: [`Server::security`] hands them in; every Secret RPC passes the gate.
+//! [`crate::audit`], below this module (they never name it): [`Server::security`] hands them
+//! in; every Secret RPC passes the gate; the metrics renderer reads the counters they keep.
 //!
 //! # Running
 //!
