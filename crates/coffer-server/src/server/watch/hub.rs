@@ -485,3 +485,68 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::watch::queue::StreamQueue;
+    use coffer_core::store::StoreConfig;
+    use coffer_testkit::engine::{TestKms, open_store};
+
+    /// The Arc cycle of old (registration -> hub -> index -> queue -> registration) is gone: a
+    /// live registration does not keep a stopped hub alive, and dropping it afterwards is a
+    /// no-op.
+    #[tokio::test]
+    async fn a_registration_does_not_keep_the_hub_alive() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, _) = open_store(
+            dir.path(),
+            TestKms::open(dir.path(), 1),
+            StoreConfig::default(),
+        )
+        .await;
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let limits = WindowLimits {
+            events: 16,
+            bytes: 1 << 20,
+            age: None,
+        };
+        let hub = Hub::start(
+            &Arc::new(store),
+            metrics.clone(),
+            limits,
+            Duration::from_secs(60),
+            shutdown.clone(),
+        );
+        let key = SpecKey {
+            namespace: "ns".into(),
+            label_selector: String::new(),
+            field_selector: String::new(),
+            bookmarks: false,
+        };
+        let spec = hub.spec(key, WatchSpec::parse).expect("spec");
+        let queue = StreamQueue::new(4);
+        let registration = hub
+            .register(spec, Sink::Single(queue.clone()), hub.dispatched())
+            .expect("registered");
+        assert!(registration.is_live());
+        // Stopping the feeder ends the watcher and drops the feeder's reference to the hub.
+        shutdown.cancel();
+        let weak = Arc::downgrade(&hub);
+        drop(hub);
+        for _ in 0..200 {
+            if weak.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            weak.strong_count(),
+            0,
+            "the registration kept the hub alive"
+        );
+        assert!(!registration.is_live());
+        drop(registration);
+    }
+}
