@@ -112,9 +112,9 @@ fn map_status(op: &str, socket: &Path, status: &tonic::Status) -> KmsError {
         message.push_str("...");
     }
     let text = format!(
-        "{op} on unix://{}: {:?}: {message}",
+        "{op} on unix://{}: {}: {message}",
         socket.display(),
-        status.code()
+        crate::code::name(status.code())
     );
     match status.code() {
         Code::InvalidArgument

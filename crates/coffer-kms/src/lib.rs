@@ -14,6 +14,9 @@
 //!   crate's KMS v2 stubs and by the Secret service's).
 //! - [`hygiene`]: core dumps off and memory locked for the processes that hold keys (`coffer
 //!   serve` and both plugins); [`logging`]: the stderr log setup they share.
+//! - [`net`]: the one accept loop of every Coffer server (Secret service, metrics, plugins) and
+//!   the safe unix socket bind.
+//! - [`code`]: the one table of gRPC code names (`INVALID_ARGUMENT`, ...).
 //!
 //! # What this crate may use
 //!
@@ -22,11 +25,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod code;
 pub mod codec;
 pub mod config;
 pub mod grpc;
 pub mod hygiene;
 pub mod logging;
+pub mod net;
 pub mod plugin;
 
 pub use self::config::{KmsConfig, KmsEndpoint};

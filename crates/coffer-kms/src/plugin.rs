@@ -19,11 +19,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::Stream;
-use tokio::net::UnixListener;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
+use crate::net::{bind_unix, incoming};
 use crate::proto as pb;
 use crate::proto::key_management_service_server::{
     KeyManagementService, KeyManagementServiceServer,
@@ -188,6 +187,7 @@ pub async fn serve_unix(
     tracing::info!(socket = %path.display(), kms = %kms.describe(), "KMS v2 plugin listening");
     let result = tonic::transport::Server::builder()
         .add_service(PluginService::new(kms).into_server())
+        // The accept loop every Coffer server shares (see `crate::net`).
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     if let Err(e) = std::fs::remove_file(path)
@@ -196,45 +196,4 @@ pub async fn serve_unix(
         tracing::warn!(socket = %path.display(), error = %e, "cannot remove the socket file");
     }
     result.map_err(PluginError::from)
-}
-
-fn incoming(l: UnixListener) -> impl Stream<Item = io::Result<tokio::net::UnixStream>> {
-    futures::stream::unfold(l, |l| async move {
-        let r = match l.accept().await {
-            Ok((s, _)) => Ok(s),
-            Err(e) => {
-                // Out of file descriptors, say: pause so the accept loop cannot spin.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                Err(e)
-            }
-        };
-        Some((r, l))
-    })
-}
-
-/// Binds a unix socket, replacing only a stale socket file; the socket is made 0600.
-pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process is serving on this socket",
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket; refusing to replace it",
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
 }

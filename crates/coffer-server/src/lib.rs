@@ -14,6 +14,9 @@
 //! - [`settings`]: how every settings struct of `coffer serve` is read: flags over the
 //!   `--config` file over the defaults, durations through `humantime` (a leaf).
 //!
+//! Inside the crate the arrows point down too: `server` -> `auth` -> `audit`; no file imports
+//! a file that imports it (checked by `crates/coffer/tests/layering.rs`).
+//!
 //! # What this crate may use
 //!
 //! `coffer-core` (the store it serves) and `coffer-kms` (the KMS client it dials, the wiping

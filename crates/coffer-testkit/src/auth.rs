@@ -163,8 +163,7 @@ pub async fn start(
         .resolve(None)
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let metrics = Metrics::new();
-    let security = Security::load(config, Some(metrics.clone()))
-        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let security = Security::load(config).map_err(|e| ServeError::Config(e.to_string()))?;
     let mut server = Server::new(Arc::new(store))
         .options(options())
         .metrics(metrics.clone())

@@ -20,7 +20,25 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use std::process::ExitCode;
+
 use crate::watch::{Acks, Percentiles, WatchArgs, WatchSummary, drain, rss_kib, secret_name};
+
+/// Runs `coffer-load watch --target etcd` against the member at `--server`.
+pub(crate) async fn run_watch(args: WatchArgs) -> Result<ExitCode, String> {
+    if args.spawn {
+        return Err("--spawn starts a Coffer server: with --target etcd give --server".into());
+    }
+    if args.watches_per_stream > 1 {
+        return Err("--watches-per-stream > 1 is not supported with --target etcd".into());
+    }
+    let addr = args
+        .server
+        .clone()
+        .unwrap_or_else(|| crate::args::DEFAULT_ETCD.to_owned());
+    let summary = measure_watch(&args, &addr).await?;
+    Ok(summary.print(args.json))
+}
 
 /// Connects one etcd client (its own HTTP/2 connection) to `addr` (HOST:PORT or http://...).
 pub(crate) async fn connect(addr: &str) -> Result<Client, String> {

@@ -9,10 +9,9 @@
 //! - The KMS v2 gRPC client and the plugin-serving helpers are the `coffer-kms` crate's: this
 //!   crate holds only the contract they implement.
 //! - [`seeds`]: [`SeedManager`]: seeds wrapped once, unwrapped once at start, replaced on a
-//!   key_id change; the outage policy (writes refused once the last good `Status` is older than
-//!   the grace period).
-//! - [`poller`]: the `Status` poller (every minute while healthy, every 10 s while failing) and
-//!   [`OutagePolicy`].
+//!   key_id change; the [`OutagePolicy`] (writes refused once the last good `Status` is older
+//!   than the grace period; the poll intervals).
+//! - [`poller`]: the `Status` poller (every minute while healthy, every 10 s while failing).
 //! - Rewriting records still under seeds of a retired key_id (`coffer migrate`) is the store's
 //!   (`store::migrate`), beside `reseal`.
 
@@ -27,8 +26,7 @@ use async_trait::async_trait;
 use zeroize::Zeroizing;
 
 pub use self::local::LocalKek;
-pub use self::poller::OutagePolicy;
-pub use self::seeds::{SeedError, SeedManager, SeedPolicy};
+pub use self::seeds::{OutagePolicy, SeedError, SeedManager, SeedPolicy};
 
 /// The KMS v2 API version a healthy plugin reports.
 pub const KMS_API_VERSION: &str = "v2";

@@ -1,4 +1,5 @@
-//! Watching the KMS: the `Status` poller and the outage policy.
+//! Watching the KMS: the `Status` poller, on the intervals of the seed manager's
+//! [`OutagePolicy`].
 //!
 //! The poller asks the plugin for its `Status` every [`OutagePolicy::healthy_interval`] (one
 //! minute) while it answers well, and every [`OutagePolicy::failing_interval`] (10 s) after a
@@ -7,34 +8,14 @@
 //! next write makes a new seed under the new KEK), and unwraps seeds that could not be unwrapped
 //! before (a start while the plugin was down). The outcome feeds [`SeedManager::readiness`], which
 //! the server mirrors into its gRPC health status.
-
-use std::time::Duration;
+//!
+//! [`OutagePolicy`]: super::OutagePolicy
+//! [`OutagePolicy::healthy_interval`]: super::OutagePolicy::healthy_interval
+//! [`OutagePolicy::failing_interval`]: super::OutagePolicy::failing_interval
 
 use tokio_util::sync::CancellationToken;
 
 use super::SeedManager;
-
-/// How the KMS is watched and how long writes outlive an outage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutagePolicy {
-    /// Writes keep working this long after the last good `Status`, then fail with UNAVAILABLE
-    /// ("KMS unreachable"); reads go on from the seeds in memory. Default 3 min.
-    pub grace: Duration,
-    /// The poll interval while the plugin answers well. Default 60 s.
-    pub healthy_interval: Duration,
-    /// The poll interval after a failed `Status`. Default 10 s.
-    pub failing_interval: Duration,
-}
-
-impl Default for OutagePolicy {
-    fn default() -> Self {
-        Self {
-            grace: Duration::from_secs(180),
-            healthy_interval: Duration::from_secs(60),
-            failing_interval: Duration::from_secs(10),
-        }
-    }
-}
 
 /// Polls the KMS `Status` until `shutdown` is cancelled (see the module docs).
 pub async fn run(seeds: &SeedManager, shutdown: CancellationToken) {

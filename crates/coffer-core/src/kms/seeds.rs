@@ -19,7 +19,7 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Kms, KmsError, KmsStatus, OutagePolicy, Wrapped};
+use super::{Kms, KmsError, KmsStatus, Wrapped};
 use crate::crypto::Seed;
 use crate::storage::{Backend, Batch, StorageError};
 
@@ -147,6 +147,28 @@ pub struct KmsHealth {
     pub last_error: Option<String>,
     /// Whether writes are allowed now (a good `Status` within the grace period).
     pub writable: bool,
+}
+
+/// How the KMS is watched and how long writes outlive an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutagePolicy {
+    /// Writes keep working this long after the last good `Status`, then fail with UNAVAILABLE
+    /// ("KMS unreachable"); reads go on from the seeds in memory. Default 3 min.
+    pub grace: Duration,
+    /// The poll interval while the plugin answers well. Default 60 s.
+    pub healthy_interval: Duration,
+    /// The poll interval after a failed `Status`. Default 10 s.
+    pub failing_interval: Duration,
+}
+
+impl Default for OutagePolicy {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(180),
+            healthy_interval: Duration::from_secs(60),
+            failing_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Owns the seeds: unwraps them at start, hands them out for reads and writes, makes new ones.

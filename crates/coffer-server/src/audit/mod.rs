@@ -13,8 +13,9 @@
 //!
 //! Writing: each line is one `write` to a file opened for appending, so lines from concurrent
 //! requests never interleave. A failed write drops the file handle; the next record reopens the
-//! file. SIGHUP reopens it too (for log rotation). Every failure is counted
-//! (`coffer_audit_errors_total`) and logged. With `fail_closed`, a request is refused with
+//! file. SIGHUP reopens it too (for log rotation). Every failure is counted here
+//! ([`Auditor::errors`], which the metrics renderer reads as `coffer_audit_errors_total`) and
+//! logged. With `fail_closed`, a request is refused with
 //! `UNAVAILABLE` when its record cannot be written after it ran, and, once any write has failed,
 //! before it runs until the log takes a marker line again ([`Auditor::ready`]); otherwise the
 //! request goes on.
@@ -22,13 +23,11 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ring::hmac;
 use serde::Serialize;
-
-use crate::server::metrics::Metrics;
 
 /// The audit log could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +66,8 @@ pub struct Record<'a> {
     /// The WatchMany watch id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch_id: Option<u64>,
-    /// The outcome: a gRPC code name (`Ok`, `PermissionDenied`, ...).
+    /// The outcome: the code's audit name (`Ok`, `PermissionDenied`, ...; see
+    /// [`coffer_kms::code::audit_name`]).
     pub code: String,
     /// The resource version the request read or wrote (0 when none).
     pub resource_version: u64,
@@ -85,7 +85,8 @@ pub struct Auditor {
     file: Mutex<Option<File>>,
     /// False from a failed open or write until a write succeeds again.
     healthy: AtomicBool,
-    metrics: Option<Arc<Metrics>>,
+    /// Failed opens and writes since start: counted where they happen, read by the metrics.
+    errors: AtomicU64,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -101,12 +102,7 @@ impl Auditor {
     /// An auditor writing to `path` (none: records are dropped, HMACs still work). `key`: the
     /// HMAC key; `None` draws a random one for this process. A log that cannot be opened now is
     /// reported and retried on the next record.
-    pub fn new(
-        path: Option<PathBuf>,
-        fail_closed: bool,
-        key: Option<&[u8]>,
-        metrics: Option<Arc<Metrics>>,
-    ) -> Self {
+    pub fn new(path: Option<PathBuf>, fail_closed: bool, key: Option<&[u8]>) -> Self {
         let key = match key {
             Some(k) => hmac::Key::new(hmac::HMAC_SHA256, k),
             None => {
@@ -121,7 +117,7 @@ impl Auditor {
             key,
             file: Mutex::new(None),
             healthy: AtomicBool::new(true),
-            metrics,
+            errors: AtomicU64::new(0),
         };
         if let Some(p) = &a.path {
             match open(p) {
@@ -135,6 +131,11 @@ impl Auditor {
     /// Whether requests fail when the log cannot be written.
     pub fn fail_closed(&self) -> bool {
         self.fail_closed
+    }
+
+    /// Records that could not be written (and failed opens) since start.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
     }
 
     /// Whether a log is configured.
@@ -233,9 +234,7 @@ impl Auditor {
 
     fn failed(&self, e: &AuditError) {
         self.healthy.store(false, Ordering::Release);
-        if let Some(m) = &self.metrics {
-            m.audit_error();
-        }
+        self.errors.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %e, fail_closed = self.fail_closed, "audit log write failed");
     }
 }
@@ -296,8 +295,7 @@ mod tests {
     fn writes_lines_and_reports_failures() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
-        let metrics = Metrics::new();
-        let a = Auditor::new(Some(path.clone()), true, Some(b"k"), Some(metrics.clone()));
+        let a = Auditor::new(Some(path.clone()), true, Some(b"k"));
         let groups = vec!["dev".to_owned()];
         a.write(&record(&groups)).expect("write");
         a.write(&record(&groups)).expect("write");
@@ -308,21 +306,16 @@ mod tests {
         assert_eq!(v["user"], "alice");
         assert_eq!(v["resource_version"], 3);
         assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')));
-        assert_eq!(metrics.audit_errors(), 0);
+        assert_eq!(a.errors(), 0);
 
         // A directory cannot be opened as the log.
-        let bad = Auditor::new(
-            Some(dir.path().to_owned()),
-            true,
-            None,
-            Some(metrics.clone()),
-        );
+        let bad = Auditor::new(Some(dir.path().to_owned()), true, None);
         assert!(bad.ready().is_err());
         assert!(bad.write(&record(&groups)).is_err());
-        assert!(metrics.audit_errors() >= 2);
+        assert!(bad.errors() >= 2);
         // /dev/full opens but refuses writes: after the first failure, ready() fails too.
         if Path::new("/dev/full").exists() {
-            let full = Auditor::new(Some("/dev/full".into()), true, None, None);
+            let full = Auditor::new(Some("/dev/full".into()), true, None);
             assert!(full.ready().is_ok());
             assert!(full.write(&record(&groups)).is_err());
             assert!(full.ready().is_err());
@@ -331,7 +324,7 @@ mod tests {
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).expect("mkdir");
         let log = sub.join("a.log");
-        let r = Auditor::new(Some(log.clone()), true, None, None);
+        let r = Auditor::new(Some(log.clone()), true, None);
         std::fs::remove_dir_all(&sub).expect("rm");
         assert!(r.reopen().is_err());
         assert!(r.ready().is_err());
@@ -350,8 +343,8 @@ mod tests {
 
     #[test]
     fn hmac_is_keyed() {
-        let a = Auditor::new(None, false, Some(b"k1"), None);
-        let b = Auditor::new(None, false, Some(b"k2"), None);
+        let a = Auditor::new(None, false, Some(b"k1"));
+        let b = Auditor::new(None, false, Some(b"k2"));
         assert_eq!(a.hmac(b"x"), a.hmac(b"x"));
         assert_ne!(a.hmac(b"x"), b.hmac(b"x"));
         assert_eq!(a.hmac(b"x").len(), 32);

@@ -229,7 +229,7 @@ impl Call {
             label_selector_hmac: (!target.label_selector.is_empty())
                 .then(|| auditor.hmac(target.label_selector.as_bytes())),
             watch_id: watch.map(|(id, _)| id),
-            code: format!("{code:?}"),
+            code: coffer_kms::code::audit_name(code).to_owned(),
             resource_version,
             source: &self.source.address,
             connection: self.source.connection,
@@ -266,20 +266,13 @@ impl Call {
 
     /// Takes one of the connection's watch stream slots (held until the guard is dropped).
     pub fn watch_stream_slot(&self) -> Result<Option<WatchStreamGuard>, Status> {
-        match (
-            self.security.config().limits.max_watch_streams,
-            &self.source.conn,
-        ) {
-            (Some(max), Some(conn)) => match conn.open_watch_stream(max) {
-                Some(g) => Ok(Some(g)),
-                None => {
-                    let s = Status::from(AuthError::TooManyWatchStreams { max });
-                    let _ = self.audit(s.code(), 0, None);
-                    Err(s)
-                }
-            },
-            _ => Ok(None),
-        }
+        self.security
+            .open_watch_stream(self.source.conn.as_ref())
+            .map_err(|e| {
+                let s = Status::from(e);
+                let _ = self.audit(s.code(), 0, None);
+                s
+            })
     }
 
     /// Authorizes (and audits) one watch of a WatchMany stream.

@@ -4,6 +4,8 @@
 //!
 //! - [`args`]: the security flags (`SecurityArgs`, flattened into `ServeArgs`), the config
 //!   file's `[security]` table, the resolved [`SecurityConfig`].
+//! - `error`: [`AuthConfigError`] (a bad setting or file) and [`AuthError`] (a refused
+//!   request); `verb`: the [`Verb`]s requests do.
 //! - [`identity`]: the authenticated [`Identity`] (user, groups) and how certificates map to it.
 //! - [`tokens`]: the static bearer token file, held hashed, compared in constant time.
 //! - [`policy`]: the YAML authorization rules and their Kubernetes semantics.
@@ -14,96 +16,37 @@
 //!
 //! [`Security`] holds the live state; its token table and policy are swapped atomically by
 //! [`Security::reload`] (on SIGHUP), so a reload never drops a connection and a bad file keeps
-//! the old one.
+//! the old one. It counts the requests its per-connection limits refuse ([`Rejections`]); the
+//! metrics renderer reads the counts (nothing here knows about metrics).
+//!
+//! This module sits below `crate::server`: it names the audit log and the engine, never the
+//! server.
 
 pub mod args;
 pub mod conn;
+mod error;
 pub mod gate;
 pub mod identity;
 pub mod policy;
 pub mod tls;
 pub mod tokens;
+mod verb;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
 pub use self::args::{ConnLimits, SecurityArgs, SecurityConfig};
-use self::conn::{ConnInfo, ConnState};
+use self::conn::{ConnInfo, ConnState, WatchStreamGuard};
+pub use self::error::{AuthConfigError, AuthError};
 pub use self::identity::Identity;
 use self::identity::Method;
-pub use self::policy::{Policy, Verb};
+pub use self::policy::Policy;
 use self::tokens::TokenTable;
+pub use self::verb::Verb;
 use crate::audit::Auditor;
-use crate::server::metrics::Metrics;
-
-/// A security setting or file is wrong (at start, or on reload); the message names it.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct AuthConfigError(String);
-
-impl AuthConfigError {
-    /// An error with this message.
-    pub fn new(msg: impl Into<String>) -> Self {
-        Self(msg.into())
-    }
-}
-
-/// Why a request was refused before it ran. Mapped to gRPC codes in
-/// `crate::server::status::auth_error`. Messages name the user, never a credential.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuthError {
-    /// No valid credentials.
-    #[error("{0}")]
-    Unauthenticated(String),
-    /// The policy does not allow it.
-    #[error("{}", forbidden_message(.user, *.verb, .namespace, .name.as_deref()))]
-    Forbidden {
-        /// The user.
-        user: String,
-        /// The verb.
-        verb: Verb,
-        /// The namespace (empty: all).
-        namespace: String,
-        /// The name, if the request has one.
-        name: Option<String>,
-    },
-    /// The connection's request rate is exceeded.
-    #[error("too many requests on this connection: at most {rate} per second (burst {burst})")]
-    RateLimited {
-        /// Requests per second.
-        rate: f64,
-        /// Burst.
-        burst: f64,
-    },
-    /// The connection has its most watch streams open.
-    #[error(
-        "too many watch streams on this connection: at most {max} (use WatchMany to multiplex watches)"
-    )]
-    TooManyWatchStreams {
-        /// The limit.
-        max: usize,
-    },
-    /// The audit log cannot be written and the server fails closed.
-    #[error("audit log unavailable, request refused (--audit-fail-closed): {0}")]
-    AuditUnavailable(String),
-}
-
-/// Kubernetes' wording: `secrets "db" is forbidden: User "bob" cannot get resource "secrets"
-/// in the namespace "prod"`.
-fn forbidden_message(user: &str, verb: Verb, namespace: &str, name: Option<&str>) -> String {
-    let what = match name {
-        Some(n) => format!("secrets {n:?}"),
-        None => "secrets".to_owned(),
-    };
-    let scope = if namespace.is_empty() {
-        "at the cluster scope".to_owned()
-    } else {
-        format!("in the namespace {namespace:?}")
-    };
-    format!("{what} is forbidden: User {user:?} cannot {verb} resource \"secrets\" {scope}")
-}
 
 /// The live security state of a server.
 pub struct Security {
@@ -113,6 +56,26 @@ pub struct Security {
     unix_users: HashMap<u32, (String, Vec<String>)>,
     client_ca: Option<tls::ClientCa>,
     auditor: Auditor,
+    rejections: Rejections,
+}
+
+/// Requests refused by a per-connection limit since start (the metrics renderer reads them).
+#[derive(Debug, Default)]
+pub struct Rejections {
+    rate_limited: AtomicU64,
+    watch_streams: AtomicU64,
+}
+
+impl Rejections {
+    /// Requests refused by their connection's request rate.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Watch and WatchMany calls refused because their connection had its most streams open.
+    pub fn watch_streams(&self) -> u64 {
+        self.watch_streams.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for Security {
@@ -135,15 +98,13 @@ impl Security {
             policy: ArcSwap::from_pointee(Policy::default()),
             unix_users: HashMap::new(),
             client_ca: None,
-            auditor: Auditor::new(None, false, None, None),
+            auditor: Auditor::new(None, false, None),
+            rejections: Rejections::default(),
         })
     }
 
     /// Loads the token file, the policy and the audit key named by `config`.
-    pub fn load(
-        config: SecurityConfig,
-        metrics: Option<Arc<Metrics>>,
-    ) -> Result<Arc<Self>, AuthConfigError> {
+    pub fn load(config: SecurityConfig) -> Result<Arc<Self>, AuthConfigError> {
         let tokens = match &config.token_file {
             Some(p) => TokenTable::load(p)?,
             None => TokenTable::default(),
@@ -176,7 +137,6 @@ impl Security {
             config.audit_log.clone(),
             config.audit_fail_closed,
             key.as_deref().map(Vec::as_slice),
-            metrics,
         );
         let unix_users = config
             .unix_peer_users
@@ -190,6 +150,7 @@ impl Security {
             unix_users,
             client_ca,
             auditor,
+            rejections: Rejections::default(),
         }))
     }
 
@@ -241,6 +202,11 @@ impl Security {
     /// The audit log.
     pub fn auditor(&self) -> &Auditor {
         &self.auditor
+    }
+
+    /// The requests the per-connection limits refused.
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
     }
 
     /// The current policy.
@@ -351,9 +317,30 @@ impl Security {
     pub fn limit_rate(&self, conn: Option<&ConnState>) -> Result<(), AuthError> {
         match (self.config.limits.rate, conn) {
             (Some((rate, burst)), Some(c)) if !c.take_request(rate, burst) => {
+                self.rejections.rate_limited.fetch_add(1, Ordering::Relaxed);
                 Err(AuthError::RateLimited { rate, burst })
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Takes one of the connection's watch stream slots (held until the guard is dropped);
+    /// `None` when no cap is set.
+    pub fn open_watch_stream(
+        &self,
+        conn: Option<&Arc<ConnState>>,
+    ) -> Result<Option<WatchStreamGuard>, AuthError> {
+        match (self.config.limits.max_watch_streams, conn) {
+            (Some(max), Some(c)) => match c.open_watch_stream(max) {
+                Some(g) => Ok(Some(g)),
+                None => {
+                    self.rejections
+                        .watch_streams
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err(AuthError::TooManyWatchStreams { max })
+                }
+            },
+            _ => Ok(None),
         }
     }
 }
@@ -366,30 +353,6 @@ pub fn conn_state(ext: &tonic::Extensions) -> Option<&Arc<ConnState>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn forbidden_messages() {
-        let e = AuthError::Forbidden {
-            user: "bob".into(),
-            verb: Verb::Get,
-            namespace: "prod".into(),
-            name: Some("db".into()),
-        };
-        assert_eq!(
-            e.to_string(),
-            "secrets \"db\" is forbidden: User \"bob\" cannot get resource \"secrets\" in the namespace \"prod\""
-        );
-        let e = AuthError::Forbidden {
-            user: "bob".into(),
-            verb: Verb::List,
-            namespace: String::new(),
-            name: None,
-        };
-        assert_eq!(
-            e.to_string(),
-            "secrets is forbidden: User \"bob\" cannot list resource \"secrets\" at the cluster scope"
-        );
-    }
 
     #[test]
     fn reload_keeps_the_old_files_when_a_new_one_is_bad() {
@@ -409,7 +372,7 @@ mod tests {
         }
         .resolve(None)
         .expect("config");
-        let sec = Security::load(cfg, None).expect("load");
+        let sec = Security::load(cfg).expect("load");
         let alice = Identity::authenticated("alice", vec![], Method::Token, None);
         assert!(sec.allows(&alice, Verb::Get, "a", Some("x")));
         assert!(!sec.allows(&alice, Verb::Get, "b", Some("x")));

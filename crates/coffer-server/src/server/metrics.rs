@@ -1,5 +1,6 @@
 //! Prometheus metrics: counters and histograms kept in atomics (no lock on the request path),
-//! rendered in the Prometheus text format by a tiny HTTP responder on `--metrics-listen`.
+//! rendered in the Prometheus text format and served by hyper's HTTP/1 server on
+//! `--metrics-listen`.
 //!
 //! - `coffer_grpc_requests_total{method,code}`: finished RPCs by method and gRPC code.
 //! - `coffer_grpc_request_duration_seconds{method}`: a histogram of RPC durations (for streams,
@@ -10,7 +11,13 @@
 //! - `coffer_kms_calls_total{op,result}`: calls to the KMS plugin, counted by [`CountingKms`].
 //! - `coffer_seal_total` / `coffer_open_total`: records sealed and opened by the store.
 //! - `coffer_limit_rejections_total{limit}`: calls refused by a server-wide limit
-//!   (`watch_streams`, `request_rate`; see [`super::limits`]).
+//!   (`watch_streams`, `request_rate`; see [`super::limits`]) or by their connection's limit
+//!   (`connection_watch_streams`, `connection_request_rate`; counted by [`Security`]).
+//! - `coffer_audit_errors_total`: audit records that could not be written (counted by the
+//!   [`Auditor`](crate::audit::Auditor)).
+//!
+//! Counters that belong to a lower layer (auth, audit) are kept there, where the event happens;
+//! [`Metrics::read_from`] hands the renderer the [`Security`] that holds them.
 //!
 //! RPCs are observed by [`MetricsService`], which wraps the whole gRPC router: it reads the
 //! `grpc-status` of a trailers-only answer from the response headers, and otherwise from the
@@ -26,15 +33,18 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
+use futures::StreamExt;
 use http_body::Frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::codegen::{Bytes, Service, http};
 use zeroize::Zeroizing;
 
+use crate::auth::Security;
 use coffer_core::kms::{Kms, KmsError, KmsStatus, Wrapped};
 use coffer_core::store::Store;
 
@@ -77,8 +87,9 @@ pub struct Metrics {
     kms: [[AtomicU64; 2]; KMS_OPS.len()],
     /// Calls refused by the server-wide limits.
     limits: Arc<super::limits::LimitCounters>,
-    /// Audit records that could not be written.
-    audit_errors: AtomicU64,
+    /// The security state whose counters (audit errors, per-connection rejections) are
+    /// rendered; set by the server that uses this registry.
+    security: ArcSwapOption<Security>,
 }
 
 /// The index of a method in [`METHODS`] from a request path.
@@ -89,27 +100,9 @@ fn method_index(path: &str) -> usize {
         .unwrap_or(other)
 }
 
+/// The label of the code with number `i` (see [`coffer_kms::code`]).
 fn code_name(i: usize) -> &'static str {
-    const NAMES: [&str; N_CODES] = [
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    ];
-    NAMES.get(i).copied().unwrap_or("Unknown")
+    coffer_kms::code::label(Code::from_i32(i32::try_from(i).unwrap_or(-1)))
 }
 
 impl Metrics {
@@ -178,14 +171,19 @@ impl Metrics {
         self.limits.clone()
     }
 
-    /// Counts an audit record that could not be written.
-    pub fn audit_error(&self) {
-        self.audit_errors.fetch_add(1, Ordering::Relaxed);
+    /// Renders the counters `security` keeps (audit errors, per-connection limit rejections)
+    /// from now on. [`Server::start`](super::Server::start) calls it.
+    pub fn read_from(&self, security: Arc<Security>) {
+        self.security.store(Some(security));
     }
 
-    /// Audit records that could not be written.
+    /// Audit records that could not be written (by the auditor of the security state this
+    /// registry reads from).
     pub fn audit_errors(&self) -> u64 {
-        self.audit_errors.load(Ordering::Relaxed)
+        self.security
+            .load()
+            .as_ref()
+            .map_or(0, |s| s.auditor().errors())
     }
 
     fn kms_call(&self, op: usize, ok: bool) {
@@ -288,18 +286,25 @@ impl Metrics {
                 );
             }
         }
+        let security = self.security.load();
+        let (conn_streams, conn_rate) = security.as_ref().map_or((0, 0), |s| {
+            let r = s.rejections();
+            (r.watch_streams(), r.rate_limited())
+        });
         let _ = write!(
             out,
-            "# HELP coffer_limit_rejections_total Calls refused by a server-wide limit.\n\
+            "# HELP coffer_limit_rejections_total Calls refused by a server-wide or per-connection limit.\n\
              # TYPE coffer_limit_rejections_total counter\n\
              coffer_limit_rejections_total{{limit=\"watch_streams\"}} {}\n\
              coffer_limit_rejections_total{{limit=\"request_rate\"}} {}\n\
+             coffer_limit_rejections_total{{limit=\"connection_watch_streams\"}} {conn_streams}\n\
+             coffer_limit_rejections_total{{limit=\"connection_request_rate\"}} {conn_rate}\n\
              # HELP coffer_audit_errors_total Audit records that could not be written.\n\
              # TYPE coffer_audit_errors_total counter\n\
              coffer_audit_errors_total {}\n",
             self.limits.watch_streams_rejected.load(Ordering::Relaxed),
             self.limits.rate_limited.load(Ordering::Relaxed),
-            self.audit_errors.load(Ordering::Relaxed)
+            self.audit_errors()
         );
         if let Some(store) = store {
             let _ = write!(
@@ -545,87 +550,82 @@ impl Drop for MetricsBody {
 // The HTTP endpoint
 // ---------------------------------------------------------------------------------------------
 
-/// The longest request head the endpoint reads.
+/// The longest request head the endpoint reads (hyper answers 431 past it; 8 KiB is hyper's
+/// smallest buffer).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request head.
+/// How long one connection may take, request and answer (the answer is small and in memory).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every answer's type: the Prometheus text format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled. One request per
-/// connection (HTTP/1.0 style, `Connection: close`).
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled, with hyper's HTTP/1
+/// server: one request per connection (`Connection: close`), header names in title case as
+/// before.
 pub(crate) async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     store: Arc<Store>,
     shutdown: CancellationToken,
 ) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.keep_alive(false)
+        .title_case_headers(true)
+        .max_buf_size(MAX_REQUEST_HEAD);
+    // The accept loop every Coffer server shares.
+    let mut accepted = std::pin::pin!(coffer_kms::net::incoming(listener));
     loop {
-        let conn = tokio::select! {
+        let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
-            c = listener.accept() => c,
-        };
-        let (stream, _) = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+            next = accepted.next() => match next {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "metrics endpoint: accept failed");
+                    continue;
+                }
+                None => return,
+            },
         };
         let metrics = metrics.clone();
         let store = store.clone();
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper::service::service_fn(move |req| {
+                let answer = respond(&req, || metrics.render(Some(&store)));
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            }),
+        );
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, &metrics, &store)).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
         });
     }
 }
 
-async fn respond(
-    mut stream: tokio::net::TcpStream,
-    metrics: &Metrics,
-    store: &Store,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_REQUEST_HEAD {
-            return write_response(&mut stream, "431 Request Header Fields Too Large", "").await;
-        }
-    }
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => {
-            let body = metrics.render(Some(store));
-            write_response(&mut stream, "200 OK", &body).await
-        }
-        ("GET", "/") => {
-            write_response(&mut stream, "200 OK", "coffer metrics: see /metrics\n").await
-        }
-        ("GET", _) => write_response(&mut stream, "404 Not Found", "not found\n").await,
-        _ => write_response(&mut stream, "405 Method Not Allowed", "only GET\n").await,
-    }
-}
-
-async fn write_response(
-    stream: &mut tokio::net::TcpStream,
-    status: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+/// The answer to one request: the metrics (`render`ed), a pointer to them, 404 or 405.
+fn respond<B>(
+    req: &http::Request<B>,
+    render: impl FnOnce() -> String,
+) -> http::Response<Full<Bytes>> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/metrics") => (http::StatusCode::OK, render()),
+        (&http::Method::GET, "/") => (
+            http::StatusCode::OK,
+            "coffer metrics: see /metrics\n".into(),
+        ),
+        (&http::Method::GET, _) => (http::StatusCode::NOT_FOUND, "not found\n".into()),
+        _ => (http::StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into()),
+    };
+    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(CONTENT_TYPE),
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 #[cfg(test)]
@@ -657,5 +657,25 @@ mod tests {
         assert!(text.contains("coffer_watch_streams_open 1"));
         assert_eq!(m.watch_streams_open(), 0);
         assert_eq!(m.requests("Create", Code::Ok), 1);
+    }
+
+    #[test]
+    fn the_endpoint_answers_get_only_and_says_the_format() {
+        let req = |method: &str, uri: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(())
+                .expect("request")
+        };
+        let render = || "coffer_store_revision 1\n".to_owned();
+        let r = respond(&req("GET", "/metrics?x=1"), render);
+        assert_eq!(r.status(), http::StatusCode::OK);
+        assert_eq!(r.headers()[http::header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(r.headers()[http::header::CONNECTION], "close");
+        assert_eq!(respond(&req("GET", "/"), render).status(), 200);
+        assert_eq!(respond(&req("GET", "/x"), render).status(), 404);
+        assert_eq!(respond(&req("POST", "/metrics"), render).status(), 405);
+        assert_eq!(respond(&req("HEAD", "/metrics"), render).status(), 405);
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! - [`config`]: `ServeArgs` (the contract with the CLI), the TOML file, defaults.
 //! - [`service`]: the `coffer.v1.Secrets` implementation over [`Store`].
-//! - `hub`: routes change events to the watchers they concern (indexed, converted once).
-//! - `watch`: Watch and WatchMany streams over the hub and a window of recent change events.
+//! - `watch`: Watch and WatchMany streams: a hub routes change events (converted once) to the
+//!   bounded queues of the watchers they concern; a window of recent events serves resumes.
 //! - [`status`]: the one mapping from engine errors to gRPC codes.
 //! - [`convert`]: wire messages to and from the engine's `Secret`.
 //! - [`metrics`]: Prometheus counters, the RPC observer, the KMS call counter, `/metrics`.
@@ -14,9 +14,15 @@
 //!   hygiene flags.
 //! - [`cleaner`]: deletes expired bootstrap tokens.
 //! - `health`: the gRPC health service, ending its watches at shutdown.
+//! - `listen`: binding the addresses; accepting on them through the one accept loop
+//!   ([`coffer_kms::net`]), with the TLS handshake and the HTTP/2 preface deadline (`preface`).
+//! - `error`: [`ServeError`].
+//!
+//! This module file is the facade and the run loop: its children never name it.
 //!
 //! Authentication, authorization, per-connection limits and audit live in [`crate::auth`] and
-//! [`crate::audit`]: [`Server::security`] hands them in; every Secret RPC passes the gate.
+//! [`crate::audit`], below this module (they never name it): [`Server::security`] hands them
+//! in; every Secret RPC passes the gate; the metrics renderer reads the counters they keep.
 //!
 //! # Running
 //!
@@ -45,39 +51,37 @@
 pub mod cleaner;
 pub mod config;
 pub mod convert;
+mod error;
 mod health;
-mod hub;
 pub mod limits;
+mod listen;
 pub mod metrics;
 mod preface;
 pub mod service;
 pub mod status;
 mod watch;
-mod watch_queue;
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::Stream;
-use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
+pub use self::error::ServeError;
 use self::health::ShutdownAwareHealth;
-use self::hub::Hub;
+pub use self::listen::BoundAddr;
+use self::listen::{Bound, Listener, bind_all, tcp_incoming, tls_incoming, unix_incoming};
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
 pub use self::preface::PREFACE_TIMEOUT;
-use self::preface::PrefaceDeadline;
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
-use self::watch::WatchContext;
+use self::watch::{Hub, WatchContext};
 use crate::auth::Security;
-use crate::auth::conn::Conn;
 use crate::auth::gate::Gate;
 use crate::proto::v1::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::secrets_server::SecretsServer;
@@ -98,42 +102,6 @@ pub const INITIAL_CONNECTION_WINDOW: u32 = 256 * 1024;
 pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a ping may go unanswered before the connection (and its streams) is closed.
 pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// Errors of starting or running the server.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A setting is wrong; the message names it.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// An address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address, as configured.
-        addr: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// Another I/O failure.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Why it failed.
-        source: io::Error,
-    },
-    /// The store could not be opened or synced.
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
-    /// The gRPC transport failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The reflection service could not be built.
-    #[error("reflection service: {0}")]
-    Reflection(String),
-    /// A server task panicked or was cancelled.
-    #[error("server task failed: {0}")]
-    Task(String),
-}
 
 /// Runs `coffer serve`: resolves the settings, opens the store (sled under the data directory,
 /// the local key-file KEK or the `--kms` plugin), serves until SIGTERM or SIGINT, then shuts
@@ -167,8 +135,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         config.data_dir.display(),
         config.durability
     );
-    let security = Security::load(config.security, Some(metrics.clone()))
-        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let security =
+        Security::load(config.security).map_err(|e| ServeError::Config(e.to_string()))?;
     let mut server = Server::new(Arc::new(store))
         .options(config.options)
         .security(security.clone())
@@ -264,24 +232,6 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
-/// An address the server is listening on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BoundAddr {
-    /// A TCP address (with the port chosen, when 0 was asked for).
-    Tcp(SocketAddr),
-    /// A unix socket.
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for BoundAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BoundAddr::Tcp(a) => write!(f, "{a}"),
-            BoundAddr::Unix(p) => write!(f, "unix://{}", p.display()),
-        }
-    }
-}
-
 /// Builds and starts a server over a store.
 #[derive(Debug)]
 pub struct Server {
@@ -353,6 +303,8 @@ impl Server {
         } = self;
         let metrics = metrics.unwrap_or_else(Metrics::new);
         let security = security.unwrap_or_else(Security::disabled);
+        // Audit errors and per-connection rejections are counted by the security state itself.
+        metrics.read_from(security.clone());
         let tls = security
             .tls_acceptor()
             .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -707,178 +659,6 @@ fn log_security(security: &Security, tls: bool) {
             }
         );
     }
-}
-
-/// Everything [`Server::start`] binds.
-struct Bound {
-    listeners: Vec<Listener>,
-    addrs: Vec<BoundAddr>,
-    sockets: Vec<PathBuf>,
-    metrics: Option<TcpListener>,
-    metrics_addr: Option<SocketAddr>,
-}
-
-/// Binds every address; on a failure, removes the socket files it had created.
-async fn bind_all(listen: &[ListenAddr], metrics: Option<&str>) -> Result<Bound, ServeError> {
-    let mut bound = Bound {
-        listeners: Vec::new(),
-        addrs: Vec::new(),
-        sockets: Vec::new(),
-        metrics: None,
-        metrics_addr: None,
-    };
-    let result = bind_into(&mut bound, listen, metrics).await;
-    match result {
-        Ok(()) => Ok(bound),
-        Err(e) => {
-            drop(bound.listeners);
-            for path in &bound.sockets {
-                let _ = std::fs::remove_file(path);
-            }
-            Err(e)
-        }
-    }
-}
-
-async fn bind_into(
-    bound: &mut Bound,
-    listen: &[ListenAddr],
-    metrics: Option<&str>,
-) -> Result<(), ServeError> {
-    for addr in listen {
-        match addr {
-            ListenAddr::Tcp(a) => {
-                let l = TcpListener::bind(a.as_str())
-                    .await
-                    .map_err(|e| listen_error(addr, e))?;
-                let local = l.local_addr().map_err(|e| listen_error(addr, e))?;
-                bound.addrs.push(BoundAddr::Tcp(local));
-                bound.listeners.push(Listener::Tcp(l));
-            }
-            ListenAddr::Unix(path) => {
-                let l = bind_unix(path).await.map_err(|e| listen_error(addr, e))?;
-                bound.sockets.push(path.clone());
-                bound.addrs.push(BoundAddr::Unix(path.clone()));
-                bound.listeners.push(Listener::Unix(l));
-            }
-        }
-    }
-    if let Some(a) = metrics {
-        let err = |source| ServeError::Listen {
-            addr: a.to_owned(),
-            source,
-        };
-        let l = TcpListener::bind(a).await.map_err(err)?;
-        bound.metrics_addr = Some(l.local_addr().map_err(err)?);
-        bound.metrics = Some(l);
-    }
-    Ok(())
-}
-
-fn listen_error(addr: &ListenAddr, source: io::Error) -> ServeError {
-    ServeError::Listen {
-        addr: addr.to_string(),
-        source,
-    }
-}
-
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-/// Accepted TCP connections (with `TCP_NODELAY`, and a deadline on the HTTP/2 preface: see
-/// [`PrefaceDeadline`]). An accept error (out of file descriptors,
-/// say) is passed on after a short pause, so the accept loop cannot spin.
-fn tcp_incoming(
-    l: TcpListener,
-) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::TcpStream>>>> {
-    futures::stream::unfold(l, |l| async move {
-        let r = match l.accept().await {
-            Ok((s, _)) => {
-                let _ = s.set_nodelay(true);
-                Ok(PrefaceDeadline::new(Conn::tcp(s), PREFACE_TIMEOUT))
-            }
-            Err(e) => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                Err(e)
-            }
-        };
-        Some((r, l))
-    })
-}
-
-/// How long a client has to finish its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Accepted TLS connections. Each handshake runs in its own task (so a slow or silent client
-/// does not hold up the others) and is bounded by [`TLS_HANDSHAKE_TIMEOUT`]; a failed one is
-/// logged at debug level and dropped. A client certificate is accepted at the handshake if the
-/// client proves it holds its key; its chain is checked per request (see `crate::auth::tls`).
-/// Accepting stops when the server drops the stream (at shutdown).
-fn tls_incoming(
-    l: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-) -> impl Stream<
-    Item = io::Result<
-        PrefaceDeadline<Conn<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
-    >,
-> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                () = tx.closed() => break,
-                r = l.accept() => r,
-            };
-            let (stream, addr) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        // The HTTP/2 preface has its own deadline once the handshake is done.
-                        let conn = PrefaceDeadline::new(Conn::tls(tls), PREFACE_TIMEOUT);
-                        let _ = tx.send(Ok(conn)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// Accepted unix socket connections, as [`tcp_incoming`].
-fn unix_incoming(
-    l: UnixListener,
-) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<tokio::net::UnixStream>>>> {
-    futures::stream::unfold(l, |l| async move {
-        let r = match l.accept().await {
-            Ok((s, _)) => Ok(PrefaceDeadline::new(Conn::unix(s), PREFACE_TIMEOUT)),
-            Err(e) => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                Err(e)
-            }
-        };
-        Some((r, l))
-    })
-}
-
-/// Binds a unix socket at `path`, replacing a stale socket file (one nobody answers on) but
-/// never a live socket or any other kind of file. The socket is made owner-only (0600): without
-/// authentication, whoever can connect can read every Secret (see [`open_sockets`]).
-async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    coffer_kms::plugin::bind_unix(path).await
 }
 
 struct Supervised {

@@ -25,7 +25,7 @@ const PREFACE_BYTES: usize = 24 + 9;
 
 /// An accepted stream whose first [`PREFACE_BYTES`] must arrive before a deadline.
 #[derive(Debug)]
-pub(crate) struct PrefaceDeadline<S> {
+pub(super) struct PrefaceDeadline<S> {
     inner: S,
     /// Bytes read so far, until the preface is complete.
     read: usize,
@@ -35,7 +35,7 @@ pub(crate) struct PrefaceDeadline<S> {
 
 impl<S> PrefaceDeadline<S> {
     /// Wraps `inner` with a deadline of `timeout` from now.
-    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
+    pub(super) fn new(inner: S, timeout: Duration) -> Self {
         Self {
             inner,
             read: 0,

@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{secret_from_proto, secret_into_proto};
 use super::status::{self, store_error};
-use super::watch::{self, WatchAuthorizer, WatchContext, WatchRequest};
-use super::watch_queue::{WatchEvents, WatchManyEvents};
+use super::watch::{
+    self, WatchAuthorizer, WatchContext, WatchEvents, WatchManyEvents, WatchRequest,
+};
 use crate::auth::Verb;
 use crate::auth::gate::{Filtered, Gate, Target};
 use crate::proto::v1 as pb;

@@ -8,12 +8,12 @@
 
 use std::process::ExitCode;
 
+use super::args::{ApplyArgs, DEFAULT_NAMESPACE, dry_run};
 use super::client::ServerAddr;
 use super::convert;
 use super::create::read_file;
 use super::error::CliError;
 use super::printer::{Out, OutputFormat, render_one};
-use super::{ApplyArgs, DEFAULT_NAMESPACE, dry_run};
 use coffer_core::model::manifest::{self, ParsedSecret};
 use coffer_core::model::{DEFAULT_SECRET_TYPE, Secret};
 use coffer_server::proto::v1 as pb;

@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
+use super::args::{DEFAULT_NAMESPACE, DeleteArgs, parse_resource};
 use super::client::ServerAddr;
 use super::create::read_file;
 use super::error::CliError;
 use super::get::list_all;
 use super::printer::Out;
-use super::{DEFAULT_NAMESPACE, DeleteArgs, parse_resource};
 use coffer_core::model::manifest;
 use coffer_server::proto::v1 as pb;
 

@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
+use super::args::{DEFAULT_NAMESPACE, GetArgs, parse_resource};
 use super::client::ServerAddr;
 use super::convert;
 use super::error::CliError;
 use super::printer::{
     Columns, Out, OutputFormat, now_secs, render_one, tabulate, tabulate_keeping,
 };
-use super::{DEFAULT_NAMESPACE, GetArgs, parse_resource};
 use crate::credentials::Client;
 use coffer_core::model::{Secret, manifest};
 use coffer_server::proto::v1 as pb;

@@ -2,10 +2,10 @@
 
 use std::process::ExitCode;
 
+use super::args::{DEFAULT_NAMESPACE, HistoryArgs, one_name};
 use super::client::ServerAddr;
 use super::error::CliError;
 use super::printer::{Out, human_duration, now_secs, tabulate};
-use super::{DEFAULT_NAMESPACE, HistoryArgs, one_name};
 use coffer_server::proto::v1 as pb;
 
 pub(super) async fn run(server: &ServerAddr, args: HistoryArgs) -> Result<ExitCode, CliError> {

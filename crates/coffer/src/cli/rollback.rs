@@ -8,11 +8,11 @@
 
 use std::process::ExitCode;
 
+use super::args::{DEFAULT_NAMESPACE, RollbackArgs, one_name};
 use super::client::ServerAddr;
 use super::convert;
 use super::error::CliError;
 use super::printer::Out;
-use super::{DEFAULT_NAMESPACE, RollbackArgs, one_name};
 use coffer_server::proto::v1 as pb;
 
 pub(super) async fn run(server: &ServerAddr, args: RollbackArgs) -> Result<ExitCode, CliError> {

@@ -41,6 +41,7 @@ use super::atomic_writer::{AtomicWriter, WriteOutcome};
 use super::config::MountSpec;
 use super::fsinfo;
 use crate::credentials::Client;
+use coffer_kms::code::name as code_name;
 use coffer_server::proto::v1 as pb;
 use coffer_server::proto::v1::watch_event::Type as EventType;
 use coffer_server::server::convert::INITIAL_EVENTS_END_ANNOTATION;
@@ -308,10 +309,6 @@ async fn next_message(
         Some(c) => c.stream.message().await,
         None => std::future::pending().await,
     }
-}
-
-fn code_name(c: Code) -> String {
-    format!("{c:?}").to_uppercase()
 }
 
 /// An open WatchMany stream.

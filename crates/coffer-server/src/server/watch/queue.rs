@@ -9,8 +9,11 @@
 //! there are at most a few per watch.
 //!
 //! The response stream (tonic polls it to send) pops from the queue; when it is dropped (the
-//! client went away or the call ended) the queue is marked gone, producers stop, and its
-//! registration (if the queue holds one) leaves the hub.
+//! client went away or the call ended) the queue is marked gone and producers stop. The queue
+//! holds only messages: the stream owns its hub registration (see `super::stream`), so nothing
+//! the hub reaches holds the hub.
+//!
+//! A [`Sink`] names a queue and the watch (of a WatchMany stream) its events belong to.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
 use tonic::Status;
 
-use super::hub::{HubEvent, Registration};
+use super::event::{HubEvent, canceled};
 use crate::proto::v1 as pb;
 
 /// One message waiting in a queue.
@@ -63,9 +66,6 @@ pub(crate) struct StreamQueue {
     /// Woken when room frees up or the stream goes away.
     changed: Notify,
     capacity: usize,
-    /// A Watch stream's hub registration, dropped with the stream (a WatchMany stream's
-    /// registrations are held per watch by its task).
-    registration: Mutex<Option<Registration>>,
 }
 
 impl StreamQueue {
@@ -75,7 +75,6 @@ impl StreamQueue {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             capacity: capacity.max(1),
-            registration: Mutex::new(None),
         })
     }
 
@@ -180,15 +179,8 @@ impl StreamQueue {
         }
     }
 
-    /// Keeps `registration` until the stream is dropped (dropped at once if it already was).
-    pub(crate) fn hold(&self, registration: Registration) {
-        let mut slot = self.registration.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.is_gone() {
-            *slot = Some(registration);
-        }
-    }
-
-    fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    /// The next item, for the response stream.
+    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         let mut s = self.lock();
         match s.items.pop_front() {
             Some(item) => {
@@ -212,8 +204,8 @@ impl StreamQueue {
         }
     }
 
-    /// The response stream is going away: producers stop, the registration leaves the hub.
-    fn close(&self) {
+    /// The response stream is going away: producers stop.
+    pub(crate) fn close(&self) {
         {
             let mut s = self.lock();
             s.gone = true;
@@ -221,12 +213,6 @@ impl StreamQueue {
             s.reader = None;
         }
         self.changed.notify_waiters();
-        let registration = self
-            .registration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        drop(registration);
     }
 }
 
@@ -238,147 +224,36 @@ fn wake(mut s: MutexGuard<'_, State>) {
     }
 }
 
-/// Gauges an open stream or watch holds (see [`super::metrics::Metrics`]).
-type Guard = super::metrics::GaugeGuard;
-
-/// The response stream of Watch.
-#[derive(Debug)]
-pub struct WatchEvents {
-    queue: Arc<StreamQueue>,
-    _guard: Guard,
+/// Where a watcher's events go.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    /// A Watch stream.
+    Single(Arc<StreamQueue>),
+    /// One watch (`id`) of a WatchMany stream.
+    Many(Arc<StreamQueue>, u64),
 }
 
-impl WatchEvents {
-    pub(crate) fn new(queue: Arc<StreamQueue>, stream: Guard) -> Self {
-        Self {
-            queue,
-            _guard: stream,
+impl Sink {
+    /// The stream's queue.
+    pub(crate) fn queue(&self) -> &StreamQueue {
+        match self {
+            Sink::Single(q) | Sink::Many(q, _) => q,
         }
     }
-}
 
-impl Drop for WatchEvents {
-    fn drop(&mut self) {
-        self.queue.close();
-    }
-}
-
-impl futures::Stream for WatchEvents {
-    type Item = Result<pb::WatchEvent, Status>;
-
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            return match std::task::ready!(self.queue.poll_pop(cx)) {
-                None => Poll::Ready(None),
-                Some(Item::Shared(_, ev)) => Poll::Ready(Some(Ok(ev.event.clone()))),
-                Some(Item::Owned(_, ev)) => Poll::Ready(Some(Ok(*ev))),
-                Some(Item::End(s)) => Poll::Ready(Some(Err(*s))),
-                Some(Item::Control(_)) => continue,
-            };
+    /// The watch id events are tagged with (0 on a Watch stream).
+    pub(crate) fn watch_id(&self) -> u64 {
+        match self {
+            Sink::Single(_) => 0,
+            Sink::Many(_, id) => *id,
         }
     }
-}
 
-/// The response stream of WatchMany.
-#[derive(Debug)]
-pub struct WatchManyEvents {
-    queue: Arc<StreamQueue>,
-    _guard: Guard,
-}
-
-impl WatchManyEvents {
-    pub(crate) fn new(queue: Arc<StreamQueue>, stream: Guard) -> Self {
-        Self {
-            queue,
-            _guard: stream,
+    /// Ends this watcher: the stream of a Watch, one watch of a WatchMany.
+    pub(crate) fn end(&self, s: &Status) {
+        match self {
+            Sink::Single(q) => q.push_control(Item::End(Box::new(s.clone()))),
+            Sink::Many(q, id) => q.push_control(Item::Control(Box::new(canceled(*id, Some(s))))),
         }
-    }
-}
-
-impl Drop for WatchManyEvents {
-    fn drop(&mut self) {
-        self.queue.close();
-    }
-}
-
-impl futures::Stream for WatchManyEvents {
-    type Item = Result<pb::WatchManyEvent, Status>;
-
-    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let tagged = |watch_id, ev| pb::WatchManyEvent {
-            watch_id,
-            event: Some(ev),
-            ..pb::WatchManyEvent::default()
-        };
-        Poll::Ready(match std::task::ready!(self.queue.poll_pop(cx)) {
-            None => None,
-            Some(Item::Shared(id, ev)) => Some(Ok(tagged(id, ev.event.clone()))),
-            Some(Item::Owned(id, ev)) => Some(Ok(tagged(id, *ev))),
-            Some(Item::Control(ev)) => Some(Ok(*ev)),
-            Some(Item::End(s)) => Some(Err(*s)),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::pin::pin;
-
-    use futures::StreamExt;
-
-    use super::*;
-
-    fn owned(rv: u64) -> Item {
-        Item::Owned(
-            0,
-            Box::new(pb::WatchEvent {
-                r#type: 0,
-                object: Some(super::super::convert::bookmark_object(rv, false)),
-            }),
-        )
-    }
-
-    fn events(q: &Arc<StreamQueue>) -> WatchEvents {
-        let m = super::super::metrics::Metrics::new();
-        WatchEvents::new(q.clone(), m.watch_stream())
-    }
-
-    #[tokio::test]
-    async fn bounded_push_control_past_the_bound_and_nothing_after_end() {
-        let q = StreamQueue::new(2);
-        let mut s = pin!(events(&q));
-        assert!(q.try_push(owned(1)).is_ok());
-        assert!(q.try_push(owned(2)).is_ok());
-        assert!(q.try_push(owned(3)).is_err(), "a full queue refuses");
-        q.push_control(Item::End(Box::new(Status::aborted("behind"))));
-        assert!(q.try_push(owned(4)).is_ok(), "dropped silently after End");
-        assert!(s.next().await.is_some_and(|r| r.is_ok()));
-        assert!(s.next().await.is_some_and(|r| r.is_ok()));
-        let end = s.next().await;
-        assert!(matches!(end, Some(Err(ref st)) if st.code() == tonic::Code::Aborted));
-        assert!(s.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_waiting_producer_resumes_when_the_reader_reads_and_stops_when_it_leaves() {
-        let q = StreamQueue::new(1);
-        let s = events(&q);
-        q.push(owned(1)).await.ok();
-        let q2 = q.clone();
-        let producer = tokio::spawn(async move { q2.push(owned(2)).await.is_ok() });
-        let mut s = Box::pin(s);
-        assert!(s.next().await.is_some());
-        assert!(
-            producer.await.unwrap_or(false),
-            "room freed: the push lands"
-        );
-        // Full again; the reader leaves: the waiting producer gives up.
-        let q3 = q.clone();
-        let producer = tokio::spawn(async move { q3.push(owned(3)).await.is_err() });
-        tokio::task::yield_now().await;
-        drop(s);
-        assert!(producer.await.unwrap_or(false));
-        assert!(q.is_gone());
-        q.gone().await;
     }
 }

@@ -1,9 +1,9 @@
 //! The watch hub: routes each change event to the watchers it concerns.
 //!
 //! One feeder task reads the store's change events, appends each to the [`EventWindow`] (which
-//! serves resumes), converts it to its wire `WatchEvent` **once**, and pushes an `Arc` of it
-//! straight into the [`StreamQueue`] of every live watcher that matches: a live watcher has no
-//! task of its own, only its entry here. Watchers are indexed by (namespace, name), by name
+//! serves resumes), converts it to its wire `WatchEvent` **once** ([`HubEvent`]), and pushes an
+//! `Arc` of it straight into the [`StreamQueue`] of every live watcher that matches: a live
+//! watcher has no task of its own, only its entry here. Watchers are indexed by (namespace, name), by name
 //! alone (a name selector without a namespace), by namespace, and a short list of cluster-wide
 //! watchers, so an event costs work proportional to its own receivers, not to the number of
 //! open watches.
@@ -12,59 +12,31 @@
 //! stream told so (ABORTED, with the revision it can resume from). The same task sends the
 //! periodic bookmarks of the watchers that asked for them, and ends every Watch stream at
 //! shutdown.
+//!
+//! Ownership runs one way: the hub's index holds each watcher's [`Sink`] (its queue); the
+//! stream owns the watcher's [`Registration`], which holds only a `Weak` to the hub. So the hub
+//! never keeps itself alive through a watcher, and dropping a stream unregisters its watcher.
+//!
+//! [`StreamQueue`]: super::queue::StreamQueue
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
-use zeroize::Zeroize;
+use tonic::Status;
 
-use super::convert::{bookmark_object, secret_to_proto};
-use super::metrics::Metrics;
-use super::status;
-use super::watch::{EventWindow, WatchSpec, WindowLimits};
-use super::watch_queue::{Item, StreamQueue};
-use crate::proto::v1 as pb;
-use crate::proto::v1::watch_event::Type as EventType;
+use super::event::{HubEvent, fell_behind, wire_event};
+use super::queue::{Item, Sink};
+use super::spec::{SpecCache, SpecKey, WatchSpec};
+use super::window::{EventWindow, WindowLimits};
+use crate::server::metrics::Metrics;
+use crate::server::status;
 use coffer_core::model::Secret;
-use coffer_core::store::{ChangeEvent, EventKind, Store};
-
-/// Events queued per Watch stream before its watcher is ended as too slow.
-pub(crate) const WATCH_QUEUE: usize = 128;
-
-/// One change, converted once and shared by every receiver; its data is wiped when the last
-/// receiver is done with it.
-#[derive(Debug)]
-pub(crate) struct HubEvent {
-    /// The wire event (the full Secret, or its last state for DELETED).
-    pub(crate) event: pb::WatchEvent,
-}
-
-impl Drop for HubEvent {
-    fn drop(&mut self) {
-        if let Some(s) = self.event.object.as_mut() {
-            for v in s.data.values_mut() {
-                v.zeroize();
-            }
-        }
-    }
-}
-
-/// `ABORTED`: the watcher's queue filled; it may resume after `rv`.
-pub(crate) fn fell_behind(rv: u64) -> Status {
-    status::status(
-        Code::Aborted,
-        format!(
-            "watch fell behind: its client is not reading its events; \
-             resume from resource version {rv}"
-        ),
-    )
-}
+use coffer_core::store::{ChangeEvent, Store};
 
 /// Where a watcher is indexed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,49 +64,6 @@ impl Key {
             (Some(ns), None) => Key::Namespace(ns.to_owned()),
             (None, None) => Key::Cluster,
         }
-    }
-}
-
-/// Where a watcher's events go.
-#[derive(Debug, Clone)]
-pub(crate) enum Sink {
-    /// A Watch stream.
-    Single(Arc<StreamQueue>),
-    /// One watch (`id`) of a WatchMany stream.
-    Many(Arc<StreamQueue>, u64),
-}
-
-impl Sink {
-    fn queue(&self) -> &StreamQueue {
-        match self {
-            Sink::Single(q) | Sink::Many(q, _) => q,
-        }
-    }
-
-    fn watch_id(&self) -> u64 {
-        match self {
-            Sink::Single(_) => 0,
-            Sink::Many(_, id) => *id,
-        }
-    }
-
-    /// Ends this watcher: the stream of a Watch, one watch of a WatchMany.
-    pub(crate) fn end(&self, s: &Status) {
-        match self {
-            Sink::Single(q) => q.push_control(Item::End(Box::new(s.clone()))),
-            Sink::Many(q, id) => q.push_control(Item::Control(Box::new(canceled(*id, Some(s))))),
-        }
-    }
-}
-
-/// The answer that ends one watch of a WatchMany stream (`error` unset: canceled by request).
-pub(crate) fn canceled(watch_id: u64, error: Option<&Status>) -> pb::WatchManyEvent {
-    pb::WatchManyEvent {
-        watch_id,
-        canceled: true,
-        error_code: error.map_or(0, |s| s.code() as i32),
-        error_message: error.map(|s| s.message().to_owned()).unwrap_or_default(),
-        ..pb::WatchManyEvent::default()
     }
 }
 
@@ -269,29 +198,12 @@ impl Index {
     }
 }
 
-/// The request fields that define a [`WatchSpec`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct SpecKey {
-    pub(crate) namespace: String,
-    pub(crate) label_selector: String,
-    pub(crate) field_selector: String,
-    pub(crate) bookmarks: bool,
-}
-
-/// The specs in use, so that watches asking for the same thing share one.
-#[derive(Debug, Default)]
-struct Specs {
-    map: HashMap<SpecKey, Weak<WatchSpec>>,
-    /// Dead entries are swept when the map reaches this size.
-    sweep_at: usize,
-}
-
 /// The hub (see the module doc).
 #[derive(Debug)]
 pub(crate) struct Hub {
     /// Counts the live watchers (a catching-up one counts itself).
     metrics: Arc<Metrics>,
-    specs: Mutex<Specs>,
+    specs: SpecCache,
     window: Arc<EventWindow>,
     index: RwLock<Index>,
     /// The newest revision handed to every watcher registered at the time.
@@ -301,10 +213,12 @@ pub(crate) struct Hub {
     stopped: AtomicBool,
 }
 
-/// A live watcher's place in the hub; dropping it unregisters the watcher.
+/// A live watcher's place in the hub; dropping it unregisters the watcher. Owned by the
+/// watcher's stream (a WatchMany stream's task holds one per watch); it holds the hub weakly:
+/// the hub's index reaches the watcher's queue, never this.
 #[derive(Debug)]
 pub(crate) struct Registration {
-    hub: Arc<Hub>,
+    hub: Weak<Hub>,
     id: u64,
     spec: Arc<WatchSpec>,
 }
@@ -312,15 +226,21 @@ pub(crate) struct Registration {
 impl Registration {
     /// Whether the hub still routes events to this watcher (it drops one that fell behind).
     pub(crate) fn is_live(&self) -> bool {
-        self.hub.read().contains(&Key::of(&self.spec), self.id)
+        self.hub
+            .upgrade()
+            .is_some_and(|hub| hub.read().contains(&Key::of(&self.spec), self.id))
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let removed = self.hub.write().remove(&Key::of(&self.spec), self.id);
+        // A hub that is gone has dropped its index, and this watcher with it.
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let removed = hub.write().remove(&Key::of(&self.spec), self.id);
         if removed.is_some() {
-            self.hub.metrics.add_watches(-1);
+            hub.metrics.add_watches(-1);
         }
     }
 }
@@ -354,7 +274,7 @@ impl Hub {
         let floor = store.revision();
         let hub = Arc::new(Self {
             metrics,
-            specs: Mutex::default(),
+            specs: SpecCache::default(),
             window: Arc::new(EventWindow::new(floor, window)),
             index: RwLock::new(Index::default()),
             dispatched: AtomicU64::new(floor),
@@ -409,17 +329,7 @@ impl Hub {
         key: SpecKey,
         parse: impl FnOnce(&SpecKey) -> Result<WatchSpec, E>,
     ) -> Result<Arc<WatchSpec>, E> {
-        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(spec) = specs.map.get(&key).and_then(Weak::upgrade) {
-            return Ok(spec);
-        }
-        let spec = Arc::new(parse(&key)?);
-        if specs.map.len() >= specs.sweep_at {
-            specs.map.retain(|_, w| w.strong_count() > 0);
-            specs.sweep_at = (specs.map.len() * 2).max(1024);
-        }
-        specs.map.insert(key, Arc::downgrade(&spec));
-        Ok(spec)
+        self.specs.get(key, parse)
     }
 
     /// The window of recent events.
@@ -492,7 +402,7 @@ impl Hub {
         drop(index);
         self.metrics.add_watches(1);
         Ok(Registration {
-            hub: self.clone(),
+            hub: Arc::downgrade(self),
             id,
             spec,
         })
@@ -508,7 +418,9 @@ impl Hub {
                 if ev.revision <= e.after || !e.spec.matches(&ev.object) {
                     continue;
                 }
-                let item = shared.get_or_insert_with(|| Arc::new(convert(ev))).clone();
+                let item = shared
+                    .get_or_insert_with(|| Arc::new(HubEvent::of(ev)))
+                    .clone();
                 if e.sink
                     .queue()
                     .try_push(Item::Shared(e.sink.watch_id(), item))
@@ -541,10 +453,10 @@ impl Hub {
         let mut shared: Option<Arc<HubEvent>> = None;
         for e in index.all().filter(|e| e.spec.wants_bookmarks()) {
             let item = if e.after > dispatched {
-                Arc::new(bookmark(e.after))
+                Arc::new(HubEvent::bookmark(e.after))
             } else {
                 shared
-                    .get_or_insert_with(|| Arc::new(bookmark(dispatched)))
+                    .get_or_insert_with(|| Arc::new(HubEvent::bookmark(dispatched)))
                     .clone()
             };
             let _ = e
@@ -574,30 +486,67 @@ impl Hub {
     }
 }
 
-fn bookmark(rv: u64) -> HubEvent {
-    HubEvent {
-        event: pb::WatchEvent {
-            r#type: EventType::Bookmark as i32,
-            object: Some(bookmark_object(rv, false)),
-        },
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::watch::queue::StreamQueue;
+    use coffer_core::store::StoreConfig;
+    use coffer_testkit::engine::{TestKms, open_store};
 
-fn convert(ev: &ChangeEvent) -> HubEvent {
-    HubEvent {
-        event: wire_event(ev),
-    }
-}
-
-/// The wire form of a change.
-pub(crate) fn wire_event(ev: &ChangeEvent) -> pb::WatchEvent {
-    let kind = match ev.kind {
-        EventKind::Added => EventType::Added,
-        EventKind::Modified => EventType::Modified,
-        EventKind::Deleted => EventType::Deleted,
-    };
-    pb::WatchEvent {
-        r#type: kind as i32,
-        object: Some(secret_to_proto(&ev.object)),
+    /// The Arc cycle of old (registration -> hub -> index -> queue -> registration) is gone: a
+    /// live registration does not keep a stopped hub alive, and dropping it afterwards is a
+    /// no-op.
+    #[tokio::test]
+    async fn a_registration_does_not_keep_the_hub_alive() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, _) = open_store(
+            dir.path(),
+            TestKms::open(dir.path(), 1),
+            StoreConfig::default(),
+        )
+        .await;
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::new();
+        let limits = WindowLimits {
+            events: 16,
+            bytes: 1 << 20,
+            age: None,
+        };
+        let hub = Hub::start(
+            &Arc::new(store),
+            metrics.clone(),
+            limits,
+            Duration::from_secs(60),
+            shutdown.clone(),
+        );
+        let key = SpecKey {
+            namespace: "ns".into(),
+            label_selector: String::new(),
+            field_selector: String::new(),
+            bookmarks: false,
+        };
+        let spec = hub.spec(key, WatchSpec::parse).expect("spec");
+        let queue = StreamQueue::new(4);
+        let registration = hub
+            .register(spec, Sink::Single(queue.clone()), hub.dispatched())
+            .expect("registered");
+        assert!(registration.is_live());
+        // Stopping the feeder ends the watcher and drops the feeder's reference to the hub.
+        shutdown.cancel();
+        let weak = Arc::downgrade(&hub);
+        drop(hub);
+        for _ in 0..200 {
+            if weak.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            weak.strong_count(),
+            0,
+            "the registration kept the hub alive"
+        );
+        assert!(!registration.is_live());
+        drop(registration);
     }
 }
