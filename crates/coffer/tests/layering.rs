@@ -681,14 +681,6 @@ fn describe(group: &[String], graph: &Graph) -> String {
     out
 }
 
-/// Directories (under a crate's `src/`) left out of the check for now.
-fn skipped(crate_dir: &str, file: &str) -> bool {
-    // Issue 13 rewrites coffer-core's storage/ and store/ (MVCC); their cycles are untangled
-    // there, and then these two lines go.
-    crate_dir == "crates/coffer-core"
-        && (file.starts_with("storage/") || file.starts_with("store/"))
-}
-
 #[test]
 fn no_import_cycles_between_files() {
     let root = workspace_root();
@@ -708,11 +700,7 @@ fn no_import_cycles_between_files() {
             })
             .collect();
         checked += files.len();
-        let mut graph = file_graph(&files, &sources);
-        graph.retain(|from, _| !skipped(&member, from));
-        for tos in graph.values_mut() {
-            tos.retain(|to, _| !skipped(&member, to));
-        }
+        let graph = file_graph(&files, &sources);
         for group in cycles(&graph) {
             report.push_str(&format!("{member}:\n{}", describe(&group, &graph)));
         }

@@ -1,5 +1,7 @@
 //! The engine's error type. The gRPC layer maps each variant to one status code, in one place.
 
+use std::fmt;
+
 use crate::crypto::OpenError;
 use crate::kms::{KmsError, SeedError};
 use crate::model::validation::ValidationErrors;
@@ -62,7 +64,7 @@ pub enum StoreError {
     /// The namespace's quota cannot take the write (see [`super::quota`]); the message is
     /// Kubernetes' "exceeded quota: ..." and holds names and numbers only.
     #[error("{0}")]
-    QuotaExceeded(super::quota::QuotaExceeded),
+    QuotaExceeded(QuotaExceeded),
     /// The KMS cannot be used, so the write (or the read of a seed not in memory) cannot proceed.
     #[error("KMS is unavailable: {0}")]
     Unavailable(String),
@@ -140,5 +142,31 @@ impl From<SeedError> for StoreError {
 impl From<KmsError> for StoreError {
     fn from(e: KmsError) -> Self {
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// A write that a quota refuses. Carries numbers and names only, never content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    /// The quota's name.
+    pub quota: String,
+    /// `count/secrets` or `bytes/secrets`.
+    pub resource: &'static str,
+    /// What the write would add.
+    pub requested: u64,
+    /// What the namespace uses now.
+    pub used: u64,
+    /// The limit.
+    pub limited: u64,
+}
+
+impl fmt::Display for QuotaExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.resource;
+        write!(
+            f,
+            "exceeded quota: {}, requested: {r}={}, used: {r}={}, limited: {r}={}",
+            self.quota, self.requested, self.used, self.limited
+        )
     }
 }

@@ -233,7 +233,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let mvcc = Arc::new(KvMvcc::open(backend, !config.history_retention.is_zero())?);
         let store = Self::open_mvcc(mvcc.clone(), kms, config).await?;
-        upgrade::from_unversioned(&store, &mvcc).await?;
+        store.upgrade_from_unversioned(&mvcc).await?;
         Ok(store)
     }
 

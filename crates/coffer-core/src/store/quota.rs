@@ -21,12 +21,12 @@
 //! count/secrets=10`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::StoreError;
+pub use super::error::QuotaExceeded;
 
 /// The resource name of the Secret count.
 pub const COUNT_SECRETS: &str = "count/secrets";
@@ -191,32 +191,6 @@ pub struct QuotaUsage {
     pub count: u64,
     /// Stored bytes (sealed record lengths).
     pub bytes: u64,
-}
-
-/// A write that a quota refuses. Carries numbers and names only, never content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaExceeded {
-    /// The quota's name.
-    pub quota: String,
-    /// [`COUNT_SECRETS`] or [`BYTES_SECRETS`].
-    pub resource: &'static str,
-    /// What the write would add.
-    pub requested: u64,
-    /// What the namespace uses now.
-    pub used: u64,
-    /// The limit.
-    pub limited: u64,
-}
-
-impl fmt::Display for QuotaExceeded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = self.resource;
-        write!(
-            f,
-            "exceeded quota: {}, requested: {r}={}, used: {r}={}, limited: {r}={}",
-            self.quota, self.requested, self.used, self.limited
-        )
-    }
 }
 
 /// The quotas and every namespace's usage. Changed only under the store's sequencing lock.

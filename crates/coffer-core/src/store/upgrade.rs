@@ -13,38 +13,41 @@ use crate::storage::mvcc::KvMvcc;
 /// Records moved per batch.
 const CHUNK: usize = 256;
 
-/// Moves every record of the layout before history into `mvcc` (see the module docs).
-pub(super) async fn from_unversioned(store: &Store, mvcc: &KvMvcc) -> Result<(), StoreError> {
-    let raw = mvcc.raw();
-    let mut moved = 0usize;
-    loop {
-        let rows = raw.scan(SECRET_PREFIX.as_bytes(), None, CHUNK)?;
-        if rows.is_empty() {
-            break;
+impl Store {
+    /// Moves every record of the layout before history into `mvcc` (see the module docs).
+    pub(super) async fn upgrade_from_unversioned(&self, mvcc: &KvMvcc) -> Result<(), StoreError> {
+        let store = self;
+        let raw = mvcc.raw();
+        let mut moved = 0usize;
+        loop {
+            let rows = raw.scan(SECRET_PREFIX.as_bytes(), None, CHUNK)?;
+            if rows.is_empty() {
+                break;
+            }
+            for (raw_key, record) in rows {
+                let Some(key) = std::str::from_utf8(&raw_key[SECRET_PREFIX.len()..])
+                    .ok()
+                    .map(str::to_owned)
+                else {
+                    return Err(StoreError::data_loss("?", "storage key is not UTF-8"));
+                };
+                let secret = store.open_record(&key, &record).await?;
+                let lsn = mvcc.import_current(
+                    &raw_key,
+                    raw_key.clone(),
+                    secret.metadata.resource_version,
+                    record,
+                )?;
+                mvcc.wait_durable_raw(lsn).await?;
+                moved += 1;
+            }
         }
-        for (raw_key, record) in rows {
-            let Some(key) = std::str::from_utf8(&raw_key[SECRET_PREFIX.len()..])
-                .ok()
-                .map(str::to_owned)
-            else {
-                return Err(StoreError::data_loss("?", "storage key is not UTF-8"));
-            };
-            let secret = store.open_record(&key, &record).await?;
-            let lsn = mvcc.import_current(
-                &raw_key,
-                raw_key.clone(),
-                secret.metadata.resource_version,
-                record,
-            )?;
-            mvcc.wait_durable_raw(lsn).await?;
-            moved += 1;
+        if moved > 0 {
+            tracing::info!(
+                secrets = moved,
+                "data directory upgraded to keep history; versions before now are not kept"
+            );
         }
+        Ok(())
     }
-    if moved > 0 {
-        tracing::info!(
-            secrets = moved,
-            "data directory upgraded to keep history; versions before now are not kept"
-        );
-    }
-    Ok(())
 }
