@@ -38,7 +38,7 @@ impl std::fmt::Display for BoundAddr {
     }
 }
 
-/// Everything [`Server::start`] binds.
+/// Everything [`Server::start`](super::Server::start) binds.
 pub(super) struct Bound {
     pub(super) listeners: Vec<Listener>,
     pub(super) addrs: Vec<BoundAddr>,

@@ -32,8 +32,10 @@
 //! addresses from the [`RunningServer`], and stop it with [`RunningServer::shutdown`]:
 //!
 //! ```no_run
-//! # async fn example(store: std::sync::Arc<coffer::store::Store>) -> Result<(), coffer::server::ServeError> {
-//! use coffer::server::{ListenAddr, Server};
+//! # async fn example(
+//! #     store: std::sync::Arc<coffer_core::store::Store>,
+//! # ) -> Result<(), coffer_server::server::ServeError> {
+//! use coffer_server::server::{ListenAddr, Server};
 //! let running = Server::new(store)
 //!     .listen(ListenAddr::Tcp("127.0.0.1:0".into()))
 //!     .start()
