@@ -49,7 +49,7 @@ use coffer_core::kms::{Kms, KmsError, KmsStatus, Wrapped};
 use coffer_core::store::Store;
 
 /// The Secrets methods, in label order; anything else counts as `other`.
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "Create",
     "Get",
     "Update",
@@ -57,6 +57,7 @@ const METHODS: [&str; 8] = [
     "List",
     "Watch",
     "WatchMany",
+    "History",
     "other",
 ];
 const SECRETS_PATH: &str = "/coffer.v1.Secrets/";
@@ -83,6 +84,8 @@ pub struct Metrics {
     in_flight: [AtomicI64; METHODS.len()],
     watch_streams: AtomicI64,
     watches: AtomicI64,
+    /// Changes watches replayed from the store's history (resumes from below the window).
+    watch_history_events: AtomicU64,
     /// `[op][0 = ok, 1 = error]`.
     kms: [[AtomicU64; 2]; KMS_OPS.len()],
     /// Calls refused by the server-wide limits.
@@ -126,6 +129,11 @@ impl Metrics {
         m.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         m.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Counts changes a watch replayed from the store's history.
+    pub(crate) fn watch_history_events(&self, n: u64) {
+        self.watch_history_events.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts an open watch stream until the guard is dropped.
@@ -306,7 +314,28 @@ impl Metrics {
             self.limits.rate_limited.load(Ordering::Relaxed),
             self.audit_errors()
         );
+        let _ = write!(
+            out,
+            "# HELP coffer_watch_history_events_total Changes watches replayed from the store's history.\n\
+             # TYPE coffer_watch_history_events_total counter\n\
+             coffer_watch_history_events_total {}\n",
+            self.watch_history_events.load(Ordering::Relaxed)
+        );
         if let Some(store) = store {
+            let history = store.history_stats();
+            let _ = write!(
+                out,
+                "# HELP coffer_history_versions Superseded versions and delete tombstones kept.\n\
+                 # TYPE coffer_history_versions gauge\n\
+                 coffer_history_versions {}\n\
+                 # HELP coffer_history_bytes Stored bytes of the kept versions.\n\
+                 # TYPE coffer_history_bytes gauge\n\
+                 coffer_history_bytes {}\n\
+                 # HELP coffer_compact_revision Reads, lists and watches below this revision are refused.\n\
+                 # TYPE coffer_compact_revision gauge\n\
+                 coffer_compact_revision {}\n",
+                history.versions, history.bytes, history.compact_revision
+            );
             let _ = write!(
                 out,
                 "# HELP coffer_seal_total Records sealed (encrypted) since start.\n\

@@ -3,7 +3,10 @@
 //!
 //! A watch catches up from the window of recent events: from its `resource_version` up to the
 //! revision it registers at, or with initial events (a list) and their bookmark. A resume from
-//! below the window ends with `OUT_OF_RANGE` "too old resource version: N (oldest M)". A watch
+//! below the window replays the store's history (also after a restart, when the window starts
+//! empty) up to the window's floor, then goes on from the window: the window holds every change
+//! after its floor, so there is no gap and no duplicate. Below the compaction revision too, it
+//! ends with `OUT_OF_RANGE` "too old resource version: N (oldest M)". A watch
 //! resuming from close to the present registers at once (its few missed changes are queued
 //! from the window by the hub); any other catches up in a task of its own first, waiting for its
 //! client to read.
@@ -91,8 +94,9 @@ impl WatchRequest {
                 ));
             }
             let floor = ctx.hub.window().floor();
-            if rv < floor {
-                return Err(status::too_old(rv, floor));
+            let compacted = ctx.store.compact_revision();
+            if rv < floor && rv < compacted {
+                return Err(status::too_old(rv, floor.min(compacted)));
             }
         }
         Ok(Self { spec, start })
@@ -133,7 +137,7 @@ pub(crate) fn register_now(
     let Start::After(rv) = req.start else {
         return None;
     };
-    if ctx.hub.dispatched() > rv.saturating_add(REGISTER_GAP) {
+    if ctx.hub.dispatched() > rv.saturating_add(REGISTER_GAP) || rv < ctx.hub.window().floor() {
         return None;
     }
     Some(match ctx.hub.register(spec.clone(), sink.clone(), rv) {
@@ -176,7 +180,8 @@ pub(crate) async fn catch_up_and_register(
             return Err(Stop::Closed);
         }
         let target = ctx.hub.dispatched();
-        if target > cursor.saturating_add(REGISTER_GAP) {
+        // Below the window's floor, the changes come from the store's history first.
+        if target > cursor.saturating_add(REGISTER_GAP) || cursor < ctx.hub.window().floor() {
             cursor = catch_up(ctx, spec, sink, cancel, cursor, target).await?;
             continue;
         }
@@ -195,7 +200,8 @@ pub(crate) async fn catch_up_and_register(
     }
 }
 
-/// Sends the matching changes in (`cursor`, `until`] from the window; returns the new cursor.
+/// Sends the matching changes in (`cursor`, `until`] from the window, or from the store's
+/// history below the window; returns the new cursor.
 async fn catch_up(
     ctx: &WatchContext,
     spec: &WatchSpec,
@@ -205,11 +211,14 @@ async fn catch_up(
     until: u64,
 ) -> Result<u64, Stop> {
     while cursor < until {
-        let batch = ctx
-            .hub
-            .window()
-            .read_after(cursor, READ_BATCH)
-            .map_err(|t| Stop::Status(status::too_old(cursor, t.floor)))?;
+        let batch = match ctx.hub.window().read_after(cursor, READ_BATCH) {
+            Ok(batch) => batch,
+            Err(too_old) => {
+                let to = too_old.floor.min(until);
+                cursor = replay(ctx, spec, sink, cancel, cursor, to).await?;
+                continue;
+            }
+        };
         if batch.is_empty() {
             break;
         }
@@ -222,6 +231,36 @@ async fn catch_up(
             }
             cursor = ev.revision;
         }
+    }
+    Ok(cursor)
+}
+
+/// Sends the matching changes in (`cursor`, `to`] from the store's history (what is below the
+/// window); returns `to`.
+async fn replay(
+    ctx: &WatchContext,
+    spec: &WatchSpec,
+    sink: &Sink,
+    cancel: &CancellationToken,
+    mut cursor: u64,
+    to: u64,
+) -> Result<u64, Stop> {
+    while cursor < to {
+        let changes = ctx
+            .store
+            .changes_after(cursor, to, READ_BATCH)
+            .await
+            .map_err(|e| Stop::Status(store_error(&e)))?;
+        let Some(last) = changes.last().map(|c| c.revision) else {
+            return Ok(to);
+        };
+        for change in &changes {
+            if spec.matches(&change.object) {
+                send(sink, wire_event(change), cancel).await?;
+            }
+        }
+        ctx.metrics.watch_history_events(changes.len() as u64);
+        cursor = last;
     }
     Ok(cursor)
 }
