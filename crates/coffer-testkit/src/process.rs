@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -214,15 +215,22 @@ impl Proc {
 
     /// Waits until the socket accepts connections; fails at once if the process exits.
     fn wait_ready(&mut self, what: &str) {
+        let socket = self.socket.clone();
+        self.wait_until(what, &format!("listening on {}", socket.display()), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    /// Polls `ready` every 10 ms for 30 s at most; fails at once if the process exits.
+    fn wait_until(&mut self, what: &str, state: &str, mut ready: impl FnMut() -> bool) {
         let deadline = Instant::now() + START_TIMEOUT;
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        while !ready() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{what} exited ({status}): {}", self.log_text());
             }
             assert!(
                 Instant::now() < deadline,
-                "{what} did not start listening on {}: {}",
-                self.socket.display(),
+                "{what} is not {state}: {}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -324,6 +332,7 @@ pub struct Serve {
     wrapper: Option<(PathBuf, Vec<String>)>,
     kms: Option<PathBuf>,
     tcp: bool,
+    tcp_at: Option<SocketAddr>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: String,
@@ -336,6 +345,7 @@ impl Serve {
             wrapper: None,
             kms: None,
             tcp: false,
+            tcp_at: None,
             args: Vec::new(),
             env: Vec::new(),
             log: "coffer.log".into(),
@@ -351,6 +361,13 @@ impl Serve {
     /// Also listens on TCP 127.0.0.1:0 (see [`Proc::tcp_addr`]).
     pub fn tcp(mut self) -> Self {
         self.tcp = true;
+        self
+    }
+
+    /// Also listens on TCP at `addr` (a port the test chose), and [`Serve::start`] waits for
+    /// it too: the unix socket accepts as soon as it is bound, before the listeners after it.
+    pub fn listen_tcp(mut self, addr: SocketAddr) -> Self {
+        self.tcp_at = Some(addr);
         self
     }
 
@@ -408,6 +425,9 @@ impl Serve {
         if self.tcp {
             args.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
         }
+        if let Some(addr) = self.tcp_at {
+            args.extend(["--listen".to_owned(), addr.to_string()]);
+        }
         if let Some(kms) = &self.kms {
             args.extend(["--kms".to_owned(), format!("unix://{}", kms.display())]);
         }
@@ -418,6 +438,12 @@ impl Serve {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        Proc::spawn(&program, &args, &env, &socket, &self.dir.join(&self.log))
+        let mut proc = Proc::spawn(&program, &args, &env, &socket, &self.dir.join(&self.log));
+        if let Some(addr) = self.tcp_at {
+            proc.wait_until("coffer serve", &format!("listening on {addr}"), || {
+                std::net::TcpStream::connect(addr).is_ok()
+            });
+        }
+        proc
     }
 }

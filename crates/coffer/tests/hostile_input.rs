@@ -978,7 +978,7 @@ fn serve_child(dir: &Path) -> (Proc, SocketAddr) {
         .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let serve = Serve::new(dir)
-        .args(&["--listen", &addr.to_string()])
+        .listen_tcp(addr)
         .env("RUST_LOG", "warn")
         .log_file("serve.log")
         .start();
