@@ -30,6 +30,16 @@ fn tcp() -> Vec<ListenAddr> {
     vec![ListenAddr::Tcp("127.0.0.1:0".into())]
 }
 
+/// A server over a store in `dir` with `args`, listening on TCP 127.0.0.1:0 only.
+async fn start_tcp(dir: &std::path::Path, args: SecurityArgs) -> Result<TestServer, ServeError> {
+    TestServer::builder()
+        .dir(dir)
+        .security(args)
+        .listen(tcp())
+        .try_start()
+        .await
+}
+
 /// A server with TLS, mutual TLS, tokens, the policy and (optionally) an audit log.
 async fn secure_server(dir: &std::path::Path, pki: &Pki, audit: bool) -> TestServer {
     let mut args = pki.write(dir);
@@ -38,13 +48,7 @@ async fn secure_server(dir: &std::path::Path, pki: &Pki, audit: bool) -> TestSer
     if audit {
         args.audit_log = Some(dir.join("audit.log"));
     }
-    TestServer::builder()
-        .dir(dir)
-        .security(args)
-        .listen(tcp())
-        .try_start()
-        .await
-        .expect("start")
+    start_tcp(dir, args).await.expect("start")
 }
 
 /// A client certificate the server refuses: the handshake succeeds (the client proves it holds
@@ -181,13 +185,7 @@ async fn tokens_are_refused_by_a_server_without_a_token_file() {
     let pki = Pki::new();
     let mut args = pki.write(dir.path());
     args.authz_policy = Some(write_file(dir.path(), "policy.yaml", POLICY));
-    let server = TestServer::builder()
-        .dir(dir.path())
-        .security(args)
-        .listen(tcp())
-        .try_start()
-        .await
-        .expect("start");
+    let server = start_tcp(dir.path(), args).await.expect("start");
     let ch = tls_channel(server.addr(), &pki.ca_pem, None)
         .await
         .expect("tls");
@@ -309,13 +307,7 @@ async fn per_connection_watch_streams_and_request_rate_are_capped() {
         max_watch_streams_per_connection: Some(2),
         ..SecurityArgs::default()
     };
-    let server = TestServer::builder()
-        .dir(dir.path())
-        .security(args)
-        .listen(tcp())
-        .try_start()
-        .await
-        .expect("start");
+    let server = start_tcp(dir.path(), args).await.expect("start");
     let ch = tcp_channel(server.addr()).await;
     let mut c = client(ch.clone(), None);
     let req = pb::WatchSecretsRequest::default();
@@ -352,13 +344,7 @@ async fn per_connection_watch_streams_and_request_rate_are_capped() {
         request_burst_per_connection: Some(3),
         ..SecurityArgs::default()
     };
-    let server = TestServer::builder()
-        .dir(dir.path())
-        .security(args)
-        .listen(tcp())
-        .try_start()
-        .await
-        .expect("start");
+    let server = start_tcp(dir.path(), args).await.expect("start");
     let mut c = client(tcp_channel(server.addr()).await, None);
     for _ in 0..3 {
         let s = get(&mut c, "ns", "x").await.expect_err("not found");
@@ -494,13 +480,7 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         audit_fail_closed: true,
         ..SecurityArgs::default()
     };
-    let server = TestServer::builder()
-        .dir(dir.path())
-        .security(args)
-        .listen(tcp())
-        .try_start()
-        .await
-        .expect("start");
+    let server = start_tcp(dir.path(), args).await.expect("start");
     let mut c = client(tcp_channel(server.addr()).await, None);
     let s = create(&mut c, secret("ns", "x", &[("k", b"v")]))
         .await
@@ -527,13 +507,7 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         audit_log: Some(bad),
         ..SecurityArgs::default()
     };
-    let server = TestServer::builder()
-        .dir(dir.path())
-        .security(args)
-        .listen(tcp())
-        .try_start()
-        .await
-        .expect("start");
+    let server = start_tcp(dir.path(), args).await.expect("start");
     let mut c = client(tcp_channel(server.addr()).await, None);
     let before = server.metrics().audit_errors();
     create(&mut c, secret("ns", "x", &[("k", b"v")]))
@@ -552,13 +526,7 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         audit_fail_closed: true,
         ..SecurityArgs::default()
     };
-    let server = TestServer::builder()
-        .dir(dir.path())
-        .security(args)
-        .listen(tcp())
-        .try_start()
-        .await
-        .expect("start");
+    let server = start_tcp(dir.path(), args).await.expect("start");
     let mut c = client(tcp_channel(server.addr()).await, None);
     create(&mut c, secret("ns", "x", &[("k", b"v")]))
         .await
@@ -583,13 +551,7 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
             audit_fail_closed: true,
             ..SecurityArgs::default()
         };
-        let server = TestServer::builder()
-            .dir(dir.path())
-            .security(args)
-            .listen(tcp())
-            .try_start()
-            .await
-            .expect("start");
+        let server = start_tcp(dir.path(), args).await.expect("start");
         let mut c = client(tcp_channel(server.addr()).await, None);
         let s = get(&mut c, "ns", "x").await.expect_err("unaudited");
         assert_eq!(s.code(), Code::Unavailable);
@@ -834,14 +796,7 @@ async fn bad_security_files_fail_the_start() {
     for (i, (args, want)) in cases.into_iter().enumerate() {
         let sub = dir.path().join(format!("s{i}"));
         std::fs::create_dir(&sub).expect("mkdir");
-        let err = TestServer::builder()
-            .dir(&sub)
-            .security(args)
-            .listen(tcp())
-            .try_start()
-            .await
-            .err()
-            .expect(want);
+        let err = start_tcp(&sub, args).await.err().expect(want);
         assert!(err.to_string().contains(want), "{want}: {err}");
         assert!(!err.to_string().contains("tok-"), "{err}");
     }
@@ -852,15 +807,7 @@ async fn bad_security_files_fail_the_start() {
         tls_cert: Some(write_file(&sub, "garbage.crt", "not a certificate")),
         ..base
     };
-    assert!(
-        TestServer::builder()
-            .dir(&sub)
-            .security(args)
-            .listen(tcp())
-            .try_start()
-            .await
-            .is_err()
-    );
+    assert!(start_tcp(&sub, args).await.is_err());
 }
 
 /// Presents `cert_pem` with the private key `key_pem` (which may not be the certificate's) and
