@@ -167,19 +167,14 @@ pub async fn tls_channel(
         .await
 }
 
+/// A wire Secret whose data values are bytes ([`crate::server::secret`] takes text).
 pub fn secret(ns: &str, name: &str, data: &[(&str, &[u8])]) -> pb::Secret {
-    pb::Secret {
-        metadata: Some(pb::ObjectMeta {
-            name: name.into(),
-            namespace: ns.into(),
-            ..pb::ObjectMeta::default()
-        }),
-        data: data
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-            .collect(),
-        ..pb::Secret::default()
-    }
+    let mut s = crate::server::secret(ns, name, &[]);
+    s.data = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+        .collect();
+    s
 }
 
 /// The first event of a watch with initial events, within 5 s.
