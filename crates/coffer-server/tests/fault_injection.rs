@@ -16,7 +16,6 @@
 //! the server, and checks the same.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +26,8 @@ use coffer_core::storage::{Backend, Durability, SledBackend, SledConfig};
 use coffer_core::store::{Store, StoreConfig, StoreError};
 use coffer_server::proto::v1 as pb;
 use coffer_server::proto::v1::secrets_client::SecretsClient;
-use coffer_server::server::{ListenAddr, RunningServer, Server, ServerOptions};
+use coffer_server::server::{ListenAddr, RunningServer, ServerOptions};
+use coffer_testkit::server::TestServer;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -89,17 +89,16 @@ async fn start(store: Store) -> (RunningServer, SecretsClient<Channel>) {
         token_cleaner_interval: None,
         ..ServerOptions::default()
     };
-    let server = Server::new(Arc::new(store))
+    let server = TestServer::builder()
+        .store(store)
         .options(options)
-        .listen(ListenAddr::Tcp("127.0.0.1:0".into()))
+        .listen(vec![ListenAddr::Tcp("127.0.0.1:0".into())])
+        .without_metrics_listener()
         .start()
-        .await
-        .expect("start server");
-    let addr: SocketAddr = server.tcp_addr().expect("tcp addr");
-    let client = SecretsClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    (server, client)
+        .await;
+    let client = server.client().await;
+    // The store goes with the server (the test waits for its last handle after shutdown).
+    (server.running, client)
 }
 
 /// An error a client may see for a storage fault: UNAVAILABLE or INTERNAL, with a message.

@@ -30,15 +30,25 @@ fn tcp() -> Vec<ListenAddr> {
     vec![ListenAddr::Tcp("127.0.0.1:0".into())]
 }
 
+/// A server over a store in `dir` with `args`, listening on TCP 127.0.0.1:0 only.
+async fn start_tcp(dir: &std::path::Path, args: SecurityArgs) -> Result<TestServer, ServeError> {
+    TestServer::builder()
+        .dir(dir)
+        .security(args)
+        .listen(tcp())
+        .try_start()
+        .await
+}
+
 /// A server with TLS, mutual TLS, tokens, the policy and (optionally) an audit log.
-async fn secure_server(dir: &std::path::Path, pki: &Pki, audit: bool) -> Started {
+async fn secure_server(dir: &std::path::Path, pki: &Pki, audit: bool) -> TestServer {
     let mut args = pki.write(dir);
     args.token_file = Some(write_file(dir, "tokens.csv", TOKENS));
     args.authz_policy = Some(write_file(dir, "policy.yaml", POLICY));
     if audit {
         args.audit_log = Some(dir.join("audit.log"));
     }
-    start(dir, args, tcp()).await.expect("start")
+    start_tcp(dir, args).await.expect("start")
 }
 
 /// A client certificate the server refuses: the handshake succeeds (the client proves it holds
@@ -177,7 +187,7 @@ async fn tokens_are_refused_by_a_server_without_a_token_file() {
     let pki = Pki::new();
     let mut args = pki.write(dir.path());
     args.authz_policy = Some(write_file(dir.path(), "policy.yaml", POLICY));
-    let server = start(dir.path(), args, tcp()).await.expect("start");
+    let server = start_tcp(dir.path(), args).await.expect("start");
     let ch = tls_channel(server.addr(), &pki.ca_pem, None)
         .await
         .expect("tls");
@@ -299,8 +309,8 @@ async fn per_connection_watch_streams_and_request_rate_are_capped() {
         max_watch_streams_per_connection: Some(2),
         ..SecurityArgs::default()
     };
-    let server = start(dir.path(), args, tcp()).await.expect("start");
-    let ch = plain_channel(server.addr()).await;
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let ch = tcp_channel(server.addr()).await;
     let mut c = client(ch.clone(), None);
     let req = pb::WatchSecretsRequest::default();
     let w1 = c.watch(req.clone()).await.expect("1").into_inner();
@@ -314,7 +324,7 @@ async fn per_connection_watch_streams_and_request_rate_are_capped() {
         .expect_err("WatchMany counts too");
     assert_eq!(s.code(), Code::ResourceExhausted);
     // Another connection has its own slots.
-    let mut other = client(plain_channel(server.addr()).await, None);
+    let mut other = client(tcp_channel(server.addr()).await, None);
     let _w3 = other.watch(req.clone()).await.expect("other connection");
     // Closing a stream frees its slot.
     drop(w1);
@@ -336,8 +346,8 @@ async fn per_connection_watch_streams_and_request_rate_are_capped() {
         request_burst_per_connection: Some(3),
         ..SecurityArgs::default()
     };
-    let server = start(dir.path(), args, tcp()).await.expect("start");
-    let mut c = client(plain_channel(server.addr()).await, None);
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let mut c = client(tcp_channel(server.addr()).await, None);
     for _ in 0..3 {
         let s = get(&mut c, "ns", "x").await.expect_err("not found");
         assert_eq!(s.code(), Code::NotFound);
@@ -345,7 +355,7 @@ async fn per_connection_watch_streams_and_request_rate_are_capped() {
     let s = get(&mut c, "ns", "x").await.expect_err("limited");
     assert_eq!(s.code(), Code::ResourceExhausted);
     assert!(s.message().contains("too many requests"), "{}", s.message());
-    let mut fresh = client(plain_channel(server.addr()).await, None);
+    let mut fresh = client(tcp_channel(server.addr()).await, None);
     assert_eq!(
         get(&mut fresh, "ns", "x").await.expect_err("nf").code(),
         Code::NotFound,
@@ -472,8 +482,8 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         audit_fail_closed: true,
         ..SecurityArgs::default()
     };
-    let server = start(dir.path(), args, tcp()).await.expect("start");
-    let mut c = client(plain_channel(server.addr()).await, None);
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let mut c = client(tcp_channel(server.addr()).await, None);
     let s = create(&mut c, secret("ns", "x", &[("k", b"v")]))
         .await
         .expect_err("unaudited");
@@ -488,7 +498,7 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         0,
         "the refused write did not run"
     );
-    assert!(server.metrics.audit_errors() > 0);
+    assert!(server.metrics().audit_errors() > 0);
     server.running.shutdown().await.expect("shutdown");
 
     // Fail open: the request goes on, the error is counted.
@@ -499,13 +509,13 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         audit_log: Some(bad),
         ..SecurityArgs::default()
     };
-    let server = start(dir.path(), args, tcp()).await.expect("start");
-    let mut c = client(plain_channel(server.addr()).await, None);
-    let before = server.metrics.audit_errors();
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let mut c = client(tcp_channel(server.addr()).await, None);
+    let before = server.metrics().audit_errors();
     create(&mut c, secret("ns", "x", &[("k", b"v")]))
         .await
         .expect("fail open");
-    assert!(server.metrics.audit_errors() > before);
+    assert!(server.metrics().audit_errors() > before);
     server.running.shutdown().await.expect("shutdown");
 
     // A writable log whose directory disappears; a reopen (SIGHUP) fails: requests are refused
@@ -518,8 +528,8 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         audit_fail_closed: true,
         ..SecurityArgs::default()
     };
-    let server = start(dir.path(), args, tcp()).await.expect("start");
-    let mut c = client(plain_channel(server.addr()).await, None);
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let mut c = client(tcp_channel(server.addr()).await, None);
     create(&mut c, secret("ns", "x", &[("k", b"v")]))
         .await
         .expect("audited");
@@ -543,8 +553,8 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
             audit_fail_closed: true,
             ..SecurityArgs::default()
         };
-        let server = start(dir.path(), args, tcp()).await.expect("start");
-        let mut c = client(plain_channel(server.addr()).await, None);
+        let server = start_tcp(dir.path(), args).await.expect("start");
+        let mut c = client(tcp_channel(server.addr()).await, None);
         let s = get(&mut c, "ns", "x").await.expect_err("unaudited");
         assert_eq!(s.code(), Code::Unavailable);
         // Once a write has failed, requests are refused before they run.
@@ -572,22 +582,22 @@ async fn unix_peer_uid_maps_to_a_user() {
         audit_log: Some(dir.path().join("audit.log")),
         ..SecurityArgs::default()
     };
-    let server = start(
-        dir.path(),
-        args,
-        vec![
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(vec![
             ListenAddr::Tcp("127.0.0.1:0".into()),
             ListenAddr::Unix(socket.clone()),
-        ],
-    )
-    .await
-    .expect("start");
+        ])
+        .try_start()
+        .await
+        .expect("start");
     let mut c = client(unix_channel(&socket).await, None);
     create(&mut c, secret("ns", "x", &[("k", b"v")]))
         .await
         .expect("the peer uid is peeruser, an admin");
     // Over TCP there is no peer uid: no credentials.
-    let mut t = client(plain_channel(server.addr()).await, None);
+    let mut t = client(tcp_channel(server.addr()).await, None);
     assert_eq!(
         get(&mut t, "ns", "x").await.expect_err("tcp").code(),
         Code::Unauthenticated
@@ -605,7 +615,11 @@ async fn unix_peer_uid_maps_to_a_user() {
         unix_peer_users: vec![format!("{}=someone", uid.wrapping_add(1))],
         ..SecurityArgs::default()
     };
-    let server = start(dir.path(), args, vec![ListenAddr::Unix(socket.clone())])
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(vec![ListenAddr::Unix(socket.clone())])
+        .try_start()
         .await
         .expect("start");
     let mut c = client(unix_channel(&socket).await, None);
@@ -619,14 +633,14 @@ async fn unix_peer_uid_maps_to_a_user() {
 #[tokio::test]
 async fn non_loopback_bind_without_auth_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
-    let err = start(
-        dir.path(),
-        SecurityArgs::default(),
-        vec![ListenAddr::Tcp("0.0.0.0:0".into())],
-    )
-    .await
-    .err()
-    .expect("refused");
+    let err = TestServer::builder()
+        .dir(dir.path())
+        .security(SecurityArgs::default())
+        .listen(vec![ListenAddr::Tcp("0.0.0.0:0".into())])
+        .try_start()
+        .await
+        .err()
+        .expect("refused");
     assert!(matches!(err, ServeError::Config(_)), "{err}");
     assert!(
         err.to_string().contains("refusing to listen on 0.0.0.0:"),
@@ -643,7 +657,11 @@ async fn non_loopback_bind_without_auth_is_refused() {
         insecure_allow_unauthenticated: true,
         ..SecurityArgs::default()
     };
-    let s = start(dir.path(), args, vec![ListenAddr::Tcp("0.0.0.0:0".into())])
+    let s = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(vec![ListenAddr::Tcp("0.0.0.0:0".into())])
+        .try_start()
         .await
         .expect("insecure");
     s.running.shutdown().await.expect("shutdown");
@@ -652,7 +670,11 @@ async fn non_loopback_bind_without_auth_is_refused() {
         token_file: Some(write_file(dir.path(), "tokens.csv", TOKENS)),
         ..SecurityArgs::default()
     };
-    let s = start(dir.path(), args, vec![ListenAddr::Tcp("0.0.0.0:0".into())])
+    let s = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(vec![ListenAddr::Tcp("0.0.0.0:0".into())])
+        .try_start()
         .await
         .expect("authenticated");
     s.running.shutdown().await.expect("shutdown");
@@ -776,7 +798,7 @@ async fn bad_security_files_fail_the_start() {
     for (i, (args, want)) in cases.into_iter().enumerate() {
         let sub = dir.path().join(format!("s{i}"));
         std::fs::create_dir(&sub).expect("mkdir");
-        let err = start(&sub, args, tcp()).await.err().expect(want);
+        let err = start_tcp(&sub, args).await.err().expect(want);
         assert!(err.to_string().contains(want), "{want}: {err}");
         assert!(!err.to_string().contains("tok-"), "{err}");
     }
@@ -787,7 +809,7 @@ async fn bad_security_files_fail_the_start() {
         tls_cert: Some(write_file(&sub, "garbage.crt", "not a certificate")),
         ..base
     };
-    assert!(start(&sub, args, tcp()).await.is_err());
+    assert!(start_tcp(&sub, args).await.is_err());
 }
 
 /// Presents `cert_pem` with the private key `key_pem` (which may not be the certificate's) and

@@ -315,13 +315,13 @@ async fn authz_matrix_over_mtls_and_tokens() {
     let mut args = pki.write(dir.path());
     args.token_file = Some(write_file(dir.path(), "tokens.csv", TOKENS));
     args.authz_policy = Some(write_file(dir.path(), "policy.yaml", POLICY));
-    let server = start(
-        dir.path(),
-        args,
-        vec![ListenAddr::Tcp("127.0.0.1:0".into())],
-    )
-    .await
-    .expect("start");
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(vec![ListenAddr::Tcp("127.0.0.1:0".into())])
+        .try_start()
+        .await
+        .expect("start");
     let addr = server.addr();
 
     // Over mutual TLS: each identity is a client certificate (CN = user, O = groups).

@@ -514,12 +514,12 @@ async fn tampered_record_is_data_loss() {
         .await
         .expect("create");
     let key = b"s/ns/victim";
-    let mut record = ts.backend.get(key).expect("get").expect("record");
+    let mut record = ts.backend().get(key).expect("get").expect("record");
     let last = record.len() - 1;
     record[last] ^= 1;
     let mut batch = Batch::new();
     batch.put(key.to_vec(), record);
-    ts.backend.apply(batch).expect("tamper");
+    ts.backend().apply(batch).expect("tamper");
     let e = get(&mut c, "ns", "victim").await.expect_err("tampered");
     assert_eq!(e.code(), Code::DataLoss, "{e:?}");
     assert!(e.message().contains("ns/victim"), "{e:?}");
@@ -531,14 +531,14 @@ async fn tampered_record_is_data_loss() {
 
 #[tokio::test]
 async fn kms_down_is_unavailable_and_recovers_without_restart() {
-    let ts = TestServer::start_with(test_options(), true).await;
+    let ts = TestServer::builder().kms_down().start().await;
     let mut c = ts.client().await;
     let e = create(&mut c, secret("ns", "a", &[("k", "v")]))
         .await
         .expect_err("KMS down");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("KMS"), "{e:?}");
-    ts.kms
+    ts.kms()
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
     create(&mut c, secret("ns", "a", &[("k", "v")]))

@@ -188,14 +188,13 @@ async fn graceful_shutdown_completes_in_flight_calls_and_loses_nothing() {
         inner: TestKms::open(dir.path(), 1),
         gate: tokio::sync::Semaphore::new(0),
     });
-    let (store, backend) = open_store(dir.path(), kms.clone(), StoreConfig::default()).await;
-    let store = Arc::new(store);
-    let running = Server::new(store.clone())
-        .listen(ListenAddr::Tcp("127.0.0.1:0".into()))
-        .options(test_options())
+    let TestServer { running, store, .. } = TestServer::builder()
+        .dir(dir.path())
+        .kms(kms.clone())
+        .listen(vec![ListenAddr::Tcp("127.0.0.1:0".into())])
+        .without_metrics_listener()
         .start()
-        .await
-        .expect("start");
+        .await;
     let addr = running.tcp_addr().expect("addr");
     let channel = tcp_channel(addr).await;
     let mut calls = Vec::new();
@@ -230,7 +229,6 @@ async fn graceful_shutdown_completes_in_flight_calls_and_loses_nothing() {
 
     // Reopen the data dir: every acknowledged create is there.
     drop(channel);
-    drop(backend);
     let store = Arc::try_unwrap(store).expect("the server let go of the store");
     drop(store);
     let (store, _backend) = open_store(dir.path(), kms.inner.clone(), StoreConfig::default()).await;
@@ -248,13 +246,11 @@ async fn unix_socket_only_server_replaces_a_stale_socket_and_refuses_a_live_one(
     // A stale socket file: bound, then its listener dropped.
     drop(std::os::unix::net::UnixListener::bind(&path).expect("stale"));
     assert!(path.exists());
-    let kms = TestKms::open(dir.path(), 1);
-    let (store, _b) = open_store(dir.path(), kms, StoreConfig::default()).await;
-    let store = Arc::new(store);
-    let running = Server::new(store.clone())
-        .listen(ListenAddr::Unix(path.clone()))
-        .options(test_options())
-        .start()
+    let TestServer { running, store, .. } = TestServer::builder()
+        .dir(dir.path())
+        .listen(vec![ListenAddr::Unix(path.clone())])
+        .without_metrics_listener()
+        .try_start()
         .await
         .expect("start over a stale socket");
     assert_eq!(running.unix_path(), Some(path.as_path()));
@@ -364,7 +360,7 @@ async fn token_cleaner_deletes_expired_and_unparseable_tokens_only() {
         token_cleaner_interval: Some(Duration::from_millis(50)),
         ..test_options()
     };
-    let ts = TestServer::start_with(options, false).await;
+    let ts = TestServer::builder().options(options).start().await;
     let mut c = ts.client().await;
     let token = |name: &str, expiration: Option<&str>| {
         let data: Vec<(&str, &str)> = match expiration {

@@ -9,14 +9,13 @@
 use coffer_testkit::engine as common;
 use coffer_testkit::server as server_common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_core::store::{QuotaLimits, Quotas, Store, StoreConfig};
+use coffer_core::store::{QuotaLimits, Quotas, StoreConfig};
 use coffer_server::proto::v1 as pb;
 use coffer_server::proto::v1::secrets_client::SecretsClient;
+use coffer_server::server::ServerOptions;
 use coffer_server::server::limits::LimitOptions;
-use coffer_server::server::{ListenAddr, RunningServer, Server, ServerOptions};
 use common::{TestKms, open_store};
 use server_common::*;
 use tonic::Code;
@@ -25,41 +24,19 @@ use tonic::transport::Channel;
 /// A value no message may ever contain.
 const CANARY: &str = "canary-9f3c2e-do-not-echo";
 
-struct Limited {
-    running: RunningServer,
-    store: Arc<Store>,
-    _dir: tempfile::TempDir,
-}
-
-impl Limited {
-    async fn start(quotas: Quotas, limits: LimitOptions) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kms = TestKms::open(dir.path(), 1);
-        let config = StoreConfig {
+/// A server over a store with `quotas`, and with `limits`.
+async fn limited(quotas: Quotas, limits: LimitOptions) -> TestServer {
+    TestServer::builder()
+        .store_config(StoreConfig {
             quotas,
             ..StoreConfig::default()
-        };
-        let (store, _backend) = open_store(dir.path(), kms, config).await;
-        let store = Arc::new(store);
-        let running = Server::new(store.clone())
-            .listen(ListenAddr::Tcp("127.0.0.1:0".into()))
-            .options(ServerOptions {
-                limits,
-                ..test_options()
-            })
-            .start()
-            .await
-            .expect("start server");
-        Self {
-            running,
-            store,
-            _dir: dir,
-        }
-    }
-
-    async fn client(&self) -> SecretsClient<Channel> {
-        SecretsClient::new(tcp_channel(self.running.tcp_addr().expect("tcp")).await)
-    }
+        })
+        .options(ServerOptions {
+            limits,
+            ..test_options()
+        })
+        .start()
+        .await
 }
 
 fn count(n: u64) -> QuotaLimits {
@@ -113,7 +90,7 @@ async fn count_quota_is_exhausted_then_recovers_after_delete() {
     let quotas = Quotas::unlimited()
         .with_default(count(3))
         .with_namespace("team", count(1));
-    let ts = Limited::start(quotas, LimitOptions::default()).await;
+    let ts = limited(quotas, LimitOptions::default()).await;
     let mut c = ts.client().await;
     for i in 0..3 {
         create(&mut c, sized("a", &format!("s{i}"), 10))
@@ -163,7 +140,7 @@ async fn count_quota_is_exhausted_then_recovers_after_delete() {
 #[tokio::test]
 async fn bytes_quota_is_exhausted_then_recovers_after_delete() {
     let limit = 2600;
-    let ts = Limited::start(
+    let ts = limited(
         Quotas::unlimited().with_namespace("a", bytes(limit)),
         LimitOptions::default(),
     )
@@ -204,7 +181,7 @@ async fn bytes_quota_is_exhausted_then_recovers_after_delete() {
 #[tokio::test]
 async fn an_update_that_grows_past_the_bytes_quota_is_rejected() {
     let limit = 2000;
-    let ts = Limited::start(
+    let ts = limited(
         Quotas::unlimited().with_default(bytes(limit)),
         LimitOptions::default(),
     )
@@ -235,7 +212,7 @@ async fn an_update_that_grows_past_the_bytes_quota_is_rejected() {
 
 #[tokio::test]
 async fn concurrent_creates_never_exceed_the_quota() {
-    let ts = Limited::start(
+    let ts = limited(
         Quotas::unlimited()
             .with_namespace("race", count(10))
             .with_namespace("bytes", bytes(12_000)),
@@ -374,7 +351,7 @@ async fn open_watch_many(
 
 #[tokio::test]
 async fn the_watch_stream_cap_refuses_then_recovers_when_streams_close() {
-    let ts = Limited::start(
+    let ts = limited(
         Quotas::unlimited(),
         LimitOptions {
             max_watch_streams: Some(2),
@@ -464,7 +441,7 @@ async fn open_eventually(c: &mut SecretsClient<Channel>) -> tonic::Streaming<pb:
 
 #[tokio::test]
 async fn the_rate_limit_refuses_then_recovers() {
-    let ts = Limited::start(
+    let ts = limited(
         Quotas::unlimited(),
         LimitOptions {
             // One token every 5 s: nothing refills while the test makes its calls, even on a
@@ -490,7 +467,7 @@ async fn the_rate_limit_refuses_then_recovers() {
     let e = open_watch(&mut c).await.expect_err("limited watch");
     assert_eq!(e.code(), Code::ResourceExhausted);
     // Health checks are never limited.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(ts.running_channel().await);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ts.channel().await);
     for _ in 0..20 {
         health
             .check(tonic_health::pb::HealthCheckRequest::default())
@@ -507,10 +484,4 @@ async fn the_rate_limit_refuses_then_recovers() {
             .render(None)
             .contains("coffer_limit_rejections_total{limit=\"request_rate\"} 2")
     );
-}
-
-impl Limited {
-    async fn running_channel(&self) -> Channel {
-        tcp_channel(self.running.tcp_addr().expect("tcp")).await
-    }
 }

@@ -249,7 +249,7 @@ async fn resume_within_the_window_and_too_old_outside_it() {
         watch_window_events: 4,
         ..test_options()
     };
-    let ts = TestServer::start_with(options, false).await;
+    let ts = TestServer::builder().options(options).start().await;
     let mut c = ts.client().await;
     let a = create(&mut c, secret("ns", "a", &[("k", "1")]))
         .await
@@ -401,7 +401,7 @@ async fn watch_many_created_events_cancel_and_per_watch_errors() {
         watch_window_events: 4,
         ..test_options()
     };
-    let ts = TestServer::start_with(options, false).await;
+    let ts = TestServer::builder().options(options).start().await;
     let mut c = ts.client().await;
     for i in 0..6 {
         create(&mut c, secret("old", &format!("o{i}"), &[]))
@@ -691,7 +691,7 @@ async fn the_window_forgets_changes_older_than_its_age_limit() {
         watch_window_age: Some(Duration::from_millis(300)),
         ..test_options()
     };
-    let ts = TestServer::start_with(options, false).await;
+    let ts = TestServer::builder().options(options).start().await;
     let mut c = ts.client().await;
     let a = create(&mut c, secret("aged", "a", &[]))
         .await

@@ -1,28 +1,24 @@
 //! Helpers for the security tests: a test PKI made with rcgen (a CA, the server's certificate,
-//! client certificates with CN = user and O = groups, an expired one, one from another CA), and a
-//! real server started with security settings over a store in a temp dir.
+//! client certificates with CN = user and O = groups, an expired one, one from another CA),
+//! clients with a bearer token, and the audit log. A server with security settings is
+//! [`TestServer::builder`]`.security(args)`.
 //!
 //! Test files use it as `coffer_testkit::auth`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_core::store::StoreConfig;
-use coffer_server::auth::{Security, SecurityArgs};
+use coffer_server::auth::SecurityArgs;
 use coffer_server::proto::v1 as pb;
 use coffer_server::proto::v1::secrets_client::SecretsClient;
-use coffer_server::server::{
-    ListenAddr, Metrics, RunningServer, ServeError, Server, ServerOptions,
-};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::engine::{TestKms, open_store};
+pub use crate::server::{TestServer, create, get, tcp_channel, unix_channel};
 
 /// A certificate and its key, PEM.
 #[derive(Debug, Clone)]
@@ -129,52 +125,6 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// Test tunables.
-pub fn options() -> ServerOptions {
-    ServerOptions {
-        bookmark_interval: Duration::from_millis(200),
-        token_cleaner_interval: None,
-        shutdown_grace: Duration::from_secs(5),
-        ..ServerOptions::default()
-    }
-}
-
-/// A started server and its metrics.
-pub struct Started {
-    pub running: RunningServer,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Started {
-    pub fn addr(&self) -> SocketAddr {
-        self.running.tcp_addr().expect("tcp")
-    }
-}
-
-/// Starts a server over a fresh store in `dir` (its `db` subdirectory) with `args`.
-pub async fn start(
-    dir: &Path,
-    args: SecurityArgs,
-    listen: Vec<ListenAddr>,
-) -> Result<Started, ServeError> {
-    let kms = TestKms::open(dir, 1);
-    let (store, _) = open_store(dir, kms, StoreConfig::default()).await;
-    let config = args
-        .resolve(None)
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    let metrics = Metrics::new();
-    let security = Security::load(config).map_err(|e| ServeError::Config(e.to_string()))?;
-    let mut server = Server::new(Arc::new(store))
-        .options(options())
-        .metrics(metrics.clone())
-        .security(security);
-    for l in listen {
-        server = server.listen(l);
-    }
-    let running = server.start().await?;
-    Ok(Started { running, metrics })
-}
-
 /// Adds `authorization: Bearer <token>` when it has one.
 #[derive(Clone, Debug, Default)]
 pub struct Bearer(pub Option<String>);
@@ -217,59 +167,14 @@ pub async fn tls_channel(
         .await
 }
 
-/// A plaintext channel over a unix socket.
-pub async fn unix_channel(path: &Path) -> Channel {
-    let path = path.to_owned();
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        }))
-        .await
-        .expect("connect unix")
-}
-
-/// A plaintext TCP channel.
-pub async fn plain_channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect")
-}
-
+/// A wire Secret whose data values are bytes ([`crate::server::secret`] takes text).
 pub fn secret(ns: &str, name: &str, data: &[(&str, &[u8])]) -> pb::Secret {
-    pb::Secret {
-        metadata: Some(pb::ObjectMeta {
-            name: name.into(),
-            namespace: ns.into(),
-            ..pb::ObjectMeta::default()
-        }),
-        data: data
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
-            .collect(),
-        ..pb::Secret::default()
-    }
-}
-
-pub async fn create(c: &mut Client, s: pb::Secret) -> Result<pb::Secret, tonic::Status> {
-    c.create(pb::CreateSecretRequest { secret: Some(s) })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-pub async fn get(c: &mut Client, ns: &str, name: &str) -> Result<pb::Secret, tonic::Status> {
-    c.get(pb::GetSecretRequest {
-        namespace: ns.into(),
-        name: name.into(),
-        resource_version: 0,
-    })
-    .await
-    .map(tonic::Response::into_inner)
+    let mut s = crate::server::secret(ns, name, &[]);
+    s.data = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+        .collect();
+    s
 }
 
 /// The first event of a watch with initial events, within 5 s.

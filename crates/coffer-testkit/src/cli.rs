@@ -1,40 +1,14 @@
 //! Shared helpers of the CLI tests: a real `coffer serve` child process per test (listening on
-//! a unix socket in a temp dir and on 127.0.0.1:0), and a runner for the built binary.
+//! a unix socket in a temp dir and on 127.0.0.1:0, started with [`Serve`]), and a runner for
+//! the built binary.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use crate::kms::coffer_bin;
-
-/// The result of one CLI run.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    /// Asserts exit code 0 and returns stdout.
-    #[track_caller]
-    pub fn ok(&self) -> &str {
-        assert_eq!(self.code, 0, "expected success, got {self:#?}");
-        &self.stdout
-    }
-
-    /// Asserts exit code `code` and a single stderr line containing `needle`; returns stderr.
-    #[track_caller]
-    pub fn fails(&self, code: i32, needle: &str) -> &str {
-        assert_eq!(self.code, code, "unexpected exit code: {self:#?}");
-        assert!(
-            self.stderr.contains(needle),
-            "stderr lacks {needle:?}: {self:#?}"
-        );
-        &self.stderr
-    }
-}
+use crate::process::{Proc, Serve, run_with};
+pub use crate::process::{Run, coffer_bin};
 
 /// Runs the binary with `args` (no server flag, no COFFER_SERVER), optional stdin.
 pub fn coffer(args: &[&str], stdin: Option<&[u8]>, cwd: Option<&Path>) -> Run {
@@ -48,87 +22,37 @@ pub fn coffer_env(
     stdin: Option<&[u8]>,
     cwd: Option<&Path>,
 ) -> Run {
-    let mut cmd = Command::new(coffer_bin());
-    cmd.args(args)
-        .env_remove("COFFER_SERVER")
-        .env_remove("COFFER_TOKEN")
-        .envs(env.iter().copied())
-        .env("NO_COLOR", "1")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    let mut child = cmd.spawn().expect("spawn coffer");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_with(coffer_bin(), args, env, stdin, cwd)
 }
 
-/// A `coffer serve` child process with its own data directory; killed on drop.
+/// A `coffer serve` child process with its own data directory, for the CLI to talk to;
+/// killed on drop.
 pub struct Server {
-    child: Child,
+    proc: Proc,
     pub dir: tempfile::TempDir,
     /// `unix:///.../coffer.sock`
     pub socket: String,
-    log: PathBuf,
 }
 
 impl Server {
     /// Starts a server and waits until its socket accepts connections.
     pub fn start() -> Self {
-        Self::start_with(tempfile::tempdir().unwrap(), &[])
+        Self::start_with(tempfile::tempdir().expect("tempdir"), &[])
     }
 
     /// Starts a server in `dir` with extra `serve` flags (security settings whose files the
     /// test wrote in `dir`).
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Self {
-        let sock = dir.path().join("coffer.sock");
-        let log = dir.path().join("serve.log");
-        let child = Command::new(coffer_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--listen")
-            .arg(format!("unix://{}", sock.display()))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+        let proc = Serve::new(dir.path())
+            .tcp()
             .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn coffer serve");
-        let server = Self {
-            child,
-            socket: format!("unix://{}", sock.display()),
+            .log_file("serve.log")
+            .start();
+        Self {
+            socket: format!("unix://{}", proc.socket.display()),
+            proc,
             dir,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "coffer serve did not start: {}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
         }
-        server
     }
 
     /// Kills the server (SIGKILL: nothing is flushed on the way out) and starts a new one on
@@ -141,27 +65,12 @@ impl Server {
 
     /// The server's log so far.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     /// The bound TCP address, read from the "listening on" log line (waits for it).
     pub fn tcp_addr(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let log = self.log_text();
-            if let Some(at) = log.find("127.0.0.1:") {
-                let rest = &log[at + "127.0.0.1:".len()..];
-                let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                if !port.is_empty() && port != "0" {
-                    return format!("127.0.0.1:{port}");
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no TCP address in the log: {log}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.proc.tcp_addr()
     }
 
     /// Runs the CLI against this server.
@@ -181,7 +90,7 @@ impl Server {
     /// Writes a file in the test's temp dir and returns its path.
     pub fn file(&self, name: &str, content: impl AsRef<[u8]>) -> String {
         let p = self.dir.path().join(name);
-        std::fs::write(&p, content).unwrap();
+        std::fs::write(&p, content).expect("write");
         p.to_string_lossy().into_owned()
     }
 
@@ -196,14 +105,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .expect("spawn coffer")
     }
 }
 

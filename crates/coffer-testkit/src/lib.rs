@@ -1,7 +1,9 @@
 //! Shared helpers of Coffer's integration tests, one place for every crate's tests: test KMSes
-//! and stores ([`engine`]), in-process servers ([`server`]), certificates, tokens and policies
-//! ([`auth`]), plugin and `coffer serve` child processes ([`kms`]), and the `coffer` binary's
-//! runner ([`cli`]).
+//! and stores ([`engine`]); the one in-process test server, [`server::TestServer::builder`]
+//! (store, KMS, options, security, listeners), with its channels and request helpers
+//! ([`server`]); child processes: the built binaries and [`process::Serve`], the one way to
+//! start `coffer serve` ([`process`]); certificates, tokens and policies ([`auth`]); the KMS
+//! plugin and its clients ([`kms`]); and the `coffer` CLI's runner and server ([`cli`]).
 //!
 //! A dev-dependency only: no production crate names it.
 #![allow(
@@ -16,4 +18,5 @@ pub mod auth;
 pub mod cli;
 pub mod engine;
 pub mod kms;
+pub mod process;
 pub mod server;

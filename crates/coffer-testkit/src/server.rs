@@ -1,9 +1,14 @@
-//! Helpers for the server's integration tests: a real server on 127.0.0.1:0 and a temporary
-//! unix socket, over a store whose backend and KMS the test keeps for fault injection.
+//! The one in-process test server: [`TestServer::builder`] starts a real server on 127.0.0.1:0
+//! (and, by default, a unix socket and the metrics endpoint) over a sled store in a temp dir,
+//! with the options a test needs (server options, store quotas, a KMS of its own or one that
+//! is down, a store it opened itself, security settings, listeners). Also the channels and
+//! request helpers the tests share.
 //!
-//! Test files use it as `coffer_testkit::server`.
+//! Test files use it as `coffer_testkit::server`; `coffer serve` as a child process is
+//! [`crate::process::Serve`].
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,23 +18,28 @@ use async_trait::async_trait;
 use coffer_core::kms::{Kms, KmsError, KmsStatus, Wrapped};
 use coffer_core::storage::SledBackend;
 use coffer_core::store::{Store, StoreConfig};
+use coffer_server::auth::{Security, SecurityArgs};
 use coffer_server::proto::v1 as pb;
 use coffer_server::proto::v1::secrets_client::SecretsClient;
-use coffer_server::server::{ListenAddr, RunningServer, Server, ServerOptions};
+use coffer_server::server::{
+    ListenAddr, Metrics, RunningServer, ServeError, Server, ServerOptions,
+};
+use tonic::client::GrpcService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use zeroize::Zeroizing;
 
 use crate::engine::{TestKms, open_store};
 
-/// A KMS that can be switched off: every call then fails with `Unavailable`.
+/// A KMS that can be switched off: every call then fails with `Unavailable`. Every
+/// [`TestServer`] whose store it opened sits on one, so any test can take the KMS down.
 #[derive(Debug)]
 pub struct FlakyKms {
-    pub inner: Arc<TestKms>,
+    pub inner: Arc<dyn Kms>,
     pub down: AtomicBool,
 }
 
 impl FlakyKms {
-    pub fn new(inner: Arc<TestKms>, down: bool) -> Arc<Self> {
+    pub fn new(inner: Arc<dyn Kms>, down: bool) -> Arc<Self> {
         Arc::new(Self {
             inner,
             down: AtomicBool::new(down),
@@ -69,17 +79,8 @@ impl Kms for FlakyKms {
     }
 }
 
-/// A running test server and what a test needs around it.
-pub struct TestServer {
-    pub running: RunningServer,
-    pub store: Arc<Store>,
-    pub backend: Arc<SledBackend>,
-    pub kms: Arc<FlakyKms>,
-    pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
-}
-
-/// Options with short intervals for tests.
+/// Server options with short intervals for tests: bookmarks every 200 ms, no token cleaner,
+/// a 10 s shutdown grace.
 pub fn test_options() -> ServerOptions {
     ServerOptions {
         bookmark_interval: Duration::from_millis(200),
@@ -89,36 +90,200 @@ pub fn test_options() -> ServerOptions {
     }
 }
 
-impl TestServer {
-    /// Starts a server on 127.0.0.1:0 and on a unix socket in a temp dir.
-    pub async fn start() -> Self {
-        Self::start_with(test_options(), false).await
+/// How a [`TestServer`] is started; every setting has a default that suits most tests.
+pub struct TestServerBuilder {
+    dir: Option<PathBuf>,
+    options: ServerOptions,
+    store_config: StoreConfig,
+    kms: Option<Arc<dyn Kms>>,
+    kms_down: bool,
+    store: Option<Store>,
+    security: Option<SecurityArgs>,
+    listen: Option<Vec<ListenAddr>>,
+    metrics_listen: bool,
+}
+
+impl TestServerBuilder {
+    /// The directory of the store (`db`), the test KMS's key file and the unix socket, kept
+    /// by the test (so that a restart finds the same data); a fresh temp dir by default.
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_owned());
+        self
     }
 
-    pub async fn start_with(options: ServerOptions, kms_down: bool) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kms = FlakyKms::new(TestKms::open(dir.path(), 1), kms_down);
-        let (store, backend) = open_store(dir.path(), kms.clone(), StoreConfig::default()).await;
+    /// Server options instead of [`test_options`].
+    pub fn options(mut self, options: ServerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The store's settings (quotas, ...) instead of the defaults.
+    pub fn store_config(mut self, config: StoreConfig) -> Self {
+        self.store_config = config;
+        self
+    }
+
+    /// The KMS under the store (wrapped in a [`FlakyKms`]); a [`TestKms`] by default.
+    pub fn kms(mut self, kms: Arc<dyn Kms>) -> Self {
+        self.kms = Some(kms);
+        self
+    }
+
+    /// Starts with the KMS down (see [`FlakyKms`]).
+    pub fn kms_down(mut self) -> Self {
+        self.kms_down = true;
+        self
+    }
+
+    /// Serves a store the test opened itself (over a faulty backend, say) instead of one
+    /// over sled in [`Self::dir`]; the server then has no [`TestServer::backend`] or
+    /// [`TestServer::kms`].
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Security settings (TLS, client CA, tokens, policy, audit), resolved and loaded as
+    /// `coffer serve` does.
+    pub fn security(mut self, args: SecurityArgs) -> Self {
+        self.security = Some(args);
+        self
+    }
+
+    /// The gRPC listeners instead of the default: TCP on 127.0.0.1:0 and `coffer.sock` in
+    /// the directory.
+    pub fn listen(mut self, listen: Vec<ListenAddr>) -> Self {
+        self.listen = Some(listen);
+        self
+    }
+
+    /// No metrics endpoint (by default it listens on 127.0.0.1:0).
+    pub fn without_metrics_listener(mut self) -> Self {
+        self.metrics_listen = false;
+        self
+    }
+
+    /// Starts the server; panics if it does not start.
+    pub async fn start(self) -> TestServer {
+        self.try_start().await.expect("start server")
+    }
+
+    /// Starts the server, or says why it did not (bad security files, an address in use).
+    pub async fn try_start(self) -> Result<TestServer, ServeError> {
+        let (dir, tmp) = match self.dir {
+            Some(dir) => (dir, None),
+            None => {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                (tmp.path().to_owned(), Some(tmp))
+            }
+        };
+        let (store, backend, kms) = match self.store {
+            Some(store) => (store, None, None),
+            None => {
+                let inner = self
+                    .kms
+                    .unwrap_or_else(|| TestKms::open(&dir, 1) as Arc<dyn Kms>);
+                let kms = FlakyKms::new(inner, self.kms_down);
+                let (store, backend) = open_store(&dir, kms.clone(), self.store_config).await;
+                (store, Some(backend), Some(kms))
+            }
+        };
         let store = Arc::new(store);
-        let socket = dir.path().join("coffer.sock");
-        let running = Server::new(store.clone())
-            .listen(ListenAddr::Tcp("127.0.0.1:0".into()))
-            .listen(ListenAddr::Unix(socket.clone()))
-            .metrics_listen("127.0.0.1:0")
-            .options(options)
-            .start()
-            .await
-            .expect("start server");
-        Self {
+        let socket = dir.join("coffer.sock");
+        let metrics = Metrics::new();
+        let mut server = Server::new(store.clone())
+            .options(self.options)
+            .metrics(metrics.clone());
+        if let Some(args) = self.security {
+            let config = args
+                .resolve(None)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            let security = Security::load(config).map_err(|e| ServeError::Config(e.to_string()))?;
+            server = server.security(security);
+        }
+        let listen = self.listen.unwrap_or_else(|| {
+            vec![
+                ListenAddr::Tcp("127.0.0.1:0".into()),
+                ListenAddr::Unix(socket.clone()),
+            ]
+        });
+        for l in listen {
+            server = server.listen(l);
+        }
+        if self.metrics_listen {
+            server = server.metrics_listen("127.0.0.1:0");
+        }
+        let running = server.start().await?;
+        Ok(TestServer {
             running,
             store,
             backend,
             kms,
             dir,
             socket,
+            _tmp: tmp,
+        })
+    }
+}
+
+/// A running test server and what a test needs around it.
+pub struct TestServer {
+    pub running: RunningServer,
+    pub store: Arc<Store>,
+    backend: Option<Arc<SledBackend>>,
+    kms: Option<Arc<FlakyKms>>,
+    /// Where the store, the KMS key file and the unix socket are.
+    pub dir: PathBuf,
+    /// The unix socket of the default listeners.
+    pub socket: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder {
+            dir: None,
+            options: test_options(),
+            store_config: StoreConfig::default(),
+            kms: None,
+            kms_down: false,
+            store: None,
+            security: None,
+            listen: None,
+            metrics_listen: true,
         }
     }
 
+    /// A server with every default: TCP on 127.0.0.1:0, a unix socket, the metrics endpoint,
+    /// [`test_options`], a fresh store.
+    pub async fn start() -> Self {
+        Self::builder().start().await
+    }
+
+    /// The TCP address (the first TCP listener).
+    pub fn addr(&self) -> SocketAddr {
+        self.running.tcp_addr().expect("tcp addr")
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.running.metrics()
+    }
+
+    /// The sled backend under the store, for tampering.
+    pub fn backend(&self) -> &Arc<SledBackend> {
+        self.backend
+            .as_ref()
+            .expect("the test passed its own store: no backend here")
+    }
+
+    /// The KMS under the store, to take it down and bring it back.
+    pub fn kms(&self) -> &Arc<FlakyKms> {
+        self.kms
+            .as_ref()
+            .expect("the test passed its own store: no KMS here")
+    }
+
+    /// A plaintext client over TCP that takes messages up to 16 MiB.
     pub async fn client(&self) -> SecretsClient<Channel> {
         SecretsClient::new(self.channel().await)
             .max_decoding_message_size(16 << 20)
@@ -126,7 +291,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        tcp_channel(self.running.tcp_addr().expect("tcp addr")).await
+        tcp_channel(self.addr()).await
     }
 
     pub async fn unix_client(&self) -> SecretsClient<Channel> {
@@ -134,7 +299,8 @@ impl TestServer {
     }
 }
 
-pub async fn tcp_channel(addr: std::net::SocketAddr) -> Channel {
+/// A plaintext channel over TCP.
+pub async fn tcp_channel(addr: SocketAddr) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect()
@@ -142,7 +308,13 @@ pub async fn tcp_channel(addr: std::net::SocketAddr) -> Channel {
         .expect("connect")
 }
 
+/// A plaintext channel over a unix socket.
 pub async fn unix_channel(path: &Path) -> Channel {
+    try_unix_channel(path).await.expect("connect unix")
+}
+
+/// [`unix_channel`], for a test that expects it to fail at times (a server restarting).
+pub async fn try_unix_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_owned();
     Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
@@ -153,8 +325,33 @@ pub async fn unix_channel(path: &Path) -> Channel {
             }
         }))
         .await
-        .expect("connect unix")
 }
+
+/// What a generated client runs over: a [`Channel`], or one behind an interceptor (a bearer
+/// token), so that one request helper serves both.
+pub trait Transport:
+    GrpcService<
+        tonic::body::Body,
+        Error: Into<StdError>,
+        ResponseBody: http_body::Body<Data = bytes::Bytes, Error: Into<StdError> + Send>
+                          + Send
+                          + 'static,
+    >
+{
+}
+
+impl<T> Transport for T where
+    T: GrpcService<
+            tonic::body::Body,
+            Error: Into<StdError>,
+            ResponseBody: http_body::Body<Data = bytes::Bytes, Error: Into<StdError> + Send>
+                              + Send
+                              + 'static,
+        >
+{
+}
+
+type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A wire Secret with the given data.
 pub fn secret(ns: &str, name: &str, data: &[(&str, &str)]) -> pb::Secret {
@@ -194,8 +391,8 @@ pub fn rv(s: &pb::Secret) -> u64 {
     meta(s).resource_version
 }
 
-pub async fn create(
-    c: &mut SecretsClient<Channel>,
+pub async fn create<T: Transport>(
+    c: &mut SecretsClient<T>,
     s: pb::Secret,
 ) -> Result<pb::Secret, tonic::Status> {
     c.create(pb::CreateSecretRequest { secret: Some(s) })
@@ -203,8 +400,8 @@ pub async fn create(
         .map(tonic::Response::into_inner)
 }
 
-pub async fn get(
-    c: &mut SecretsClient<Channel>,
+pub async fn get<T: Transport>(
+    c: &mut SecretsClient<T>,
     ns: &str,
     name: &str,
 ) -> Result<pb::Secret, tonic::Status> {

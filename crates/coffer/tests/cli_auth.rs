@@ -9,9 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use cli_support::{Run, Server, coffer_env};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
-};
+use coffer_testkit::auth::{Pair, Pki};
 
 const TOKEN: &str = "tok-admin-0123456789";
 const POLICY: &str = r#"
@@ -21,43 +19,14 @@ rules:
     namespaces: ["*"]
 "#;
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A certificate signed by `issuer` and its key, written as `dir/NAME.crt` and `dir/NAME.key`.
-fn leaf(
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-    dir: &Path,
-    name: &str,
-    sans: &[&str],
-    cn: &str,
-    orgs: &[&str],
-    expired: bool,
-) -> (String, String) {
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    for o in orgs {
-        params.distinguished_name.push(DnType::OrganizationName, *o);
-    }
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
+/// Writes `pair` as `dir/NAME.crt` and `dir/NAME.key` (mode 0600); returns both paths.
+fn write_pair(dir: &Path, name: &str, pair: &Pair) -> (String, String) {
     let (c, k) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&c, &pair.cert).unwrap();
+    std::fs::write(&k, &pair.key).unwrap();
     std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
     (
         c.to_string_lossy().into_owned(),
@@ -82,16 +51,15 @@ impl Secure {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        let issuer = ca("coffer test CA");
+        let pki = Pki::new();
         let ca_path = p.join("ca.crt");
-        std::fs::write(&ca_path, issuer.pem()).unwrap();
-        let other = ca("another CA");
+        std::fs::write(&ca_path, &pki.ca_pem).unwrap();
         let other_ca = p.join("other-ca.crt");
-        std::fs::write(&other_ca, other.pem()).unwrap();
-        let (srv_cert, srv_key) = leaf(&issuer, p, "server", &["localhost"], "coffer", &[], false);
-        let client = leaf(&issuer, p, "alice", &[], "alice", &["admins"], false);
-        let expired = leaf(&issuer, p, "expired", &[], "alice", &["admins"], true);
-        let foreign = leaf(&other, p, "foreign", &[], "alice", &["admins"], false);
+        std::fs::write(&other_ca, Pki::new().ca_pem).unwrap();
+        let (srv_cert, srv_key) = write_pair(p, "server", &pki.server);
+        let client = write_pair(p, "alice", &pki.client("alice", &["admins"]));
+        let expired = write_pair(p, "expired", &pki.expired_client("alice"));
+        let foreign = write_pair(p, "foreign", &Pki::foreign_client("alice"));
         std::fs::write(p.join("tokens.csv"), format!("{TOKEN},admin,1,admins\n")).unwrap();
         std::fs::write(p.join("policy.yaml"), POLICY).unwrap();
         let token_file = p.join("token");

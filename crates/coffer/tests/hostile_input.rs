@@ -13,7 +13,6 @@ use coffer_testkit::server as server_common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use tonic::codec::{DecodeBuf, EncodeBuf};
 use tonic::codegen::http;
 use tonic::transport::Channel;
 
-use coffer_testkit::kms::coffer_bin;
+use coffer_testkit::process::{Proc, Serve};
 
 // ---------------------------------------------------------------------------------------------
 // Raw clients
@@ -971,59 +970,21 @@ async fn random_bytes_on_the_socket() {
 // Memory
 // ---------------------------------------------------------------------------------------------
 
-/// `coffer serve` as a child process (so that its memory is its own), on a free TCP port.
-struct Child_ {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Child_ {
-    fn start(dir: &Path) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let log = std::fs::File::create(dir.join("serve.log")).expect("log");
-        let child = Command::new(coffer_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(["--token-cleaner-interval", "0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn coffer serve");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "coffer serve did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, addr }
-    }
-
-    /// Resident memory in KiB, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-}
-
-impl Drop for Child_ {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `coffer serve` as a child process (so that its memory is its own), also on a free TCP port;
+/// returns it and that address.
+fn serve_child(dir: &Path) -> (Proc, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let serve = Serve::new(dir)
+        .listen_tcp(addr)
+        .env("RUST_LOG", "warn")
+        .log_file("serve.log")
+        .start();
+    (serve, addr)
 }
 
 /// One round of everything above, against `addr`.
@@ -1070,13 +1031,13 @@ async fn hostile_round(addr: SocketAddr, ch: &Channel, round: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_under_hostile_rounds() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Child_::start(dir.path());
-    let ch = tcp_channel(server.addr).await;
+    let (server, addr) = serve_child(dir.path());
+    let ch = tcp_channel(addr).await;
     // A bystander on its own connection throughout.
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let by = {
-        let ch = tcp_channel(server.addr).await;
+        let ch = tcp_channel(addr).await;
         let (stop, served) = (stop.clone(), served.clone());
         tokio::spawn(async move {
             let mut c = coffer_server::proto::v1::secrets_client::SecretsClient::new(ch);
@@ -1093,7 +1054,7 @@ async fn memory_stays_bounded_under_hostile_rounds() {
     };
     // Warm up: allocator arenas, sled caches, connection buffers.
     for round in 0..5 {
-        hostile_round(server.addr, &ch, round).await;
+        hostile_round(addr, &ch, round).await;
     }
     let before = server.rss_kib();
     // HOSTILE_ROUNDS=N for a longer run (the README's long run uses 1000).
@@ -1103,7 +1064,7 @@ async fn memory_stays_bounded_under_hostile_rounds() {
         .unwrap_or(40);
     let mut peak = before;
     for round in 5..5 + rounds {
-        hostile_round(server.addr, &ch, round).await;
+        hostile_round(addr, &ch, round).await;
         let rss = server.rss_kib();
         peak = peak.max(rss);
         if round % 20 == 0 {

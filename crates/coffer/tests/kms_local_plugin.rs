@@ -15,7 +15,7 @@ async fn secrets_survive_a_restart_of_coffer() {
     let dir = tmp.path();
     local_plugin_cmd(dir, "init", &[]).ok();
     let plugin = local_plugin(dir);
-    let server = coffer_serve(dir, &plugin.socket, &[]);
+    let server = Serve::new(dir).kms(&plugin.socket).start();
     let mut c = secrets_client(&server.socket).await;
     for i in 0..10 {
         create(&mut c, "ns", &format!("s{i}"), &format!("value-{i}"))
@@ -24,7 +24,7 @@ async fn secrets_survive_a_restart_of_coffer() {
     }
     server.stop();
 
-    let server = coffer_serve(dir, &plugin.socket, &[]);
+    let server = Serve::new(dir).kms(&plugin.socket).start();
     let mut c = secrets_client(&server.socket).await;
     for i in 0..10 {
         assert_eq!(
@@ -49,7 +49,10 @@ async fn rotate_migrate_remove_the_old_kek_and_everything_still_opens() {
     local_plugin_cmd(dir, "init", &[]).ok();
     let plugin = local_plugin(dir);
     let kms = format!("unix://{}", plugin.socket.display());
-    let server = coffer_serve(dir, &plugin.socket, &["--kms-poll-interval", "200ms"]);
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-poll-interval", "200ms"])
+        .start();
     let mut c = secrets_client(&server.socket).await;
     for i in 0..20 {
         create(&mut c, "ns", &format!("old{i}"), &format!("o{i}"))
@@ -130,7 +133,7 @@ async fn rotate_migrate_remove_the_old_kek_and_everything_still_opens() {
     assert!(e.message().contains("unknown key_id"), "{e:?}");
 
     // Restart Coffer: every Secret opens, with one seed left.
-    let server = coffer_serve(dir, &plugin.socket, &[]);
+    let server = Serve::new(dir).kms(&plugin.socket).start();
     let mut c = secrets_client(&server.socket).await;
     for i in 0..20 {
         assert_eq!(
@@ -168,11 +171,10 @@ async fn outage_reads_go_on_writes_last_the_grace_period_and_recover_without_res
     let dir = tmp.path();
     local_plugin_cmd(dir, "init", &[]).ok();
     let plugin = local_plugin(dir);
-    let server = coffer_serve(
-        dir,
-        &plugin.socket,
-        &["--kms-grace", "3s", "--kms-poll-interval", "250ms"],
-    );
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-grace", "3s", "--kms-poll-interval", "250ms"])
+        .start();
     let mut c = secrets_client(&server.socket).await;
     create(&mut c, "ns", "before", "b").await.expect("create");
     assert_eq!(health(&server.socket).await, 1, "SERVING");
@@ -214,7 +216,7 @@ async fn outage_reads_go_on_writes_last_the_grace_period_and_recover_without_res
     );
     let sock = server.socket.clone();
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(5, || {
             let sock = sock.clone();
             async move { health(&sock).await == 2 }
         })
@@ -229,7 +231,7 @@ async fn outage_reads_go_on_writes_last_the_grace_period_and_recover_without_res
         .expect("write after the plugin is back");
     assert_eq!(get_value(&mut c, "ns", "after").await.expect("read"), "a");
     assert!(
-        eventually(Duration::from_secs(5), || {
+        eventually(5, || {
             let sock = sock.clone();
             async move { health(&sock).await == 1 }
         })
@@ -246,14 +248,17 @@ async fn starting_while_the_plugin_is_down_is_not_ready_until_it_comes_up() {
     local_plugin_cmd(dir, "init", &[]).ok();
     // First life: a Secret under a seed the plugin must unwrap at the next start.
     let plugin = local_plugin(dir);
-    let server = coffer_serve(dir, &plugin.socket, &[]);
+    let server = Serve::new(dir).kms(&plugin.socket).start();
     let mut c = secrets_client(&server.socket).await;
     create(&mut c, "ns", "a", "1").await.unwrap();
     server.stop();
     let socket = plugin.socket.clone();
     plugin.kill();
 
-    let server = coffer_serve(dir, &socket, &["--kms-poll-interval", "200ms"]);
+    let server = Serve::new(dir)
+        .kms(&socket)
+        .args(&["--kms-poll-interval", "200ms"])
+        .start();
     assert_eq!(
         health(&server.socket).await,
         2,
@@ -271,7 +276,7 @@ async fn starting_while_the_plugin_is_down_is_not_ready_until_it_comes_up() {
     let _plugin = local_plugin(dir);
     let sock = server.socket.clone();
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(10, || {
             let sock = sock.clone();
             async move { health(&sock).await == 1 }
         })

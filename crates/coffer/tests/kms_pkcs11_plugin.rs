@@ -116,7 +116,10 @@ async fn pkcs11_plugin_end_to_end_with_rotation_and_bad_requests() {
     assert!(first.ok().starts_with("version 1 is current"), "{first:?}");
 
     let plugin = token.serve(dir);
-    let server = coffer_serve(dir, &plugin.socket, &["--kms-poll-interval", "200ms"]);
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-poll-interval", "200ms"])
+        .start();
     let mut c = secrets_client(&server.socket).await;
     for i in 0..10 {
         create(&mut c, "ns", &format!("s{i}"), &format!("v{i}"))
@@ -125,7 +128,10 @@ async fn pkcs11_plugin_end_to_end_with_rotation_and_bad_requests() {
     }
     server.stop();
     // Restart Coffer: one Decrypt in the token, everything opens.
-    let server = coffer_serve(dir, &plugin.socket, &["--kms-poll-interval", "200ms"]);
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-poll-interval", "200ms"])
+        .start();
     let mut c = secrets_client(&server.socket).await;
     for i in 0..10 {
         assert_eq!(
@@ -200,7 +206,7 @@ async fn pkcs11_plugin_end_to_end_with_rotation_and_bad_requests() {
     token.cmd(&["destroy", "--version", "1"]).ok();
     let listed = token.cmd(&["list"]);
     assert_eq!(listed.ok().lines().count(), 2, "{listed:?}");
-    let server = coffer_serve(dir, &plugin.socket, &[]);
+    let server = Serve::new(dir).kms(&plugin.socket).start();
     let mut c = secrets_client(&server.socket).await;
     for i in 0..10 {
         assert_eq!(

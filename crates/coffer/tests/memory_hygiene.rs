@@ -95,11 +95,10 @@ async fn serve_and_the_local_plugin_turn_core_dumps_off_and_lock_memory() {
         "[default]\n\"count/secrets\" = 100\n\n[namespaces.small]\nname = \"small-quota\"\nsecrets = 1\n",
     )
     .expect("quota file");
-    let serve = coffer_serve(
-        dir,
-        &plugin.socket,
-        &["--quota-file", &quota.display().to_string()],
-    );
+    let serve = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--quota-file", &quota.display().to_string()])
+        .start();
     // Keys are in use (a seed unwrapped by the plugin) before looking.
     let mut c = secrets_client(&serve.socket).await;
     create(&mut c, "small", "one", "v1").await.expect("create");
@@ -137,37 +136,13 @@ fn allow_core_dumps_here() -> Option<String> {
     Some(hard.map_or_else(|| "unlimited".to_owned(), |h| h.to_string()))
 }
 
-/// `coffer serve` with the local key file on `<dir>/coffer.sock`.
-fn serve_local(dir: &Path, program: &Path, pre_args: &[&str], extra: &[&str]) -> Proc {
-    let socket = dir.join("coffer.sock");
-    let mut args: Vec<String> = pre_args.iter().map(|s| (*s).to_owned()).collect();
-    args.extend(
-        [
-            "serve",
-            "--data-dir",
-            &dir.join("data").display().to_string(),
-            "--listen",
-            &format!("unix://{}", socket.display()),
-            "--token-cleaner-interval",
-            "0",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
-    );
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Proc::spawn(program, &args, &[], &socket, &dir.join("coffer.log"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opt_out_flags_leave_core_dumps_and_memory_alone() {
     let expected_core = allow_core_dumps_here();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let serve = serve_local(
-        tmp.path(),
-        coffer_bin(),
-        &[],
-        &["--allow-core-dumps", "--disable-mlock"],
-    );
+    let serve = Serve::new(tmp.path())
+        .args(&["--allow-core-dumps", "--disable-mlock"])
+        .start();
     let mut c = secrets_client(&serve.socket).await;
     create(&mut c, "ns", "s", "v").await.expect("serves");
     let pid = serve.child.id();
@@ -204,17 +179,12 @@ async fn without_cap_ipc_lock_mlock_warns_once_and_the_server_still_works() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let serve = serve_local(
-        tmp.path(),
-        setpriv,
-        &[
-            "--inh-caps=-ipc_lock",
-            "--bounding-set=-ipc_lock",
-            "--",
-            coffer_bin().to_str().expect("utf-8 path"),
-        ],
-        &[],
-    );
+    let serve = Serve::new(tmp.path())
+        .through(
+            setpriv,
+            &["--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--"],
+        )
+        .start();
     let mut c = secrets_client(&serve.socket).await;
     create(&mut c, "ns", "s", "v")
         .await

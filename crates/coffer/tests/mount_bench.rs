@@ -27,7 +27,7 @@ use coffer_server::proto::v1::secrets_client::SecretsClient;
 use futures::StreamExt;
 use server_common::{create, secret, unix_channel, update};
 
-use coffer_testkit::kms::coffer_bin;
+use coffer_testkit::process::{Serve, coffer_bin, rss_kib};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -36,26 +36,18 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-struct Proc(Child);
+/// The `coffer mount` agent, killed when dropped.
+struct Agent(Child);
 
-impl Drop for Proc {
+impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn spawn_agent(socket: &Path, config: &Path) -> Proc {
-    Proc(
+fn spawn_agent(socket: &Path, config: &Path) -> Agent {
+    Agent(
         Command::new(coffer_bin())
             .arg("--server")
             .arg(format!("unix://{}", socket.display()))
@@ -122,27 +114,8 @@ async fn propagation_and_memory_with_1000_mounts() {
     } else {
         tempfile::tempdir().unwrap()
     };
-    let socket = tmp.path().join("coffer.sock");
-    let _server = Proc(
-        Command::new(coffer_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(tmp.path().join("data"))
-            .arg("--listen")
-            .arg(format!("unix://{}", socket.display()))
-            .args(["--token-cleaner-interval", "0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "coffer serve did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let server = Serve::new(tmp.path()).env("RUST_LOG", "warn").start();
+    let socket = server.socket.clone();
     let client = SecretsClient::new(unix_channel(&socket).await);
 
     let value = |i: usize, n: usize| format!("version {n} of secret {i}: {}", "x".repeat(64));

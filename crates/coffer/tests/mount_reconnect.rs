@@ -6,81 +6,31 @@
 
 use coffer_testkit::server as server_common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coffer::mount::{Agent, AgentEvent, AgentOptions, Connector, MountSpec};
 use coffer_server::proto::v1 as pb;
 use coffer_server::proto::v1::secrets_client::SecretsClient;
-use server_common::{create, secret, unix_channel, update};
+use server_common::{create, secret, try_unix_channel, unix_channel, update};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use coffer_testkit::kms::coffer_bin;
+use coffer_testkit::process::{Proc, Serve};
 
-/// `coffer serve` on a unix socket with a two-event watch window.
-struct Serve {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
+/// `coffer serve` on a unix socket in `dir` with a two-event watch window; a restart is the
+/// same call on the same directory (data and socket).
+fn start_serve(dir: &Path) -> Proc {
+    Serve::new(dir)
+        .args(&["--watch-window", "2"])
+        .log_file("serve.log")
+        .start()
 }
 
-impl Serve {
-    fn start(dir: &Path) -> Self {
-        let socket = dir.join("coffer.sock");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("serve.log"))
-            .unwrap();
-        let child = Command::new(coffer_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--listen")
-            .arg(format!("unix://{}", socket.display()))
-            .args(["--watch-window", "2", "--token-cleaner-interval", "0"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn coffer serve");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // A stale socket file may still be there: wait for a real answer.
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "coffer serve did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self {
-            child,
-            dir: dir.to_owned(),
-            socket,
-        }
-    }
-
-    /// Kills the server (no graceful shutdown) and starts it again on the same socket and data.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        *self = Self::start(&self.dir.clone());
-    }
-
-    async fn client(&self) -> SecretsClient<tonic::transport::Channel> {
-        SecretsClient::new(unix_channel(&self.socket).await)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
+async fn client(serve: &Proc) -> SecretsClient<tonic::transport::Channel> {
+    SecretsClient::new(unix_channel(&serve.socket).await)
 }
 
 async fn wait(
@@ -116,9 +66,9 @@ fn written(rv: u64) -> impl Fn(&AgentEvent) -> bool {
 #[tokio::test]
 async fn resumes_after_restart_and_rereads_when_too_old() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut serve = Serve::start(tmp.path());
+    let serve = start_serve(tmp.path());
     let target = tmp.path().join("vol");
-    let mut c = serve.client().await;
+    let mut c = client(&serve).await;
     let s1 = create(&mut c, secret("default", "db", &[("k", "v1")]))
         .await
         .unwrap();
@@ -135,17 +85,7 @@ async fn resumes_after_restart_and_rereads_when_too_old() {
                 if !open {
                     return Err("held back by the test".to_owned());
                 }
-                let path = socket.clone();
-                let channel = tonic::transport::Endpoint::from_static("http://localhost")
-                    .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                        }
-                    }))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let channel = try_unix_channel(&socket).await.map_err(|e| e.to_string())?;
                 Ok(coffer::credentials::Bearer::none().client(channel))
             })
         })
@@ -175,12 +115,12 @@ async fn resumes_after_restart_and_rereads_when_too_old() {
         matches!(e, AgentEvent::Disconnected { .. })
     })
     .await;
-    serve.restart();
+    let serve = start_serve(tmp.path());
     wait(&mut events, &mut seen, "reconnect", |e| {
         matches!(e, AgentEvent::Connected)
     })
     .await;
-    let mut c = serve.client().await;
+    let mut c = client(&serve).await;
     let s2 = update(&mut c, secret("default", "db", &[("k", "v2")]))
         .await
         .unwrap();
@@ -218,8 +158,8 @@ async fn resumes_after_restart_and_rereads_when_too_old() {
         matches!(e, AgentEvent::Disconnected { .. })
     })
     .await;
-    serve.restart();
-    let mut c = serve.client().await;
+    let serve = start_serve(tmp.path());
+    let mut c = client(&serve).await;
     let s3 = update(&mut c, secret("default", "db", &[("k", "v3")]))
         .await
         .unwrap();

@@ -5,99 +5,27 @@
 use coffer_testkit::auth as auth_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use auth_support::*;
 use coffer_server::proto::v1 as pb;
 use tonic::Code;
 
-use coffer_testkit::kms::coffer_bin;
+use coffer_testkit::process::{Proc, Serve, coffer_bin};
+use coffer_testkit::server::eventually;
 
 const POLICY: &str = "rules:\n  - groups: [admins]\n    verbs: [\"*\"]\n    namespaces: [\"*\"]\n";
 const TOKENS: &str = "tok-admin,root,1,admins\n";
 
-/// A `coffer serve` process on a unix socket, its stderr going to a file.
-struct Serve {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn spawn(dir: &Path, extra: &[&str]) -> Self {
-        let socket = dir.join("coffer.sock");
-        let log = dir.join("server.log");
-        let stderr = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(coffer_bin())
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--listen")
-            .arg(format!("unix://{}", socket.display()))
-            .args(extra)
-            .env("RUST_LOG", "info,coffer=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn coffer serve");
-        Self { child, socket, log }
-    }
-
-    async fn ready(&mut self) {
-        for _ in 0..300 {
-            if self.socket.exists() && tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("coffer serve exited: {status}: {}", self.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("coffer serve did not start: {}", self.log_text());
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(mut self) -> String {
-        self.signal("TERM");
-        for _ in 0..200 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return self.log_text();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.log_text()
-    }
-}
-
-async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+/// `coffer serve` on a unix socket in `dir` with `extra` flags, logging at debug level to
+/// `server.log`.
+fn start_serve(dir: &Path, extra: &[&str]) -> Proc {
+    Serve::new(dir)
+        .args(extra)
+        .env("RUST_LOG", "info,coffer=debug")
+        .log_file("server.log")
+        .start()
 }
 
 #[tokio::test]
@@ -105,7 +33,7 @@ async fn sighup_reloads_tokens_and_policy_without_dropping_connections() {
     let dir = tempfile::tempdir().expect("dir");
     let tokens = write_file(dir.path(), "tokens.csv", TOKENS);
     let policy = write_file(dir.path(), "policy.yaml", POLICY);
-    let mut serve = Serve::spawn(
+    let serve = start_serve(
         dir.path(),
         &[
             "--token-file",
@@ -114,7 +42,6 @@ async fn sighup_reloads_tokens_and_policy_without_dropping_connections() {
             &policy.display().to_string(),
         ],
     );
-    serve.ready().await;
     let ch = unix_channel(&serve.socket).await;
     let mut admin = client(ch.clone(), Some("tok-admin"));
     create(&mut admin, secret("ns", "a", &[("k", b"v")]))
@@ -186,7 +113,7 @@ async fn sighup_reloads_tokens_and_policy_without_dropping_connections() {
     get(&mut newbie, "ns", "a")
         .await
         .expect("the old policy stays");
-    let log = serve.stop();
+    let log = serve.terminate().log;
     assert!(log.contains("security settings reloaded"), "{log}");
     assert!(log.contains("unknown verb \"fly\""), "{log}");
 }
@@ -213,7 +140,7 @@ async fn canary_is_absent_from_audit_log_server_log_and_data_dir() {
     let tokens = write_file(dir.path(), "tokens.csv", TOKENS);
     let policy = write_file(dir.path(), "policy.yaml", POLICY);
     let audit = dir.path().join("audit.log");
-    let mut serve = Serve::spawn(
+    let serve = start_serve(
         dir.path(),
         &[
             "--token-file",
@@ -225,7 +152,6 @@ async fn canary_is_absent_from_audit_log_server_log_and_data_dir() {
             "--audit-fail-closed",
         ],
     );
-    serve.ready().await;
     let canary = format!("canary-{}", uuid::Uuid::new_v4().simple());
     let ch = unix_channel(&serve.socket).await;
     let mut admin = client(ch.clone(), Some("tok-admin"));
@@ -263,7 +189,7 @@ async fn canary_is_absent_from_audit_log_server_log_and_data_dir() {
     // A refused request is logged and audited too.
     let mut nobody = client(ch, Some("wrong-token"));
     let _ = get(&mut nobody, "ns", "canary").await.expect_err("refused");
-    let log = serve.stop();
+    let log = serve.terminate().log;
 
     let forms = [
         canary.as_bytes().to_vec(),
@@ -313,13 +239,12 @@ async fn serve_refuses_non_loopback_without_auth() {
     assert!(err.contains("--insecure-allow-unauthenticated"), "{err}");
 
     // On loopback it starts, and says that authentication is off.
-    let mut serve = Serve::spawn(dir.path(), &[]);
-    serve.ready().await;
+    let serve = start_serve(dir.path(), &[]);
     // The socket accepts before the start-up lines are all written: wait for the line.
     let said = eventually(10, || async {
         serve.log_text().contains("authentication is off")
     })
     .await;
-    let log = serve.stop();
+    let log = serve.terminate().log;
     assert!(said, "{log}");
 }

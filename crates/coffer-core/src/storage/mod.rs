@@ -20,6 +20,7 @@ mod wal;
 use async_trait::async_trait;
 
 pub use self::sled::{Durability, SledBackend, SledConfig, WAL_CHECKPOINT_BYTES_ENV, sled_tuning};
+pub use self::wal::decode_log as decode_wal;
 
 /// A position in the backend's log of applied batches; grows by one per batch.
 pub type Lsn = u64;

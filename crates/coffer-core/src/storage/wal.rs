@@ -229,6 +229,20 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed, StorageError> {
     })
 }
 
+/// Decodes a whole log as the backend reads it at open: the batches (position and writes) of
+/// its valid prefix and that prefix's length (what follows it is a torn tail), or the
+/// corruption error. Public so that the WAL fuzz target (`fuzz/fuzz_targets/wal.rs`) reaches the
+/// decoder; the backend itself goes through [`parse`].
+#[allow(
+    clippy::type_complexity,
+    reason = "a plain tuple keeps the crate's one public entry to the log format free of new types"
+)]
+pub fn decode_log(data: &[u8]) -> Result<(Vec<(Lsn, Vec<Op>)>, usize), StorageError> {
+    let parsed = parse(data)?;
+    let batches = parsed.entries.into_iter().map(|e| (e.lsn, e.ops)).collect();
+    Ok((batches, parsed.valid_len))
+}
+
 /// Looks for an intact entry after a damaged one at `bad`, which tells mid-log corruption apart
 /// from a torn tail (a torn write only ever damages the end of the log). The damaged entry's
 /// length field may itself be wrong, so entries are found by their lsn: the next few lsns after
