@@ -95,8 +95,15 @@ impl WatchRequest {
             }
             let floor = ctx.hub.window().floor();
             let compacted = ctx.store.compact_revision();
-            if rv < floor && rv < compacted {
-                return Err(status::too_old(rv, floor.min(compacted)));
+            // With history kept, the compaction revision decides (as for reads and lists),
+            // even where the window still holds older changes; without history (retention 0,
+            // whose compaction revision is always the current one), the window alone does.
+            if ctx.store.history_retention().is_zero() {
+                if rv < floor && rv < compacted {
+                    return Err(status::too_old(rv, floor.min(compacted)));
+                }
+            } else if rv < compacted {
+                return Err(status::too_old(rv, compacted));
             }
         }
         Ok(Self { spec, start })
