@@ -308,7 +308,7 @@ async fn watches_resume_from_history_after_a_restart() {
         .expect("watch many")
         .into_inner();
     let mut got = Vec::new();
-    while got.len() < 1 {
+    while got.is_empty() {
         let ev = tokio::time::timeout(Duration::from_secs(10), many.message())
             .await
             .expect("in time")
