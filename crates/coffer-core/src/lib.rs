@@ -9,7 +9,8 @@
 //!   keeps KMS calls off the write path, and its `Status` poller.
 //! - [`storage`]: the `Backend` trait (ordered KV, atomic batches, explicit durability) and the
 //!   sled backend with its group-committed write-ahead log and checkpoint record; a
-//!   fault-injecting wrapper for tests (`storage::fault`).
+//!   fault-injecting wrapper for tests (`storage::fault`, only with the `fault-injection`
+//!   feature, which only the tests' crates turn on).
 //! - [`store`]: the engine: validate -> seal -> write with a revision -> publish a change event;
 //!   quotas, resealing and `coffer migrate`.
 //!

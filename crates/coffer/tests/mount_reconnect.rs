@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use coffer_testkit::process::{Proc, Serve};
 
-/// `coffer serve` on a unix socket in `dir` with a two-event watch window; a restart is the
-/// same call on the same directory (data and socket).
+/// `coffer serve` on a unix socket in `dir` with a two-event watch window and no history (so a
+/// resume from before the window is "too old" rather than replayed from history, which
+/// server_history covers); a restart is the same call on the same directory (data and socket).
 fn start_serve(dir: &Path) -> Proc {
     Serve::new(dir)
-        .args(&["--watch-window", "2"])
+        .args(&["--watch-window", "2", "--history-retention", "0"])
         .log_file("serve.log")
         .start()
 }

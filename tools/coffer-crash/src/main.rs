@@ -88,7 +88,7 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100))]
     startup_kill_percent: u32,
     /// The server's write-ahead log is checkpointed once it passes this many bytes (through
-    /// `COFFER_WAL_CHECKPOINT_BYTES`), so that kills also land in checkpoints under load; 0 keeps
+    /// `coffer serve --wal-checkpoint-bytes`), so that kills also land in checkpoints under load; 0 keeps
     /// the server's default (64 MiB: a checkpoint only at each start).
     #[arg(long, default_value_t = 64 * 1024)]
     wal_checkpoint_bytes: u64,
@@ -262,14 +262,13 @@ impl Server {
             .open(self.log())
             .map_err(|e| format!("cannot open the server log: {e}"))?;
         let mut command = Command::new(&self.coffer);
+        command.arg("serve");
         if self.wal_checkpoint_bytes > 0 {
-            command.env(
-                coffer_core::storage::WAL_CHECKPOINT_BYTES_ENV,
-                self.wal_checkpoint_bytes.to_string(),
-            );
+            command
+                .arg("--wal-checkpoint-bytes")
+                .arg(self.wal_checkpoint_bytes.to_string());
         }
         let child = command
-            .arg("serve")
             .arg("--data-dir")
             .arg(self.work.join("data"))
             .arg("--listen")

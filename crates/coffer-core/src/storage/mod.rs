@@ -12,6 +12,7 @@
 //! write that a crash could still take back.
 
 mod checkpoint_file;
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
 pub mod mvcc;
 pub mod sled;
@@ -19,7 +20,9 @@ mod wal;
 
 use async_trait::async_trait;
 
-pub use self::sled::{Durability, SledBackend, SledConfig, WAL_CHECKPOINT_BYTES_ENV, sled_tuning};
+pub use self::sled::{
+    DEFAULT_WAL_CHECKPOINT_BYTES, Durability, SledBackend, SledConfig, sled_tuning,
+};
 pub use self::wal::decode_log as decode_wal;
 
 /// A position in the backend's log of applied batches; grows by one per batch.

@@ -77,11 +77,6 @@ const RELAXED_INTERVAL: Duration = Duration::from_millis(100);
 /// The default [`SledConfig::wal_checkpoint_bytes`]: 64 MiB.
 pub const DEFAULT_WAL_CHECKPOINT_BYTES: u64 = 64 << 20;
 
-/// A testing knob: when set (to a number of bytes), [`SledConfig::new`] uses it as
-/// [`SledConfig::wal_checkpoint_bytes`], so that a crash harness driving the real `coffer serve`
-/// can make checkpoints happen under load (and kill the process in the middle of them).
-pub const WAL_CHECKPOINT_BYTES_ENV: &str = "COFFER_WAL_CHECKPOINT_BYTES";
-
 /// When a write counts as durable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Durability {
@@ -112,17 +107,12 @@ pub struct SledConfig {
 
 impl SledConfig {
     /// The defaults for a data directory: [`Durability::Sync`], a 64 MiB log between
-    /// checkpoints (or the environment variable [`WAL_CHECKPOINT_BYTES_ENV`], a testing knob),
-    /// sled's default cache size.
+    /// checkpoints, sled's default cache size.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        let wal_checkpoint_bytes = std::env::var(WAL_CHECKPOINT_BYTES_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_WAL_CHECKPOINT_BYTES);
         Self {
             path: path.into(),
             durability: Durability::Sync,
-            wal_checkpoint_bytes,
+            wal_checkpoint_bytes: DEFAULT_WAL_CHECKPOINT_BYTES,
             cache_capacity: None,
         }
     }
@@ -365,7 +355,7 @@ impl SledBackend {
 
     /// Fault injection, for tests: makes the committer's next log write (and so its
     /// `fdatasync`) fail as if the disk had, which puts the backend into its failed state.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fn inject_log_write_failure(&self) {
         self.shared.fail_next_write.store(true, Ordering::SeqCst);
     }

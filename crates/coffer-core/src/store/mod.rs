@@ -92,6 +92,9 @@ pub struct StoreConfig {
     /// current version of each Secret, and no revision but the current one can be read. Default
     /// [`DEFAULT_HISTORY_RETENTION`].
     pub history_retention: Duration,
+    /// For a sled data directory: checkpoint the write-ahead log once it grows past this many
+    /// bytes. Default [`crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES`] (64 MiB).
+    pub wal_checkpoint_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -103,6 +106,7 @@ impl Default for StoreConfig {
             event_capacity: 4096,
             quotas: Quotas::unlimited(),
             history_retention: DEFAULT_HISTORY_RETENTION,
+            wal_checkpoint_bytes: crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
         }
     }
 }
@@ -206,6 +210,7 @@ impl Store {
             .map_err(|e| StoreError::Unavailable(format!("local key file: {e}")))?;
         let mut sled = SledConfig::new(data_dir.join("db"));
         sled.durability = durability;
+        sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;
         let backend = SledBackend::open(sled)?;
         Self::open(Arc::new(backend), wrap_kms(Arc::new(kek)), config).await
     }
@@ -220,6 +225,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let mut sled = SledConfig::new(data_dir.into().join("db"));
         sled.durability = durability;
+        sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;
         let backend = SledBackend::open(sled)?;
         Self::open(Arc::new(backend), kms, config).await
     }

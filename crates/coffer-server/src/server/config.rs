@@ -139,6 +139,10 @@ pub struct StoreArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(deserialize_with = "settings::duration")]
     pub history_retention: Option<Duration>,
+    /// Checkpoint the write-ahead log (sled flushed and fsync'd, the log emptied) once it grows
+    /// past this many bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub wal_checkpoint_bytes: Option<u64>,
 }
 
 merge_fields!(StoreArgs {
@@ -146,6 +150,7 @@ merge_fields!(StoreArgs {
     aead,
     relaxed_durability,
     history_retention,
+    wal_checkpoint_bytes,
 });
 
 /// Where the server listens.
@@ -404,6 +409,8 @@ pub struct ServeConfig {
     pub durability: Durability,
     /// How long superseded versions are kept (0: none).
     pub history_retention: Duration,
+    /// The write-ahead log's size between checkpoints.
+    pub wal_checkpoint_bytes: u64,
     /// Server tunables.
     pub options: ServerOptions,
     /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
@@ -423,6 +430,7 @@ impl ServeConfig {
             outage: self.kms.outage,
             quotas: self.limits.quotas.clone(),
             history_retention: self.history_retention,
+            wal_checkpoint_bytes: self.wal_checkpoint_bytes,
             ..StoreConfig::default()
         }
     }
@@ -491,6 +499,15 @@ impl ServeArgs {
             history_retention: store
                 .history_retention
                 .unwrap_or(coffer_core::store::DEFAULT_HISTORY_RETENTION),
+            wal_checkpoint_bytes: match store.wal_checkpoint_bytes {
+                Some(0) => {
+                    return Err(ServeError::Config(
+                        "--wal-checkpoint-bytes: must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => coffer_core::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
+            },
             options,
             kms: args.kms.resolve()?,
             limits,
