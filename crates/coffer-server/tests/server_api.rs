@@ -513,7 +513,9 @@ async fn tampered_record_is_data_loss() {
     create(&mut c, secret("ns", "victim", &[("k", "v")]))
         .await
         .expect("create");
-    let key = b"s/ns/victim";
+    // The current version's stored entry; its last byte is the sealed record's.
+    let key = coffer_core::storage::mvcc::layout::current_key(b"s/ns/victim");
+    let key = key.as_slice();
     let mut record = ts.backend().get(key).expect("get").expect("record");
     let last = record.len() - 1;
     record[last] ^= 1;

@@ -34,6 +34,15 @@ async fn next_event(s: &mut Streaming<pb::WatchEvent>) -> (Type, pb::Secret) {
     )
 }
 
+/// A store that keeps no history: a resume from before the window is "too old" (what these
+/// tests check of the window itself), not replayed from history (server_history covers that).
+fn without_history() -> coffer_core::store::StoreConfig {
+    coffer_core::store::StoreConfig {
+        history_retention: Duration::ZERO,
+        ..coffer_core::store::StoreConfig::default()
+    }
+}
+
 /// Waits until the server's window no longer reaches back to `old`: a watch from it is too old.
 async fn wait_too_old(ts: &TestServer, old: u64) -> tonic::Status {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -249,7 +258,11 @@ async fn resume_within_the_window_and_too_old_outside_it() {
         watch_window_events: 4,
         ..test_options()
     };
-    let ts = TestServer::builder().options(options).start().await;
+    let ts = TestServer::builder()
+        .store_config(without_history())
+        .options(options)
+        .start()
+        .await;
     let mut c = ts.client().await;
     let a = create(&mut c, secret("ns", "a", &[("k", "1")]))
         .await
@@ -401,7 +414,11 @@ async fn watch_many_created_events_cancel_and_per_watch_errors() {
         watch_window_events: 4,
         ..test_options()
     };
-    let ts = TestServer::builder().options(options).start().await;
+    let ts = TestServer::builder()
+        .store_config(without_history())
+        .options(options)
+        .start()
+        .await;
     let mut c = ts.client().await;
     for i in 0..6 {
         create(&mut c, secret("old", &format!("o{i}"), &[]))
@@ -691,7 +708,11 @@ async fn the_window_forgets_changes_older_than_its_age_limit() {
         watch_window_age: Some(Duration::from_millis(300)),
         ..test_options()
     };
-    let ts = TestServer::builder().options(options).start().await;
+    let ts = TestServer::builder()
+        .store_config(without_history())
+        .options(options)
+        .start()
+        .await;
     let mut c = ts.client().await;
     let a = create(&mut c, secret("aged", "a", &[]))
         .await
