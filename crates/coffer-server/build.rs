@@ -17,6 +17,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[proto.join("coffer/v1/secrets.proto")],
             &[proto.clone(), protoc_bin_vendored::include_path()?],
         )?;
+    // The etcd v3 API the door serves (proto/etcd: etcd's own files, options stripped). The
+    // clients are generated too: the differential tests drive a real etcd and the door with
+    // the same calls.
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .codec_path("coffer_kms::codec::WipingCodec")
+        .compile_with_config(
+            config,
+            &[proto.join("etcd/rpc.proto")],
+            &[proto.clone(), protoc_bin_vendored::include_path()?],
+        )?;
     println!("cargo:rerun-if-changed=../../proto/coffer");
+    println!("cargo:rerun-if-changed=../../proto/etcd");
     Ok(())
 }

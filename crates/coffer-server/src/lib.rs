@@ -6,6 +6,7 @@
 //! - [`proto`]: generated code of the public contract (`proto/coffer/v1`).
 //! - [`server`]: the tonic services (Secrets, health, reflection), error-to-status mapping, the
 //!   watch hub, metrics, limits, the bootstrap token cleaner, and `coffer serve`'s run loop.
+//! - [`etcd`]: the etcd v3 door (KV, Watch, Lease, Maintenance, Cluster) over the same store.
 //! - [`auth`]: authentication (mTLS, bearer tokens, unix peer uids), the authorization policy,
 //!   per-connection info, and the gate every Secret RPC passes.
 //! - [`audit`]: the audit log (JSON lines, no Secret data, HMACs for correlated values).
@@ -26,6 +27,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod etcd;
 pub mod proto;
 pub mod server;
 pub mod settings;

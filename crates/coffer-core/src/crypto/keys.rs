@@ -98,6 +98,11 @@ impl Plaintext {
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
+
+    /// The bytes themselves, still wiped on drop (moved, not copied).
+    pub fn into_zeroizing(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
 }
 
 impl fmt::Debug for Plaintext {

@@ -174,4 +174,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     fn is_failed(&self) -> bool {
         false
     }
+
+    /// The bytes the backend occupies on disk (0 when unknown), for status reports.
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
 }

@@ -534,6 +534,10 @@ impl Backend for SledBackend {
         self.failed().is_some()
     }
 
+    fn size_on_disk(&self) -> u64 {
+        self._db.size_on_disk().unwrap_or(0)
+    }
+
     async fn sync(&self) -> Result<(), StorageError> {
         let target = {
             let mut st = self.shared.lock();

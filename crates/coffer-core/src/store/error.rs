@@ -93,6 +93,9 @@ pub enum StoreError {
         /// The current revision.
         current: u64,
     },
+    /// A lease of the etcd door.
+    #[error(transparent)]
+    Lease(#[from] super::lease::LeaseError),
     /// The storage layer failed.
     #[error(transparent)]
     Storage(StorageError),

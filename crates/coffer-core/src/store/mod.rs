@@ -16,8 +16,10 @@
 pub mod continue_token;
 mod error;
 pub mod history;
+pub mod lease;
 pub mod migrate;
 pub mod quota;
+pub mod raw;
 mod reseal;
 mod upgrade;
 
@@ -167,9 +169,14 @@ pub struct Store {
     sequencer: tokio::sync::Mutex<()>,
     /// See [`StoreConfig::history_retention`].
     retention: Duration,
-    /// Events of writes applied but not yet published (they wait for durability).
-    pending: std::sync::Mutex<VecDeque<(Lsn, Arc<ChangeEvent>)>>,
+    /// Writes applied but not yet published (they wait for durability): their log position,
+    /// revision, and the Secret event (none for a write through the etcd door).
+    pending: std::sync::Mutex<VecDeque<Pending>>,
     events: broadcast::Sender<Arc<ChangeEvent>>,
+    /// The newest revision whose changes are durable (what the etcd door's watches follow).
+    published: tokio::sync::watch::Sender<u64>,
+    /// The etcd door's leases.
+    leases: lease::Leases,
     /// Records sealed so far (for metrics).
     seals: AtomicU64,
     /// Records opened so far (for metrics).
@@ -257,6 +264,8 @@ impl Store {
         )
         .await?;
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let leases = lease::Leases::load(mvcc.as_ref())?;
+        let (published, _) = tokio::sync::watch::channel(mvcc.revision());
         let usage = if config.quotas.is_enabled() {
             scan_usage(mvcc.as_ref())?
         } else {
@@ -270,6 +279,8 @@ impl Store {
             retention: config.history_retention,
             pending: std::sync::Mutex::new(VecDeque::new()),
             events,
+            published,
+            leases,
             seals: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             quota: std::sync::Mutex::new(QuotaState::new(config.quotas, usage)),
@@ -647,24 +658,51 @@ impl Store {
             object,
             revision,
         });
-        self.pending_events().push_back((committed.lsn, event));
+        self.pending_events().push_back(Pending {
+            lsn: committed.lsn,
+            revision,
+            event: Some(event),
+        });
         Ok(committed.lsn)
     }
 
-    /// Waits for durability of `lsn`, then publishes every event up to it, in order.
+    /// Queues the publication of a write through the etcd door (under the sequencing lock).
+    fn note_raw_write(&self, lsn: Lsn, revision: u64) {
+        self.pending_events().push_back(Pending {
+            lsn,
+            revision,
+            event: None,
+        });
+    }
+
+    /// Waits for durability of `lsn`, then publishes every event up to it, in order, and the
+    /// newest revision published.
     async fn finish_write(&self, lsn: Lsn) -> Result<(), StoreError> {
         self.mvcc.wait_durable(lsn).await?;
         let mut pending = self.pending_events();
-        while pending.front().is_some_and(|(l, _)| *l <= lsn) {
-            if let Some((_, event)) = pending.pop_front() {
-                // No subscribers is fine: the event simply has no audience.
-                let _ = self.events.send(event);
+        let mut newest = None;
+        while pending.front().is_some_and(|p| p.lsn <= lsn) {
+            if let Some(p) = pending.pop_front() {
+                newest = Some(p.revision);
+                if let Some(event) = p.event {
+                    // No subscribers is fine: the event simply has no audience.
+                    let _ = self.events.send(event);
+                }
             }
+        }
+        if let Some(revision) = newest {
+            self.published.send_if_modified(|r| {
+                let newer = revision > *r;
+                if newer {
+                    *r = revision;
+                }
+                newer
+            });
         }
         Ok(())
     }
 
-    fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<(Lsn, Arc<ChangeEvent>)>> {
+    fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -706,6 +744,14 @@ impl Store {
         }
         Ok(secret)
     }
+}
+
+/// A write waiting for durability before it is published.
+#[derive(Debug)]
+struct Pending {
+    lsn: Lsn,
+    revision: u64,
+    event: Option<Arc<ChangeEvent>>,
 }
 
 /// One write, as the sequencer applies it.

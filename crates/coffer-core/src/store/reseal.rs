@@ -107,18 +107,28 @@ impl Store {
         let lsn = {
             let _seq = self.sequencer.lock().await;
             for stored in candidates {
-                let Some(key) = std::str::from_utf8(&stored.version.key)
+                // A Secret's record is sealed for `namespace/name`, a door key's for `\0e/<key>`.
+                let bkey = &stored.version.key;
+                let (key, aad) = if super::raw::door_key(bkey).is_some() {
+                    (None, super::raw::raw_aad(bkey))
+                } else if let Some(k) = std::str::from_utf8(bkey)
                     .ok()
                     .and_then(|k| k.strip_prefix(SECRET_PREFIX))
-                    .map(str::to_owned)
-                else {
+                {
+                    (Some(k.to_owned()), k.as_bytes().to_vec())
+                } else {
                     out.failed.push((
-                        String::from_utf8_lossy(&stored.version.key).into_owned(),
+                        String::from_utf8_lossy(bkey).into_owned(),
                         "storage key is not a Secret's".into(),
                     ));
                     continue;
                 };
-                let label = format!("{key}@{}", stored.version.mod_revision);
+                let label = format!(
+                    "{}@{}",
+                    key.clone()
+                        .unwrap_or_else(|| String::from_utf8_lossy(bkey).into_owned()),
+                    stored.version.mod_revision
+                );
                 let Ok(header) = RecordHeader::parse(&stored.version.value) else {
                     continue;
                 };
@@ -134,23 +144,19 @@ impl Store {
                         continue;
                     }
                 };
-                let plaintext = match header.open(&old_seed, key.as_bytes()) {
+                let plaintext = match header.open(&old_seed, &aad) {
                     Ok(p) => p,
                     Err(e) => {
                         out.failed.push((label, e.to_string()));
                         continue;
                     }
                 };
-                let sealed = crypto::seal(
-                    self.algorithm,
-                    seed_id,
-                    &seed,
-                    key.as_bytes(),
-                    plaintext.expose(),
-                );
-                if stored.current {
+                let sealed = crypto::seal(self.algorithm, seed_id, &seed, &aad, plaintext.expose());
+                if stored.current
+                    && let Some(key) = &key
+                {
                     resized.push((
-                        super::quota::namespace_of(&key).to_owned(),
+                        super::quota::namespace_of(key).to_owned(),
                         stored.version.value.len() as u64,
                         sealed.len() as u64,
                     ));

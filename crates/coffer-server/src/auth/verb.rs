@@ -18,17 +18,20 @@ pub enum Verb {
     Update,
     /// Delete a Secret.
     Delete,
+    /// Use the etcd v3 door (every key of its keyspace; granted on namespace `*` only).
+    Etcd,
 }
 
 impl Verb {
     /// Every verb.
-    pub const ALL: [Verb; 6] = [
+    pub const ALL: [Verb; 7] = [
         Verb::Get,
         Verb::List,
         Verb::Watch,
         Verb::Create,
         Verb::Update,
         Verb::Delete,
+        Verb::Etcd,
     ];
 
     /// The verb's name, as in the policy and the audit log.
@@ -40,6 +43,7 @@ impl Verb {
             Verb::Create => "create",
             Verb::Update => "update",
             Verb::Delete => "delete",
+            Verb::Etcd => "etcd",
         }
     }
 }

@@ -11,6 +11,7 @@
 //! | KMS plugin, deadline, outage | [`KmsArgs`] | top level | [`KmsConfig`] |
 //! | quotas, server-wide limits, hygiene | [`LimitArgs`] | `[limits]` | [`LimitConfig`] |
 //! | authentication, audit, per-connection limits | [`SecurityArgs`] | `[security]` | [`SecurityConfig`] |
+//! | the etcd v3 door | [`EtcdArgs`] | top level | [`ServeConfig::etcd_listen`], [`ServerOptions::etcd`] |
 //!
 //! The file uses the flags' names with `_` (or `-`) between words, e.g.
 //!
@@ -59,6 +60,7 @@ use serde::Deserialize;
 use super::ServeError;
 use super::limits::{LimitArgs, LimitConfig, LimitOptions};
 use crate::auth::{SecurityArgs, SecurityConfig};
+use crate::etcd::EtcdOptions;
 use crate::settings::{self, Merge, merge_fields, parse_duration};
 use coffer_core::crypto::Algorithm;
 use coffer_core::storage::Durability;
@@ -100,6 +102,10 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub kms: KmsArgs,
+    /// The etcd v3 door.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub etcd: EtcdArgs,
     /// Quotas, server-wide limits and memory hygiene (the file's `[limits]` table).
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -116,6 +122,7 @@ merge_fields!(ServeArgs {
     server,
     watch,
     kms,
+    etcd,
     limits,
     security,
 });
@@ -238,6 +245,78 @@ merge_fields!(WatchArgs {
     watch_window,
     watch_window_age,
 });
+
+/// The etcd v3 door: where it listens and etcd's limits.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default)]
+pub struct EtcdArgs {
+    /// Serve the etcd v3 API (for kube-apiserver's --etcd-servers-overrides) on HOST:PORT, with
+    /// the same TLS and authentication as the Secret service (policy verb `etcd`). Repeatable.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(deserialize_with = "settings::parsed_list")]
+    pub etcd_listen: Vec<ListenAddr>,
+    /// The most operations in one transaction branch (etcd's --max-txn-ops) [default: 128].
+    #[arg(long, value_name = "N")]
+    pub etcd_max_txn_ops: Option<usize>,
+    /// The largest write request in bytes (etcd's --max-request-bytes) [default: 1572864].
+    #[arg(long, value_name = "BYTES")]
+    pub etcd_max_request_bytes: Option<usize>,
+    /// The most bytes one Range may gather before it is refused (clients page with a limit)
+    /// [default: 268435456].
+    #[arg(long, value_name = "BYTES")]
+    pub etcd_max_response_bytes: Option<usize>,
+    /// How often an idle watch created with progress_notify hears the current revision
+    /// [default: 10m, as etcd].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(deserialize_with = "settings::duration")]
+    pub etcd_progress_notify_interval: Option<Duration>,
+}
+
+merge_fields!(EtcdArgs {
+    etcd_listen,
+    etcd_max_txn_ops,
+    etcd_max_request_bytes,
+    etcd_max_response_bytes,
+    etcd_progress_notify_interval,
+});
+
+impl EtcdArgs {
+    /// The door's addresses (TCP only) and settings.
+    pub fn resolve(&self) -> Result<(Vec<ListenAddr>, EtcdOptions), ServeError> {
+        for a in &self.etcd_listen {
+            if let ListenAddr::Unix(_) = a {
+                return Err(ServeError::Config(format!(
+                    "--etcd-listen {:?}: must be HOST:PORT",
+                    a.to_string()
+                )));
+            }
+        }
+        let mut o = EtcdOptions::default();
+        if let Some(n) = self.etcd_max_txn_ops {
+            if n == 0 {
+                return Err(ServeError::Config(
+                    "--etcd-max-txn-ops: must be at least 1".into(),
+                ));
+            }
+            o.max_txn_ops = n;
+        }
+        if let Some(n) = self.etcd_max_request_bytes {
+            if n == 0 {
+                return Err(ServeError::Config(
+                    "--etcd-max-request-bytes: must be at least 1".into(),
+                ));
+            }
+            o.max_request_bytes = n;
+        }
+        if let Some(n) = self.etcd_max_response_bytes {
+            o.max_response_bytes = n.max(1);
+        }
+        if let Some(d) = self.etcd_progress_notify_interval {
+            o.progress_notify_interval = positive(d, "etcd-progress-notify-interval")?;
+        }
+        Ok((self.etcd_listen.clone(), o))
+    }
+}
 
 /// The KMS: the local key file or a KMS v2 plugin, its call deadline and outage policy.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -375,6 +454,8 @@ pub struct ServerOptions {
     pub list_page_bytes: usize,
     /// Server-wide limits on watch streams and request rate. Default: none.
     pub limits: LimitOptions,
+    /// The etcd door's settings (used when it listens).
+    pub etcd: EtcdOptions,
 }
 
 impl Default for ServerOptions {
@@ -390,6 +471,7 @@ impl Default for ServerOptions {
             max_encoding_message_size: 8 << 20,
             list_page_bytes: 3 << 20,
             limits: LimitOptions::default(),
+            etcd: EtcdOptions::default(),
         }
     }
 }
@@ -405,6 +487,8 @@ pub struct ServeConfig {
     pub aead: Algorithm,
     /// The metrics endpoint, if any.
     pub metrics_listen: Option<String>,
+    /// Where the etcd door listens (none: no door).
+    pub etcd_listen: Vec<ListenAddr>,
     /// When writes count as durable.
     pub durability: Durability,
     /// How long superseded versions are kept (0: none).
@@ -450,8 +534,10 @@ impl ServeArgs {
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let (listen, metrics_listen) = args.listen.resolve()?;
         let limits = args.limits.resolve()?;
+        let (etcd_listen, etcd) = args.etcd.resolve()?;
         let mut options = ServerOptions {
             limits: limits.server,
+            etcd,
             ..ServerOptions::default()
         };
         let ServerArgs {
@@ -491,6 +577,7 @@ impl ServeArgs {
             listen,
             aead: store.aead.unwrap_or_default(),
             metrics_listen,
+            etcd_listen,
             durability: if store.relaxed_durability {
                 Durability::Relaxed
             } else {

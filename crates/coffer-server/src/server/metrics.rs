@@ -48,8 +48,9 @@ use crate::auth::Security;
 use coffer_core::kms::{Kms, KmsError, KmsStatus, Wrapped};
 use coffer_core::store::Store;
 
-/// The Secrets methods, in label order; anything else counts as `other`.
-const METHODS: [&str; 9] = [
+/// The Secrets methods and the etcd door's (prefixed `etcd.`), in label order; anything else
+/// counts as `other`.
+const METHODS: [&str; 17] = [
     "Create",
     "Get",
     "Update",
@@ -58,8 +59,17 @@ const METHODS: [&str; 9] = [
     "Watch",
     "WatchMany",
     "History",
+    "etcd.Range",
+    "etcd.Put",
+    "etcd.DeleteRange",
+    "etcd.Txn",
+    "etcd.Compact",
+    "etcd.Watch",
+    "etcd.Lease",
+    "etcd.Maintenance",
     "other",
 ];
+const ETCD_PATH: &str = "/etcdserverpb.";
 const SECRETS_PATH: &str = "/coffer.v1.Secrets/";
 const N_CODES: usize = 17;
 /// Upper bounds of the duration histogram, in seconds.
@@ -98,8 +108,26 @@ pub struct Metrics {
 /// The index of a method in [`METHODS`] from a request path.
 fn method_index(path: &str) -> usize {
     let other = METHODS.len() - 1;
-    path.strip_prefix(SECRETS_PATH)
-        .and_then(|m| METHODS[..other].iter().position(|x| *x == m))
+    let name = match (
+        path.strip_prefix(SECRETS_PATH),
+        path.strip_prefix(ETCD_PATH),
+    ) {
+        (Some(m), _) => m,
+        (None, Some(etcd)) => match etcd {
+            "KV/Range" => "etcd.Range",
+            "KV/Put" => "etcd.Put",
+            "KV/DeleteRange" => "etcd.DeleteRange",
+            "KV/Txn" => "etcd.Txn",
+            "KV/Compact" => "etcd.Compact",
+            "Watch/Watch" => "etcd.Watch",
+            l if l.starts_with("Lease/") => "etcd.Lease",
+            _ => "etcd.Maintenance",
+        },
+        (None, None) => return other,
+    };
+    METHODS[..other]
+        .iter()
+        .position(|x| *x == name)
         .unwrap_or(other)
 }
 

@@ -146,6 +146,9 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     for addr in config.listen {
         server = server.listen(addr);
     }
+    for addr in config.etcd_listen {
+        server = server.etcd_listen(addr);
+    }
     if let Some(m) = config.metrics_listen {
         server = server.metrics_listen(m);
     }
@@ -239,6 +242,7 @@ async fn wait_for_signal() -> &'static str {
 pub struct Server {
     store: Arc<Store>,
     listen: Vec<ListenAddr>,
+    etcd_listen: Vec<ListenAddr>,
     metrics_listen: Option<String>,
     options: ServerOptions,
     metrics: Option<Arc<Metrics>>,
@@ -251,6 +255,7 @@ impl Server {
         Self {
             store,
             listen: Vec::new(),
+            etcd_listen: Vec::new(),
             metrics_listen: None,
             options: ServerOptions::default(),
             metrics: None,
@@ -268,6 +273,12 @@ impl Server {
     /// Adds an address to listen on (TCP or unix socket; several may be given).
     pub fn listen(mut self, addr: ListenAddr) -> Self {
         self.listen.push(addr);
+        self
+    }
+
+    /// Serves the etcd v3 door on `addr` (`HOST:PORT`; several may be given).
+    pub fn etcd_listen(mut self, addr: ListenAddr) -> Self {
+        self.etcd_listen.push(addr);
         self
     }
 
@@ -297,7 +308,8 @@ impl Server {
         }
         let Self {
             store,
-            listen,
+            mut listen,
+            etcd_listen,
             metrics_listen,
             options,
             metrics,
@@ -312,10 +324,20 @@ impl Server {
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
 
-        // Bind everything first, so a bad address fails the start and nothing is half-up.
+        if !etcd_listen.is_empty() && store.history_retention().is_zero() {
+            return Err(ServeError::Config(
+                "--etcd-listen needs history (the door's watches and reads at a revision are \
+                 served from it): set --history-retention above 0"
+                    .into(),
+            ));
+        }
+        // Bind everything first, so a bad address fails the start and nothing is half-up. The
+        // Secret service's listeners come first, then the etcd door's.
+        let secret_listeners = listen.len();
+        listen.extend(etcd_listen);
         let Bound {
-            listeners,
-            addrs,
+            mut listeners,
+            mut addrs,
             sockets,
             metrics: metrics_listener,
             metrics_addr,
@@ -329,6 +351,15 @@ impl Server {
             }
             return Err(e);
         }
+        let etcd_listeners = listeners.split_off(secret_listeners);
+        let etcd_addrs: Vec<SocketAddr> = addrs
+            .split_off(secret_listeners)
+            .into_iter()
+            .filter_map(|a| match a {
+                BoundAddr::Tcp(s) => Some(s),
+                BoundAddr::Unix(_) => None,
+            })
+            .collect();
 
         // The services.
         let hub = Hub::start(
@@ -381,6 +412,29 @@ impl Server {
             .add_service(reflection_v1alpha)
             .prepare();
         let service = MetricsService::new(routes, metrics.clone());
+        let door = (!etcd_addrs.is_empty()).then(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            crate::etcd::Door::new(
+                store.clone(),
+                Gate::new(security.clone()),
+                options.etcd.clone(),
+                etcd_addrs
+                    .iter()
+                    .map(|a| format!("{scheme}://{a}"))
+                    .collect(),
+                shutdown.clone(),
+            )
+        });
+        let door_service = door.as_ref().map(|d| {
+            let routes = d
+                .routes()
+                .add_service(ShutdownAwareHealth::server(
+                    health.clone(),
+                    shutdown.clone(),
+                ))
+                .prepare();
+            MetricsService::new(routes, metrics.clone())
+        });
 
         let mut serving = JoinSet::new();
         for listener in listeners {
@@ -422,7 +476,43 @@ impl Server {
                 }
             }
         }
+        if let Some(door_service) = &door_service {
+            for listener in etcd_listeners {
+                let Listener::Tcp(l) = listener else {
+                    continue;
+                };
+                // etcd's own server settings: no small windows (the door serves few clients,
+                // and a kube-apiserver's lists are large).
+                let builder = tonic::transport::Server::builder()
+                    .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+                    .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+                let signal = shutdown.clone().cancelled_owned();
+                let service = door_service.clone();
+                match &tls {
+                    Some(acceptor) => {
+                        serving.spawn(builder.serve_with_incoming_shutdown(
+                            service,
+                            tls_incoming(l, acceptor.clone()),
+                            signal,
+                        ));
+                    }
+                    None => {
+                        serving.spawn(builder.serve_with_incoming_shutdown(
+                            service,
+                            tcp_incoming(l),
+                            signal,
+                        ));
+                    }
+                }
+            }
+        }
         let mut background = JoinSet::new();
+        if let Some(door) = &door {
+            let handle = door.start_background();
+            background.spawn(async move {
+                let _ = handle.await;
+            });
+        }
         background.spawn(poll_kms(store.clone(), shutdown.clone()));
         background.spawn(mirror_kms_readiness(
             kms_ready,
@@ -448,11 +538,21 @@ impl Server {
             ));
         }
 
-        let listening = addrs
+        let mut listening = addrs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
+        if !etcd_addrs.is_empty() {
+            listening.push_str(&format!(
+                "; etcd v3 door on {}",
+                etcd_addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         log_security(&security, tls.is_some());
         tracing::info!(
             "coffer listening on {listening}; KMS: {}; AEAD: {}{}",
@@ -474,6 +574,7 @@ impl Server {
         }));
         Ok(RunningServer {
             addrs,
+            etcd_addrs,
             metrics_addr,
             shutdown,
             store,
@@ -735,6 +836,7 @@ async fn supervise(mut s: Supervised) -> Result<(), ServeError> {
 #[derive(Debug)]
 pub struct RunningServer {
     addrs: Vec<BoundAddr>,
+    etcd_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     store: Arc<Store>,
@@ -747,6 +849,11 @@ impl RunningServer {
     /// Every address the server listens on, in the order given.
     pub fn addrs(&self) -> &[BoundAddr] {
         &self.addrs
+    }
+
+    /// The etcd door's addresses, in the order given.
+    pub fn etcd_addrs(&self) -> &[SocketAddr] {
+        &self.etcd_addrs
     }
 
     /// The first TCP address, if any.

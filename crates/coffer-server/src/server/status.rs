@@ -58,10 +58,102 @@ pub fn store_error(e: &StoreError) -> Status {
         StoreError::TooOld { .. } | StoreError::TooLarge { .. } => {
             status(Code::OutOfRange, e.to_string())
         }
+        StoreError::Lease(l) => etcd_lease_error(l).status(),
         StoreError::Storage(StorageError::Failed(_)) => status(Code::Unavailable, e.to_string()),
         // Stored bytes that cannot be read back are lost data, whichever layer noticed.
         StoreError::Storage(StorageError::Corrupt(_)) => status(Code::DataLoss, e.to_string()),
         StoreError::Storage(_) => status(Code::Internal, e.to_string()),
+    }
+}
+
+/// etcd's own errors, as the etcd door answers them: code and message exactly etcd's
+/// (`api/v3rpc/rpctypes/error.go`), because etcd's Go client turns a status back into its typed
+/// error by the message, and kube-apiserver compares against those errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdError {
+    /// A request without a key.
+    EmptyKey,
+    /// A put with `ignore_value` or `ignore_lease` on an absent key.
+    KeyNotFound,
+    /// A put with `ignore_value` and a value.
+    ValueProvided,
+    /// A put with `ignore_lease` and a lease.
+    LeaseProvided,
+    /// A transaction with more operations than `--etcd-max-txn-ops`.
+    TooManyOps,
+    /// A transaction writing one key twice.
+    DuplicateKey,
+    /// A read, watch or compaction at a compacted revision.
+    Compacted,
+    /// A read or compaction at a revision not reached yet.
+    FutureRev,
+    /// A lease id that does not exist.
+    LeaseNotFound,
+    /// A grant of a lease id in use.
+    LeaseExist,
+    /// A grant above the largest TTL.
+    LeaseTtlTooLarge,
+    /// A request above `--etcd-max-request-bytes`.
+    RequestTooLarge,
+    /// A sort order or target etcd does not know.
+    InvalidSortOption,
+}
+
+impl EtcdError {
+    /// The status etcd sends.
+    pub fn status(self) -> Status {
+        let (code, message) = match self {
+            EtcdError::EmptyKey => (Code::InvalidArgument, "etcdserver: key is not provided"),
+            EtcdError::KeyNotFound => (Code::InvalidArgument, "etcdserver: key not found"),
+            EtcdError::ValueProvided => (Code::InvalidArgument, "etcdserver: value is provided"),
+            EtcdError::LeaseProvided => (Code::InvalidArgument, "etcdserver: lease is provided"),
+            EtcdError::TooManyOps => (
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            EtcdError::DuplicateKey => (
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            EtcdError::Compacted => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            EtcdError::FutureRev => (
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            EtcdError::LeaseNotFound => (Code::NotFound, "etcdserver: requested lease not found"),
+            EtcdError::LeaseExist => (Code::FailedPrecondition, "etcdserver: lease already exists"),
+            EtcdError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
+            EtcdError::RequestTooLarge => {
+                (Code::InvalidArgument, "etcdserver: request is too large")
+            }
+            EtcdError::InvalidSortOption => {
+                (Code::InvalidArgument, "etcdserver: invalid sort option")
+            }
+        };
+        Status::new(code, message)
+    }
+}
+
+fn etcd_lease_error(e: &coffer_core::store::lease::LeaseError) -> EtcdError {
+    use coffer_core::store::lease::LeaseError;
+    match e {
+        LeaseError::NotFound => EtcdError::LeaseNotFound,
+        LeaseError::Exists => EtcdError::LeaseExist,
+        LeaseError::TtlTooLarge => EtcdError::LeaseTtlTooLarge,
+    }
+}
+
+/// Maps an engine error to the status the etcd door answers: etcd's own for what etcd has
+/// (compacted and future revisions, leases), else as on the Secret service.
+pub fn etcd_store_error(e: &StoreError) -> Status {
+    match e {
+        StoreError::TooOld { .. } => EtcdError::Compacted.status(),
+        StoreError::TooLarge { .. } => EtcdError::FutureRev.status(),
+        StoreError::Lease(l) => etcd_lease_error(l).status(),
+        other => store_error(other),
     }
 }
 

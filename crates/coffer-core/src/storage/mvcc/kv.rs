@@ -58,7 +58,16 @@ impl KvMvcc {
     /// Opens the keyspace in `raw`. With `keep_history` off, no superseded version is kept (and
     /// any history an earlier run kept is compacted away by the next [`Mvcc::compact`]).
     pub fn open(raw: Arc<dyn Backend>, keep_history: bool) -> Result<Self, StorageError> {
-        let revision = layout::parse_u64(raw.get(layout::REVISION_KEY)?, "m/revision")?;
+        let stored = raw.get(layout::REVISION_KEY)?;
+        let mut revision = layout::parse_u64(stored.clone(), "m/revision")?;
+        if stored.is_none() && raw.scan(b"", None, 1)?.is_empty() {
+            // A new keyspace starts at revision 1, as etcd's does (clients treat 0 as "no
+            // revision"); the first write gets 2.
+            revision = 1;
+            let mut batch = Batch::new();
+            batch.put(layout::REVISION_KEY, revision.to_be_bytes().to_vec());
+            raw.apply(batch)?;
+        }
         let mut compact = layout::parse_u64(raw.get(layout::COMPACT_KEY)?, "m/compact")?;
         let had_history = raw.get(HISTORY_FLAG_KEY)?.is_some_and(|v| v == b"1");
         if keep_history != had_history {
@@ -271,7 +280,9 @@ impl KvMvcc {
         if from >= to {
             return Ok(true);
         }
-        let after = layout::change_key(from, u32::MAX);
+        // The changes of the compaction revision itself are kept (a watch may start there, as
+        // in etcd), so the next compaction starts with them.
+        let after = layout::change_key(from.saturating_sub(1), u32::MAX);
         let rows = self.raw.scan(layout::CHANGES, Some(&after), CHUNK)?;
         let mut batch = Batch::new();
         let mut keys = BTreeSet::new();
@@ -279,7 +290,7 @@ impl KvMvcc {
         let mut finished = rows.len() < CHUNK;
         for (k, v) in &rows {
             let rev = layout::parse_change_key(k)?;
-            if rev > to {
+            if rev >= to {
                 finished = true;
                 break;
             }
@@ -435,12 +446,18 @@ impl Mvcc for KvMvcc {
     }
 
     fn changes(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StorageError> {
-        if after < self.compact_revision() {
-            return Err(StorageError::Compacted {
-                requested: after,
-                compacted: self.compact_revision(),
-            });
-        }
+        // The compaction revision's own changes are kept: replay may start right before it.
+        let check = |compacted: Revision| {
+            if after.saturating_add(1) < compacted {
+                Err(StorageError::Compacted {
+                    requested: after,
+                    compacted,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        check(self.compact_revision())?;
         let mut out = Vec::new();
         let mut cursor = layout::change_key(after, u32::MAX);
         while out.len() < limit {
@@ -480,7 +497,7 @@ impl Mvcc for KvMvcc {
                 None => break,
             }
         }
-        self.recheck_compaction(after)?;
+        check(self.compact_revision())?;
         Ok(out)
     }
 

@@ -218,8 +218,9 @@ pub trait Mvcc: Send + Sync + std::fmt::Debug + 'static {
     /// Up to `limit` kept versions of `key`, newest first, tombstones included.
     fn history(&self, key: &[u8], limit: usize) -> Result<Vec<Version>, StorageError>;
 
-    /// Up to `limit` changes after revision `after`, in revision order (refused below the
-    /// compaction revision).
+    /// Up to `limit` changes after revision `after`, in revision order (refused when `after`
+    /// is below the compaction revision minus one: the compaction revision's own changes are
+    /// kept, so a watch may start there, as in etcd).
     fn changes(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StorageError>;
 
     /// Commits `txn` at the next revision (see [`Committed`]). Durability is not awaited.
