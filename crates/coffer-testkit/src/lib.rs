@@ -3,7 +3,8 @@
 //! (store, KMS, options, security, listeners), with its channels and request helpers
 //! ([`server`]); child processes: the built binaries and [`process::Serve`], the one way to
 //! start `coffer serve` ([`process`]); certificates, tokens and policies ([`auth`]); the KMS
-//! plugin and its clients ([`kms`]); and the `coffer` CLI's runner and server ([`cli`]).
+//! plugin and its clients ([`kms`]); the `coffer` CLI's runner and server ([`cli`]); and a
+//! real etcd member with etcd clients, for the etcd door's differential tests ([`etcd`]).
 //!
 //! A dev-dependency only: no production crate names it.
 #![allow(
@@ -17,6 +18,7 @@
 pub mod auth;
 pub mod cli;
 pub mod engine;
+pub mod etcd;
 pub mod kms;
 pub mod process;
 pub mod server;

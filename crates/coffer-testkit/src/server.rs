@@ -101,9 +101,16 @@ pub struct TestServerBuilder {
     security: Option<SecurityArgs>,
     listen: Option<Vec<ListenAddr>>,
     metrics_listen: bool,
+    etcd: bool,
 }
 
 impl TestServerBuilder {
+    /// Also serves the etcd v3 door on 127.0.0.1:0 ([`TestServer::etcd_addr`]).
+    pub fn etcd(mut self) -> Self {
+        self.etcd = true;
+        self
+    }
+
     /// The directory of the store (`db`), the test KMS's key file and the unix socket, kept
     /// by the test (so that a restart finds the same data); a fresh temp dir by default.
     pub fn dir(mut self, dir: &Path) -> Self {
@@ -213,6 +220,9 @@ impl TestServerBuilder {
         if self.metrics_listen {
             server = server.metrics_listen("127.0.0.1:0");
         }
+        if self.etcd {
+            server = server.etcd_listen(ListenAddr::Tcp("127.0.0.1:0".into()));
+        }
         let running = server.start().await?;
         Ok(TestServer {
             running,
@@ -251,6 +261,7 @@ impl TestServer {
             security: None,
             listen: None,
             metrics_listen: true,
+            etcd: false,
         }
     }
 
@@ -288,6 +299,20 @@ impl TestServer {
         SecretsClient::new(self.channel().await)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20)
+    }
+
+    /// The etcd door's address (see [`TestServerBuilder::etcd`]).
+    pub fn etcd_addr(&self) -> SocketAddr {
+        *self
+            .running
+            .etcd_addrs()
+            .first()
+            .expect("the server was built without .etcd()")
+    }
+
+    /// etcd clients on the door.
+    pub async fn etcd(&self) -> crate::etcd::Clients {
+        crate::etcd::Clients::new(tcp_channel(self.etcd_addr()).await)
     }
 
     pub async fn channel(&self) -> Channel {
