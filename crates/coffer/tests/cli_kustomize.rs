@@ -86,7 +86,11 @@ fn errors_never_show_secret_values() {
     let run = coffer(&["kustomize", &dir.path().to_string_lossy()], None, None);
     assert_eq!(run.code, 1);
     assert!(!run.stderr.contains("canary"), "{}", run.stderr);
-    assert!(run.stderr.contains("literal sources [password=… =…]"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("literal sources [password=… =…]"),
+        "{}",
+        run.stderr
+    );
 
     std::fs::write(
         dir.path().join("kustomization.yaml"),
@@ -97,7 +101,11 @@ fn errors_never_show_secret_values() {
     let run = coffer(&["kustomize", &dir.path().to_string_lossy()], None, None);
     assert_eq!(run.code, 1);
     assert!(!run.stderr.contains("canary"), "{}", run.stderr);
-    assert!(run.stderr.contains("line 1 has invalid utf8 bytes"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("line 1 has invalid utf8 bytes"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -127,12 +135,20 @@ fn what_coffer_does_not_do_is_refused_by_name() {
     let run = build("resources:\n- cm.yaml\n");
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("kind \"ConfigMap\""), "{}", run.stderr);
-    assert!(run.stderr.contains("Coffer stores only Secrets"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Coffer stores only Secrets"),
+        "{}",
+        run.stderr
+    );
     // A nested kustomization.
     std::fs::create_dir(dir.path().join("base")).unwrap();
     let run = build("resources:\n- base\n");
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("'base' is a directory"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("'base' is a directory"),
+        "{}",
+        run.stderr
+    );
     // merge/replace against an existing Secret.
     std::fs::write(
         dir.path().join("s.yaml"),
@@ -142,7 +158,8 @@ fn what_coffer_does_not_do_is_refused_by_name() {
     let run = build("resources:\n- s.yaml\nsecretGenerator:\n- name: s\n  behavior: merge\n");
     assert_eq!(run.code, 1);
     assert!(
-        run.stderr.contains("behavior \"merge\" is not supported by Coffer"),
+        run.stderr
+            .contains("behavior \"merge\" is not supported by Coffer"),
         "{}",
         run.stderr
     );
@@ -207,7 +224,10 @@ fn apply_k_applies_to_a_running_server() {
         "secret/db-cmk849hh69 created\nsecret/tls created\n"
     );
     // The deprecation warning goes to stderr, as kubectl's does.
-    assert!(run.stderr.contains("'commonLabels' is deprecated"), "{run:#?}");
+    assert!(
+        run.stderr.contains("'commonLabels' is deprecated"),
+        "{run:#?}"
+    );
     let got = s.run(&[
         "get",
         "secret",
@@ -269,7 +289,9 @@ fn apply_k_errors() {
     let run = s.run(&["apply", "-k", &dir.to_string_lossy()]);
     assert_eq!(run.code, 1, "{run:#?}");
     assert!(
-        run.stderr.starts_with("error: loading KV pairs: file sources: [nope.txt]: evalsymlink failure on '"),
+        run.stderr.starts_with(
+            "error: loading KV pairs: file sources: [nope.txt]: evalsymlink failure on '"
+        ),
         "{}",
         run.stderr
     );
@@ -282,7 +304,11 @@ fn apply_k_errors() {
     .unwrap();
     let run = s.run(&["apply", "-k", &bad.path().to_string_lossy()]);
     assert_eq!(run.code, 1, "{run:#?}");
-    assert!(run.stderr.starts_with("The Secret \"s\" is invalid: "), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("The Secret \"s\" is invalid: "),
+        "{}",
+        run.stderr
+    );
     // -f and -k together is a usage error, as in kubectl.
     let run = s.run(&["apply", "-k", "x", "-f", "y"]);
     assert_eq!(run.code, 2, "{run:#?}");

@@ -268,8 +268,13 @@ pub struct RollbackArgs {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// Manifest file, directory (its .yaml, .yml and .json files) or `-` for stdin (repeatable).
-    #[arg(short = 'f', long = "filename", value_name = "FILE",
-          required_unless_present = "kustomize", conflicts_with = "kustomize")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        required_unless_present = "kustomize",
+        conflicts_with = "kustomize"
+    )]
     pub files: Vec<String>,
     /// A kustomization directory: apply the Secrets `coffer kustomize DIR` prints.
     #[arg(short = 'k', long = "kustomize", value_name = "DIR")]

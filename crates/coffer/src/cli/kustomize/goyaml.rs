@@ -451,9 +451,9 @@ fn analyze(s: &str) -> Analysis {
 /// sexagesimal number (which yaml.v2 also quotes).
 fn resolves_to_string(s: &str) -> bool {
     const SPECIAL: &[&str] = &[
-        "", "~", "null", "Null", "NULL", "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No",
-        "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON", "off", "Off",
-        "OFF", ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf",
+        "", "~", "null", "Null", "NULL", "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO",
+        "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+        ".nan", ".NaN", ".NAN", ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf",
         "-.Inf", "-.INF",
     ];
     if SPECIAL.contains(&s) || is_base60_float(s) {
@@ -482,26 +482,18 @@ fn go_parse_int(s: &str) -> bool {
         .strip_prefix('+')
         .or_else(|| s.strip_prefix('-'))
         .unwrap_or(s);
-    let (digits, radix) = if let Some(r) = body
-        .strip_prefix("0x")
-        .or_else(|| body.strip_prefix("0X"))
-    {
-        (r, 16)
-    } else if let Some(r) = body
-        .strip_prefix("0o")
-        .or_else(|| body.strip_prefix("0O"))
-    {
-        (r, 8)
-    } else if let Some(r) = body
-        .strip_prefix("0b")
-        .or_else(|| body.strip_prefix("0B"))
-    {
-        (r, 2)
-    } else if body.len() > 1 && body.starts_with('0') {
-        (&body[1..], 8)
-    } else {
-        (body, 10)
-    };
+    let (digits, radix) =
+        if let Some(r) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+            (r, 16)
+        } else if let Some(r) = body.strip_prefix("0o").or_else(|| body.strip_prefix("0O")) {
+            (r, 8)
+        } else if let Some(r) = body.strip_prefix("0b").or_else(|| body.strip_prefix("0B")) {
+            (r, 2)
+        } else if body.len() > 1 && body.starts_with('0') {
+            (&body[1..], 8)
+        } else {
+            (body, 10)
+        };
     !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix))
 }
 
@@ -780,7 +772,9 @@ mod tests {
     #[test]
     fn styles() {
         assert_eq!(
-            yaml(r#"{"a":"y","b":"","c":"yes","d":"0x1F","e":"1:20","f":"2024-01-02","g":"plain text"}"#),
+            yaml(
+                r#"{"a":"y","b":"","c":"yes","d":"0x1F","e":"1:20","f":"2024-01-02","g":"plain text"}"#
+            ),
             "a: \"y\"\nb: \"\"\nc: \"yes\"\nd: \"0x1F\"\ne: \"1:20\"\nf: \"2024-01-02\"\ng: plain text\n"
         );
         assert_eq!(

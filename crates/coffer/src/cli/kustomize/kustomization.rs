@@ -172,10 +172,12 @@ fn string_map(
 /// Reads a kustomization document (already YAML-decoded).
 pub(crate) fn parse(doc: &Value) -> Result<Kustomization, String> {
     let obj = match doc {
-        Value::Null => return Ok(Kustomization {
-            empty: true,
-            ..Kustomization::default()
-        }),
+        Value::Null => {
+            return Ok(Kustomization {
+                empty: true,
+                ..Kustomization::default()
+            });
+        }
         Value::Object(o) => o,
         other => {
             let got = match other {
@@ -248,7 +250,14 @@ fn labels(v: &Value) -> Result<Vec<BTreeMap<String, String>>, String> {
     let items = match v {
         Value::Null => return Ok(Vec::new()),
         Value::Array(items) => items,
-        other => return Err(type_error(other, "Kustomization", "labels", "[]types.Label")),
+        other => {
+            return Err(type_error(
+                other,
+                "Kustomization",
+                "labels",
+                "[]types.Label",
+            ));
+        }
     };
     let mut out = Vec::new();
     for item in items {
@@ -408,7 +417,10 @@ mod tests {
             err(r#"{"resources":"x.yaml"}"#),
             "json: cannot unmarshal string into Go struct field Kustomization.resources of type []string"
         );
-        assert_eq!(err(r#"{"frobnicate":1}"#), "json: unknown field \"frobnicate\"");
+        assert_eq!(
+            err(r#"{"frobnicate":1}"#),
+            "json: unknown field \"frobnicate\""
+        );
         assert!(err(r#"{"namePrefix":"p-"}"#).contains("\"namePrefix\" is not supported"));
     }
 

@@ -16,9 +16,8 @@ pub(crate) struct Root(PathBuf);
 impl Root {
     /// Confirms the directory given on the command line.
     pub(crate) fn new(dir: &str) -> Result<Self, String> {
-        let resolved = eval_symlinks(dir, &absolute(dir)).map_err(|e| {
-            format!("must build at directory: not a valid directory: {e}")
-        })?;
+        let resolved = eval_symlinks(dir, &absolute(dir))
+            .map_err(|e| format!("must build at directory: not a valid directory: {e}"))?;
         if !resolved.is_dir() {
             return Err(format!(
                 "must build at directory: '{}': file is not directory",

@@ -89,7 +89,7 @@ impl Build {
             let mut v = Value::Object(o.clone());
             json.push_str(&v.to_string());
             wipe(&mut v);
-            let parsed = manifest::parse_manifests(&json).map_err(|e| CliError::msg(e))?;
+            let parsed = manifest::parse_manifests(&json).map_err(CliError::msg)?;
             out.extend(parsed.into_iter().map(|p| p.secret));
         }
         Ok(out)
@@ -165,11 +165,10 @@ pub(crate) fn build(dir: &str) -> Result<Build, CliError> {
     for (o, hashed) in &mut objects {
         if *hashed {
             let suffix = hasher::kustomize_secret_suffix(o);
-            if let Some(Value::Object(meta)) = o.get_mut("metadata") {
-                if let Some(Value::String(name)) = meta.get_mut("name") {
-                    name.push('-');
-                    name.push_str(&suffix);
-                }
+            if let Some(Value::String(name)) = o.get_mut("metadata").and_then(|m| m.get_mut("name"))
+            {
+                name.push('-');
+                name.push_str(&suffix);
             }
         }
     }
@@ -283,7 +282,10 @@ fn load_resource(root: &Root, path: &str) -> Result<Vec<Map<String, Value>>, Cli
     let mut out = Vec::new();
     for doc in docs {
         let Value::Object(mut o) = doc else { continue };
-        if o.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) {
+        if o.get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.ends_with("List"))
+        {
             if let Some(Value::Array(items)) = o.remove("items") {
                 out.extend(items.into_iter().filter_map(|i| match i {
                     Value::Object(m) => Some(m),
@@ -311,6 +313,7 @@ fn generate(
     let mut data = Map::new();
     for (key, value) in pairs {
         if data.contains_key(&key) {
+            data.values_mut().for_each(wipe);
             return Err(fail(format!(
                 "configmap {} illegally repeats the key `{key}`",
                 g.name
@@ -356,8 +359,11 @@ fn string_map(m: &BTreeMap<String, String>) -> Value {
     )
 }
 
+/// A key and its value (plaintext, wiped on drop).
+type Pair = (String, Zeroizing<Vec<u8>>);
+
 /// The key/value pairs of a generator, in kustomize's order: env files, literals, files.
-fn load_pairs(root: &Root, g: &SecretArgs) -> Result<Vec<(String, Zeroizing<Vec<u8>>)>, String> {
+fn load_pairs(root: &Root, g: &SecretArgs) -> Result<Vec<Pair>, String> {
     let mut out = Vec::new();
     for path in &g.envs {
         let bytes = root
@@ -446,7 +452,7 @@ fn go_base(p: &str) -> String {
 /// kustomize's env file reader: lines (a final `\r` dropped), a UTF-8 BOM skipped on the
 /// first, leading white space trimmed, blank lines and `#` comments skipped, `KEY=VALUE` with
 /// the value untouched, a bare `KEY` an empty value, and a line with an empty key skipped.
-fn env_pairs(bytes: &[u8], out: &mut Vec<(String, Zeroizing<Vec<u8>>)>) -> Result<(), String> {
+fn env_pairs(bytes: &[u8], out: &mut Vec<Pair>) -> Result<(), String> {
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if bytes.is_empty() {
         return Ok(());
