@@ -1,4 +1,5 @@
-//! `coffer apply -f FILE|DIR|-`: create or update Secrets from manifests.
+//! `coffer apply -f FILE|DIR|-` and `coffer apply -k DIR`: create or update Secrets from
+//! manifests, or from what a kustomization builds (see [`super::kustomize`]).
 //!
 //! For each Secret: get it; create it when missing; otherwise compare it with the manifest and
 //! report `unchanged`, or replace its labels, annotations, type, data and immutability with the
@@ -38,7 +39,10 @@ impl Outcome {
 
 pub(super) async fn run(server: &ServerAddr, args: ApplyArgs) -> Result<ExitCode, CliError> {
     let dry = dry_run(args.dry_run.as_deref())?;
-    let secrets = read_manifests(&args.files)?;
+    let secrets = match &args.kustomize {
+        Some(dir) => read_kustomization(dir)?,
+        None => read_manifests(&args.files)?,
+    };
     if secrets.is_empty() {
         return Err(CliError::msg("no objects passed to apply"));
     }
@@ -128,6 +132,28 @@ fn read_manifests(files: &[String]) -> Result<Vec<(String, Located)>, CliError> 
         }
     }
     Ok(out)
+}
+
+/// Builds a kustomization (`apply -k`), failing before anything is written.
+fn read_kustomization(dir: &str) -> Result<Vec<(String, Located)>, CliError> {
+    let build = super::kustomize::build(dir)?;
+    for w in &build.warnings {
+        eprintln!("{w}");
+    }
+    Ok(build
+        .secrets()?
+        .into_iter()
+        .enumerate()
+        .map(|(i, secret)| {
+            (
+                dir.to_owned(),
+                Located {
+                    secret,
+                    location_text: format!("document {}", i + 1),
+                },
+            )
+        })
+        .collect())
 }
 
 /// A file, or the `.yaml`/`.yml`/`.json` files of a directory (sorted), as kubectl does.

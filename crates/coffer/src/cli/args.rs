@@ -49,8 +49,10 @@ pub enum Command {
     History(HistoryArgs),
     /// Write an earlier version of a Secret as its newest (re-creates a deleted Secret).
     Rollback(RollbackArgs),
-    /// Create or update Secrets from Kubernetes manifests (YAML or JSON).
+    /// Create or update Secrets from Kubernetes manifests (YAML or JSON) or a kustomization (-k).
     Apply(ApplyArgs),
+    /// Print the Secrets a kustomization directory builds, as `kubectl kustomize` does.
+    Kustomize(KustomizeArgs),
     /// Delete Secrets by name, selector or manifest.
     Delete(DeleteArgs),
     /// Write Secrets into directories (the Kubernetes secret-volume layout) and keep them current.
@@ -110,6 +112,10 @@ pub struct CreateCommon {
     /// Make the Secret immutable.
     #[arg(long)]
     pub immutable: bool,
+    /// Append a hash of the Secret's content to its name (as kubectl and Kustomize do), so
+    /// that a changed Secret gets a new name and the workloads using it roll.
+    #[arg(long)]
+    pub append_hash: bool,
     /// `client`: print the object that would be sent, without sending it.
     #[arg(long, value_name = "none|client", num_args = 0..=1, require_equals = true,
           default_missing_value = "client", value_parser = ["none", "client", "server"])]
@@ -262,8 +268,17 @@ pub struct RollbackArgs {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// Manifest file, directory (its .yaml, .yml and .json files) or `-` for stdin (repeatable).
-    #[arg(short = 'f', long = "filename", required = true, value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        required_unless_present = "kustomize",
+        conflicts_with = "kustomize"
+    )]
     pub files: Vec<String>,
+    /// A kustomization directory: apply the Secrets `coffer kustomize DIR` prints.
+    #[arg(short = 'k', long = "kustomize", value_name = "DIR")]
+    pub kustomize: Option<String>,
     /// The namespace for manifests that name none.
     #[arg(short, long)]
     pub namespace: Option<String>,
@@ -274,6 +289,14 @@ pub struct ApplyArgs {
     /// Output format: yaml, json, name or jsonpath=TEMPLATE.
     #[arg(short, long, value_parser = parse_write_format)]
     pub output: Option<OutputFormat>,
+}
+
+/// `coffer kustomize [DIR]`.
+#[derive(Debug, Args)]
+pub struct KustomizeArgs {
+    /// The directory holding kustomization.yaml (default: the current directory).
+    #[arg(default_value = ".")]
+    pub dir: String,
 }
 
 /// `coffer delete`.

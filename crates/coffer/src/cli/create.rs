@@ -267,7 +267,7 @@ pub(crate) fn docker_config_json(
 }
 
 /// A JSON string as Go's `encoding/json` writes it (with `<`, `>`, `&`, U+2028, U+2029 escaped).
-fn go_json_string(s: &str, out: &mut String) {
+pub(crate) fn go_json_string(s: &str, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         match c {

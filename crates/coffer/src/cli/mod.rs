@@ -15,9 +15,11 @@ mod delete;
 mod error;
 mod exec;
 mod get;
+mod hasher;
 mod history;
 pub mod jsonpath;
 pub mod kms;
+mod kustomize;
 pub mod migrate;
 mod mount;
 pub mod printer;
@@ -32,7 +34,7 @@ use clap::Parser;
 pub use self::args::{
     ApplyArgs, Cli, Command, CreateArgs, CreateCommon, CreateSecretArgs, CreateWhat,
     DEFAULT_NAMESPACE, DEFAULT_SERVER, DeleteArgs, DockerRegistryArgs, GenericArgs, GetArgs,
-    HistoryArgs, RollbackArgs, SecretFlavor, TlsArgs,
+    HistoryArgs, KustomizeArgs, RollbackArgs, SecretFlavor, TlsArgs,
 };
 pub use self::client::{CredentialArgs, ServerAddr, TOKEN_ENV};
 pub use self::error::CliError;
@@ -57,6 +59,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => return serve::serve(args).map(|()| ExitCode::SUCCESS),
         Command::Kms(args) => return offline(kms::run(args)),
         Command::Migrate(args) => return offline(migrate::run(args)),
+        Command::Kustomize(args) => return print_kustomization(&args),
         command => Cli { command, ..cli },
     };
     let server = ServerAddr::parse(&cli.server)?
@@ -67,7 +70,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::msg(format_args!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(_) | Command::Kms(_) | Command::Migrate(_) => Ok(ExitCode::SUCCESS),
+            Command::Serve(_) | Command::Kms(_) | Command::Migrate(_) | Command::Kustomize(_) => {
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Create(args) => match args.what {
                 CreateWhat::Secret(s) => self::create_cmd::run(&server, s.flavor).await,
             },
@@ -80,6 +85,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Command::Exec(args) => exec::run(&server, args).await,
         }
     })
+}
+
+/// `coffer kustomize DIR`: prints the build (no server involved).
+fn print_kustomization(args: &KustomizeArgs) -> Result<ExitCode, CliError> {
+    let build = kustomize::build(&args.dir)?;
+    for w in &build.warnings {
+        eprintln!("{w}");
+    }
+    let _ = printer::Out::new().print(&build.to_yaml());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a command that opens the data directory itself (no server involved).
@@ -186,6 +201,11 @@ mod create_cmd {
                 a.common
             }
         };
+        if common.append_hash {
+            // kubectl hashes the Secret as built (name without suffix, type as given).
+            let suffix = super::hasher::kubectl_secret_suffix(&secret);
+            secret.metadata.name = format!("{}-{suffix}", secret.metadata.name);
+        }
         Ok((secret, common))
     }
 }
