@@ -63,11 +63,7 @@ pub(super) fn check_range(r: &pb::RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
         return Err(EtcdError::EmptyKey.status());
     }
-    if !(SORT_NONE..=SORT_DESCEND).contains(&r.sort_order)
-        || !(TARGET_KEY..=TARGET_VALUE).contains(&r.sort_target)
-    {
-        return Err(EtcdError::InvalidSortOption.status());
-    }
+    // As etcd 3.4: an unknown sort order sorts nothing, an unknown target sorts by key.
     Ok(())
 }
 
@@ -188,8 +184,11 @@ fn shape(
             }
             _ => {}
         }
-        if order == SORT_DESCEND {
-            versions.reverse();
+        match order {
+            SORT_ASCEND => {}
+            SORT_DESCEND => versions.reverse(),
+            // An unknown order: etcd leaves the keys as they are.
+            _ => versions.sort_by(|a, b| a.key.cmp(&b.key)),
         }
     }
     versions.retain(|v| {
@@ -357,8 +356,10 @@ struct TxnRun<'w, 's> {
     /// The revision the writes will get.
     next: Revision,
     overlay: Overlay,
-    /// The versions the writes replace (for prev_kv), by key.
-    replaced: BTreeMap<Vec<u8>, Option<Version>>,
+    /// Whether each transaction's compares held, in the order the transactions run (the
+    /// outer one first, then nested ones depth first): etcd evaluates every compare on the
+    /// state before the transaction, nested ones included.
+    decisions: std::vec::IntoIter<bool>,
 }
 
 impl TxnRun<'_, '_> {
@@ -494,6 +495,37 @@ impl TxnRun<'_, '_> {
         Ok(true)
     }
 
+    /// The revision a response inside the transaction reports: the next one once something is
+    /// written, the current one before (etcd's `txn.Rev()`).
+    fn rev(&self) -> Revision {
+        if self.overlay.writes.is_empty() {
+            self.next - 1
+        } else {
+            self.next
+        }
+    }
+
+    /// Evaluates the compares of a transaction and of the nested transactions on the branch
+    /// it takes, before anything runs (etcd's `compareToPath`).
+    fn decide<'a>(
+        &'a self,
+        compares: &'a [pb::Compare],
+        success: &'a [pb::RequestOp],
+        failure: &'a [pb::RequestOp],
+        out: &'a mut Vec<bool>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send + 'a>> {
+        Box::pin(async move {
+            let ok = self.evaluate(compares).await?;
+            out.push(ok);
+            for op in if ok { success } else { failure } {
+                if let Some(pb::request_op::Request::RequestTxn(t)) = &op.request {
+                    self.decide(&t.compare, &t.success, &t.failure, out).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn execute<'a>(
         &'a mut self,
         ops: &'a [pb::RequestOp],
@@ -527,7 +559,7 @@ impl TxnRun<'_, '_> {
                             .finish_range(versions, r, Some(&self.overlay))
                             .await?;
                         Response::ResponseRange(pb::RangeResponse {
-                            header: Some(self.door.header(self.next)),
+                            header: Some(self.door.header(self.rev())),
                             kvs: result.kvs.into_iter().map(to_pb).collect(),
                             more: result.more,
                             count: result.count,
@@ -536,24 +568,25 @@ impl TxnRun<'_, '_> {
                     Some(Request::RequestPut(p)) => {
                         let prev = self.put(p).await?;
                         Response::ResponsePut(pb::PutResponse {
-                            header: Some(self.door.header(self.next)),
+                            header: Some(self.door.header(self.rev())),
                             prev_kv: if p.prev_kv { prev.map(to_pb) } else { None },
                         })
                     }
                     Some(Request::RequestDeleteRange(d)) => {
                         let (deleted, prev) = self.delete(d).await?;
                         Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                            header: Some(self.door.header(self.next)),
+                            header: Some(self.door.header(self.rev())),
                             deleted,
                             prev_kvs: prev.into_iter().map(to_pb).collect(),
                         })
                     }
                     Some(Request::RequestTxn(t)) => {
-                        let succeeded = self.evaluate(&t.compare).await?;
+                        let succeeded = self.decisions.next().unwrap_or(false);
                         let branch = if succeeded { &t.success } else { &t.failure };
                         let responses = self.execute(branch).await?;
+                        // etcd leaves a nested transaction's header empty.
                         Response::ResponseTxn(pb::TxnResponse {
-                            header: Some(self.door.header(self.next)),
+                            header: Some(pb::ResponseHeader::default()),
                             succeeded,
                             responses,
                         })
@@ -705,41 +738,24 @@ impl Door {
             door: self,
             next,
             overlay: Overlay::default(),
-            replaced: BTreeMap::new(),
+            decisions: Vec::new().into_iter(),
         };
-        let succeeded = run.evaluate(compares).await?;
+        let mut decisions = Vec::new();
+        run.decide(compares, success, failure, &mut decisions)
+            .await?;
+        run.decisions = decisions.into_iter();
+        let succeeded = run.decisions.next().unwrap_or(false);
         let branch = if succeeded { success } else { failure };
-        let mut responses = run.execute(branch).await?;
-        let _ = &run.replaced;
+        let responses = run.execute(branch).await?;
         let writes = run.into_writes();
         let wrote = !writes.is_empty();
         let (revision, _) = writer.commit(writes, Vec::new()).await.map_err(se)?;
-        if !wrote {
-            // Nothing written: every header names the current revision, as in etcd.
-            fix_headers(&mut responses, self, revision);
-        } else if revision != next {
+        if wrote && revision != next {
             return Err(Status::internal(format!(
                 "transaction committed at revision {revision}, expected {next}"
             )));
         }
         Ok((succeeded, responses, revision))
-    }
-}
-
-/// Rewrites the headers of a read-only transaction's responses to the current revision.
-fn fix_headers(responses: &mut [pb::ResponseOp], door: &Door, revision: Revision) {
-    use pb::response_op::Response;
-    for r in responses {
-        match &mut r.response {
-            Some(Response::ResponseRange(x)) => x.header = Some(door.header(revision)),
-            Some(Response::ResponsePut(x)) => x.header = Some(door.header(revision)),
-            Some(Response::ResponseDeleteRange(x)) => x.header = Some(door.header(revision)),
-            Some(Response::ResponseTxn(x)) => {
-                x.header = Some(door.header(revision));
-                fix_headers(&mut x.responses, door, revision);
-            }
-            None => {}
-        }
     }
 }
 

@@ -141,7 +141,8 @@ impl WatchStream {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
         self.watchers.clear();
         for id in ids {
-            let mut r = self.response(self.sent, id);
+            // etcd's compaction cancel carries no revision in its header.
+            let mut r = self.response(0, id);
             r.canceled = true;
             r.compact_revision = compacted as i64;
             self.send(r).await?;
@@ -180,7 +181,7 @@ impl WatchStream {
                     match only {
                         Some(id) => {
                             self.watchers.remove(&id);
-                            let mut r = self.response(self.sent, id);
+                            let mut r = self.response(0, id);
                             r.canceled = true;
                             r.compact_revision = compacted as i64;
                             self.send(r).await?;
@@ -279,7 +280,7 @@ impl WatchStream {
         self.send(created).await?;
         let compacted = self.door.store.compact_revision();
         if start < compacted {
-            let mut r = self.response(now, id);
+            let mut r = self.response(0, id);
             r.canceled = true;
             r.compact_revision = compacted as i64;
             return self.send(r).await;

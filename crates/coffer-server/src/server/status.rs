@@ -95,8 +95,6 @@ pub enum EtcdError {
     LeaseTtlTooLarge,
     /// A request above `--etcd-max-request-bytes`.
     RequestTooLarge,
-    /// A sort order or target etcd does not know.
-    InvalidSortOption,
 }
 
 impl EtcdError {
@@ -128,9 +126,6 @@ impl EtcdError {
             EtcdError::LeaseTtlTooLarge => (Code::OutOfRange, "etcdserver: too large lease TTL"),
             EtcdError::RequestTooLarge => {
                 (Code::InvalidArgument, "etcdserver: request is too large")
-            }
-            EtcdError::InvalidSortOption => {
-                (Code::InvalidArgument, "etcdserver: invalid sort option")
             }
         };
         Status::new(code, message)
