@@ -627,7 +627,7 @@ async fn the_door_needs_the_etcd_verb_and_is_audited() {
         verbs.contains(&(
             "reader".into(),
             "etcd.Range".into(),
-            "PERMISSION_DENIED".into()
+            "PermissionDenied".into()
         )),
         "{verbs:?}"
     );
