@@ -3,8 +3,7 @@
 //! revisions at a time, to every watch stream. A stream that falls behind the broadcast's
 //! buffer reads what it missed from the store's history instead ([`read_changes`]).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -46,8 +45,14 @@ pub(super) struct Batch {
 #[derive(Debug, Clone)]
 pub struct Feed {
     tx: broadcast::Sender<Arc<Batch>>,
-    /// The `through` of the latest batch sent.
-    through: Arc<AtomicU64>,
+    /// The `through` of the latest batch sent. Sending a batch and moving this, or skipping
+    /// revisions no stream listens to, happen under this lock, and so does subscribing: a new
+    /// stream either receives a batch or starts after it, never neither.
+    through: Arc<Mutex<Revision>>,
+}
+
+fn lock(m: &Mutex<Revision>) -> std::sync::MutexGuard<'_, Revision> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Feed {
@@ -56,7 +61,7 @@ impl Feed {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let mut published = store.published();
         let start = *published.borrow_and_update();
-        let through = Arc::new(AtomicU64::new(start));
+        let through = Arc::new(Mutex::new(start));
         let feed = Self {
             tx: tx.clone(),
             through: through.clone(),
@@ -69,6 +74,16 @@ impl Feed {
                     changed = published.changed() => if changed.is_err() { return },
                 }
                 let target = *published.borrow_and_update();
+                {
+                    let mut t = lock(&through);
+                    if tx.receiver_count() == 0 {
+                        // No watch stream: nothing to read or decrypt (a stream that subscribes
+                        // later starts from `through`).
+                        cursor = target;
+                        *t = cursor;
+                        continue;
+                    }
+                }
                 while cursor < target {
                     let batch = match read_changes(&store, cursor, target, |_| true).await {
                         Ok((events, reached)) => Batch {
@@ -88,9 +103,10 @@ impl Feed {
                         }
                     };
                     cursor = batch.through;
-                    through.store(cursor, Ordering::Release);
+                    let mut t = lock(&through);
                     // No stream listening is fine.
                     let _ = tx.send(Arc::new(batch));
+                    *t = cursor;
                 }
             }
         });
@@ -100,8 +116,9 @@ impl Feed {
     /// Subscribes, and says up to which revision the feed has already broadcast: the receiver
     /// gets every later batch.
     pub(super) fn subscribe(&self) -> (broadcast::Receiver<Arc<Batch>>, Revision) {
+        let t = lock(&self.through);
         let rx = self.tx.subscribe();
-        (rx, self.through.load(Ordering::Acquire))
+        (rx, *t)
     }
 }
 

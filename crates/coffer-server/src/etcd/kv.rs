@@ -615,9 +615,10 @@ impl TxnRun<'_, '_> {
         if lease != 0 && !self.writer.store().lease_exists(lease) {
             return Err(EtcdError::LeaseNotFound.status());
         }
+        // The old value is opened only when it is returned or kept.
         let old_kv = match &old {
-            Some(o) => Some(self.open_current(&p.key, o).await?),
-            None => None,
+            Some(o) if p.prev_kv || p.ignore_value => Some(self.open_current(&p.key, o).await?),
+            _ => None,
         };
         let value = if p.ignore_value {
             old_kv.as_ref().map(|k| k.value.clone()).unwrap_or_default()
