@@ -78,6 +78,9 @@ impl Stream {
     }
 }
 
+/// (watch id, event type, value, previous value) of an event received.
+type Seen = (i64, i32, Vec<u8>, Option<Vec<u8>>);
+
 fn prefix(p: &str) -> pb::WatchCreateRequest {
     let mut end = p.as_bytes().to_vec();
     if let Some(last) = end.last_mut() {
@@ -275,7 +278,7 @@ async fn many_watches_share_a_stream_with_filters_progress_notify_and_cancel() {
     })
     .await
     .expect("delete");
-    let mut seen: Vec<(i64, i32, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
     while seen.len() < 5 {
         let r = s.next().await;
         for e in r.events {

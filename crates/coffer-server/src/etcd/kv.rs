@@ -122,10 +122,8 @@ fn check_intervals(ops: &[pb::RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<KeyRa
             Some(pb::request_op::Request::RequestDeleteRange(d)) => {
                 dels.push(KeyRange::from_etcd(&d.key, &d.range_end));
             }
-            Some(pb::request_op::Request::RequestPut(p)) => {
-                if !puts.insert(p.key.clone()) {
-                    return dup();
-                }
+            Some(pb::request_op::Request::RequestPut(p)) if !puts.insert(p.key.clone()) => {
+                return dup();
             }
             Some(pb::request_op::Request::RequestTxn(t)) => {
                 let (then_puts, then_dels) = check_intervals(&t.success)?;
@@ -690,11 +688,10 @@ impl TxnRun<'_, '_> {
                     value: kv.value,
                     lease: kv.lease,
                 }),
-                Some(None) => {
-                    if writer.current(&key).ok().flatten().is_some() {
-                        writes.push(RawWrite::Delete { key });
-                    }
+                Some(None) if writer.current(&key).ok().flatten().is_some() => {
+                    writes.push(RawWrite::Delete { key });
                 }
+                Some(None) => {}
                 None => {}
             }
         }

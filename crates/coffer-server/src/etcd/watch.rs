@@ -52,7 +52,7 @@ impl Watcher {
         e.kv.mod_revision >= self.start
             && self.range.contains(&e.kv.key)
             && !(e.delete && self.no_delete)
-            && !(!e.delete && self.no_put)
+            && (e.delete || !self.no_put)
     }
 }
 
