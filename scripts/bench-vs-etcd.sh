@@ -2,7 +2,10 @@
 # Side by side with etcd: one run drives a single etcd member and a Coffer server, both on
 # loopback with their data directories on the same disk, with the same load client
 # (coffer-load --target coffer|etcd), then writes the results (JSON per run, a CSV), a markdown
-# table with the ratio Coffer/etcd, and a PNG chart.
+# table with the ratio Coffer/etcd, and a PNG chart. The same Coffer server also serves its etcd
+# v3 door (--etcd-listen), which the etcd client (coffer-load --target etcd) drives exactly as
+# it drives etcd: a second table and chart compare the door with etcd (door-table.md,
+# docs/bench/door-vs-etcd.png; there the door's results are labelled "coffer").
 #
 #   scripts/bench-vs-etcd.sh                   # full run (about 5 minutes of load)
 #   DURATION=2 WATCHERS=1000 scripts/bench-vs-etcd.sh   # a quick one
@@ -10,7 +13,8 @@
 # Settings (environment): DURATION (measured seconds per phase, 5), WARMUP (unmeasured seconds
 # at the start of each phase, 1), CALLERS ("1 16 64"), WATCHERS (10000), WATCH_KEYS (1000),
 # WATCH_CONNECTIONS (100), WATCH_UPDATES_PER_SEC (100), WATCH_SECS (10), OUT (results directory,
-# target/bench-vs-etcd), PNG (docs/bench/vs-etcd.png), ETCD_PORT, ETCD_PEER, COFFER_PORT.
+# target/bench-vs-etcd), PNG (docs/bench/vs-etcd.png), DOOR_PNG (docs/bench/door-vs-etcd.png),
+# ETCD_PORT, ETCD_PEER, COFFER_PORT, DOOR_PORT.
 #
 # Needs root for apt-get when etcd, protoc or the DejaVu font is missing (Debian packages
 # etcd-server, protobuf-compiler, fonts-dejavu-core).
@@ -27,6 +31,7 @@ WATCH_UPDATES_PER_SEC=${WATCH_UPDATES_PER_SEC:-100}
 WATCH_SECS=${WATCH_SECS:-10}
 OUT=${OUT:-target/bench-vs-etcd}
 PNG=${PNG:-docs/bench/vs-etcd.png}
+DOOR_PNG=${DOOR_PNG:-docs/bench/door-vs-etcd.png}
 FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 
 # --- what the run needs ------------------------------------------------------------------------
@@ -45,11 +50,12 @@ BIN=target/release
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 rm -rf "$OUT"
-mkdir -p "$OUT/results" "$(dirname "$PNG")"
+mkdir -p "$OUT/results" "$OUT/door-results" "$(dirname "$PNG")"
 OUT=$(cd "$OUT" && pwd)
 
 # Ports (override if taken).
 ETCD_PORT=${ETCD_PORT:-23790}; ETCD_PEER=${ETCD_PEER:-23800}; COFFER_PORT=${COFFER_PORT:-27070}
+DOOR_PORT=${DOOR_PORT:-27079}
 
 pids=()
 cleanup() {
@@ -65,11 +71,12 @@ etcd --name bench --data-dir "$OUT/etcd-data" \
   --listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
   --initial-cluster "bench=http://127.0.0.1:$ETCD_PEER" --log-level warn >"$OUT/etcd.log" 2>&1 &
 ETCD_PID=$!; pids+=("$ETCD_PID")
-# Coffer: durable writes (the default: fsync'd before the acknowledgement), local KEK file.
+# Coffer: durable writes (the default: fsync'd before the acknowledgement), local KEK file; the
+# Secret service and the etcd door.
 "$BIN/coffer" serve --data-dir "$OUT/coffer-data" --listen "127.0.0.1:$COFFER_PORT" \
-  --token-cleaner-interval 0 >"$OUT/coffer.log" 2>&1 &
+  --etcd-listen "127.0.0.1:$DOOR_PORT" --token-cleaner-interval 0 >"$OUT/coffer.log" 2>&1 &
 COFFER_PID=$!; pids+=("$COFFER_PID")
-for port in "$ETCD_PORT" "$COFFER_PORT"; do
+for port in "$ETCD_PORT" "$COFFER_PORT" "$DOOR_PORT"; do
   for _ in $(seq 1 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
@@ -90,13 +97,17 @@ status=0
 # Coffer and etcd alternate at each caller count, so that background load hits both alike.
 for c in $CALLERS; do
   conns=$(( c < 4 ? c : 4 ))
-  for target in coffer etcd; do
-    if [ "$target" = coffer ]; then server=127.0.0.1:$COFFER_PORT; else server=127.0.0.1:$ETCD_PORT; fi
-    echo "== unary $target, $c callers over $conns connections"
+  for run in coffer etcd door; do
+    case $run in
+      coffer) target=coffer; server=127.0.0.1:$COFFER_PORT ;;
+      etcd) target=etcd; server=127.0.0.1:$ETCD_PORT ;;
+      door) target=etcd; server=127.0.0.1:$DOOR_PORT ;;
+    esac
+    echo "== unary $run, $c callers over $conns connections"
     "$BIN/coffer-load" unary --target "$target" --server "$server" --namespace "bench-c$c" \
       --concurrency "$c" --connections "$conns" --value-size 1024 \
       --duration "$DURATION" --phase-warmup "$WARMUP" --ops create,get,update --json \
-      >"$OUT/results/unary-$target-c$c.json" || { echo "unary $target c=$c had errors"; status=1; }
+      >"$OUT/results/unary-$run-c$c.json" || { echo "unary $run c=$c had errors"; status=1; }
   done
 done
 
@@ -105,17 +116,31 @@ done
 # per key) plus 2 namespace (prefix) watchers, over WATCH_CONNECTIONS connections; then
 # WATCH_UPDATES_PER_SEC updates for WATCH_SECS; delivery latency = update acknowledged -> event
 # received, every delivery counted.
-for target in coffer etcd; do
-  if [ "$target" = coffer ]; then server=127.0.0.1:$COFFER_PORT; pid=$COFFER_PID; else server=127.0.0.1:$ETCD_PORT; pid=$ETCD_PID; fi
-  echo "== watch $target, $WATCHERS watchers"
+for run in coffer etcd door; do
+  case $run in
+    coffer) target=coffer; server=127.0.0.1:$COFFER_PORT; pid=$COFFER_PID ;;
+    etcd) target=etcd; server=127.0.0.1:$ETCD_PORT; pid=$ETCD_PID ;;
+    door) target=etcd; server=127.0.0.1:$DOOR_PORT; pid=$COFFER_PID ;;
+  esac
+  echo "== watch $run, $WATCHERS watchers"
   "$BIN/coffer-load" watch --target "$target" --server "$server" --server-pid "$pid" \
-    --namespace watch-bench --streams "$WATCHERS" --connections "$WATCH_CONNECTIONS" \
+    --namespace "watch-bench-$run" --streams "$WATCHERS" --connections "$WATCH_CONNECTIONS" \
     --secrets "$WATCH_KEYS" --updates-per-sec "$WATCH_UPDATES_PER_SEC" --duration "$WATCH_SECS" --json \
-    >"$OUT/results/watch-$target.json" || { echo "watch $target: not every event delivered or errors"; status=1; }
+    >"$OUT/results/watch-$run.json" || { echo "watch $run: not every event delivered or errors"; status=1; }
 done
 
 cleanup; pids=()
+# The door's runs, labelled "coffer" beside etcd's for the second table and chart.
+for f in "$OUT"/results/*-door*.json; do
+  base=$(basename "$f"); base=${base/-door/-coffer}
+  sed 's/"target": *"etcd"/"target": "coffer"/' "$f" >"$OUT/door-results/$base"
+  mv "$f" "$OUT/door-results/${base/-coffer/-door}.orig"
+done
+cp "$OUT"/results/*-etcd*.json "$OUT/door-results/"
 "$BIN/coffer-load" plot vs-etcd --dir "$OUT/results" --png "$PNG" \
   --markdown "$OUT/table.md" --csv "$OUT/results.csv"
+"$BIN/coffer-load" plot vs-etcd --dir "$OUT/door-results" --png "$DOOR_PNG" \
+  --markdown "$OUT/door-table.md" --csv "$OUT/door-results.csv"
 echo "results: $OUT/results/*.json, $OUT/results.csv, $OUT/table.md; chart: $PNG"
+echo "the door: $OUT/door-results/*.json, $OUT/door-table.md; chart: $DOOR_PNG"
 exit $status
