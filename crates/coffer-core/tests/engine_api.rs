@@ -24,7 +24,7 @@ async fn create_sets_server_fields_and_defaults() {
         .insert("k".into(), SecretValue::from("from-string-data"));
     let created = store.create(s).await.expect("create");
     assert_eq!(created.type_, "Opaque");
-    assert_eq!(created.metadata.resource_version, 1);
+    assert_eq!(created.metadata.resource_version, 2);
     assert!(!created.metadata.uid.is_empty());
     assert!(created.metadata.creation_timestamp.is_some());
     assert_eq!(created.data["k"].expose(), b"from-string-data");
@@ -65,7 +65,7 @@ async fn create_rejects_invalid_objects_naming_the_field_and_stores_nothing() {
         err.to_string().contains("metadata.resourceVersion"),
         "{err}"
     );
-    assert_eq!(store.revision(), 0);
+    assert_eq!(store.revision(), 1);
     assert!(matches!(
         store.get("ns", "a").await,
         Err(StoreError::NotFound { .. })
@@ -91,7 +91,7 @@ async fn update_with_preconditions_and_no_op_updates() {
     let mut upd = Secret::new("ns", "a").with_data("k", "2");
     upd.metadata.resource_version = v1.metadata.resource_version;
     let v2 = store.update(upd).await.expect("update");
-    assert_eq!(v2.metadata.resource_version, 2);
+    assert_eq!(v2.metadata.resource_version, 3);
     assert_eq!(v2.metadata.uid, v1.metadata.uid);
     assert_eq!(
         v2.metadata.creation_timestamp,
@@ -99,14 +99,14 @@ async fn update_with_preconditions_and_no_op_updates() {
     );
     // Stale precondition: ABORTED-class conflict, nothing changes.
     let mut stale = Secret::new("ns", "a").with_data("k", "3");
-    stale.metadata.resource_version = 1;
+    stale.metadata.resource_version = 2;
     let err = store.update(stale).await.expect_err("stale");
     assert!(
         matches!(
             err,
             StoreError::Conflict {
-                expected: 1,
-                current: 2,
+                expected: 2,
+                current: 3,
                 ..
             }
         ),
@@ -121,14 +121,14 @@ async fn update_with_preconditions_and_no_op_updates() {
         .update(Secret::new("ns", "a").with_data("k", "3"))
         .await
         .expect("unconditional");
-    assert_eq!(v3.metadata.resource_version, 3);
+    assert_eq!(v3.metadata.resource_version, 4);
     // An update that changes nothing keeps the revision.
     let same = store
         .update(Secret::new("ns", "a").with_data("k", "3"))
         .await
         .expect("no-op");
-    assert_eq!(same.metadata.resource_version, 3);
-    assert_eq!(store.revision(), 3);
+    assert_eq!(same.metadata.resource_version, 4);
+    assert_eq!(store.revision(), 4);
     let err = store
         .update(Secret::new("ns", "missing"))
         .await
@@ -186,7 +186,7 @@ async fn delete_with_preconditions() {
         .await
         .expect("delete");
     assert_eq!(last.data["k"].expose(), b"v");
-    assert_eq!(last.metadata.resource_version, 2);
+    assert_eq!(last.metadata.resource_version, 3);
     assert!(matches!(
         store.delete("ns", "a", 0).await,
         Err(StoreError::NotFound { .. })
@@ -229,7 +229,7 @@ async fn list_by_namespace_selectors_and_pages() {
     seed_objects(&store).await;
     let all = store.list(&ListOptions::default()).await.expect("list");
     assert_eq!(all.items.len(), 14);
-    assert_eq!(all.revision, 14);
+    assert_eq!(all.revision, 15);
     assert!(all.continue_token.is_empty());
     let beta = store
         .list(&ListOptions {
@@ -282,7 +282,7 @@ async fn list_by_namespace_selectors_and_pages() {
         pages += 1;
         assert!(page.items.len() <= 4);
         assert_eq!(
-            page.revision, 14,
+            page.revision, 15,
             "every page reports the first page's revision"
         );
         seen.extend(names(&page.items));
@@ -384,9 +384,9 @@ async fn events_in_revision_order_after_durability() {
     assert_eq!(
         kinds,
         [
-            (EventKind::Added, 1, b"1".to_vec()),
-            (EventKind::Modified, 2, b"2".to_vec()),
-            (EventKind::Deleted, 3, b"2".to_vec()),
+            (EventKind::Added, 2, b"1".to_vec()),
+            (EventKind::Modified, 3, b"2".to_vec()),
+            (EventKind::Deleted, 4, b"2".to_vec()),
         ]
     );
 }
@@ -416,7 +416,7 @@ async fn concurrent_writers_get_unique_gapless_revisions() {
         all.extend(t.await.expect("join"));
     }
     all.sort_unstable();
-    assert_eq!(all, (1..=320).collect::<Vec<u64>>());
+    assert_eq!(all, (2..=321).collect::<Vec<u64>>());
     // Events arrive in strictly increasing revision order.
     let mut last = 0;
     for _ in 0..320 {

@@ -43,17 +43,17 @@ async fn get_and_list_at_a_revision_see_the_store_as_it_was() {
             a2.metadata.resource_version,
             now
         ),
-        (1, 3, 4)
+        (2, 4, 5)
     );
 
-    assert_eq!(value(&store.get_at("ns", "a", 1).await.expect("a@1")), "1");
     assert_eq!(value(&store.get_at("ns", "a", 2).await.expect("a@2")), "1");
-    let at3 = store.get_at("ns", "a", 3).await.expect("a@3");
+    assert_eq!(value(&store.get_at("ns", "a", 3).await.expect("a@3")), "1");
+    let at3 = store.get_at("ns", "a", 4).await.expect("a@4");
     assert_eq!(
         (value(&at3), at3.metadata.resource_version),
-        ("2".into(), 3)
+        ("2".into(), 4)
     );
-    assert_eq!(value(&store.get_at("ns", "b", 3).await.expect("b@3")), "1");
+    assert_eq!(value(&store.get_at("ns", "b", 4).await.expect("b@4")), "1");
     assert!(matches!(
         store
             .get_at("ns", "b", deleted.metadata.resource_version)
@@ -66,14 +66,14 @@ async fn get_and_list_at_a_revision_see_the_store_as_it_was() {
             err,
             StoreError::TooLarge {
                 requested: 99,
-                current: 4
+                current: 5
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "too large resource version: 99 (current 4)"
+        "too large resource version: 99 (current 5)"
     );
 
     let names = |items: &[Secret]| -> Vec<String> {
@@ -87,20 +87,20 @@ async fn get_and_list_at_a_revision_see_the_store_as_it_was() {
         ..ListOptions::default()
     };
     assert_eq!(
-        names(&store.list(&at(2)).await.expect("list").items),
+        names(&store.list(&at(3)).await.expect("list").items),
         ["a=1", "b=1"]
     );
     assert_eq!(
-        names(&store.list(&at(3)).await.expect("list").items),
+        names(&store.list(&at(4)).await.expect("list").items),
         ["a=2", "b=1"]
     );
     assert_eq!(
-        names(&store.list(&at(4)).await.expect("list").items),
+        names(&store.list(&at(5)).await.expect("list").items),
         ["a=2"]
     );
-    let page = store.list(&at(2)).await.expect("list");
+    let page = store.list(&at(3)).await.expect("list");
     assert_eq!(
-        page.revision, 2,
+        page.revision, 3,
         "a list at a revision reports that revision"
     );
 }
@@ -186,15 +186,15 @@ async fn history_lists_versions_newest_first_with_deletes_as_versions() {
     assert_eq!(
         summary,
         [
-            (4, false, Some("3".into())),
-            (3, true, Some("2".into())),
-            (2, false, Some("2".into())),
-            (1, false, Some("1".into())),
+            (5, false, Some("3".into())),
+            (4, true, Some("2".into())),
+            (3, false, Some("2".into())),
+            (2, false, Some("1".into())),
         ]
     );
     // The delete's object is the state it removed, at the delete's revision.
     let del = page.versions[1].secret.as_ref().expect("removed state");
-    assert_eq!(del.metadata.resource_version, 3);
+    assert_eq!(del.metadata.resource_version, 4);
     assert_eq!(page.compact_revision, 0);
     assert_eq!(
         store
@@ -246,13 +246,13 @@ async fn changes_replay_as_watch_events_after_a_restart() {
     assert_eq!(
         summary,
         [
-            (1, EventKind::Added, "1".into(), 1),
-            (2, EventKind::Modified, "2".into(), 2),
-            (3, EventKind::Deleted, "2".into(), 3),
+            (2, EventKind::Added, "1".into(), 2),
+            (3, EventKind::Modified, "2".into(), 3),
+            (4, EventKind::Deleted, "2".into(), 4),
         ]
     );
     assert_eq!(
-        store.changes_after(1, 2, 100).await.expect("changes").len(),
+        store.changes_after(2, 3, 100).await.expect("changes").len(),
         1
     );
 }
@@ -272,13 +272,13 @@ async fn compaction_and_retention_refuse_what_they_removed() {
     store.update(v2).await.expect("update");
     store.create(secret("b", "1")).await.expect("create b");
     assert_eq!(store.history_stats().versions, 1);
-    store.compact(2).await.expect("compact");
-    assert_eq!(store.compact_revision(), 2);
-    let err = store.get_at("ns", "a", 1).await.expect_err("compacted");
-    assert_eq!(err.to_string(), "too old resource version: 1 (2)");
+    store.compact(3).await.expect("compact");
+    assert_eq!(store.compact_revision(), 3);
+    let err = store.get_at("ns", "a", 2).await.expect_err("compacted");
+    assert_eq!(err.to_string(), "too old resource version: 2 (3)");
     let err = store
         .list(&ListOptions {
-            resource_version: 1,
+            resource_version: 2,
             ..ListOptions::default()
         })
         .await
@@ -289,7 +289,7 @@ async fn compaction_and_retention_refuse_what_they_removed() {
         Err(StoreError::TooOld { .. })
     ));
     assert!(matches!(
-        store.compact(1).await,
+        store.compact(2).await,
         Err(StoreError::TooOld { .. })
     ));
     assert!(matches!(
@@ -298,7 +298,7 @@ async fn compaction_and_retention_refuse_what_they_removed() {
     ));
     assert_eq!(store.history_stats().versions, 0);
     // Retention: nothing was superseded an hour ago, so the default keeps everything.
-    assert_eq!(store.retain_once().await.expect("retain"), 2);
+    assert_eq!(store.retain_once().await.expect("retain"), 3);
 }
 
 #[tokio::test]
@@ -315,11 +315,11 @@ async fn zero_retention_keeps_only_the_current_version() {
     store.update(v2).await.expect("update");
     assert_eq!(store.history_stats().versions, 0);
     assert!(matches!(
-        store.get_at("ns", "a", 1).await,
+        store.get_at("ns", "a", 2).await,
         Err(StoreError::TooOld { .. })
     ));
     assert_eq!(
-        value(&store.get_at("ns", "a", 2).await.expect("current")),
+        value(&store.get_at("ns", "a", 3).await.expect("current")),
         "2"
     );
     assert_eq!(
@@ -371,17 +371,17 @@ async fn a_data_directory_from_before_history_is_upgraded_in_place() {
         "old records moved"
     );
     let b = store.get("ns", "b").await.expect("b");
-    assert_eq!((value(&b), b.metadata.resource_version), ("2".into(), 3));
+    assert_eq!((value(&b), b.metadata.resource_version), ("2".into(), 4));
     assert_eq!(value(&store.get("ns", "a").await.expect("a")), "1");
     assert_eq!(
         store.compact_revision(),
-        3,
+        4,
         "nothing older than the upgrade is kept"
     );
     let mut b2 = b.duplicate();
     b2.data.insert("k".into(), "3".into());
     store.update(b2).await.expect("update after upgrade");
-    assert_eq!(value(&store.get_at("ns", "b", 3).await.expect("b@3")), "2");
+    assert_eq!(value(&store.get_at("ns", "b", 4).await.expect("b@4")), "2");
 }
 
 #[tokio::test]
@@ -413,7 +413,7 @@ async fn migrate_reseals_old_versions_too() {
         "{after:?}"
     );
     // The old versions still open, under the new seed.
-    assert_eq!(value(&store.get_at("ns", "a", 1).await.expect("a@1")), "1");
+    assert_eq!(value(&store.get_at("ns", "a", 2).await.expect("a@2")), "1");
     let h = store.history("ns", "a", 0).await.expect("history");
     assert_eq!(h.versions.len(), 3);
 }

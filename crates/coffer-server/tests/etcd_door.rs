@@ -637,3 +637,56 @@ async fn the_door_needs_the_etcd_verb_and_is_audited() {
     let text = std::fs::read_to_string(dir.path().join("audit.log")).expect("audit");
     assert!(!text.contains("\"v\""), "no value in the audit log");
 }
+
+/// A RangeRequest with a field etcd does not know (number 999).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RangeWithUnknownField {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(string, tag = "999")]
+    unknown: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_ignored_and_garbage_is_refused() {
+    let server = TestServer::builder().etcd().start().await;
+    let mut c = server.etcd().await;
+    put(&mut c, "/u", b"value").await;
+    let channel = coffer_testkit::server::tcp_channel(server.etcd_addr()).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Range");
+    let reply: tonic::Response<pb::RangeResponse> = grpc
+        .unary(
+            tonic::Request::new(RangeWithUnknownField {
+                key: b"/u".to_vec(),
+                unknown: "from a newer client".into(),
+            }),
+            path.clone(),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect("unknown fields are ignored");
+    assert_eq!(reply.into_inner().kvs[0].value, b"value");
+    // Bytes that are not a RangeRequest: INVALID_ARGUMENT, nothing written or lost.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Wrong {
+        #[prost(uint64, tag = "1")]
+        key: u64,
+    }
+    grpc.ready().await.expect("ready");
+    let e = grpc
+        .unary::<Wrong, pb::RangeResponse, _>(
+            tonic::Request::new(Wrong { key: 7 }),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("not a RangeRequest");
+    assert_ne!(e.code(), Code::Ok);
+    assert_eq!(
+        put(&mut c, "/u", b"value2").await,
+        3,
+        "the store is unharmed"
+    );
+}

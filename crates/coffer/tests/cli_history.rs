@@ -53,31 +53,32 @@ fn get_at_a_revision_history_and_rollback() {
     s.run_stdin(&["apply", "-f", "-"], updated.as_bytes()).ok();
     s.run(&["delete", "secret", "db"]).ok();
 
-    // Revisions: 1 create db, 2 create other, 3 update db, 4 delete db.
-    assert_eq!(password_at(&s, 1), "one");
+    // Revisions (a new store is at 1, as etcd's): 2 create db, 3 create other, 4 update db,
+    // 5 delete db.
     assert_eq!(password_at(&s, 2), "one");
-    assert_eq!(password_at(&s, 3), "two");
+    assert_eq!(password_at(&s, 3), "one");
+    assert_eq!(password_at(&s, 4), "two");
     // Every output format reads the old version.
     let name = s
-        .run(&["get", "secret", "db", "--revision", "3", "-o", "name"])
+        .run(&["get", "secret", "db", "--revision", "4", "-o", "name"])
         .ok()
         .to_owned();
     assert_eq!(name.trim(), "secret/db");
     let json = s
-        .run(&["get", "secret", "db", "--revision", "1", "-o", "json"])
+        .run(&["get", "secret", "db", "--revision", "2", "-o", "json"])
         .ok()
         .to_owned();
-    assert!(json.contains("\"resourceVersion\": \"1\""), "{json}");
+    assert!(json.contains("\"resourceVersion\": \"2\""), "{json}");
     let table = s
-        .run(&["get", "secrets", "--revision", "2"])
+        .run(&["get", "secrets", "--revision", "3"])
         .ok()
         .to_owned();
     assert_eq!(
         rows(&table).len(),
         3,
-        "header, db and other at revision 2: {table}"
+        "header, db and other at revision 3: {table}"
     );
-    s.run(&["get", "secret", "db", "--revision", "4"])
+    s.run(&["get", "secret", "db", "--revision", "5"])
         .fails(1, "Error from server (NotFound): secrets \"db\" not found");
     s.run(&["get", "secret", "db", "--revision", "99"])
         .fails(1, "too large resource version: 99");
@@ -92,9 +93,9 @@ fn get_at_a_revision_history_and_rollback() {
     assert_eq!(
         summary,
         [
-            ("4", "deleted", "password,user"),
-            ("3", "updated", "password,user"),
-            ("1", "created", "password,user"),
+            ("5", "deleted", "password,user"),
+            ("4", "updated", "password,user"),
+            ("2", "created", "password,user"),
         ]
     );
     assert!(
@@ -103,36 +104,36 @@ fn get_at_a_revision_history_and_rollback() {
     );
     s.run(&["history", "secret", "nope"]).fails(1, "not found");
 
-    // Rollback re-creates the deleted Secret from revision 1.
+    // Rollback re-creates the deleted Secret from revision 2.
     let out = s
-        .run(&["rollback", "secret/db", "--to-revision", "1"])
+        .run(&["rollback", "secret/db", "--to-revision", "2"])
         .ok()
         .to_owned();
     assert_eq!(
         out.trim(),
-        "secret/db rolled back to revision 1 (now revision 5)"
+        "secret/db rolled back to revision 2 (now revision 6)"
     );
-    assert_eq!(password_at(&s, 5), "one");
+    assert_eq!(password_at(&s, 6), "one");
     // And rolls an existing Secret forward to another version.
     let out = s
-        .run(&["rollback", "secret", "db", "--to-revision", "3"])
+        .run(&["rollback", "secret", "db", "--to-revision", "4"])
         .ok()
         .to_owned();
     assert_eq!(
         out.trim(),
-        "secret/db rolled back to revision 3 (now revision 6)"
+        "secret/db rolled back to revision 4 (now revision 7)"
     );
-    assert_eq!(password_at(&s, 6), "two");
+    assert_eq!(password_at(&s, 7), "two");
     s.run(&[
         "rollback",
         "secret",
         "db",
         "--to-revision",
-        "2",
+        "3",
         "-n",
         "elsewhere",
     ])
-    .fails(1, "secret \"db\" did not exist at revision 2");
+    .fails(1, "secret \"db\" did not exist at revision 3");
     s.run(&["rollback", "secret", "db", "--to-revision", "0"])
         .fails(1, "--to-revision must name a revision");
 }
@@ -158,7 +159,7 @@ fn rollback_of_an_immutable_secret_is_refused_with_kubernetes_words() {
         "--immutable",
     ])
     .ok();
-    s.run(&["rollback", "secret", "frozen", "--to-revision", "1"])
+    s.run(&["rollback", "secret", "frozen", "--to-revision", "2"])
         .fails(1, "field is immutable when `immutable` is set");
 }
 
@@ -180,6 +181,6 @@ fn history_survives_a_restart() {
     let updated = yaml.replace(&STANDARD.encode("one"), &STANDARD.encode("two"));
     s.run_stdin(&["apply", "-f", "-"], updated.as_bytes()).ok();
     let s = s.restart();
-    assert_eq!(password_at(&s, 1), "one");
+    assert_eq!(password_at(&s, 2), "one");
     assert_eq!(rows(s.run(&["history", "secret", "db"]).ok()).len(), 3);
 }

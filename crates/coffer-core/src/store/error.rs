@@ -95,7 +95,7 @@ pub enum StoreError {
     },
     /// A lease of the etcd door.
     #[error(transparent)]
-    Lease(#[from] super::lease::LeaseError),
+    Lease(#[from] LeaseError),
     /// The storage layer failed.
     #[error(transparent)]
     Storage(StorageError),
@@ -172,4 +172,18 @@ impl fmt::Display for QuotaExceeded {
             self.quota, self.requested, self.used, self.limited
         )
     }
+}
+
+/// What can go wrong with a lease (etcd's errors).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// No lease has that id.
+    #[error("requested lease not found")]
+    NotFound,
+    /// Grant of an id in use.
+    #[error("lease already exists")]
+    Exists,
+    /// Grant of a TTL over [`MAX_LEASE_TTL`].
+    #[error("too large lease TTL")]
+    TtlTooLarge,
 }

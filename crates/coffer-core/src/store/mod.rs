@@ -17,6 +17,7 @@ pub mod continue_token;
 mod error;
 pub mod history;
 pub mod lease;
+mod lease_table;
 pub mod migrate;
 pub mod quota;
 pub mod raw;
@@ -47,6 +48,8 @@ use crate::storage::mvcc::{Condition, KvMvcc, Mvcc, Txn, Version, Write};
 use crate::storage::{Backend, Durability, Lsn, SledBackend, SledConfig};
 
 const SECRET_PREFIX: &str = "s/";
+/// The backend prefix of the etcd door's keys (see [`raw`]).
+pub const RAW_PREFIX: &[u8] = b"e/";
 /// The default of [`StoreConfig::history_retention`]: one hour.
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(3600);
 /// Rows read from the backend per scan round of a list.
@@ -176,7 +179,7 @@ pub struct Store {
     /// The newest revision whose changes are durable (what the etcd door's watches follow).
     published: tokio::sync::watch::Sender<u64>,
     /// The etcd door's leases.
-    leases: lease::Leases,
+    leases: lease_table::Leases,
     /// Records sealed so far (for metrics).
     seals: AtomicU64,
     /// Records opened so far (for metrics).
@@ -264,7 +267,7 @@ impl Store {
         )
         .await?;
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
-        let leases = lease::Leases::load(mvcc.as_ref())?;
+        let leases = lease_table::Leases::load(mvcc.as_ref(), RAW_PREFIX)?;
         let (published, _) = tokio::sync::watch::channel(mvcc.revision());
         let usage = if config.quotas.is_enabled() {
             scan_usage(mvcc.as_ref())?

@@ -18,8 +18,7 @@ use crate::crypto::{self, RecordHeader};
 use crate::storage::Op;
 use crate::storage::mvcc::{Revision, Txn, Version, Write};
 
-/// The backend prefix of the door's keys.
-pub const RAW_PREFIX: &[u8] = b"e/";
+pub use super::RAW_PREFIX;
 /// Keys read from the keyspace per round of a range scan.
 const CHUNK: usize = 256;
 

@@ -20,7 +20,7 @@ use coffer_core::store::lease::LeaseError;
 const EXPIRY_TICK: Duration = Duration::from_millis(250);
 
 /// Revokes leases as their deadlines pass, until shutdown.
-pub(super) async fn expire(store: Arc<Store>, shutdown: CancellationToken) {
+pub async fn expire_leases(store: Arc<Store>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tokio::select! {

@@ -35,6 +35,7 @@ use crate::proto::etcd::etcdserverpb as pb;
 use coffer_core::store::Store;
 
 pub use self::feed::Feed;
+pub use self::lease::expire_leases;
 
 /// The version the door reports in Maintenance.Status: kube-apiserver turns on watch progress
 /// requests (and with them consistent reads from its cache) only for etcd >= 3.5.13.
@@ -124,11 +125,6 @@ impl Door {
         .add_service(pb::lease_server::LeaseServer::new(self.clone()))
         .add_service(pb::maintenance_server::MaintenanceServer::new(self.clone()))
         .add_service(pb::cluster_server::ClusterServer::new(self.clone()))
-    }
-
-    /// Starts the lease expiry task.
-    pub fn start_background(&self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(lease::expire(self.store.clone(), self.shutdown.clone()))
     }
 
     /// A response header at `revision`.

@@ -507,11 +507,8 @@ impl Server {
             }
         }
         let mut background = JoinSet::new();
-        if let Some(door) = &door {
-            let handle = door.start_background();
-            background.spawn(async move {
-                let _ = handle.await;
-            });
+        if door.is_some() {
+            background.spawn(crate::etcd::expire_leases(store.clone(), shutdown.clone()));
         }
         background.spawn(poll_kms(store.clone(), shutdown.clone()));
         background.spawn(mirror_kms_readiness(

@@ -66,6 +66,10 @@ impl KvMvcc {
             revision = 1;
             let mut batch = Batch::new();
             batch.put(layout::REVISION_KEY, revision.to_be_bytes().to_vec());
+            batch.put(
+                HISTORY_FLAG_KEY,
+                if keep_history { &b"1"[..] } else { b"0" },
+            );
             raw.apply(batch)?;
         }
         let mut compact = layout::parse_u64(raw.get(layout::COMPACT_KEY)?, "m/compact")?;
@@ -290,13 +294,17 @@ impl KvMvcc {
         let mut finished = rows.len() < CHUNK;
         for (k, v) in &rows {
             let rev = layout::parse_change_key(k)?;
-            if rev >= to {
+            if rev > to {
                 finished = true;
                 break;
             }
             let (_, key) = layout::parse_change_value(v)?;
+            // The key's versions superseded at or before `to` go; the index entries of `to`
+            // itself stay (a watch may start at the compaction revision).
             keys.insert(key.to_vec());
-            batch.delete(k.clone());
+            if rev < to {
+                batch.delete(k.clone());
+            }
             reached = rev;
         }
         if finished {
@@ -816,7 +824,27 @@ mod tests {
 
     fn open(dir: &std::path::Path, keep_history: bool) -> KvMvcc {
         let raw = SledBackend::open(SledConfig::new(dir)).expect("sled");
+        // These tests count revisions from 0: a keyspace over a backend that already holds
+        // unversioned data (from before history) starts there. A new one starts at 1 (below).
+        if raw.get(layout::REVISION_KEY).expect("get").is_none() {
+            let mut batch = Batch::new();
+            batch.put(b"k/unrelated".to_vec(), b"x".to_vec());
+            raw.apply(batch).expect("apply");
+        }
         KvMvcc::open(Arc::new(raw), keep_history).expect("mvcc")
+    }
+
+    #[test]
+    fn a_new_keyspace_starts_at_revision_one_as_etcds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = SledBackend::open(SledConfig::new(dir.path())).expect("sled");
+        let m = KvMvcc::open(Arc::new(raw), true).expect("mvcc");
+        assert_eq!(m.revision(), 1);
+        assert_eq!(put(&m, "a", "1"), 2);
+        drop(m);
+        let raw = SledBackend::open(SledConfig::new(dir.path())).expect("sled");
+        let m = KvMvcc::open(Arc::new(raw), true).expect("mvcc");
+        assert_eq!(m.revision(), 2, "kept across a reopen");
     }
 
     fn put(m: &KvMvcc, key: &str, value: &str) -> Revision {
@@ -1010,9 +1038,16 @@ mod tests {
             })
         ));
         assert!(matches!(
-            m.changes(3, 10),
+            m.changes(2, 10),
             Err(StorageError::Compacted { .. })
         ));
+        // A watch may start at the compaction revision, as in etcd. Its only change here was
+        // b's delete, and a tombstone at or below the compaction revision goes with its key (as
+        // etcd's compaction drops it too): the first change left is 5.
+        let at_c = m
+            .changes(3, 10)
+            .expect("changes from the compaction revision");
+        assert_eq!(at_c[0].kv.mod_revision, 5);
         // At 4 and later every read still answers exactly.
         assert_eq!(value_at(&m, "a", Some(4)).as_deref(), Some("a2"));
         assert_eq!(keys_at(&m, "", Some(4)), ["a=a2"]);
@@ -1064,8 +1099,8 @@ mod tests {
         let index = m.raw.scan(layout::CHANGES, None, 10_000).expect("scan");
         assert_eq!(
             index.len(),
-            101,
-            "the change index below the compaction revision is gone"
+            102,
+            "the change index below the compaction revision is gone (1400 and later stay)"
         );
     }
 
