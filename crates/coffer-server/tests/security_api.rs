@@ -495,7 +495,7 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
     );
     assert_eq!(
         server.running.store().revision(),
-        0,
+        1,
         "the refused write did not run"
     );
     assert!(server.metrics().audit_errors() > 0);
@@ -564,8 +564,8 @@ async fn audit_fail_closed_refuses_requests_and_fail_open_counts_errors() {
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(
             server.running.store().revision(),
-            0,
-            "the create did not run"
+            1,
+            "the create did not run (a new store is at 1)"
         );
         server.running.shutdown().await.expect("shutdown");
     }

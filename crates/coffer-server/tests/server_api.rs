@@ -23,7 +23,7 @@ async fn crud_over_tcp_and_unix_socket() {
     assert_eq!(created.r#type, "Opaque");
     assert!(!m.uid.is_empty());
     assert!(m.creation_timestamp.is_some_and(|t| t.seconds > 0));
-    assert_eq!(m.resource_version, 1);
+    assert_eq!(m.resource_version, 2, "a new store is at 1, as etcd's");
     assert!(created.string_data.is_empty(), "string_data is write-only");
     assert_eq!(created.data["password"], b"hunter2");
     assert_eq!(created.data["user"], b"root", "string_data wins on a clash");
@@ -35,7 +35,7 @@ async fn crud_over_tcp_and_unix_socket() {
     let mut changed = got.clone();
     changed.data.insert("extra".into(), b"x".to_vec());
     let updated = update(&mut unix, changed).await.expect("update");
-    assert_eq!(rv(&updated), 2);
+    assert_eq!(rv(&updated), 3);
     assert_eq!(meta(&updated).uid, m.uid);
     assert_eq!(meta(&updated).creation_timestamp, m.creation_timestamp);
 
@@ -43,11 +43,11 @@ async fn crud_over_tcp_and_unix_socket() {
         .await
         .expect("list");
     assert_eq!(names(&listed.items), ["ns/db"]);
-    assert_eq!(listed.resource_version, 2);
+    assert_eq!(listed.resource_version, 3);
     assert!(listed.continue_token.is_empty());
 
     let last = delete(&mut tcp, "ns", "db", 0).await.expect("delete");
-    assert_eq!(rv(&last), 3, "the delete's revision");
+    assert_eq!(rv(&last), 4, "the delete's revision");
     assert_eq!(last.data["extra"], b"x", "the last state");
     let err = get(&mut tcp, "ns", "db").await.expect_err("gone");
     assert_eq!(err.code(), Code::NotFound);

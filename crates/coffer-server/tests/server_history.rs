@@ -55,15 +55,16 @@ async fn reads_at_a_revision_history_and_their_codes() {
     update(&mut c, v3).await.expect("update");
     delete(&mut c, "ns", "a", 0).await.expect("delete");
 
-    assert_eq!(get_at(&mut c, "a", 1).await.expect("a@1").data["k"], b"1");
-    assert_eq!(get_at(&mut c, "a", 3).await.expect("a@3").data["k"], b"3");
+    // A new store is at 1: a=2, b=3, a updated=4, a deleted=5.
+    assert_eq!(get_at(&mut c, "a", 2).await.expect("a@2").data["k"], b"1");
+    assert_eq!(get_at(&mut c, "a", 4).await.expect("a@4").data["k"], b"3");
     assert_eq!(
-        get_at(&mut c, "a", 4).await.expect_err("deleted").code(),
+        get_at(&mut c, "a", 5).await.expect_err("deleted").code(),
         Code::NotFound
     );
     let s = get_at(&mut c, "a", 9).await.expect_err("future");
     assert_eq!(s.code(), Code::OutOfRange);
-    assert_eq!(s.message(), "too large resource version: 9 (current 4)");
+    assert_eq!(s.message(), "too large resource version: 9 (current 5)");
 
     // A list at a revision, paged: every page at that revision.
     let mut items = Vec::new();
@@ -74,13 +75,13 @@ async fn reads_at_a_revision_history_and_their_codes() {
                 namespace: "ns".into(),
                 limit: 1,
                 continue_token: token,
-                resource_version: 2,
+                resource_version: 3,
                 ..Default::default()
             })
             .await
             .expect("list")
             .into_inner();
-        assert_eq!(page.resource_version, 2);
+        assert_eq!(page.resource_version, 3);
         items.extend(page.items);
         token = page.continue_token;
         if token.is_empty() {
@@ -98,16 +99,16 @@ async fn reads_at_a_revision_history_and_their_codes() {
     assert_eq!(
         summary,
         [
-            (4, true, false, true),
-            (3, false, false, true),
-            (1, false, true, true)
+            (5, true, false, true),
+            (4, false, false, true),
+            (2, false, true, true)
         ]
     );
     let removed = h.versions[0]
         .secret
         .as_ref()
         .expect("the state the delete removed");
-    assert_eq!((removed.data["k"].as_slice(), rv(removed)), (&b"3"[..], 4));
+    assert_eq!((removed.data["k"].as_slice(), rv(removed)), (&b"3"[..], 5));
     assert_eq!(
         history(&mut c, "never").await.expect_err("absent").code(),
         Code::NotFound
@@ -117,13 +118,13 @@ async fn reads_at_a_revision_history_and_their_codes() {
     assert!(bad.message().contains("metadata.name"), "{}", bad.message());
 
     // Compaction: below it, OUT_OF_RANGE "too old resource version".
-    ts.running.store().compact(3).await.expect("compact");
-    let s = get_at(&mut c, "a", 2).await.expect_err("compacted");
+    ts.running.store().compact(4).await.expect("compact");
+    let s = get_at(&mut c, "a", 3).await.expect_err("compacted");
     assert_eq!(s.code(), Code::OutOfRange);
-    assert_eq!(s.message(), "too old resource version: 2 (3)");
+    assert_eq!(s.message(), "too old resource version: 3 (4)");
     let s = c
         .list(pb::ListSecretsRequest {
-            resource_version: 1,
+            resource_version: 2,
             ..Default::default()
         })
         .await
@@ -141,7 +142,7 @@ async fn reads_at_a_revision_history_and_their_codes() {
     };
     assert_eq!(code, Code::OutOfRange);
     let metrics = ts.metrics().render(Some(ts.running.store()));
-    assert!(metrics.contains("coffer_compact_revision 3\n"), "{metrics}");
+    assert!(metrics.contains("coffer_compact_revision 4\n"), "{metrics}");
     assert!(metrics.contains("coffer_history_versions "), "{metrics}");
     assert!(metrics.contains("coffer_history_bytes "), "{metrics}");
     ts.running.shutdown().await.expect("shutdown");
@@ -256,13 +257,14 @@ async fn watches_resume_from_history_after_a_restart() {
         delete(&mut c, "ns", "s1", 0).await.expect("delete");
         ts.running.shutdown().await.expect("shutdown");
     }
-    // After the restart the window is empty: revisions 3..=7 come from history.
+    // After the restart the window is empty: revisions 4..=8 come from history (a new store
+    // is at 1: the creates are 2..=6).
     let ts = TestServer::builder().dir(dir.path()).start().await;
     let mut c = ts.client().await;
     let mut watch = c
         .watch(pb::WatchSecretsRequest {
             namespace: "ns".into(),
-            resource_version: 2,
+            resource_version: 3,
             ..Default::default()
         })
         .await
@@ -274,18 +276,18 @@ async fn watches_resume_from_history_after_a_restart() {
     assert_eq!(
         next_revisions(&mut watch, 5).await,
         [
-            (added, 3),
             (added, 4),
             (added, 5),
-            (modified, 6),
-            (deleted, 7)
+            (added, 6),
+            (modified, 7),
+            (deleted, 8)
         ]
     );
     // Then live, without a gap.
     create(&mut c, secret("ns", "live", &[("k", "v")]))
         .await
         .expect("create");
-    assert_eq!(next_revisions(&mut watch, 1).await, [(added, 8)]);
+    assert_eq!(next_revisions(&mut watch, 1).await, [(added, 9)]);
 
     // WatchMany: a watch resumed from history on a multiplexed stream, filtered by name.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -295,7 +297,7 @@ async fn watches_resume_from_history_after_a_restart() {
             watch: Some(pb::WatchSecretsRequest {
                 namespace: "ns".into(),
                 field_selector: "metadata.name=s0".into(),
-                resource_version: 1,
+                resource_version: 2,
                 ..Default::default()
             }),
         })),
@@ -320,8 +322,8 @@ async fn watches_resume_from_history_after_a_restart() {
     }
     assert_eq!(
         got,
-        [(7, modified, 6)],
-        "s0's change after revision 1, from history"
+        [(7, modified, 7)],
+        "s0's change after revision 2, from history"
     );
     drop(tx);
     ts.running.shutdown().await.expect("shutdown");

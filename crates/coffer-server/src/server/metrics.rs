@@ -694,8 +694,11 @@ mod tests {
         assert_eq!(method_index("/coffer.v1.Secrets/Create"), 0);
         assert_eq!(method_index("/coffer.v1.Secrets/WatchMany"), 6);
         assert_eq!(method_index("/coffer.v1.Secrets/History"), 7);
-        assert_eq!(method_index("/grpc.health.v1.Health/Check"), 8);
-        assert_eq!(method_index("/coffer.v1.Secrets/other"), 8);
+        assert_eq!(method_index("/etcdserverpb.KV/Range"), 8);
+        assert_eq!(method_index("/etcdserverpb.Lease/LeaseGrant"), 14);
+        assert_eq!(method_index("/etcdserverpb.Maintenance/Status"), 15);
+        assert_eq!(method_index("/grpc.health.v1.Health/Check"), 16);
+        assert_eq!(method_index("/coffer.v1.Secrets/other"), 16);
         let m = Metrics::new();
         m.record(0, Code::Ok, Duration::from_millis(2));
         m.record(0, Code::AlreadyExists, Duration::from_secs(20));
