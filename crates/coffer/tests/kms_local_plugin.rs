@@ -288,3 +288,56 @@ async fn starting_while_the_plugin_is_down_is_not_ready_until_it_comes_up() {
     create(&mut c, "ns", "b", "2").await.expect("write");
     server.stop();
 }
+
+/// Issue 18, item 1: a data directory made with a KMS plugin, started without `--kms`, is
+/// refused (non-zero exit, a message naming the flag and the plugin) and no key file appears
+/// beside the data; `kms status` and `migrate` refuse it the same way; with `--kms` it still
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_store_started_without_kms_is_refused_and_gets_no_key_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let data_s = data.display().to_string();
+    local_plugin_cmd(dir, "init", &[]).ok();
+    let plugin = local_plugin(dir);
+    let server = Serve::new(dir).kms(&plugin.socket).start();
+    let mut c = secrets_client(&server.socket).await;
+    create(&mut c, "ns", "a", "1").await.unwrap();
+    server.stop();
+    let recorded = std::fs::read_to_string(data.join("kms")).expect("record");
+    assert!(recorded.starts_with("plugin unix://"), "{recorded}");
+
+    let socket = dir.join("other.sock").display().to_string();
+    let listen = format!("unix://{socket}");
+    let refused = coffer(&["serve", "--data-dir", &data_s, "--listen", &listen]);
+    let err = refused.fails(1, "uses a KMS v2 plugin");
+    assert!(
+        err.contains(&format!("--kms unix://{}", plugin.socket.display())),
+        "{err}"
+    );
+    assert!(
+        !data.join("kek.key").exists(),
+        "no key file beside the data"
+    );
+    assert!(!std::path::Path::new(&socket).exists(), "never listened");
+    for cmd in [
+        &["kms", "status", "--data-dir", &data_s][..],
+        &["migrate", "--data-dir", &data_s][..],
+    ] {
+        let run = coffer(cmd);
+        assert_ne!(run.code, 0, "{cmd:?}: {run:?}");
+        assert!(!data.join("kek.key").exists(), "{cmd:?}");
+    }
+
+    // A store made before the record existed: a db/ and no key file is refused too.
+    std::fs::remove_file(data.join("kms")).unwrap();
+    let refused = coffer(&["serve", "--data-dir", &data_s, "--listen", &listen]);
+    refused.fails(1, "holds a store but no local key file");
+    assert!(!data.join("kek.key").exists());
+
+    let server = Serve::new(dir).kms(&plugin.socket).start();
+    let mut c = secrets_client(&server.socket).await;
+    assert_eq!(get_value(&mut c, "ns", "a").await.unwrap(), "1");
+    server.stop();
+}

@@ -188,7 +188,8 @@ impl Store {
     }
 
     /// Opens the embedded default: sled under `data_dir`, the local key-file KEK at
-    /// `data_dir/kek.key` (created 0600 on first start).
+    /// `data_dir/kek.key` (created 0600 on first start; refused for a data directory made with
+    /// a KMS plugin, see [`LocalKek::open_for_data_dir`]).
     pub async fn open_default(
         data_dir: impl Into<PathBuf>,
         durability: Durability,
@@ -206,8 +207,7 @@ impl Store {
         wrap_kms: impl FnOnce(Arc<dyn Kms>) -> Arc<dyn Kms>,
     ) -> Result<Self, StoreError> {
         let data_dir = data_dir.into();
-        let kek = LocalKek::open_or_create(data_dir.join("kek.key"))
-            .map_err(|e| StoreError::Unavailable(format!("local key file: {e}")))?;
+        let kek = LocalKek::open_for_data_dir(&data_dir)?;
         let mut sled = SledConfig::new(data_dir.join("db"));
         sled.durability = durability;
         sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;

@@ -87,6 +87,7 @@ use crate::auth::Security;
 use crate::auth::gate::Gate;
 use crate::proto::v1::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::secrets_server::SecretsServer;
+use coffer_core::kms::KmsError;
 use coffer_core::store::{Store, StoreError};
 
 /// The most streams (calls, including Watch and WatchMany streams) one HTTP/2 connection may
@@ -121,10 +122,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let store_config = config.store_config();
     // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
     // leaves the server up but not ready, and the Status poller retries).
-    let kms = config
-        .kms
-        .open(&config.data_dir)
-        .map_err(StoreError::from)?;
+    // A data directory made with a plugin is refused without `--kms` (no key file is made).
+    let kms = config.kms.open(&config.data_dir).map_err(|e| match e {
+        KmsError::WrongKms(why) => ServeError::Config(why),
+        other => StoreError::from(other).into(),
+    })?;
     let store = Store::open_dir(
         &config.data_dir,
         config.durability,
