@@ -890,3 +890,88 @@ async fn the_handshake_checks_that_the_client_holds_its_certificates_key() {
     println!("a certificate without its key: {r:?}");
     server.running.shutdown().await.expect("shutdown");
 }
+
+/// Issue 18, item 3: for a caller with `update` but not `get`, an update answers the same
+/// whether or not the data it sends matches: an immutable Secret refuses both with one error,
+/// a mutable one is rewritten (a new resource_version) both times. A caller with `get` keeps
+/// the Kubernetes no-op.
+#[tokio::test]
+async fn update_is_no_value_oracle_for_callers_without_get() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(
+        dir.path(),
+        "tokens.csv",
+        "tok-admin,root,1,admins\ntok-blind,blind,7\n",
+    ));
+    let policy = "rules:\n  - groups: [admins]\n    verbs: [\"*\"]\n    namespaces: [\"*\"]\n  \
+                  - users: [blind]\n    verbs: [update]\n    namespaces: [w]\n";
+    args.authz_policy = Some(write_file(dir.path(), "policy.yaml", policy));
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let ch = tls_channel(server.addr(), &pki.ca_pem, None)
+        .await
+        .expect("tls");
+    let mut admin = client(ch.clone(), Some("tok-admin"));
+    let mut blind = client(ch, Some("tok-blind"));
+    let mut imm = secret("w", "imm", &[("k", b"right")]);
+    imm.immutable = true;
+    admin
+        .create(pb::CreateSecretRequest { secret: Some(imm) })
+        .await
+        .expect("create imm");
+    let created = admin
+        .create(pb::CreateSecretRequest {
+            secret: Some(secret("w", "mut", &[("k", b"right")])),
+        })
+        .await
+        .expect("create mut")
+        .into_inner();
+    let rv = |s: &pb::Secret| s.metadata.as_ref().map_or(0, |m| m.resource_version);
+
+    let update = |name: &str, value: &[u8], immutable: bool| {
+        let mut s = secret("w", name, &[("k", value)]);
+        if immutable {
+            s.immutable = true;
+        }
+        pb::UpdateSecretRequest { secret: Some(s) }
+    };
+    let right = blind
+        .update(update("imm", b"right", true))
+        .await
+        .expect_err("a right guess is refused");
+    let wrong = blind
+        .update(update("imm", b"wrong", true))
+        .await
+        .expect_err("a wrong guess is refused");
+    assert_eq!(right.code(), Code::InvalidArgument, "{right:?}");
+    assert_eq!(
+        (right.code(), right.message()),
+        (wrong.code(), wrong.message())
+    );
+    assert!(right.message().contains("data"), "{}", right.message());
+
+    let mut last = rv(&created);
+    for value in [&b"right"[..], b"wrong", b"wrong"] {
+        let got = blind
+            .update(update("mut", value, false))
+            .await
+            .expect("update")
+            .into_inner();
+        assert!(rv(&got) > last, "a new resource_version every time");
+        assert!(got.data.is_empty(), "no data for a caller without get");
+        last = rv(&got);
+    }
+    // With `get`, an update that changes nothing keeps its resource_version (Kubernetes).
+    let same = admin
+        .update(update("mut", b"wrong", false))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(rv(&same), last);
+    admin
+        .update(update("imm", b"right", true))
+        .await
+        .expect("a no-op update of an immutable Secret, by a reader");
+    server.running.shutdown().await.expect("shutdown");
+}

@@ -134,6 +134,16 @@ pub struct ListOptions {
     pub max_bytes: usize,
 }
 
+/// Options of [`Store::update_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpdateOptions {
+    /// The caller may not read the Secret (it lacks `get`): the answer must not depend on
+    /// whether the data it sends matches the stored data. An immutable Secret then refuses the
+    /// update as if the data differed, and a mutable one is always rewritten (a new
+    /// resource_version) instead of returned unchanged.
+    pub blind: bool,
+}
+
 /// Conditions a delete must meet; an unmet one fails with [`StoreError::Conflict`] or
 /// [`StoreError::UidMismatch`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -357,7 +367,17 @@ impl Store {
     /// Replaces a Secret. A non-zero `metadata.resource_version` is a precondition; uid and
     /// creation timestamp are kept from the stored object. An update that changes nothing
     /// returns the stored object without a new revision, as Kubernetes does.
-    pub async fn update(&self, mut secret: Secret) -> Result<Secret, StoreError> {
+    pub async fn update(&self, secret: Secret) -> Result<Secret, StoreError> {
+        self.update_with(secret, UpdateOptions::default()).await
+    }
+
+    /// As [`Store::update`], with options: a `blind` update (for a caller that may not read the
+    /// Secret) answers the same whether or not the data it sends matches the stored data.
+    pub async fn update_with(
+        &self,
+        mut secret: Secret,
+        options: UpdateOptions,
+    ) -> Result<Secret, StoreError> {
         secret.merge_string_data();
         secret.apply_defaults();
         check_key_parts(&secret.metadata.namespace, &secret.metadata.name)?;
@@ -372,10 +392,23 @@ impl Store {
                         name: secret.metadata.name.clone(),
                     })?;
             check_precondition(&old, secret.metadata.resource_version)?;
+            if options.blind && old.immutable {
+                // Judged as if the data differed: an immutable Secret refuses a blind update
+                // whatever data it carries, with the error a wrong guess gets.
+                let mut other = old.duplicate();
+                other.data = if secret.data.is_empty() {
+                    std::iter::once((String::new(), crate::model::SecretValue::from(""))).collect()
+                } else {
+                    Default::default()
+                };
+                validation::validate_update(&other, &secret)?;
+            }
             validation::validate_update(&old, &secret)?;
             secret.metadata.uid = old.metadata.uid.clone();
             secret.metadata.creation_timestamp = old.metadata.creation_timestamp;
-            if unchanged(&old, &secret) {
+            // A blind update always writes (a new resource_version): keeping the old one on a
+            // no-op would tell the caller its guess of the data was right.
+            if !options.blind && unchanged(&old, &secret) {
                 return Ok(old);
             }
             self.write_locked(

@@ -303,6 +303,13 @@ pub struct ReadFilter {
 }
 
 impl ReadFilter {
+    /// Whether the caller holds `get` on Secret `namespace/name` (always, with authorization
+    /// off).
+    pub fn allows_get(&self, namespace: &str, name: &str) -> bool {
+        self.security
+            .allows(&self.identity, Verb::Get, namespace, Some(name))
+    }
+
     /// Empties `data` (and the kubectl last-applied annotation, which holds a copy) unless the
     /// caller holds `get` on the Secret.
     pub fn apply(&self, s: &mut pb::Secret) {

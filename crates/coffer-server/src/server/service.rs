@@ -18,7 +18,7 @@ use crate::auth::Verb;
 use crate::auth::gate::{Filtered, Gate, Target};
 use crate::proto::v1 as pb;
 use crate::proto::v1::secrets_server::Secrets;
-use coffer_core::store::{ListOptions, Store, StoreError};
+use coffer_core::store::{ListOptions, Store, StoreError, UpdateOptions};
 
 /// The Secret service.
 ///
@@ -162,7 +162,14 @@ impl Secrets for SecretsService {
         })?;
         let result = match required_secret(req.secret) {
             Ok(secret) => {
-                self.detached(move |store| async move { store.update(secret).await })
+                // A caller without `get` must not learn from the answer whether the data it
+                // sent matches (issue 18): see `UpdateOptions::blind`.
+                let options = UpdateOptions {
+                    blind: !call
+                        .read_filter()
+                        .allows_get(&secret.metadata.namespace, &secret.metadata.name),
+                };
+                self.detached(move |store| async move { store.update_with(secret, options).await })
                     .await
             }
             Err(s) => Err(s),
