@@ -130,7 +130,7 @@ struct Health {
     last_ok: bool,
     /// Why the last failed `Status` (or other KMS call) failed.
     last_error: Option<String>,
-    /// How many `Status` probes writes have made (past the grace period).
+    /// How many `Status` probes of writes (past the grace period) have finished.
     probes: u64,
 }
 
@@ -394,17 +394,16 @@ impl SeedManager {
         if self.is_writable() {
             return Ok(());
         }
-        // A probe that finished while this writer waited answers for it too.
-        let due = {
-            let mut h = self.health();
-            let due = h.probes == seen;
-            if due {
-                h.probes += 1;
+        // A probe that finished while this writer waited (even one that had started before it
+        // came) answers for it too: `probes` counts finished probes, so a crowd arriving during
+        // an outage makes one Status call, not one each.
+        let due = self.health().probes == seen;
+        if due {
+            let ok = self.refresh().await.is_ok();
+            self.health().probes += 1;
+            if ok {
+                return Ok(());
             }
-            due
-        };
-        if due && self.refresh().await.is_ok() {
-            return Ok(());
         }
         let h = self.health();
         let since = match h.last_good {

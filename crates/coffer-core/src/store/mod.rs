@@ -347,6 +347,10 @@ impl Store {
         }
         validation::validate_secret(&secret)?;
         let key = secret.storage_key();
+        // KMS calls (the outage probe, a new seed's Encrypt) happen before the sequencer: a
+        // write waiting on the KMS must not hold up every other write. A failure is reported
+        // where the write needs the seed, after the checks that come first (exists, ...).
+        let seed = self.seeds.for_write().await;
         let lsn = {
             let _seq = self.sequencer.lock().await;
             if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
@@ -357,8 +361,7 @@ impl Store {
             }
             secret.metadata.uid = uuid::Uuid::new_v4().to_string();
             secret.metadata.creation_timestamp = Some(now_unix());
-            self.write_locked(&key, Change::Put(&mut secret, EventKind::Added), None)
-                .await?
+            self.write_locked(&key, Change::Put(&mut secret, EventKind::Added, seed), None)?
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -382,6 +385,9 @@ impl Store {
         secret.apply_defaults();
         check_key_parts(&secret.metadata.namespace, &secret.metadata.name)?;
         let key = secret.storage_key();
+        // KMS calls before the sequencer (see `create`); the stored version's seed too.
+        let seed = self.seeds.for_write().await;
+        self.prefetch_seed(&key).await?;
         let lsn = {
             let _seq = self.sequencer.lock().await;
             let (old, old_version) =
@@ -413,10 +419,9 @@ impl Store {
             }
             self.write_locked(
                 &key,
-                Change::Put(&mut secret, EventKind::Modified),
+                Change::Put(&mut secret, EventKind::Modified, seed),
                 Some(&old_version),
-            )
-            .await?
+            )?
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -447,6 +452,7 @@ impl Store {
     ) -> Result<Secret, StoreError> {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
+        self.prefetch_seed(&key).await?;
         let (lsn, last) = {
             let _seq = self.sequencer.lock().await;
             let (old, old_version) =
@@ -467,9 +473,7 @@ impl Store {
                 });
             }
             let mut last = old.duplicate();
-            let lsn = self
-                .write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))
-                .await?;
+            let lsn = self.write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
             last.metadata.resource_version = self.mvcc.revision();
             (lsn, last)
         };
@@ -609,7 +613,7 @@ impl Store {
     /// `old` is the version it replaces or deletes (`None` for a create: then the key must not
     /// exist); a put the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`]
     /// and writes nothing.
-    async fn write_locked(
+    fn write_locked(
         &self,
         key: &str,
         change: Change<'_>,
@@ -626,9 +630,9 @@ impl Store {
         };
         let quota_after;
         let (write, kind, object) = match change {
-            Change::Put(secret, kind) => {
+            Change::Put(secret, kind, seed) => {
+                let (seed_id, seed) = seed?;
                 secret.metadata.resource_version = revision;
-                let (seed_id, seed) = self.seeds.for_write().await?;
                 let plaintext = codec::encode(secret);
                 let record =
                     crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
@@ -701,6 +705,22 @@ impl Store {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes sure the seed of the stored version of `key` is in memory, unwrapping it through
+    /// the KMS if needed, before the caller takes the sequencer (a seed the KMS could not unwrap
+    /// at start would otherwise be unwrapped, up to the KMS deadline, while every write waits).
+    /// A record that does not parse is left to the locked read, which reports it.
+    async fn prefetch_seed(&self, key: &str) -> Result<(), StoreError> {
+        let Some(v) = self.mvcc.get(backend_key(key).as_bytes(), None)? else {
+            return Ok(());
+        };
+        if let Ok(header) = RecordHeader::parse(&v.value)
+            && self.seeds.seed(header.seed_id).is_none()
+        {
+            self.seeds.seed_for_read(header.seed_id).await?;
+        }
+        Ok(())
+    }
+
     /// Reads the current object and its stored version under the sequencing lock (no
     /// durability wait: the caller's own write comes later and is waited for).
     async fn read_locked(&self, key: &str) -> Result<Option<(Secret, Version)>, StoreError> {
@@ -743,8 +763,13 @@ impl Store {
 
 /// One write, as the sequencer applies it.
 enum Change<'a> {
-    /// Seal and store this object; publish it with this event kind.
-    Put(&'a mut Secret, EventKind),
+    /// Seal and store this object under this seed (taken before the sequencer); publish it
+    /// with this event kind.
+    Put(
+        &'a mut Secret,
+        EventKind,
+        Result<(u32, Arc<crate::crypto::Seed>), crate::kms::SeedError>,
+    ),
     /// Remove the object; publish this, its last state.
     Delete(Box<Secret>),
 }
