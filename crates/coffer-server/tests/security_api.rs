@@ -975,3 +975,116 @@ async fn update_is_no_value_oracle_for_callers_without_get() {
         .expect("a no-op update of an immutable Secret, by a reader");
     server.running.shutdown().await.expect("shutdown");
 }
+
+/// Issue 18, item 5: a connection pays for its calls before they are authenticated (a flood of
+/// unauthenticated calls is cut off by its own connection's budget), refusals of that kind are
+/// sampled in the audit log but all counted in the metrics, and unauthenticated calls never
+/// spend the server-wide budget that authenticated callers need.
+#[tokio::test]
+async fn unauthenticated_floods_pay_per_connection_and_leave_the_server_budget_alone() {
+    use coffer_server::server::limits::LimitOptions;
+    const FLOOD: usize = 60;
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(dir.path(), "tokens.csv", TOKENS));
+    args.authz_policy = Some(write_file(dir.path(), "policy.yaml", POLICY));
+    args.audit_log = Some(dir.path().join("audit.log"));
+    args.max_requests_per_second_per_connection = Some(0.01);
+    args.request_burst_per_connection = Some(3);
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(tcp())
+        .options(coffer_server::server::ServerOptions {
+            limits: LimitOptions {
+                // Nothing refills while the test runs.
+                max_request_rate: Some(0.01),
+                request_burst: Some(4),
+                ..LimitOptions::default()
+            },
+            ..coffer_testkit::server::test_options()
+        })
+        .try_start()
+        .await
+        .expect("start");
+    let channel = || tls_channel(server.addr(), &pki.ca_pem, None);
+
+    // One connection floods with a bad token: 3 reach authentication, the rest are refused by
+    // the connection's own budget.
+    let mut flood = client(channel().await.expect("tls"), Some("tok-wrong"));
+    let mut codes = Vec::new();
+    for _ in 0..FLOOD {
+        codes.push(
+            get(&mut flood, "b", "target")
+                .await
+                .expect_err("refused")
+                .code(),
+        );
+    }
+    assert!(
+        codes[..3].iter().all(|c| *c == Code::Unauthenticated),
+        "{codes:?}"
+    );
+    assert!(
+        codes[3..].iter().all(|c| *c == Code::ResourceExhausted),
+        "{codes:?}"
+    );
+    // More anonymous connections, each spending its own burst.
+    for _ in 0..3 {
+        let mut c = client(channel().await.expect("tls"), None);
+        for _ in 0..3 {
+            let e = get(&mut c, "b", "target")
+                .await
+                .expect_err("no credentials");
+            assert_eq!(e.code(), Code::Unauthenticated);
+        }
+    }
+    // 12 unauthenticated calls reached authentication; the server's budget of 4 is intact.
+    let mut admin = client(channel().await.expect("tls"), Some("tok-admin"));
+    for _ in 0..3 {
+        let e = get(&mut admin, "b", "target").await.expect_err("absent");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+    let mut single = client(channel().await.expect("tls"), Some("tok-single"));
+    let e = get(&mut single, "b", "target").await.expect_err("absent");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = get(&mut single, "b", "target")
+        .await
+        .expect_err("server budget spent");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("rate limit exceeded"), "{e:?}");
+
+    // Audit: the refusals are sampled (at most the burst of lines, and a count of those left
+    // out); the metrics count every one.
+    let records = read_audit(&dir.path().join("audit.log"));
+    let refusals = records
+        .iter()
+        .filter(|r| r["code"] == "Unauthenticated" || r["code"] == "ResourceExhausted")
+        .count();
+    assert!(
+        refusals <= coffer_server::audit::REFUSAL_LINE_BURST as usize + 2,
+        "{refusals} refusal lines"
+    );
+    assert!(refusals >= 10, "{refusals}");
+    let text = server.running.metrics().render(None);
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert_eq!(metric("coffer_unauthenticated_requests_total "), 12);
+    assert_eq!(
+        metric("coffer_limit_rejections_total{limit=\"connection_request_rate\"}"),
+        (FLOOD - 3) as u64
+    );
+    let sampled_out = metric("coffer_audit_refusals_sampled_out_total ");
+    assert_eq!(
+        refusals as u64 + sampled_out,
+        (FLOOD + 9 + 1) as u64,
+        "every refusal is written or counted as sampled out"
+    );
+    server.running.shutdown().await.expect("shutdown");
+}

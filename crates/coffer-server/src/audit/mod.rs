@@ -19,6 +19,14 @@
 //! `UNAVAILABLE` when its record cannot be written after it ran, and, once any write has failed,
 //! before it runs until the log takes a marker line again ([`Auditor::ready`]); otherwise the
 //! request goes on.
+//!
+//! Refusals that a flood can cause before the caller is known (unauthenticated calls, calls
+//! over the connection's or the server's request rate) are sampled
+//! ([`Auditor::sample_refusal`]): at most [`REFUSAL_LINES_PER_SECOND`] lines a second (bursts of
+//! [`REFUSAL_LINE_BURST`]); the next refusal line written is preceded by one
+//! `{"time":...,"event":"audit refusals sampled out","count":N}` line, and every refusal is
+//! counted in the metrics whether or not it was written. Denials of authenticated callers are
+//! always written.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -28,6 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ring::hmac;
 use serde::Serialize;
+
+use crate::throttle::TokenBucket;
 
 /// The audit log could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,11 @@ pub struct Record<'a> {
     pub connection: u64,
 }
 
+/// The sustained rate of sampled refusal lines (see the module doc).
+pub const REFUSAL_LINES_PER_SECOND: f64 = 5.0;
+/// The burst of sampled refusal lines.
+pub const REFUSAL_LINE_BURST: f64 = 20.0;
+
 /// The audit log writer.
 pub struct Auditor {
     path: Option<PathBuf>,
@@ -87,6 +102,12 @@ pub struct Auditor {
     healthy: AtomicBool,
     /// Failed opens and writes since start: counted where they happen, read by the metrics.
     errors: AtomicU64,
+    /// The budget of sampled refusal lines.
+    refusal_lines: TokenBucket,
+    /// Refusal lines not written since start (read by the metrics).
+    refusals_sampled_out: AtomicU64,
+    /// Refusal lines not written since the last one written.
+    refusals_pending: AtomicU64,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -118,6 +139,9 @@ impl Auditor {
             file: Mutex::new(None),
             healthy: AtomicBool::new(true),
             errors: AtomicU64::new(0),
+            refusal_lines: TokenBucket::new(REFUSAL_LINES_PER_SECOND, REFUSAL_LINE_BURST),
+            refusals_sampled_out: AtomicU64::new(0),
+            refusals_pending: AtomicU64::new(0),
         };
         if let Some(p) = &a.path {
             match open(p) {
@@ -136,6 +160,36 @@ impl Auditor {
     /// Records that could not be written (and failed opens) since start.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Refusal lines left out by sampling since start.
+    pub fn refusals_sampled_out(&self) -> u64 {
+        self.refusals_sampled_out.load(Ordering::Relaxed)
+    }
+
+    /// Whether the line of a refusal a flood can cause (see the module doc) is written: true
+    /// within the sampling budget (after a line counting those left out since the last one),
+    /// false otherwise (the refusal is counted as sampled out). Always false without a log.
+    pub fn sample_refusal(&self) -> bool {
+        if self.path.is_none() {
+            return false;
+        }
+        if !self.refusal_lines.try_take() {
+            self.refusals_sampled_out.fetch_add(1, Ordering::Relaxed);
+            self.refusals_pending.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let count = self.refusals_pending.swap(0, Ordering::Relaxed);
+        if count > 0 {
+            let line = SampledOut {
+                time: now_rfc3339(),
+                event: "audit refusals sampled out",
+                count,
+            };
+            // A failure is counted and logged by write_line; the refusal's own line follows.
+            let _ = self.write_line(serde_json::to_vec(&line).unwrap_or_default());
+        }
+        true
     }
 
     /// Whether a log is configured.
@@ -261,6 +315,14 @@ fn open(path: &Path) -> Result<File, AuditError> {
 struct Marker {
     time: String,
     event: &'static str,
+}
+
+/// The line saying how many refusal lines sampling left out.
+#[derive(Serialize)]
+struct SampledOut {
+    time: String,
+    event: &'static str,
+    count: u64,
 }
 
 /// Now, in RFC 3339 (UTC) with nanoseconds.

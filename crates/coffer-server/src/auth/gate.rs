@@ -1,8 +1,10 @@
 //! The check every Secret RPC passes before it runs, and the audit record it leaves after.
 //!
-//! [`Gate::admit`] authenticates the caller, takes a request from the connection's rate budget,
-//! makes sure the audit log is writable when the server fails closed, and authorizes the verb
-//! on its namespace and name; a refusal is audited and returned as a status. The [`Call`] it
+//! [`Gate::admit`] takes a request from the connection's rate budget, authenticates the caller,
+//! takes a request from the server-wide budget, makes sure the audit log is writable when the
+//! server fails closed, and authorizes the verb on its namespace and name; a refusal is audited
+//! (sampled for the refusals a flood can cause before the caller is known, see
+//! [`crate::audit`]) and returned as a status. The [`Call`] it
 //! hands back writes the request's audit record with its outcome ([`Call::finish`]) and strips
 //! Secret data the caller may not read ([`ReadFilter`]): list, watch, and the responses of
 //! create, update and delete carry `data` only when the caller also holds `get` on the object.
@@ -126,8 +128,12 @@ impl Gate {
         };
         let target = target(&message);
         let sec = &self.security;
-        let refuse = |identity: &Identity, e: AuthError| -> Status {
-            let status = Status::from(e);
+        // `sampled`: a refusal a flood can cause before the caller is known; its audit line is
+        // sampled (see `crate::audit`), while every one is counted.
+        let refuse = |identity: &Identity, e: Status, sampled: bool| -> Status {
+            if sampled && !sec.auditor().sample_refusal() {
+                return e;
+            }
             let call = Call {
                 security: sec.clone(),
                 identity: Arc::new(identity.clone()),
@@ -137,23 +143,31 @@ impl Gate {
                 source: source.clone(),
             };
             // A refusal is refused either way; its record is written if it can be.
-            let _ = call.audit(status.code(), 0, None);
-            status
+            let _ = call.audit(e.code(), 0, None);
+            e
         };
+        let nobody = || Identity {
+            user: String::new(),
+            groups: Vec::new(),
+            method: super::identity::Method::Unauthenticated,
+            credential_id: None,
+        };
+        // The connection pays before authentication: a flood of unauthenticated calls on one
+        // connection is cut off by its own budget, not by the server's.
+        if let Err(e) = sec.limit_rate(source.conn.as_deref()) {
+            return Err(refuse(&nobody(), e.into(), true));
+        }
         let identity = match sec.authenticate(&ext, &metadata) {
             Ok(id) => id,
             Err(e) => {
-                let nobody = Identity {
-                    user: String::new(),
-                    groups: Vec::new(),
-                    method: super::identity::Method::Unauthenticated,
-                    credential_id: None,
-                };
-                return Err(refuse(&nobody, e));
+                sec.count_unauthenticated();
+                return Err(refuse(&nobody(), e.into(), true));
             }
         };
-        if let Err(e) = sec.limit_rate(source.conn.as_deref()) {
-            return Err(refuse(&identity, e));
+        // The server-wide budget, only once the caller is known (with authentication on,
+        // unauthenticated calls never spend it).
+        if let Err(s) = sec.charge_server_budget() {
+            return Err(refuse(&identity, s, true));
         }
         if sec.auditor().fail_closed()
             && let Err(e) = sec.auditor().ready()
@@ -164,7 +178,7 @@ impl Gate {
             && let Err(e) =
                 sec.authorize(&identity, verb, &target.namespace, target.name.as_deref())
         {
-            return Err(refuse(&identity, e));
+            return Err(refuse(&identity, e.into(), false));
         }
         Ok((
             Call {

@@ -47,6 +47,7 @@ pub use self::policy::Policy;
 use self::tokens::TokenTable;
 pub use self::verb::Verb;
 use crate::audit::Auditor;
+use crate::throttle::RequestBudget;
 
 /// The live security state of a server.
 pub struct Security {
@@ -57,6 +58,9 @@ pub struct Security {
     client_ca: Option<tls::ClientCa>,
     auditor: Auditor,
     rejections: Rejections,
+    /// The server-wide request budget, charged after authentication (set by the server that
+    /// serves this state; none: unlimited).
+    request_budget: std::sync::RwLock<Option<Arc<dyn RequestBudget>>>,
 }
 
 /// Requests refused by a per-connection limit since start (the metrics renderer reads them).
@@ -64,9 +68,15 @@ pub struct Security {
 pub struct Rejections {
     rate_limited: AtomicU64,
     watch_streams: AtomicU64,
+    unauthenticated: AtomicU64,
 }
 
 impl Rejections {
+    /// Requests refused because they could not be authenticated.
+    pub fn unauthenticated(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
+    }
+
     /// Requests refused by their connection's request rate.
     pub fn rate_limited(&self) -> u64 {
         self.rate_limited.load(Ordering::Relaxed)
@@ -100,6 +110,7 @@ impl Security {
             client_ca: None,
             auditor: Auditor::new(None, false, None),
             rejections: Rejections::default(),
+            request_budget: std::sync::RwLock::new(None),
         })
     }
 
@@ -151,6 +162,7 @@ impl Security {
             client_ca,
             auditor,
             rejections: Rejections::default(),
+            request_budget: std::sync::RwLock::new(None),
         }))
     }
 
@@ -311,6 +323,31 @@ impl Security {
                 name: name.map(str::to_owned),
             })
         }
+    }
+
+    /// The server-wide request budget that [`Security::charge_server_budget`] charges.
+    pub fn set_request_budget(&self, budget: Arc<dyn RequestBudget>) {
+        *self
+            .request_budget
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(budget);
+    }
+
+    /// Takes one request from the server-wide budget (after authentication).
+    pub fn charge_server_budget(&self) -> Result<(), tonic::Status> {
+        let budget = self
+            .request_budget
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        budget.map_or(Ok(()), |b| b.charge())
+    }
+
+    /// Counts a request refused because it could not be authenticated.
+    pub(crate) fn count_unauthenticated(&self) {
+        self.rejections
+            .unauthenticated
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one request from the connection's rate budget.

@@ -354,10 +354,10 @@ impl Server {
         let secrets = SecretsServer::new(SecretsService::new(ctx, Gate::new(security.clone())))
             .max_decoding_message_size(options.max_decoding_message_size)
             .max_encoding_message_size(options.max_encoding_message_size);
-        let secrets = limits::LimitedSecrets::new(
-            secrets,
-            limits::Limits::new(options.limits, metrics.limit_counters()),
-        );
+        let limits = limits::Limits::new(options.limits, metrics.limit_counters());
+        // The request rate is charged by the gate once a caller is authenticated.
+        security.set_request_budget(limits.clone());
+        let secrets = limits::LimitedSecrets::new(secrets, limits);
         let (health, _) = tonic_health::server::health_reporter();
         health.set_serving::<SecretsServer<SecretsService>>().await;
         // Not ready while the KMS is unusable for writes (started while the plugin is down, or
