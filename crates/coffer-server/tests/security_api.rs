@@ -1088,3 +1088,200 @@ async fn unauthenticated_floods_pay_per_connection_and_leave_the_server_budget_a
     );
     server.running.shutdown().await.expect("shutdown");
 }
+
+/// A WatchMany create of one Secret by name.
+fn create_watch(id: u64, name: &str) -> pb::WatchManyRequest {
+    pb::WatchManyRequest {
+        op: Some(pb::watch_many_request::Op::Create(pb::WatchCreate {
+            watch_id: id,
+            watch: Some(pb::WatchSecretsRequest {
+                namespace: "b".into(),
+                field_selector: format!("metadata.name={name}"),
+                ..pb::WatchSecretsRequest::default()
+            }),
+        })),
+    }
+}
+
+/// The next created or canceled answer of a WatchMany stream (events skipped).
+async fn next_answer(stream: &mut tonic::Streaming<pb::WatchManyEvent>) -> pb::WatchManyEvent {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("answer in time")
+            .expect("stream ok")
+            .expect("open");
+        if ev.created || ev.canceled {
+            return ev;
+        }
+    }
+}
+
+/// Issue 18, item 6: watches are capped per connection (Watch streams and WatchMany watches
+/// alike, given back on cancel) and, with authentication on, per identity over all its
+/// connections; WatchMany creates pay the connection's request rate.
+#[tokio::test]
+async fn watches_are_capped_per_connection_and_identity_and_creates_pay_the_rate() {
+    // Per connection, no authentication.
+    let dir = tempfile::tempdir().expect("dir");
+    let args = SecurityArgs {
+        max_watches_per_connection: Some(3),
+        ..SecurityArgs::default()
+    };
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let ch = tcp_channel(server.addr()).await;
+    let mut c = client(ch.clone(), None);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut stream = c
+        .watch_many(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    for id in 1..=3 {
+        tx.send(create_watch(id, "x")).await.expect("send");
+        assert!(next_answer(&mut stream).await.created, "watch {id}");
+    }
+    tx.send(create_watch(4, "x")).await.expect("send");
+    let refused = next_answer(&mut stream).await;
+    assert!(refused.canceled, "{refused:?}");
+    assert_eq!(refused.error_code, Code::ResourceExhausted as i32);
+    assert!(
+        refused
+            .error_message
+            .contains("--max-watches-per-connection"),
+        "{refused:?}"
+    );
+    // A Watch stream is a watch too.
+    let e = c
+        .watch(pb::WatchSecretsRequest::default())
+        .await
+        .expect_err("over the cap");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // Another connection has its own cap.
+    let mut other = client(tcp_channel(server.addr()).await, None);
+    let _w = other
+        .watch(pb::WatchSecretsRequest::default())
+        .await
+        .expect("another connection");
+    // A cancel gives its place back.
+    tx.send(pb::WatchManyRequest {
+        op: Some(pb::watch_many_request::Op::Cancel(2)),
+    })
+    .await
+    .expect("send");
+    assert!(next_answer(&mut stream).await.canceled);
+    tx.send(create_watch(5, "x")).await.expect("send");
+    assert!(next_answer(&mut stream).await.created);
+    // Closing the stream gives back all of its watches.
+    drop((tx, stream));
+    assert!(
+        common_eventually(|| {
+            let mut c = c.clone();
+            async move { c.watch(pb::WatchSecretsRequest::default()).await.is_ok() }
+        })
+        .await
+    );
+    server.running.shutdown().await.expect("shutdown");
+
+    // Per identity, over two connections; and creates pay the connection's rate.
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(dir.path(), "tokens.csv", TOKENS));
+    args.authz_policy = Some(write_file(dir.path(), "policy.yaml", POLICY));
+    args.max_watches_per_identity = Some(2);
+    args.max_requests_per_second_per_connection = Some(0.01);
+    args.request_burst_per_connection = Some(3);
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let channel = || tls_channel(server.addr(), &pki.ca_pem, None);
+    let mut a = client(channel().await.expect("tls"), Some("tok-single"));
+    let _w1 = a
+        .watch(pb::WatchSecretsRequest {
+            namespace: "b".into(),
+            field_selector: "metadata.name=target".into(),
+            ..pb::WatchSecretsRequest::default()
+        })
+        .await
+        .expect("first watch");
+    let mut b = client(channel().await.expect("tls"), Some("tok-single"));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut stream = b
+        .watch_many(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream (one request of b's 3)")
+        .into_inner();
+    tx.send(create_watch(1, "target")).await.expect("send");
+    assert!(
+        next_answer(&mut stream).await.created,
+        "second watch (two of 3)"
+    );
+    tx.send(create_watch(2, "target")).await.expect("send");
+    let refused = next_answer(&mut stream).await;
+    assert_eq!(refused.error_code, Code::ResourceExhausted as i32);
+    assert!(
+        refused.error_message.contains("--max-watches-per-identity"),
+        "{refused:?}"
+    );
+    // b's connection has spent its 3 requests: the next create is over its rate.
+    tx.send(create_watch(3, "target")).await.expect("send");
+    let refused = next_answer(&mut stream).await;
+    assert_eq!(refused.error_code, Code::ResourceExhausted as i32);
+    assert!(
+        refused.error_message.contains("too many requests"),
+        "{refused:?}"
+    );
+    // The admin is another identity.
+    let mut admin = client(channel().await.expect("tls"), Some("tok-admin"));
+    let _w = admin
+        .watch(pb::WatchSecretsRequest::default())
+        .await
+        .expect("another identity");
+    server.running.shutdown().await.expect("shutdown");
+}
+
+/// Issue 18, item 6: a list opens at most `list_scan_rows` records per call; a selector that
+/// matches nothing gets empty pages with continue tokens, never one call over everything.
+#[tokio::test]
+async fn a_list_opens_a_bounded_number_of_records_per_call() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .listen(tcp())
+        .store_config(coffer_core::store::StoreConfig {
+            list_scan_rows: 3,
+            ..coffer_core::store::StoreConfig::default()
+        })
+        .start()
+        .await;
+    let mut c = client(tcp_channel(server.addr()).await, None);
+    for i in 0..7 {
+        let mut s = secret("ns", &format!("s{i}"), &[("k", b"v")]);
+        if i == 5 {
+            s.metadata.as_mut().expect("meta").labels = [("app".to_owned(), "x".to_owned())].into();
+        }
+        create(&mut c, s).await.expect("create");
+    }
+    let opens_before = server.store.open_count();
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list(pb::ListSecretsRequest {
+                namespace: "ns".into(),
+                label_selector: "app=x".into(),
+                continue_token: token,
+                ..pb::ListSecretsRequest::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages.push(page.items.len());
+        token = page.continue_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, [0, 1, 0], "3 + 3 + 1 records opened");
+    assert_eq!(server.store.open_count() - opens_before, 7);
+    server.running.shutdown().await.expect("shutdown");
+}

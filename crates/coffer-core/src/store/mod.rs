@@ -51,6 +51,8 @@ pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(3600);
 const SCAN_CHUNK: usize = 256;
 /// The largest page a list returns when the caller sets no limit or a larger one.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// The default of [`StoreConfig::list_scan_rows`]: the most records one list call opens.
+pub const MAX_LIST_SCAN_ROWS: usize = 10_000;
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +97,10 @@ pub struct StoreConfig {
     /// For a sled data directory: checkpoint the write-ahead log once it grows past this many
     /// bytes. Default [`crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES`] (64 MiB).
     pub wal_checkpoint_bytes: u64,
+    /// The most records one list call opens (decrypts), matching or not: a selector that
+    /// matches little ends the page early, with a continue token past the last record opened,
+    /// so that no single call decrypts a whole large scope. Default [`MAX_LIST_SCAN_ROWS`].
+    pub list_scan_rows: usize,
 }
 
 impl Default for StoreConfig {
@@ -107,6 +113,7 @@ impl Default for StoreConfig {
             quotas: Quotas::unlimited(),
             history_retention: DEFAULT_HISTORY_RETENTION,
             wal_checkpoint_bytes: crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
+            list_scan_rows: MAX_LIST_SCAN_ROWS,
         }
     }
 }
@@ -184,6 +191,8 @@ pub struct Store {
     seals: AtomicU64,
     /// Records opened so far (for metrics).
     opens: AtomicU64,
+    /// See [`StoreConfig::list_scan_rows`].
+    list_scan_rows: usize,
     /// Quotas and per-namespace usage; checked and changed only while the sequencing lock is
     /// held, so a check and the write it admits are one step (a std mutex: never held across an
     /// await).
@@ -282,6 +291,7 @@ impl Store {
             events,
             seals: AtomicU64::new(0),
             opens: AtomicU64::new(0),
+            list_scan_rows: config.list_scan_rows.max(1),
             quota: std::sync::Mutex::new(QuotaState::new(config.quotas, usage)),
         })
     }
@@ -561,6 +571,7 @@ impl Store {
         let mut items = Vec::new();
         let mut page_bytes = 0usize;
         let mut more = false;
+        let mut scanned = 0usize;
         'scan: loop {
             let rows = self.mvcc.range(
                 prefix.as_bytes(),
@@ -574,10 +585,13 @@ impl Store {
                 let bkey = String::from_utf8(v.key.clone())
                     .map_err(|_| StoreError::data_loss("?", "storage key is not UTF-8"))?;
                 let key = &bkey[SECRET_PREFIX.len()..];
-                if items.len() == limit {
+                if items.len() == limit || scanned == self.list_scan_rows {
+                    // A full page, or as many records opened as one call may: the next page
+                    // starts after the last row read.
                     more = true;
                     break 'scan;
                 }
+                scanned += 1;
                 let secret = self.open_version(key, &v).await?;
                 if fields.matches(&secret) && labels.matches(&secret.metadata.labels) {
                     let size = secret.approx_size();

@@ -289,6 +289,18 @@ impl Call {
             })
     }
 
+    /// An empty [`WatchBudget`] for this caller's watches.
+    pub fn watch_budget(&self) -> WatchBudget {
+        let (identity, max_conn, max_identity) = self.security.watch_counts(&self.identity);
+        WatchBudget {
+            conn: self.source.conn.clone(),
+            identity,
+            max_conn,
+            max_identity,
+            held: 0,
+        }
+    }
+
     /// Authorizes (and audits) one watch of a WatchMany stream.
     pub fn authorize_watch(
         &self,
@@ -296,6 +308,19 @@ impl Call {
         req: &pb::WatchSecretsRequest,
     ) -> Result<(), Status> {
         let target = Target::of_watch(req);
+        // A create is a request: it pays the connection's and the server's rate (a create with
+        // initial events reads a whole namespace). Over-rate refusals are sampled in the log.
+        let charged = self
+            .security
+            .limit_rate(self.source.conn.as_deref())
+            .map_err(Status::from)
+            .and_then(|()| self.security.charge_server_budget());
+        if let Err(s) = charged {
+            if self.security.auditor().sample_refusal() {
+                self.audit(s.code(), req.resource_version, Some((watch_id, &target)))?;
+            }
+            return Err(s);
+        }
         let decision = self.security.authorize(
             &self.identity,
             Verb::Watch,
@@ -306,6 +331,68 @@ impl Call {
         let code = status.as_ref().map_or(Code::Ok, Status::code);
         self.audit(code, req.resource_version, Some((watch_id, &target)))?;
         status.map_or(Ok(()), Err)
+    }
+}
+
+/// The watches one stream holds, counted against its connection's cap
+/// (`--max-watches-per-connection`) and, with authentication on, its identity's
+/// (`--max-watches-per-identity`); given back when it is dropped.
+#[derive(Debug)]
+pub struct WatchBudget {
+    conn: Option<Arc<ConnState>>,
+    identity: Option<Arc<super::conn::WatchCount>>,
+    max_conn: usize,
+    max_identity: usize,
+    /// Watches counted by this budget now.
+    held: usize,
+}
+
+impl WatchBudget {
+    /// Counts one more watch, or refuses it with `RESOURCE_EXHAUSTED` naming the cap.
+    pub fn try_add(&mut self) -> Result<(), Status> {
+        if let Some(c) = &self.conn
+            && !c.watches().try_add(self.max_conn)
+        {
+            return Err(AuthError::TooManyWatches {
+                max: self.max_conn,
+                per_identity: false,
+            }
+            .into());
+        }
+        if let Some(i) = &self.identity
+            && !i.try_add(self.max_identity)
+        {
+            if let Some(c) = &self.conn {
+                c.watches().release(1);
+            }
+            return Err(AuthError::TooManyWatches {
+                max: self.max_identity,
+                per_identity: true,
+            }
+            .into());
+        }
+        self.held += 1;
+        Ok(())
+    }
+
+    /// Gives back the watches this budget holds beyond `n` (the stream holds `n` now).
+    pub fn release_to(&mut self, n: usize) {
+        if self.held > n {
+            let gone = self.held - n;
+            if let Some(c) = &self.conn {
+                c.watches().release(gone);
+            }
+            if let Some(i) = &self.identity {
+                i.release(gone);
+            }
+            self.held = n;
+        }
+    }
+}
+
+impl Drop for WatchBudget {
+    fn drop(&mut self) {
+        self.release_to(0);
     }
 }
 
@@ -384,6 +471,7 @@ pub struct Filtered<S> {
     inner: S,
     filter: ReadFilter,
     _slot: Option<WatchStreamGuard>,
+    _watches: Option<WatchBudget>,
 }
 
 impl<S> Filtered<S> {
@@ -393,7 +481,14 @@ impl<S> Filtered<S> {
             inner,
             filter,
             _slot: slot,
+            _watches: None,
         }
+    }
+
+    /// Also holds `watches` (a Watch stream's one watch) until the stream is dropped.
+    pub fn holding(mut self, watches: WatchBudget) -> Self {
+        self._watches = Some(watches);
+        self
     }
 }
 

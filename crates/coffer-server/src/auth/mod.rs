@@ -61,6 +61,8 @@ pub struct Security {
     /// The server-wide request budget, charged after authentication (set by the server that
     /// serves this state; none: unlimited).
     request_budget: std::sync::RwLock<Option<Arc<dyn RequestBudget>>>,
+    /// Watches open per identity (user), with authentication on.
+    identity_watches: std::sync::Mutex<HashMap<String, Arc<conn::WatchCount>>>,
 }
 
 /// Requests refused by a per-connection limit since start (the metrics renderer reads them).
@@ -111,6 +113,7 @@ impl Security {
             auditor: Auditor::new(None, false, None),
             rejections: Rejections::default(),
             request_budget: std::sync::RwLock::new(None),
+            identity_watches: Default::default(),
         })
     }
 
@@ -163,6 +166,7 @@ impl Security {
             auditor,
             rejections: Rejections::default(),
             request_budget: std::sync::RwLock::new(None),
+            identity_watches: Default::default(),
         }))
     }
 
@@ -341,6 +345,30 @@ impl Security {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         budget.map_or(Ok(()), |b| b.charge())
+    }
+
+    /// The watch counts a caller's watches are held against: its connection's, and with
+    /// authentication on its identity's (see [`gate::WatchBudget`]).
+    pub(crate) fn watch_counts(
+        &self,
+        identity: &Identity,
+    ) -> (Option<Arc<conn::WatchCount>>, usize, usize) {
+        let limits = &self.config.limits;
+        let identity_count = self.auth_enabled().then(|| {
+            self.identity_watches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(identity.user.clone())
+                .or_default()
+                .clone()
+        });
+        (
+            identity_count,
+            limits.max_watches.unwrap_or(args::DEFAULT_MAX_WATCHES),
+            limits
+                .max_watches_per_identity
+                .unwrap_or(args::DEFAULT_MAX_WATCHES),
+        )
     }
 
     /// Counts a request refused because it could not be authenticated.

@@ -245,18 +245,18 @@ impl Secrets for SecretsService {
             .admit(request, Verb::Watch, "watch", Target::of_watch)?;
         let slot = call.watch_stream_slot()?;
         let rv = req.resource_version;
+        // The stream's one watch counts against the connection's and the identity's caps.
+        let mut watches = call.watch_budget();
         let parsed = if self.watch.shutdown.is_cancelled() {
             Err(status::shutting_down())
         } else {
-            WatchRequest::parse(&self.watch, req)
+            WatchRequest::parse(&self.watch, req).and_then(|p| watches.try_add().map(|()| p))
         };
         let parsed = call.finish(parsed, |_| rv)?;
         let events = watch::open_watch(&self.watch, parsed);
-        Ok(Response::new(Filtered::new(
-            events,
-            call.read_filter(),
-            slot,
-        )))
+        Ok(Response::new(
+            Filtered::new(events, call.read_filter(), slot).holding(watches),
+        ))
     }
 
     type WatchManyStream = Filtered<WatchManyEvents>;
@@ -276,11 +276,12 @@ impl Secrets for SecretsService {
         };
         call.finish(open, |()| 0)?;
         let filter = call.read_filter();
+        let watches = call.watch_budget();
         let call = Arc::new(call);
         let authorize = WatchAuthorizer(Arc::new(move |id, req: &pb::WatchSecretsRequest| {
             call.authorize_watch(id, req)
         }));
-        let events = watch::open_watch_many(&self.watch, input, authorize);
+        let events = watch::open_watch_many(&self.watch, input, authorize, watches);
         Ok(Response::new(Filtered::new(events, filter, slot)))
     }
 }
