@@ -1285,3 +1285,100 @@ async fn a_list_opens_a_bounded_number_of_records_per_call() {
     assert_eq!(server.store.open_count() - opens_before, 7);
     server.running.shutdown().await.expect("shutdown");
 }
+
+/// Issue 18, item 9: a client certificate with two CNs names nobody; token and policy files
+/// open to others, and an audit log that is a symbolic link or open to others, fail the start
+/// with a message naming the file, its mode and the fix.
+#[tokio::test]
+async fn two_cns_and_loose_security_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let server = secure_server(dir.path(), &pki, false).await;
+    let pair = pki.client_with_two_cns("single", "root");
+    let message = certificate_refused(&pki, server.addr(), &pair).await;
+    assert!(
+        message.contains("exactly one subject common name"),
+        "{message}"
+    );
+    server.running.shutdown().await.expect("shutdown");
+
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let starts = std::sync::atomic::AtomicUsize::new(0);
+    let fails = |args: SecurityArgs| {
+        // A data directory of its own for each start.
+        let n = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = dir.path().join(format!("start{n}"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        async move {
+            match start_tcp(&dir, args).await {
+                Ok(_) => panic!("the start should fail"),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let tokens = write_file(dir.path(), "loose-tokens.csv", TOKENS);
+    chmod(&tokens, 0o644);
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(
+        e.contains("token file") && e.contains("mode 0644") && e.contains("chmod 600"),
+        "{e}"
+    );
+    assert!(!e.contains("tok-admin"), "no token in the message: {e}");
+    chmod(&tokens, 0o600);
+
+    let policy = write_file(dir.path(), "loose-policy.yaml", POLICY);
+    chmod(&policy, 0o666);
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        authz_policy: Some(policy.clone()),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(e.contains("policy file") && e.contains("chmod go-w"), "{e}");
+    // Readable by others is fine for a policy (it holds no secret).
+    chmod(&policy, 0o644);
+
+    let target = write_file(dir.path(), "elsewhere.log", "");
+    let link = dir.path().join("audit-link.log");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        authz_policy: Some(policy.clone()),
+        audit_log: Some(link),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(e.contains("symbolic link"), "{e}");
+    let open_log = write_file(dir.path(), "open-audit.log", "");
+    chmod(&open_log, 0o644);
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        authz_policy: Some(policy.clone()),
+        audit_log: Some(open_log.clone()),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(e.contains("mode 0644") && e.contains("audit"), "{e}");
+    chmod(&open_log, 0o640);
+    let last = dir.path().join("last");
+    std::fs::create_dir(&last).expect("mkdir");
+    let server = start_tcp(
+        &last,
+        SecurityArgs {
+            token_file: Some(tokens),
+            authz_policy: Some(policy),
+            audit_log: Some(open_log),
+            ..pki.write(dir.path())
+        },
+    )
+    .await
+    .expect("0600 tokens, 0644 policy and a 0640 audit log start");
+    server.running.shutdown().await.expect("shutdown");
+}

@@ -300,14 +300,68 @@ fn error(path: &Path, reason: String) -> AuditError {
     }
 }
 
-/// Opens the log for appending, creating it owner-only.
+/// Mode bits the audit log must not have: group write, and any access by others (records name
+/// users and Secrets; whoever can write the log can forge or hide them).
+const AUDIT_FORBIDDEN_MODE: u32 = 0o027;
+
+/// Opens the log for appending, creating it owner-only. A symbolic link is not followed
+/// (`O_NOFOLLOW`: whoever can replace the log with a link must not redirect the records into
+/// another file), and a log open to others ([`AUDIT_FORBIDDEN_MODE`]) is refused.
 fn open(path: &Path) -> Result<File, AuditError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut o = OpenOptions::new();
-    o.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path)
-        .map_err(|e| error(path, format!("cannot open: {e}")))
+    o.append(true).create(true).mode(0o600);
+    o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    let file = o.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            error(path, "is a symbolic link; refusing to follow it".into())
+        } else {
+            error(path, format!("cannot open: {e}"))
+        }
+    })?;
+    let mode = file
+        .metadata()
+        .map_err(|e| error(path, format!("cannot stat: {e}")))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & AUDIT_FORBIDDEN_MODE != 0 {
+        return Err(error(
+            path,
+            format!(
+                "has mode {mode:04o}: it must not be writable by group or open to others (chmod 600)"
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Checks, at start, an audit log that already exists: not a symbolic link, and not open to
+/// others (see [`open`]). A missing log is fine: it is created owner-only.
+pub fn check_existing(path: &Path) -> Result<(), AuditError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(error(path, format!("cannot stat: {e}"))),
+        Ok(m) if m.file_type().is_symlink() => Err(error(
+            path,
+            "is a symbolic link; refusing to follow it".into(),
+        )),
+        Ok(m) if m.is_file() => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & AUDIT_FORBIDDEN_MODE != 0 {
+                return Err(error(
+                    path,
+                    format!(
+                        "has mode {mode:04o}: it must not be writable by group or open to others (chmod 600)"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        // Anything else is reported when it is opened.
+        Ok(_) => Ok(()),
+    }
 }
 
 /// The line [`Auditor::ready`] writes after a failure.

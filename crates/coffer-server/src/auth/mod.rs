@@ -147,6 +147,9 @@ impl Security {
             }
             None => None,
         };
+        if let Some(p) = &config.audit_log {
+            crate::audit::check_existing(p).map_err(|e| AuthConfigError::new(e.to_string()))?;
+        }
         let auditor = Auditor::new(
             config.audit_log.clone(),
             config.audit_fail_closed,
@@ -286,7 +289,9 @@ impl Security {
                     Method::ClientCert,
                     Some(self.auditor.hmac(leaf)),
                 )),
-                None => Err(unauth("client certificate has no subject common name")),
+                None => Err(unauth(
+                    "client certificate must have exactly one subject common name (CN)",
+                )),
             };
         }
         if let Some(uid) = conn_state(ext).and_then(|c| c.peer_uid())
