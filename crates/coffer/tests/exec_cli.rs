@@ -269,3 +269,28 @@ fn unsafe_keys_are_skipped_unless_allowed_and_the_program_is_resolved_first() {
         run.stderr
     );
 }
+
+/// Issue 18, item 9: `exec` gets serve's memory hygiene: no core dumps (the limit is 0, and the
+/// command inherits it).
+#[cfg(target_os = "linux")]
+#[test]
+fn exec_runs_without_core_dumps() {
+    let s = setup();
+    let run = s.run(&[
+        "exec",
+        "--env-from",
+        "base",
+        "--",
+        "cat",
+        "/proc/self/limits",
+    ]);
+    let limits = run.ok();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core line");
+    let fields: Vec<&str> = line["Max core file size".len()..]
+        .split_whitespace()
+        .collect();
+    assert_eq!(&fields[..2], ["0", "0"], "{line}");
+}

@@ -227,6 +227,17 @@ fn agent_follows_updates_and_stops_on_sigterm() {
         }
     };
     wait_for("v1");
+    // The agent holds plaintext: no core dumps, as serve (issue 18).
+    if let Ok(limits) = std::fs::read_to_string(format!("/proc/{}/limits", child.id())) {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .expect("core line");
+        let fields: Vec<&str> = line["Max core file size".len()..]
+            .split_whitespace()
+            .collect();
+        assert_eq!(&fields[..2], ["0", "0"], "{line}");
+    }
     let applied = s.file(
         "live.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: live\nstringData:\n  k: v2\n",
