@@ -1382,3 +1382,47 @@ async fn two_cns_and_loose_security_files_are_refused() {
     .expect("0600 tokens, 0644 policy and a 0640 audit log start");
     server.running.shutdown().await.expect("shutdown");
 }
+
+/// Issue 18, item 9: TLS handshakes in progress are bounded (`max_tls_handshakes`): while a
+/// silent client holds the only place, a real client's handshake waits; when the silent one
+/// goes, it completes.
+#[tokio::test]
+async fn tls_handshakes_in_progress_are_bounded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(dir.path(), "tokens.csv", TOKENS));
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(tcp())
+        .options(coffer_server::server::ServerOptions {
+            max_tls_handshakes: 1,
+            ..coffer_testkit::server::test_options()
+        })
+        .try_start()
+        .await
+        .expect("start");
+    let silent = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let addr = server.addr();
+    let ca = pki.ca_pem.clone();
+    let mut real = tokio::spawn(async move { tls_channel(addr, &ca, None).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut real)
+            .await
+            .is_err(),
+        "the handshake waits while the silent client holds the only place"
+    );
+    drop(silent);
+    let ch = real
+        .await
+        .expect("task")
+        .expect("handshake once the place is free");
+    // Served: authenticated, then denied by the (empty) policy.
+    let mut admin = client(ch, Some("tok-admin"));
+    let e = get(&mut admin, "b", "x").await.expect_err("no policy");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    server.running.shutdown().await.expect("shutdown");
+}

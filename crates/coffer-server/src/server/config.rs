@@ -375,6 +375,11 @@ pub struct ServerOptions {
     pub list_page_bytes: usize,
     /// Server-wide limits on watch streams and request rate. Default: none.
     pub limits: LimitOptions,
+    /// The most TLS handshakes in progress at once (over all TLS listeners); further accepted
+    /// connections wait for a place before their handshake starts, so that a flood of slow or
+    /// silent clients cannot make the server hold unbounded handshake state. Default
+    /// [`super::MAX_TLS_HANDSHAKES`].
+    pub max_tls_handshakes: usize,
 }
 
 impl Default for ServerOptions {
@@ -390,6 +395,7 @@ impl Default for ServerOptions {
             max_encoding_message_size: 8 << 20,
             list_page_bytes: 3 << 20,
             limits: LimitOptions::default(),
+            max_tls_handshakes: super::listen::MAX_TLS_HANDSHAKES,
         }
     }
 }

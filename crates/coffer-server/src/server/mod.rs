@@ -75,8 +75,8 @@ use tonic::service::Routes;
 pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
 pub use self::error::ServeError;
 use self::health::ShutdownAwareHealth;
-pub use self::listen::BoundAddr;
 use self::listen::{Bound, Listener, bind_all, tcp_incoming, tls_incoming, unix_incoming};
+pub use self::listen::{BoundAddr, MAX_TLS_HANDSHAKES};
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
 pub use self::preface::PREFACE_TIMEOUT;
@@ -385,6 +385,10 @@ impl Server {
         let service = MetricsService::new(routes, metrics.clone());
 
         let mut serving = JoinSet::new();
+        // Places for TLS handshakes in progress, shared by every TLS listener.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(
+            options.max_tls_handshakes.max(1),
+        ));
         for listener in listeners {
             // Many long-lived streams per connection, small flow-control windows (they bound
             // what a peer may make us buffer), and pings that find dead peers so that their
@@ -403,7 +407,7 @@ impl Server {
                     Some(acceptor) => {
                         serving.spawn(builder.serve_with_incoming_shutdown(
                             service,
-                            tls_incoming(l, acceptor.clone()),
+                            tls_incoming(l, acceptor.clone(), handshakes.clone()),
                             signal,
                         ));
                     }
