@@ -71,6 +71,8 @@ pub struct KmsConfig {
     pub timeout: Duration,
     /// Status polling and how long writes survive an outage.
     pub outage: OutagePolicy,
+    /// The uid the plugin must run as (checked on each connection); `None`: not checked.
+    pub peer_uid: Option<u32>,
 }
 
 impl Default for KmsConfig {
@@ -79,6 +81,7 @@ impl Default for KmsConfig {
             endpoint: None,
             timeout: DEFAULT_KMS_TIMEOUT,
             outage: OutagePolicy::default(),
+            peer_uid: None,
         }
     }
 }
@@ -93,7 +96,7 @@ impl KmsConfig {
     pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn Kms>, KmsError> {
         match &self.endpoint {
             Some(endpoint) => {
-                let kms = GrpcKms::new(endpoint.path(), self.timeout)?;
+                let kms = GrpcKms::with_peer_uid(endpoint.path(), self.timeout, self.peer_uid)?;
                 RecordedKms::Plugin(endpoint.to_string())
                     .write(data_dir)
                     .map_err(|e| {

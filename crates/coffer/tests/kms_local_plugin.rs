@@ -341,3 +341,59 @@ async fn a_plugin_store_started_without_kms_is_refused_and_gets_no_key_file() {
     assert_eq!(get_value(&mut c, "ns", "a").await.unwrap(), "1");
     server.stop();
 }
+
+/// Issue 18, item 9: `--kms-peer-uid` checks who serves the plugin's socket: the right uid
+/// works; another uid is refused on connection (no KMS call reaches the impostor) and says
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kms_socket_peer_uid_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data").display().to_string();
+    local_plugin_cmd(dir, "init", &[]).ok();
+    let plugin = local_plugin(dir);
+    let kms = format!("unix://{}", plugin.socket.display());
+    let me = rustix::process::geteuid().as_raw().to_string();
+    let other = (rustix::process::geteuid().as_raw() + 4242).to_string();
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-peer-uid", &me])
+        .start();
+    let mut c = secrets_client(&server.socket).await;
+    create(&mut c, "ns", "a", "1")
+        .await
+        .expect("the plugin runs as this uid");
+    server.stop();
+
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-peer-uid", &other])
+        .start();
+    let mut c = secrets_client(&server.socket).await;
+    let e = create(&mut c, "ns", "b", "2").await.expect_err("impostor");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(health(&server.socket).await, 2, "NOT_SERVING");
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("expected={other}")) && log.contains("--kms-peer-uid"),
+        "{log}"
+    );
+    server.stop();
+    let status = coffer(&[
+        "kms",
+        "status",
+        "--data-dir",
+        &data,
+        "--kms",
+        &kms,
+        "--kms-peer-uid",
+        &other,
+    ]);
+    assert!(
+        status.stdout.contains(&format!("not {other}"))
+            || status.stderr.contains(&format!("not {other}")),
+        "{status:?}"
+    );
+    let run = coffer(&["kms", "status", "--data-dir", &data, "--kms-peer-uid", &me]);
+    run.fails(1, "--kms-peer-uid needs --kms");
+}

@@ -319,13 +319,13 @@ fn open(path: &Path) -> Result<File, AuditError> {
             error(path, format!("cannot open: {e}"))
         }
     })?;
-    let mode = file
+    let meta = file
         .metadata()
-        .map_err(|e| error(path, format!("cannot stat: {e}")))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    if mode & AUDIT_FORBIDDEN_MODE != 0 {
+        .map_err(|e| error(path, format!("cannot stat: {e}")))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // A regular file's mode is checked; a device (a pipe to a log collector, /dev/null) is the
+    // operator's explicit choice.
+    if meta.is_file() && mode & AUDIT_FORBIDDEN_MODE != 0 {
         return Err(error(
             path,
             format!(

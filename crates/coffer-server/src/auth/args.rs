@@ -271,8 +271,10 @@ impl SecurityArgs {
             audit_hmac_key_file: f.audit_hmac_key_file,
             limits: ConnLimits {
                 max_watch_streams,
-                max_watches: f.max_watches_per_connection,
-                max_watches_per_identity: f.max_watches_per_identity,
+                max_watches: Some(f.max_watches_per_connection.unwrap_or(DEFAULT_MAX_WATCHES)),
+                max_watches_per_identity: Some(
+                    f.max_watches_per_identity.unwrap_or(DEFAULT_MAX_WATCHES),
+                ),
                 rate,
             },
         };

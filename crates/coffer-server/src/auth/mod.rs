@@ -430,6 +430,9 @@ mod tests {
         let tokens = dir.path().join("tokens.csv");
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&tokens, "t1,alice\n").expect("write");
+        // Token files must be owner-only.
+        std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         std::fs::write(
             &policy,
             "rules:\n  - users: [alice]\n    verbs: [get]\n    namespaces: [a]\n",

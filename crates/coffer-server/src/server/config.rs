@@ -262,6 +262,10 @@ pub struct KmsArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(deserialize_with = "settings::duration")]
     pub kms_poll_interval: Option<Duration>,
+    /// The uid the KMS plugin must run as: each connection to its socket checks the peer's uid
+    /// (SO_PEERCRED) and refuses another [default: not checked].
+    #[arg(long, value_name = "UID")]
+    pub kms_peer_uid: Option<u32>,
 }
 
 merge_fields!(KmsArgs {
@@ -269,13 +273,20 @@ merge_fields!(KmsArgs {
     kms_timeout,
     kms_grace,
     kms_poll_interval,
+    kms_peer_uid,
 });
 
 impl KmsArgs {
     /// Applies the defaults ([`KmsConfig::default`]) and checks the values.
     pub fn resolve(&self) -> Result<KmsConfig, ServeError> {
+        if self.kms_peer_uid.is_some() && self.kms.is_none() {
+            return Err(ServeError::Config(
+                "--kms-peer-uid needs --kms (it checks the plugin's socket)".into(),
+            ));
+        }
         let mut kms = KmsConfig {
             endpoint: self.kms.clone(),
+            peer_uid: self.kms_peer_uid,
             ..KmsConfig::default()
         };
         if let Some(d) = self.kms_timeout {
