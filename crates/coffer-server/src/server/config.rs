@@ -359,6 +359,9 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// The default of [`ServerOptions::max_tls_handshakes`]: 256 handshakes in progress.
+pub const MAX_TLS_HANDSHAKES: usize = 256;
+
 /// Tunables of a running server, with documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -389,7 +392,7 @@ pub struct ServerOptions {
     /// The most TLS handshakes in progress at once (over all TLS listeners); further accepted
     /// connections wait for a place before their handshake starts, so that a flood of slow or
     /// silent clients cannot make the server hold unbounded handshake state. Default
-    /// [`super::MAX_TLS_HANDSHAKES`].
+    /// [`MAX_TLS_HANDSHAKES`].
     pub max_tls_handshakes: usize,
 }
 
@@ -406,7 +409,7 @@ impl Default for ServerOptions {
             max_encoding_message_size: 8 << 20,
             list_page_bytes: 3 << 20,
             limits: LimitOptions::default(),
-            max_tls_handshakes: super::listen::MAX_TLS_HANDSHAKES,
+            max_tls_handshakes: MAX_TLS_HANDSHAKES,
         }
     }
 }

@@ -134,9 +134,6 @@ pub(super) fn tcp_incoming(
     incoming(l).map_ok(|s| PrefaceDeadline::new(Conn::tcp(s), PREFACE_TIMEOUT))
 }
 
-/// The default of [`super::ServerOptions::max_tls_handshakes`]: 256 handshakes in progress.
-pub const MAX_TLS_HANDSHAKES: usize = 256;
-
 /// How long a client has to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -72,11 +72,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
+pub use self::config::{ListenAddr, MAX_TLS_HANDSHAKES, ServeArgs, ServeConfig, ServerOptions};
 pub use self::error::ServeError;
 use self::health::ShutdownAwareHealth;
+pub use self::listen::BoundAddr;
 use self::listen::{Bound, Listener, bind_all, tcp_incoming, tls_incoming, unix_incoming};
-pub use self::listen::{BoundAddr, MAX_TLS_HANDSHAKES};
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
 pub use self::preface::PREFACE_TIMEOUT;
