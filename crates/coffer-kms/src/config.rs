@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::GrpcKms;
-use coffer_core::kms::{Kms, KmsError, LocalKek, OutagePolicy};
+use coffer_core::kms::{Kms, KmsError, LocalKek, OutagePolicy, RecordedKms};
 
 /// The per-call deadline of KMS calls when none is configured.
 pub const DEFAULT_KMS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The name of the embedded default KEK file inside the data directory.
-pub const LOCAL_KEK_FILE: &str = "kek.key";
+pub use coffer_core::kms::LOCAL_KEK_FILE;
 
 /// Where a KMS v2 plugin listens: a unix socket, written `unix:///path/to/kms.sock` (or
 /// `unix:relative/path.sock`).
@@ -71,6 +71,8 @@ pub struct KmsConfig {
     pub timeout: Duration,
     /// Status polling and how long writes survive an outage.
     pub outage: OutagePolicy,
+    /// The uid the plugin must run as (checked on each connection); `None`: not checked.
+    pub peer_uid: Option<u32>,
 }
 
 impl Default for KmsConfig {
@@ -79,6 +81,7 @@ impl Default for KmsConfig {
             endpoint: None,
             timeout: DEFAULT_KMS_TIMEOUT,
             outage: OutagePolicy::default(),
+            peer_uid: None,
         }
     }
 }
@@ -86,12 +89,25 @@ impl Default for KmsConfig {
 impl KmsConfig {
     /// Opens the configured KMS for the data directory `data_dir`. A plugin is dialed lazily:
     /// this succeeds while the plugin is down, and the first call reports it.
+    ///
+    /// The data directory records which KMS it uses ([`RecordedKms`]): a directory made with a
+    /// plugin is refused without `--kms` (no local key file is created for it; see
+    /// [`LocalKek::open_for_data_dir`]).
     pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn Kms>, KmsError> {
         match &self.endpoint {
-            Some(endpoint) => Ok(Arc::new(GrpcKms::new(endpoint.path(), self.timeout)?)),
-            None => LocalKek::open_or_create(data_dir.join(LOCAL_KEK_FILE))
-                .map(|k| Arc::new(k) as Arc<dyn Kms>)
-                .map_err(|e| KmsError::Unavailable(format!("local key file: {e}"))),
+            Some(endpoint) => {
+                let kms = GrpcKms::with_peer_uid(endpoint.path(), self.timeout, self.peer_uid)?;
+                RecordedKms::Plugin(endpoint.to_string())
+                    .write(data_dir)
+                    .map_err(|e| {
+                        KmsError::Unavailable(format!(
+                            "cannot record the KMS in {}: {e}",
+                            data_dir.join(coffer_core::kms::KMS_RECORD_FILE).display()
+                        ))
+                    })?;
+                Ok(Arc::new(kms))
+            }
+            None => LocalKek::open_for_data_dir(data_dir).map(|k| Arc::new(k) as Arc<dyn Kms>),
         }
     }
 

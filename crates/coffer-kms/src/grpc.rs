@@ -40,6 +40,18 @@ impl GrpcKms {
     /// A client for the plugin listening on `socket`, with `timeout` per call. Nothing is dialed
     /// until the first call.
     pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Result<Self, KmsError> {
+        Self::with_peer_uid(socket, timeout, None)
+    }
+
+    /// As [`GrpcKms::new`], and when `peer_uid` is given, every connection checks that the
+    /// process serving the socket runs as that uid (`SO_PEERCRED`; `--kms-peer-uid`): whoever
+    /// could replace the socket file must not be able to pose as the plugin and be handed
+    /// seeds to wrap.
+    pub fn with_peer_uid(
+        socket: impl Into<PathBuf>,
+        timeout: Duration,
+        peer_uid: Option<u32>,
+    ) -> Result<Self, KmsError> {
         let socket = socket.into();
         if timeout.is_zero() {
             return Err(KmsError::Unavailable(
@@ -54,7 +66,25 @@ impl GrpcKms {
             .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    let stream = tokio::net::UnixStream::connect(&path).await?;
+                    if let Some(want) = peer_uid {
+                        let got = stream.peer_cred()?.uid();
+                        if got != want {
+                            tracing::error!(
+                                socket = %path.display(),
+                                peer_uid = got,
+                                expected = want,
+                                "KMS plugin socket served by the wrong user; not using it (--kms-peer-uid)"
+                            );
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::PermissionDenied,
+                                format!(
+                                    "the KMS plugin socket {} is served by uid {got}, not {want} (--kms-peer-uid)",
+                                    path.display()
+                                ),
+                            ));
+                        }
+                    }
                     Ok::<_, std::io::Error>(TokioIo::new(stream))
                 }
             }));

@@ -48,6 +48,64 @@ pub struct HygieneReport {
     pub mlock: MlockOutcome,
 }
 
+/// Mode bits that let group or other users read, write or run a file.
+pub const GROUP_OTHER_ACCESS: u32 = 0o077;
+/// Mode bits that let group or other users write a file.
+pub const GROUP_OTHER_WRITE: u32 = 0o022;
+
+/// Refuses the file `file` (the open file at `path`, described as `what`, e.g. "token file")
+/// when its mode has any of the `forbidden` bits ([`GROUP_OTHER_ACCESS`] for files holding
+/// secrets such as tokens and PINs, [`GROUP_OTHER_WRITE`] for files that grant access, such as
+/// a policy). The message names the file, its mode and the fix, never its content.
+pub fn check_file_mode(
+    file: &std::fs::File,
+    path: &std::path::Path,
+    what: &str,
+    forbidden: u32,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("cannot stat the {what} {}: {e}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & forbidden == 0 {
+        return Ok(());
+    }
+    let (rule, fix) = if forbidden == GROUP_OTHER_WRITE {
+        (
+            "writable by group or others",
+            format!("chmod go-w {}", path.display()),
+        )
+    } else {
+        (
+            "readable or writable by group or others",
+            format!("chmod 600 {}", path.display()),
+        )
+    };
+    Err(format!(
+        "the {what} {} has mode {mode:04o}: it must not be {rule} ({fix})",
+        path.display()
+    ))
+}
+
+/// Reads the file at `path` after [`check_file_mode`]; the bytes are wiped when dropped.
+pub fn read_checked(
+    path: &std::path::Path,
+    what: &str,
+    forbidden: u32,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    check_file_mode(&file, path, what, forbidden)?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
 /// The capability bit of `CAP_IPC_LOCK` in `/proc/self/status`'s `CapEff`.
 const CAP_IPC_LOCK: u32 = 14;
 

@@ -62,7 +62,8 @@ pub fn incoming<L: Listener>(listener: L) -> impl Stream<Item = io::Result<L::Io
 }
 
 /// Binds a unix socket at `path`, replacing a stale socket file (one nobody answers on) but
-/// never a live socket or any other kind of file. The socket is made owner-only (0600).
+/// never a live socket or any other kind of file. The socket is owner-only (0600) from the
+/// moment it is bound (bound under umask 077).
 pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
@@ -84,7 +85,13 @@ pub async fn bind_unix(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let l = UnixListener::bind(path)?;
+    // Bound under umask 077, so the socket is owner-only from the moment it exists (no window
+    // between bind and chmod in which another user could connect). The umask is process-wide:
+    // for this instant other threads create files owner-only too, which is only stricter.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(old);
+    let l = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }

@@ -58,7 +58,7 @@ pub fn kms_error_status(e: &KmsError) -> Status {
     match e {
         KmsError::Rejected(m) => Status::invalid_argument(m.clone()),
         KmsError::Unavailable(m) | KmsError::Unreachable(m) => Status::unavailable(m.clone()),
-        KmsError::InvalidResponse(m) => Status::internal(m.clone()),
+        KmsError::InvalidResponse(m) | KmsError::WrongKms(m) => Status::internal(m.clone()),
     }
 }
 

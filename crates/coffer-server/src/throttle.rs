@@ -8,11 +8,21 @@
 //!
 //! Neither says how a refusal is answered: each scope words its own error.
 //!
+//! [`RequestBudget`] is how the request gate (`auth`) charges the server-wide budget that
+//! `server` owns, once a caller is authenticated, without naming `server`.
+//!
 //! This is a leaf: it names nothing else in the crate, so both `server` and `auth` may use it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// A server-wide budget of requests, charged by the gate after authentication (so that calls
+/// refused as unauthenticated never spend what authenticated callers need).
+pub trait RequestBudget: Send + Sync + std::fmt::Debug {
+    /// Takes one request from the budget, or the status that refuses the call.
+    fn charge(&self) -> Result<(), tonic::Status>;
+}
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up; it starts full.
 #[derive(Debug)]

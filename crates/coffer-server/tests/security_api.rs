@@ -890,3 +890,539 @@ async fn the_handshake_checks_that_the_client_holds_its_certificates_key() {
     println!("a certificate without its key: {r:?}");
     server.running.shutdown().await.expect("shutdown");
 }
+
+/// Issue 18, item 3: for a caller with `update` but not `get`, an update answers the same
+/// whether or not the data it sends matches: an immutable Secret refuses both with one error,
+/// a mutable one is rewritten (a new resource_version) both times. A caller with `get` keeps
+/// the Kubernetes no-op.
+#[tokio::test]
+async fn update_is_no_value_oracle_for_callers_without_get() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(
+        dir.path(),
+        "tokens.csv",
+        "tok-admin,root,1,admins\ntok-blind,blind,7\n",
+    ));
+    let policy = "rules:\n  - groups: [admins]\n    verbs: [\"*\"]\n    namespaces: [\"*\"]\n  \
+                  - users: [blind]\n    verbs: [update]\n    namespaces: [w]\n";
+    args.authz_policy = Some(write_file(dir.path(), "policy.yaml", policy));
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let ch = tls_channel(server.addr(), &pki.ca_pem, None)
+        .await
+        .expect("tls");
+    let mut admin = client(ch.clone(), Some("tok-admin"));
+    let mut blind = client(ch, Some("tok-blind"));
+    let mut imm = secret("w", "imm", &[("k", b"right")]);
+    imm.immutable = true;
+    admin
+        .create(pb::CreateSecretRequest { secret: Some(imm) })
+        .await
+        .expect("create imm");
+    let created = admin
+        .create(pb::CreateSecretRequest {
+            secret: Some(secret("w", "mut", &[("k", b"right")])),
+        })
+        .await
+        .expect("create mut")
+        .into_inner();
+    let rv = |s: &pb::Secret| s.metadata.as_ref().map_or(0, |m| m.resource_version);
+
+    let update = |name: &str, value: &[u8], immutable: bool| {
+        let mut s = secret("w", name, &[("k", value)]);
+        if immutable {
+            s.immutable = true;
+        }
+        pb::UpdateSecretRequest { secret: Some(s) }
+    };
+    let right = blind
+        .update(update("imm", b"right", true))
+        .await
+        .expect_err("a right guess is refused");
+    let wrong = blind
+        .update(update("imm", b"wrong", true))
+        .await
+        .expect_err("a wrong guess is refused");
+    assert_eq!(right.code(), Code::InvalidArgument, "{right:?}");
+    assert_eq!(
+        (right.code(), right.message()),
+        (wrong.code(), wrong.message())
+    );
+    assert!(right.message().contains("data"), "{}", right.message());
+
+    let mut last = rv(&created);
+    for value in [&b"right"[..], b"wrong", b"wrong"] {
+        let got = blind
+            .update(update("mut", value, false))
+            .await
+            .expect("update")
+            .into_inner();
+        assert!(rv(&got) > last, "a new resource_version every time");
+        assert!(got.data.is_empty(), "no data for a caller without get");
+        last = rv(&got);
+    }
+    // With `get`, an update that changes nothing keeps its resource_version (Kubernetes).
+    let same = admin
+        .update(update("mut", b"wrong", false))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(rv(&same), last);
+    admin
+        .update(update("imm", b"right", true))
+        .await
+        .expect("a no-op update of an immutable Secret, by a reader");
+    server.running.shutdown().await.expect("shutdown");
+}
+
+/// Issue 18, item 5: a connection pays for its calls before they are authenticated (a flood of
+/// unauthenticated calls is cut off by its own connection's budget), refusals of that kind are
+/// sampled in the audit log but all counted in the metrics, and unauthenticated calls never
+/// spend the server-wide budget that authenticated callers need.
+#[tokio::test]
+async fn unauthenticated_floods_pay_per_connection_and_leave_the_server_budget_alone() {
+    use coffer_server::server::limits::LimitOptions;
+    const FLOOD: usize = 60;
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(dir.path(), "tokens.csv", TOKENS));
+    args.authz_policy = Some(write_file(dir.path(), "policy.yaml", POLICY));
+    args.audit_log = Some(dir.path().join("audit.log"));
+    args.max_requests_per_second_per_connection = Some(0.01);
+    args.request_burst_per_connection = Some(3);
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(tcp())
+        .options(coffer_server::server::ServerOptions {
+            limits: LimitOptions {
+                // Nothing refills while the test runs.
+                max_request_rate: Some(0.01),
+                request_burst: Some(4),
+                ..LimitOptions::default()
+            },
+            ..coffer_testkit::server::test_options()
+        })
+        .try_start()
+        .await
+        .expect("start");
+    let channel = || tls_channel(server.addr(), &pki.ca_pem, None);
+
+    // One connection floods with a bad token: 3 reach authentication, the rest are refused by
+    // the connection's own budget.
+    let mut flood = client(channel().await.expect("tls"), Some("tok-wrong"));
+    let mut codes = Vec::new();
+    for _ in 0..FLOOD {
+        codes.push(
+            get(&mut flood, "b", "target")
+                .await
+                .expect_err("refused")
+                .code(),
+        );
+    }
+    assert!(
+        codes[..3].iter().all(|c| *c == Code::Unauthenticated),
+        "{codes:?}"
+    );
+    assert!(
+        codes[3..].iter().all(|c| *c == Code::ResourceExhausted),
+        "{codes:?}"
+    );
+    // More anonymous connections, each spending its own burst.
+    for _ in 0..3 {
+        let mut c = client(channel().await.expect("tls"), None);
+        for _ in 0..3 {
+            let e = get(&mut c, "b", "target")
+                .await
+                .expect_err("no credentials");
+            assert_eq!(e.code(), Code::Unauthenticated);
+        }
+    }
+    // 12 unauthenticated calls reached authentication; the server's budget of 4 is intact.
+    let mut admin = client(channel().await.expect("tls"), Some("tok-admin"));
+    for _ in 0..3 {
+        let e = get(&mut admin, "b", "target").await.expect_err("absent");
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    }
+    let mut single = client(channel().await.expect("tls"), Some("tok-single"));
+    let e = get(&mut single, "b", "target").await.expect_err("absent");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = get(&mut single, "b", "target")
+        .await
+        .expect_err("server budget spent");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("rate limit exceeded"), "{e:?}");
+
+    // Audit: the refusals are sampled (at most the burst of lines, and a count of those left
+    // out); the metrics count every one.
+    let records = read_audit(&dir.path().join("audit.log"));
+    let refusals = records
+        .iter()
+        .filter(|r| r["code"] == "Unauthenticated" || r["code"] == "ResourceExhausted")
+        .count();
+    assert!(
+        refusals <= coffer_server::audit::REFUSAL_LINE_BURST as usize + 2,
+        "{refusals} refusal lines"
+    );
+    assert!(refusals >= 10, "{refusals}");
+    let text = server.running.metrics().render(None);
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert_eq!(metric("coffer_unauthenticated_requests_total "), 12);
+    assert_eq!(
+        metric("coffer_limit_rejections_total{limit=\"connection_request_rate\"}"),
+        (FLOOD - 3) as u64
+    );
+    let sampled_out = metric("coffer_audit_refusals_sampled_out_total ");
+    assert_eq!(
+        refusals as u64 + sampled_out,
+        (FLOOD + 9 + 1) as u64,
+        "every refusal is written or counted as sampled out"
+    );
+    server.running.shutdown().await.expect("shutdown");
+}
+
+/// A WatchMany create of one Secret by name.
+fn create_watch(id: u64, name: &str) -> pb::WatchManyRequest {
+    pb::WatchManyRequest {
+        op: Some(pb::watch_many_request::Op::Create(pb::WatchCreate {
+            watch_id: id,
+            watch: Some(pb::WatchSecretsRequest {
+                namespace: "b".into(),
+                field_selector: format!("metadata.name={name}"),
+                ..pb::WatchSecretsRequest::default()
+            }),
+        })),
+    }
+}
+
+/// The next created or canceled answer of a WatchMany stream (events skipped).
+async fn next_answer(stream: &mut tonic::Streaming<pb::WatchManyEvent>) -> pb::WatchManyEvent {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("answer in time")
+            .expect("stream ok")
+            .expect("open");
+        if ev.created || ev.canceled {
+            return ev;
+        }
+    }
+}
+
+/// Issue 18, item 6: watches are capped per connection (Watch streams and WatchMany watches
+/// alike, given back on cancel) and, with authentication on, per identity over all its
+/// connections; WatchMany creates pay the connection's request rate.
+#[tokio::test]
+async fn watches_are_capped_per_connection_and_identity_and_creates_pay_the_rate() {
+    // Per connection, no authentication.
+    let dir = tempfile::tempdir().expect("dir");
+    let args = SecurityArgs {
+        max_watches_per_connection: Some(3),
+        ..SecurityArgs::default()
+    };
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let ch = tcp_channel(server.addr()).await;
+    let mut c = client(ch.clone(), None);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut stream = c
+        .watch_many(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    for id in 1..=3 {
+        tx.send(create_watch(id, "x")).await.expect("send");
+        assert!(next_answer(&mut stream).await.created, "watch {id}");
+    }
+    tx.send(create_watch(4, "x")).await.expect("send");
+    let refused = next_answer(&mut stream).await;
+    assert!(refused.canceled, "{refused:?}");
+    assert_eq!(refused.error_code, Code::ResourceExhausted as i32);
+    assert!(
+        refused
+            .error_message
+            .contains("--max-watches-per-connection"),
+        "{refused:?}"
+    );
+    // A Watch stream is a watch too.
+    let e = c
+        .watch(pb::WatchSecretsRequest::default())
+        .await
+        .expect_err("over the cap");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // Another connection has its own cap.
+    let mut other = client(tcp_channel(server.addr()).await, None);
+    let _w = other
+        .watch(pb::WatchSecretsRequest::default())
+        .await
+        .expect("another connection");
+    // A cancel gives its place back.
+    tx.send(pb::WatchManyRequest {
+        op: Some(pb::watch_many_request::Op::Cancel(2)),
+    })
+    .await
+    .expect("send");
+    assert!(next_answer(&mut stream).await.canceled);
+    tx.send(create_watch(5, "x")).await.expect("send");
+    assert!(next_answer(&mut stream).await.created);
+    // Closing the stream gives back all of its watches.
+    drop((tx, stream));
+    assert!(
+        common_eventually(|| {
+            let mut c = c.clone();
+            async move { c.watch(pb::WatchSecretsRequest::default()).await.is_ok() }
+        })
+        .await
+    );
+    server.running.shutdown().await.expect("shutdown");
+
+    // Per identity, over two connections; and creates pay the connection's rate.
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(dir.path(), "tokens.csv", TOKENS));
+    args.authz_policy = Some(write_file(dir.path(), "policy.yaml", POLICY));
+    args.max_watches_per_identity = Some(2);
+    args.max_requests_per_second_per_connection = Some(0.01);
+    args.request_burst_per_connection = Some(3);
+    let server = start_tcp(dir.path(), args).await.expect("start");
+    let channel = || tls_channel(server.addr(), &pki.ca_pem, None);
+    let mut a = client(channel().await.expect("tls"), Some("tok-single"));
+    let _w1 = a
+        .watch(pb::WatchSecretsRequest {
+            namespace: "b".into(),
+            field_selector: "metadata.name=target".into(),
+            ..pb::WatchSecretsRequest::default()
+        })
+        .await
+        .expect("first watch");
+    let mut b = client(channel().await.expect("tls"), Some("tok-single"));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut stream = b
+        .watch_many(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream (one request of b's 3)")
+        .into_inner();
+    tx.send(create_watch(1, "target")).await.expect("send");
+    assert!(
+        next_answer(&mut stream).await.created,
+        "second watch (two of 3)"
+    );
+    tx.send(create_watch(2, "target")).await.expect("send");
+    let refused = next_answer(&mut stream).await;
+    assert_eq!(refused.error_code, Code::ResourceExhausted as i32);
+    assert!(
+        refused.error_message.contains("--max-watches-per-identity"),
+        "{refused:?}"
+    );
+    // b's connection has spent its 3 requests: the next create is over its rate.
+    tx.send(create_watch(3, "target")).await.expect("send");
+    let refused = next_answer(&mut stream).await;
+    assert_eq!(refused.error_code, Code::ResourceExhausted as i32);
+    assert!(
+        refused.error_message.contains("too many requests"),
+        "{refused:?}"
+    );
+    // The admin is another identity.
+    let mut admin = client(channel().await.expect("tls"), Some("tok-admin"));
+    let _w = admin
+        .watch(pb::WatchSecretsRequest::default())
+        .await
+        .expect("another identity");
+    server.running.shutdown().await.expect("shutdown");
+}
+
+/// Issue 18, item 6: a list opens at most `list_scan_rows` records per call; a selector that
+/// matches nothing gets empty pages with continue tokens, never one call over everything.
+#[tokio::test]
+async fn a_list_opens_a_bounded_number_of_records_per_call() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .listen(tcp())
+        .store_config(coffer_core::store::StoreConfig {
+            list_scan_rows: 3,
+            ..coffer_core::store::StoreConfig::default()
+        })
+        .start()
+        .await;
+    let mut c = client(tcp_channel(server.addr()).await, None);
+    for i in 0..7 {
+        let mut s = secret("ns", &format!("s{i}"), &[("k", b"v")]);
+        if i == 5 {
+            s.metadata.as_mut().expect("meta").labels = [("app".to_owned(), "x".to_owned())].into();
+        }
+        create(&mut c, s).await.expect("create");
+    }
+    let opens_before = server.store.open_count();
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list(pb::ListSecretsRequest {
+                namespace: "ns".into(),
+                label_selector: "app=x".into(),
+                continue_token: token,
+                ..pb::ListSecretsRequest::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages.push(page.items.len());
+        token = page.continue_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, [0, 1, 0], "3 + 3 + 1 records opened");
+    assert_eq!(server.store.open_count() - opens_before, 7);
+    server.running.shutdown().await.expect("shutdown");
+}
+
+/// Issue 18, item 9: a client certificate with two CNs names nobody; token and policy files
+/// open to others, and an audit log that is a symbolic link or open to others, fail the start
+/// with a message naming the file, its mode and the fix.
+#[tokio::test]
+async fn two_cns_and_loose_security_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let server = secure_server(dir.path(), &pki, false).await;
+    let pair = pki.client_with_two_cns("single", "root");
+    let message = certificate_refused(&pki, server.addr(), &pair).await;
+    assert!(
+        message.contains("exactly one subject common name"),
+        "{message}"
+    );
+    server.running.shutdown().await.expect("shutdown");
+
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let starts = std::sync::atomic::AtomicUsize::new(0);
+    let fails = |args: SecurityArgs| {
+        // A data directory of its own for each start.
+        let n = starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = dir.path().join(format!("start{n}"));
+        std::fs::create_dir(&dir).expect("mkdir");
+        async move {
+            match start_tcp(&dir, args).await {
+                Ok(_) => panic!("the start should fail"),
+                Err(e) => e.to_string(),
+            }
+        }
+    };
+    let tokens = write_file(dir.path(), "loose-tokens.csv", TOKENS);
+    chmod(&tokens, 0o644);
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(
+        e.contains("token file") && e.contains("mode 0644") && e.contains("chmod 600"),
+        "{e}"
+    );
+    assert!(!e.contains("tok-admin"), "no token in the message: {e}");
+    chmod(&tokens, 0o600);
+
+    let policy = write_file(dir.path(), "loose-policy.yaml", POLICY);
+    chmod(&policy, 0o666);
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        authz_policy: Some(policy.clone()),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(e.contains("policy file") && e.contains("chmod go-w"), "{e}");
+    // Readable by others is fine for a policy (it holds no secret).
+    chmod(&policy, 0o644);
+
+    let target = write_file(dir.path(), "elsewhere.log", "");
+    let link = dir.path().join("audit-link.log");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        authz_policy: Some(policy.clone()),
+        audit_log: Some(link),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(e.contains("symbolic link"), "{e}");
+    let open_log = write_file(dir.path(), "open-audit.log", "");
+    chmod(&open_log, 0o644);
+    let e = fails(SecurityArgs {
+        token_file: Some(tokens.clone()),
+        authz_policy: Some(policy.clone()),
+        audit_log: Some(open_log.clone()),
+        ..pki.write(dir.path())
+    })
+    .await;
+    assert!(e.contains("mode 0644") && e.contains("audit"), "{e}");
+    chmod(&open_log, 0o640);
+    let last = dir.path().join("last");
+    std::fs::create_dir(&last).expect("mkdir");
+    let server = start_tcp(
+        &last,
+        SecurityArgs {
+            token_file: Some(tokens),
+            authz_policy: Some(policy),
+            audit_log: Some(open_log),
+            ..pki.write(dir.path())
+        },
+    )
+    .await
+    .expect("0600 tokens, 0644 policy and a 0640 audit log start");
+    server.running.shutdown().await.expect("shutdown");
+}
+
+/// Issue 18, item 9: TLS handshakes in progress are bounded (`max_tls_handshakes`): while a
+/// silent client holds the only place, a real client's handshake waits; when the silent one
+/// goes, it completes.
+#[tokio::test]
+async fn tls_handshakes_in_progress_are_bounded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new();
+    let mut args = pki.write(dir.path());
+    args.token_file = Some(write_file(dir.path(), "tokens.csv", TOKENS));
+    let server = TestServer::builder()
+        .dir(dir.path())
+        .security(args)
+        .listen(tcp())
+        .options(coffer_server::server::ServerOptions {
+            max_tls_handshakes: 1,
+            ..coffer_testkit::server::test_options()
+        })
+        .try_start()
+        .await
+        .expect("start");
+    let silent = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let addr = server.addr();
+    let ca = pki.ca_pem.clone();
+    let mut real = tokio::spawn(async move { tls_channel(addr, &ca, None).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut real)
+            .await
+            .is_err(),
+        "the handshake waits while the silent client holds the only place"
+    );
+    drop(silent);
+    let ch = real
+        .await
+        .expect("task")
+        .expect("handshake once the place is free");
+    // Served: authenticated, then denied by the (empty) policy.
+    let mut admin = client(ch, Some("tok-admin"));
+    let e = get(&mut admin, "b", "x").await.expect_err("no policy");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    server.running.shutdown().await.expect("shutdown");
+}

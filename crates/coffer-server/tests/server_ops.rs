@@ -455,3 +455,112 @@ async fn cleaner_round_and_uid_precondition() {
     assert!(store.get("kube-system", "t").await.is_err());
     assert_eq!(t.metadata.name, "t");
 }
+
+/// A KMS whose `status` can be made to hang until the test opens a gate, then fail; it counts
+/// the `status` calls made while hanging.
+#[derive(Debug)]
+struct HangingStatusKms {
+    inner: Arc<TestKms>,
+    hang: std::sync::atomic::AtomicBool,
+    hung_calls: std::sync::atomic::AtomicUsize,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl Kms for HangingStatusKms {
+    async fn status(&self) -> Result<KmsStatus, KmsError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.hang.load(SeqCst) {
+            self.hung_calls.fetch_add(1, SeqCst);
+            let _permit = self.gate.acquire().await;
+            return Err(KmsError::Unavailable("plugin does not answer".into()));
+        }
+        self.inner.status().await
+    }
+
+    async fn encrypt(&self, uid: &str, plaintext: &[u8]) -> Result<Wrapped, KmsError> {
+        self.inner.encrypt(uid, plaintext).await
+    }
+
+    async fn decrypt(&self, uid: &str, w: &Wrapped) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        self.inner.decrypt(uid, w).await
+    }
+
+    fn describe(&self) -> String {
+        "test kms with a hanging status".into()
+    }
+}
+
+/// Issue 18, item 7: writes past the outage grace probe the KMS before the write sequencer,
+/// and share one probe: while a `Status` call hangs, a delete (no KMS needed) and reads go
+/// through, and a crowd of creates makes one `Status` call, then all fail UNAVAILABLE.
+#[tokio::test]
+async fn kms_probes_run_outside_the_write_sequencer_and_are_shared() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const N: usize = 6;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kms = Arc::new(HangingStatusKms {
+        inner: TestKms::open(dir.path(), 1),
+        hang: false.into(),
+        hung_calls: 0.into(),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let mut config = StoreConfig::default();
+    // No grace: every write asks the KMS for its Status first.
+    config.outage.grace = Duration::ZERO;
+    let TestServer { running, .. } = TestServer::builder()
+        .dir(dir.path())
+        .kms(kms.clone())
+        .store_config(config)
+        .listen(vec![ListenAddr::Tcp("127.0.0.1:0".into())])
+        .without_metrics_listener()
+        .start()
+        .await;
+    let channel = tcp_channel(running.tcp_addr().expect("addr")).await;
+    let mut c = pb::secrets_client::SecretsClient::new(channel.clone());
+    create(&mut c, secret("ns", "keep", &[("k", "v")]))
+        .await
+        .expect("create while the KMS answers");
+    create(&mut c, secret("ns", "gone", &[("k", "v")]))
+        .await
+        .expect("create while the KMS answers");
+
+    kms.hang.store(true, SeqCst);
+    let mut calls = Vec::new();
+    for i in 0..N {
+        let mut c = pb::secrets_client::SecretsClient::new(channel.clone());
+        calls.push(tokio::spawn(async move {
+            create(&mut c, secret("ns", &format!("s{i}"), &[("k", "v")])).await
+        }));
+    }
+    let metrics = running.metrics().clone();
+    assert!(eventually(5, || async { metrics.in_flight("Create") == N as i64 }).await);
+    assert!(eventually(5, || async { kms.hung_calls.load(SeqCst) >= 1 }).await);
+    // The sequencer is free while the probe hangs: a delete and a read go through.
+    c.delete(pb::DeleteSecretRequest {
+        namespace: "ns".into(),
+        name: "gone".into(),
+        resource_version: 0,
+    })
+    .await
+    .expect("a delete does not wait for the KMS probe");
+    c.get(pb::GetSecretRequest {
+        namespace: "ns".into(),
+        name: "keep".into(),
+        resource_version: 0,
+    })
+    .await
+    .expect("a read does not wait either");
+    kms.gate.add_permits(1000);
+    for call in calls {
+        let e = call.await.expect("task").expect_err("KMS down");
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("KMS unreachable"), "{e:?}");
+    }
+    assert_eq!(
+        kms.hung_calls.load(SeqCst),
+        1,
+        "the creates that queued behind one probe share its answer"
+    );
+    running.shutdown().await.expect("shutdown");
+}

@@ -97,6 +97,23 @@ impl Pki {
         leaf(&self.ca, &[], None, &["admins"], false)
     }
 
+    /// A client certificate whose subject holds two CNs, `first` then `second` (the second
+    /// written under the CN's OID as a custom attribute: rcgen keeps one value per type).
+    pub fn client_with_two_cns(&self, first: &str, second: &str) -> Pair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, first);
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 3]), second);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        Pair {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
     /// A client certificate from another CA.
     pub fn foreign_client(user: &str) -> Pair {
         leaf(&ca("another CA"), &[], Some(user), &["admins"], false)
@@ -120,8 +137,11 @@ impl Pki {
 
 /// Writes `text` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
+    // Owner-only, as the server requires of token files.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     path
 }
 

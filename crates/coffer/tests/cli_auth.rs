@@ -61,6 +61,8 @@ impl Secure {
         let expired = write_pair(p, "expired", &pki.expired_client("alice"));
         let foreign = write_pair(p, "foreign", &Pki::foreign_client("alice"));
         std::fs::write(p.join("tokens.csv"), format!("{TOKEN},admin,1,admins\n")).unwrap();
+        std::fs::set_permissions(p.join("tokens.csv"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         std::fs::write(p.join("policy.yaml"), POLICY).unwrap();
         let token_file = p.join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();

@@ -171,3 +171,126 @@ fn missing_secrets_keys_and_command_errors() {
         run.stderr
     );
 }
+
+/// Issue 18, item 2: keys that can change what the command runs are skipped from --env-from
+/// with one stderr line naming them; --allow-unsafe-env sets them; the program is found on
+/// Coffer's own PATH, not on one from a Secret; an explicit --env may still name them.
+#[test]
+fn unsafe_keys_are_skipped_unless_allowed_and_the_program_is_resolved_first() {
+    let s = setup();
+    s.run(&[
+        "create",
+        "secret",
+        "generic",
+        "evil",
+        "--from-literal=LD_PRELOAD=/tmp/evil.so",
+        "--from-literal=LD_LIBRARY_PATH=/tmp",
+        "--from-literal=PATH=/nonexistent",
+        "--from-literal=BASH_ENV=/tmp/evil.sh",
+        "--from-literal=ENV=/tmp/evil.sh",
+        "--from-literal=NODE_OPTIONS=--require=/tmp/evil.js",
+        "--from-literal=PERL5OPT=-Mevil",
+        "--from-literal=PYTHONSTARTUP=/tmp/evil.py",
+        "--from-literal=IFS=x",
+        "--from-literal=GOOD=fine",
+    ])
+    .ok();
+    let run = s.run(&["exec", "--env-from", "evil", "--", "env"]);
+    let v = vars(run.ok());
+    assert_eq!(v["GOOD"], "fine");
+    // Not from the Secret (the test's own environment may hold some of these names).
+    for (k, secret_value) in [
+        ("LD_PRELOAD", "/tmp/evil.so"),
+        ("LD_LIBRARY_PATH", "/tmp"),
+        ("BASH_ENV", "/tmp/evil.sh"),
+        ("ENV", "/tmp/evil.sh"),
+        ("NODE_OPTIONS", "--require=/tmp/evil.js"),
+        ("PERL5OPT", "-Mevil"),
+        ("PYTHONSTARTUP", "/tmp/evil.py"),
+        ("IFS", "x"),
+    ] {
+        assert_ne!(v.get(k).map(String::as_str), Some(secret_value), "{k} set");
+    }
+    assert_ne!(v["PATH"], "/nonexistent", "the parent's PATH is kept");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: Keys [BASH_ENV, ENV, IFS, LD_LIBRARY_PATH, LD_PRELOAD, NODE_OPTIONS, \
+             PATH, PERL5OPT, PYTHONSTARTUP] from the EnvFrom secret default/evil were skipped \
+             since they can change what the command runs (pass --allow-unsafe-env to set them)."
+        ],
+        "{}",
+        run.stderr
+    );
+    // A prefix makes them ordinary names.
+    let run = s.run(&[
+        "exec",
+        "--env-from",
+        "evil",
+        "--prefix",
+        "APP_",
+        "--",
+        "env",
+    ]);
+    let v = vars(run.ok());
+    assert_eq!(v["APP_LD_PRELOAD"], "/tmp/evil.so");
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    // Allowed: set as given; `env` is still found, on Coffer's PATH (LD_PRELOAD of a missing
+    // file only makes the loader print a warning).
+    let run = s.run(&[
+        "exec",
+        "--allow-unsafe-env",
+        "--env-from",
+        "evil",
+        "--",
+        "env",
+    ]);
+    let v = vars(run.ok());
+    assert_eq!(v["PATH"], "/nonexistent");
+    assert_eq!(v["BASH_ENV"], "/tmp/evil.sh");
+    assert!(!run.stderr.contains("were skipped"), "{}", run.stderr);
+    // An explicit --env names the variable itself: allowed.
+    let run = s.run(&["exec", "--env", "PATH=evil:PATH", "--", "env"]);
+    assert_eq!(vars(run.ok())["PATH"], "/nonexistent");
+    // A program missing from Coffer's PATH is not looked up on the Secret's.
+    let run = s.run(&[
+        "exec",
+        "--allow-unsafe-env",
+        "--env-from",
+        "evil",
+        "--",
+        "no-such-program-coffer",
+    ]);
+    assert_eq!(run.code, 127, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot run no-such-program-coffer"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Issue 18, item 9: `exec` gets serve's memory hygiene: no core dumps (the limit is 0, and the
+/// command inherits it).
+#[cfg(target_os = "linux")]
+#[test]
+fn exec_runs_without_core_dumps() {
+    let s = setup();
+    let run = s.run(&[
+        "exec",
+        "--env-from",
+        "base",
+        "--",
+        "cat",
+        "/proc/self/limits",
+    ]);
+    let limits = run.ok();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core line");
+    let fields: Vec<&str> = line["Max core file size".len()..]
+        .split_whitespace()
+        .collect();
+    assert_eq!(&fields[..2], ["0", "0"], "{line}");
+}

@@ -288,3 +288,112 @@ async fn starting_while_the_plugin_is_down_is_not_ready_until_it_comes_up() {
     create(&mut c, "ns", "b", "2").await.expect("write");
     server.stop();
 }
+
+/// Issue 18, item 1: a data directory made with a KMS plugin, started without `--kms`, is
+/// refused (non-zero exit, a message naming the flag and the plugin) and no key file appears
+/// beside the data; `kms status` and `migrate` refuse it the same way; with `--kms` it still
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_store_started_without_kms_is_refused_and_gets_no_key_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    let data_s = data.display().to_string();
+    local_plugin_cmd(dir, "init", &[]).ok();
+    let plugin = local_plugin(dir);
+    let server = Serve::new(dir).kms(&plugin.socket).start();
+    let mut c = secrets_client(&server.socket).await;
+    create(&mut c, "ns", "a", "1").await.unwrap();
+    server.stop();
+    let recorded = std::fs::read_to_string(data.join("kms")).expect("record");
+    assert!(recorded.starts_with("plugin unix://"), "{recorded}");
+
+    let socket = dir.join("other.sock").display().to_string();
+    let listen = format!("unix://{socket}");
+    let refused = coffer(&["serve", "--data-dir", &data_s, "--listen", &listen]);
+    let err = refused.fails(1, "uses a KMS v2 plugin");
+    assert!(
+        err.contains(&format!("--kms unix://{}", plugin.socket.display())),
+        "{err}"
+    );
+    assert!(
+        !data.join("kek.key").exists(),
+        "no key file beside the data"
+    );
+    assert!(!std::path::Path::new(&socket).exists(), "never listened");
+    for cmd in [
+        &["kms", "status", "--data-dir", &data_s][..],
+        &["migrate", "--data-dir", &data_s][..],
+    ] {
+        let run = coffer(cmd);
+        assert_ne!(run.code, 0, "{cmd:?}: {run:?}");
+        assert!(!data.join("kek.key").exists(), "{cmd:?}");
+    }
+
+    // A store made before the record existed: a db/ and no key file is refused too.
+    std::fs::remove_file(data.join("kms")).unwrap();
+    let refused = coffer(&["serve", "--data-dir", &data_s, "--listen", &listen]);
+    refused.fails(1, "holds a store but no local key file");
+    assert!(!data.join("kek.key").exists());
+
+    let server = Serve::new(dir).kms(&plugin.socket).start();
+    let mut c = secrets_client(&server.socket).await;
+    assert_eq!(get_value(&mut c, "ns", "a").await.unwrap(), "1");
+    server.stop();
+}
+
+/// Issue 18, item 9: `--kms-peer-uid` checks who serves the plugin's socket: the right uid
+/// works; another uid is refused on connection (no KMS call reaches the impostor) and says
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kms_socket_peer_uid_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data").display().to_string();
+    local_plugin_cmd(dir, "init", &[]).ok();
+    let plugin = local_plugin(dir);
+    let kms = format!("unix://{}", plugin.socket.display());
+    let me = rustix::process::geteuid().as_raw().to_string();
+    let other = (rustix::process::geteuid().as_raw() + 4242).to_string();
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-peer-uid", &me])
+        .start();
+    let mut c = secrets_client(&server.socket).await;
+    create(&mut c, "ns", "a", "1")
+        .await
+        .expect("the plugin runs as this uid");
+    server.stop();
+
+    let server = Serve::new(dir)
+        .kms(&plugin.socket)
+        .args(&["--kms-peer-uid", &other])
+        .start();
+    let mut c = secrets_client(&server.socket).await;
+    let e = create(&mut c, "ns", "b", "2").await.expect_err("impostor");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(health(&server.socket).await, 2, "NOT_SERVING");
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!("expected={other}")) && log.contains("--kms-peer-uid"),
+        "{log}"
+    );
+    server.stop();
+    let status = coffer(&[
+        "kms",
+        "status",
+        "--data-dir",
+        &data,
+        "--kms",
+        &kms,
+        "--kms-peer-uid",
+        &other,
+    ]);
+    assert!(
+        status.stdout.contains(&format!("not {other}"))
+            || status.stderr.contains(&format!("not {other}")),
+        "{status:?}"
+    );
+    let run = coffer(&["kms", "status", "--data-dir", &data, "--kms-peer-uid", &me]);
+    run.fails(1, "--kms-peer-uid needs --kms");
+}

@@ -58,6 +58,11 @@ impl Token {
         assert!(out.status.success(), "{out:?}");
         let pin_file = dir.join("pin");
         std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+        std::fs::set_permissions(
+            &pin_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         Some(Self { conf, pin_file })
     }
 

@@ -136,14 +136,14 @@ fn mode_of(p: &Path) -> u32 {
 }
 
 /// Checks the kubelet layout of `dir` and returns the files under `..data` (path -> content):
-/// one timestamped directory (0755) that `..data` names, and one `name -> ..data/name` link per
+/// one timestamped directory (0700) that `..data` names, and one `name -> ..data/name` link per
 /// top-level name, nothing else.
 fn layout(dir: &Path) -> BTreeMap<String, String> {
     let data = std::fs::read_link(dir.join("..data")).expect("..data is a link");
     let ts = data.to_str().unwrap().to_owned();
     assert!(is_timestamp_dir_name(&ts), "..data -> {ts}");
     assert!(!data.is_absolute(), "..data must be relative");
-    assert_eq!(mode_of(&dir.join(&ts)), 0o755, "timestamped dir mode");
+    assert_eq!(mode_of(&dir.join(&ts)), 0o700, "timestamped dir mode");
     let mut files = BTreeMap::new();
     collect(&dir.join(&ts), "", &mut files);
     let top: BTreeSet<String> = files
@@ -181,7 +181,7 @@ fn collect(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
             format!("{prefix}/{name}")
         };
         if entry.file_type().unwrap().is_dir() {
-            assert_eq!(mode_of(&entry.path()), 0o755, "dir {rel}");
+            assert_eq!(mode_of(&entry.path()), 0o700, "dir {rel}");
             collect(&entry.path(), &rel, out);
         } else {
             out.insert(rel, std::fs::read_to_string(entry.path()).unwrap());
@@ -447,8 +447,8 @@ async fn items_modes_nested_paths_and_dotfiles() {
     assert_eq!(mode("certs/private/key.pem"), 0o100_400);
     assert_eq!(mode("certs/cert.pem"), 0o100_644);
     assert_eq!(mode("config.json"), 0o100_600);
-    assert_eq!(mode("certs"), 0o040_755);
-    assert_eq!(mode("certs/private"), 0o040_755);
+    assert_eq!(mode("certs"), 0o040_700);
+    assert_eq!(mode("certs/private"), 0o040_700);
     // Keys not listed are not projected.
     assert!(std::fs::symlink_metadata(some.join("tls.crt")).is_err());
     agent.stop().await;

@@ -114,9 +114,11 @@ fn once_with_flags_and_config_files() {
     let run = Command::new("sh").args(["-c", &script]).output().unwrap();
     assert!(run.status.success(), "{run:?}");
     assert_eq!(mode(&strict.join("a/user")), 0o644);
-    assert_eq!(mode(&strict.join("a")), 0o755);
+    // Directories the agent creates are owner-only (issue 18).
+    assert_eq!(mode(&strict.join("a")), 0o700);
     let data = std::fs::read_link(strict.join("..data")).unwrap();
-    assert_eq!(mode(&strict.join(data)), 0o755);
+    assert_eq!(mode(&strict.join(data)), 0o700);
+    assert_eq!(mode(&strict), 0o700);
 }
 
 #[test]
@@ -225,6 +227,17 @@ fn agent_follows_updates_and_stops_on_sigterm() {
         }
     };
     wait_for("v1");
+    // The agent holds plaintext: no core dumps, as serve (issue 18).
+    if let Ok(limits) = std::fs::read_to_string(format!("/proc/{}/limits", child.id())) {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .expect("core line");
+        let fields: Vec<&str> = line["Max core file size".len()..]
+            .split_whitespace()
+            .collect();
+        assert_eq!(&fields[..2], ["0", "0"], "{line}");
+    }
     let applied = s.file(
         "live.yaml",
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: live\nstringData:\n  k: v2\n",
@@ -259,4 +272,116 @@ fn agent_follows_updates_and_stops_on_sigterm() {
         !stderr.contains("v1") && !stderr.contains("v2"),
         "plaintext in logs: {stderr}"
     );
+}
+
+/// Issue 18, item 4: what the agent creates is 0700 (0750 and the group with --group, owned by
+/// --owner when root); an existing target open to others gets a warning; --owner is refused
+/// to non-root users.
+#[test]
+fn mount_directories_are_owner_only_with_group_and_owner_options() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Server::start();
+    s.run(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "--from-literal=user=admin",
+    ])
+    .ok();
+    let out = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let data_dir = |t: &Path| t.join(std::fs::read_link(t.join("..data")).unwrap());
+
+    let plain = out.path().join("plain/nested");
+    let run = s.run(&[
+        "mount",
+        "--once",
+        "--secret",
+        "db",
+        "--dir",
+        plain.to_str().unwrap(),
+    ]);
+    run.ok();
+    assert_eq!(mode(&plain), 0o700);
+    assert_eq!(mode(&data_dir(&plain)), 0o700);
+    assert_eq!(
+        mode(&plain.join("user")),
+        0o644,
+        "the file's own mode, inside"
+    );
+    assert!(
+        !run.stderr.contains("other users can enter"),
+        "{}",
+        run.stderr
+    );
+
+    // An existing target readable by others: left as it is, with a warning.
+    let open = out.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = s.run(&[
+        "mount",
+        "--once",
+        "--secret",
+        "db",
+        "--dir",
+        open.to_str().unwrap(),
+    ]);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("has mode 0755: other users can enter it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(mode(&open), 0o755);
+    assert_eq!(mode(&data_dir(&open)), 0o700);
+
+    // --group: 0750 and that group, on directories and files.
+    let gid = std::fs::metadata(out.path()).unwrap().gid();
+    let grouped = out.path().join("grouped");
+    let gid_s = gid.to_string();
+    let run = s.run(&[
+        "mount",
+        "--once",
+        "--secret",
+        "db",
+        "--dir",
+        grouped.to_str().unwrap(),
+        "--group",
+        &gid_s,
+        "--default-mode",
+        "0440",
+    ]);
+    run.ok();
+    assert_eq!(mode(&grouped), 0o750);
+    assert_eq!(mode(&data_dir(&grouped)), 0o750);
+    assert_eq!(std::fs::metadata(data_dir(&grouped)).unwrap().gid(), gid);
+    assert_eq!(std::fs::metadata(grouped.join("user")).unwrap().gid(), gid);
+
+    // --owner: root only.
+    let owned = out.path().join("owned");
+    let run = s.run(&[
+        "mount",
+        "--once",
+        "--secret",
+        "db",
+        "--dir",
+        owned.to_str().unwrap(),
+        "--owner",
+        "4242",
+        "--group",
+        "4243",
+    ]);
+    if rustix::process::geteuid().is_root() {
+        run.ok();
+        for p in [owned.clone(), data_dir(&owned), owned.join("user")] {
+            let m = std::fs::metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4242, 4243), "{}", p.display());
+        }
+    } else {
+        run.fails(1, "--owner: only root");
+        assert!(!owned.exists());
+    }
 }

@@ -248,3 +248,28 @@ async fn serve_refuses_non_loopback_without_auth() {
     let log = serve.terminate().log;
     assert!(said, "{log}");
 }
+
+/// Issue 18, item 9: the unix socket is bound under umask 077 (owner-only from the moment it
+/// exists), whatever umask `coffer serve` starts with, and the process's umask is given back.
+#[tokio::test]
+async fn the_socket_is_owner_only_under_any_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let serve = Serve::new(dir.path())
+        .through(
+            Path::new("/bin/sh"),
+            &["-c", "umask 000; exec \"$@\"", "sh"],
+        )
+        .start();
+    let mode = std::fs::metadata(&serve.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", serve.child.id())).unwrap_or_default();
+    if let Some(umask) = status.lines().find_map(|l| l.strip_prefix("Umask:")) {
+        assert_eq!(umask.trim(), "0000", "the process's umask is restored");
+    }
+    serve.kill();
+}

@@ -113,10 +113,12 @@ fn main() -> ExitCode {
 fn read_pin(pin_file: Option<&PathBuf>) -> Result<AuthPin, String> {
     let pin = match pin_file {
         Some(path) => {
-            let bytes = Zeroizing::new(
-                std::fs::read(path)
-                    .map_err(|e| format!("cannot read the PIN file {}: {e}", path.display()))?,
-            );
+            // The PIN file must be owner-only.
+            let bytes = coffer_kms::hygiene::read_checked(
+                path,
+                "PIN file",
+                coffer_kms::hygiene::GROUP_OTHER_ACCESS,
+            )?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| format!("the PIN file {} is not UTF-8", path.display()))?;
             Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())
@@ -230,6 +232,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pin");
         std::fs::write(&path, "12 34\n").expect("write");
+        // Readable by others: refused, naming the mode and the fix (issue 18).
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        let e = read_pin(Some(&path)).expect_err("0644");
+        assert!(e.contains("mode 0644") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         let pin = read_pin(Some(&path)).expect("pin");
         assert_eq!(secrecy::ExposeSecret::expose_secret(&pin), "12 34");
         std::fs::write(&path, "\n").expect("write");

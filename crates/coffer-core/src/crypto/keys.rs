@@ -42,11 +42,31 @@ impl Seed {
     /// salt, and `info` (32 fresh random bytes per write) as the context, as the Kubernetes KMS v2
     /// transformer does.
     pub fn derive(&self, info: &[u8]) -> DataKey {
-        let hk = Hkdf::<Sha256>::new(None, self.0.expose_secret());
+        let hk = WipedHkdf::new(self.0.expose_secret());
         DataKey(SecretBox::init_with_mut(|k: &mut [u8; SEED_LEN]| {
             // 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so expand cannot fail.
-            let _ = hk.expand(info, k);
+            let _ = hk.0.expand(info, k);
         }))
+    }
+}
+
+/// HKDF-SHA256 state (the PRK, held as HMAC-SHA256's keyed inner and outer hash states: as
+/// secret as the seed) in a heap box that is overwritten with a keyless state on drop. The
+/// `hkdf` and `hmac` crates offer no `zeroize`; this keeps the state in one place and wipes it
+/// there (without `unsafe`, by assigning over it).
+struct WipedHkdf(Box<Hkdf<Sha256>>);
+
+impl WipedHkdf {
+    fn new(ikm: &[u8]) -> Self {
+        Self(Box::new(Hkdf::<Sha256>::new(None, ikm)))
+    }
+}
+
+impl Drop for WipedHkdf {
+    fn drop(&mut self) {
+        *self.0 = Hkdf::<Sha256>::new(None, &[0u8; SEED_LEN]);
+        // The overwrite is a store the optimiser must not drop as dead.
+        std::hint::black_box(&*self.0);
     }
 }
 

@@ -39,7 +39,125 @@ impl std::fmt::Debug for LocalKek {
     }
 }
 
+/// The name of the local key file inside a data directory.
+pub const LOCAL_KEK_FILE: &str = "kek.key";
+/// The file inside a data directory that records which KMS wraps its seeds: `local`, or
+/// `plugin <endpoint>`. Written on every start; read so that a store made with a KMS plugin is
+/// never opened (and never given a fresh key file) without one.
+pub const KMS_RECORD_FILE: &str = "kms";
+
+/// Which KMS a data directory records (see [`KMS_RECORD_FILE`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedKms {
+    /// The local key file `<data-dir>/kek.key`.
+    Local,
+    /// A KMS v2 plugin, last reached at this endpoint (`unix:///...`).
+    Plugin(String),
+}
+
+impl RecordedKms {
+    /// Reads the record of `data_dir`; `None` when there is none (a new data directory, or
+    /// one made before the record existed).
+    pub fn read(data_dir: &Path) -> io::Result<Option<Self>> {
+        let text = match fs::read_to_string(data_dir.join(KMS_RECORD_FILE)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let line = text.lines().next().unwrap_or("").trim();
+        match line.split_once(' ') {
+            None if line == "local" => Ok(Some(Self::Local)),
+            Some(("plugin", endpoint)) => Ok(Some(Self::Plugin(endpoint.trim().to_owned()))),
+            // Anything else is not a record this version wrote: treat it as a plugin store,
+            // the safe reading (no key file is created for it).
+            _ => Ok(Some(Self::Plugin(String::new()))),
+        }
+    }
+
+    /// Records `self` for `data_dir` (written whole under a temporary name, then renamed; mode
+    /// 0600). Does nothing when `data_dir` does not exist.
+    pub fn write(&self, data_dir: &Path) -> io::Result<()> {
+        if !data_dir.is_dir() {
+            return Ok(());
+        }
+        let text = match self {
+            Self::Local => "local\n".to_owned(),
+            Self::Plugin(endpoint) => format!("plugin {endpoint}\n"),
+        };
+        let path = data_dir.join(KMS_RECORD_FILE);
+        if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            return Ok(());
+        }
+        let tmp = data_dir.join(format!(".{KMS_RECORD_FILE}.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        fs::File::open(data_dir)?.sync_all()
+    }
+}
+
 impl LocalKek {
+    /// Opens the local key file of the data directory `data_dir` (`<data-dir>/kek.key`), the
+    /// embedded default KEK, and records it as the directory's KMS.
+    ///
+    /// A key file is created only for a data directory that holds no store yet. A directory
+    /// whose record names a KMS plugin, or that holds a store (`db/`) but no key file, is
+    /// refused with [`KmsError::WrongKms`]: its seeds are wrapped by a plugin (or by a key file
+    /// that was lost), and a fresh key lying beside the data would silently take over new
+    /// writes (a downgrade nobody asked for).
+    pub fn open_for_data_dir(data_dir: &Path) -> Result<Self, KmsError> {
+        let path = data_dir.join(LOCAL_KEK_FILE);
+        let recorded = RecordedKms::read(data_dir).map_err(|e| {
+            KmsError::Unavailable(format!(
+                "cannot read {}: {e}",
+                data_dir.join(KMS_RECORD_FILE).display()
+            ))
+        })?;
+        if let Some(RecordedKms::Plugin(endpoint)) = recorded {
+            let flag = if endpoint.is_empty() {
+                "--kms unix:///path/to/kms.sock".to_owned()
+            } else {
+                format!("--kms {endpoint}")
+            };
+            return Err(KmsError::WrongKms(format!(
+                "data directory {} uses a KMS v2 plugin, but no --kms was given: start with {flag} \
+                 (its seeds are wrapped by the plugin; no local key file is created for it)",
+                data_dir.display()
+            )));
+        }
+        let has_store = data_dir.join("db").exists();
+        if has_store && !path.exists() {
+            return Err(KmsError::WrongKms(format!(
+                "data directory {} holds a store but no local key file {}: it was made with a KMS \
+                 v2 plugin (start with --kms unix:///path/to/kms.sock) or its key file was lost \
+                 (restore it); refusing to create a new key beside the data",
+                data_dir.display(),
+                path.display()
+            )));
+        }
+        let kek = Self::open_or_create(&path)
+            .map_err(|e| KmsError::Unavailable(format!("local key file: {e}")))?;
+        RecordedKms::Local.write(data_dir).map_err(|e| {
+            KmsError::Unavailable(format!(
+                "cannot record the KMS in {}: {e}",
+                data_dir.join(KMS_RECORD_FILE).display()
+            ))
+        })?;
+        Ok(kek)
+    }
+
     /// Opens the key file at `path`, creating it (mode 0600, 32 random bytes) if it does not
     /// exist. Refuses a file of the wrong size or one readable by group or others.
     pub fn open_or_create(path: impl AsRef<Path>) -> io::Result<Self> {

@@ -25,7 +25,7 @@ use std::fmt;
 use async_trait::async_trait;
 use zeroize::Zeroizing;
 
-pub use self::local::LocalKek;
+pub use self::local::{KMS_RECORD_FILE, LOCAL_KEK_FILE, LocalKek, RecordedKms};
 pub use self::seeds::{OutagePolicy, SeedError, SeedManager, SeedPolicy};
 
 /// The KMS v2 API version a healthy plugin reports.
@@ -179,6 +179,10 @@ pub enum KmsError {
     /// from the seeds in memory).
     #[error("KMS unreachable: {0}")]
     Unreachable(String),
+    /// The KMS given is not the one the data directory uses (a store made with a KMS plugin,
+    /// opened without one); the message says which to give.
+    #[error("{0}")]
+    WrongKms(String),
 }
 
 /// A key-encryption service with Kubernetes KMS v2 semantics. Implementations: [`LocalKek`]

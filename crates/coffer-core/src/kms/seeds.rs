@@ -3,7 +3,10 @@
 //! One KMS `Encrypt` per seed, never per write. Seeds are persisted wrapped (with their key_id and
 //! annotations) in the backend under `k/seed/<id>`, unwrapped once at start (one `Decrypt` each),
 //! kept in memory in zeroizing boxes, and replaced for new writes when the KMS reports a new
-//! key_id or the current seed reaches its age or write limit. Old seeds stay readable.
+//! key_id or the current seed reaches its age or write limit. Old seeds stay readable. The age
+//! is the larger of the wall-clock age and the time the seed has been current in this process
+//! (monotonic), and a seed dated in the future counts as expired, so that setting the clock back
+//! cannot keep a seed in use forever.
 //!
 //! The outage policy lives here too, as the write gate: a write needs a good KMS `Status` within
 //! the last [`OutagePolicy::grace`]; past it, the write asks the plugin for its `Status` itself
@@ -22,6 +25,10 @@ use tokio::time::Instant;
 use super::{Kms, KmsError, KmsStatus, Wrapped};
 use crate::crypto::Seed;
 use crate::storage::{Backend, Batch, StorageError};
+
+/// How far ahead of this machine's clock a seed's creation time may be (clocks of replicas
+/// differ a little) before the seed counts as expired: one hour.
+const MAX_CLOCK_SKEW_SECS: i64 = 3600;
 
 /// The backend key prefix of the seeds table.
 pub const SEED_PREFIX: &[u8] = b"k/seed/";
@@ -115,6 +122,9 @@ struct Inner {
     current: Option<u32>,
     /// Writes under `current` in this process.
     current_writes: u64,
+    /// When `current` became current in this process (monotonic): the seed's age is also
+    /// measured from here, so that a wall clock set back cannot keep a seed forever.
+    current_since: Option<Instant>,
     /// The key_id the KMS last reported in a good Status.
     kms_key_id: Option<String>,
 }
@@ -130,7 +140,7 @@ struct Health {
     last_ok: bool,
     /// Why the last failed `Status` (or other KMS call) failed.
     last_error: Option<String>,
-    /// How many `Status` probes writes have made (past the grace period).
+    /// How many `Status` probes of writes (past the grace period) have finished.
     probes: u64,
 }
 
@@ -253,6 +263,7 @@ impl SeedManager {
             .next_back()
             .copied()
             .filter(|id| inner.unwrapped.contains_key(id));
+        inner.current_since = Some(Instant::now());
         let mgr = Self {
             kms,
             backend,
@@ -394,17 +405,16 @@ impl SeedManager {
         if self.is_writable() {
             return Ok(());
         }
-        // A probe that finished while this writer waited answers for it too.
-        let due = {
-            let mut h = self.health();
-            let due = h.probes == seen;
-            if due {
-                h.probes += 1;
+        // A probe that finished while this writer waited (even one that had started before it
+        // came) answers for it too: `probes` counts finished probes, so a crowd arriving during
+        // an outage makes one Status call, not one each.
+        let due = self.health().probes == seen;
+        if due {
+            let ok = self.refresh().await.is_ok();
+            self.health().probes += 1;
+            if ok {
+                return Ok(());
             }
-            due
-        };
-        if due && self.refresh().await.is_ok() {
-            return Ok(());
         }
         let h = self.health();
         let since = match h.last_good {
@@ -442,6 +452,7 @@ impl SeedManager {
                     // re-checked against the key_id, age and write count before any use).
                     if inner.current.is_none() && inner.stored.keys().next_back() == Some(&id) {
                         inner.current = Some(id);
+                        inner.current_since = Some(Instant::now());
                     }
                 }
                 Err(e) => {
@@ -525,9 +536,16 @@ impl SeedManager {
             .kms_key_id
             .as_deref()
             .is_some_and(|k| k != stored.key_id);
-        let age = now_unix().saturating_sub(stored.created_unix).max(0) as u64;
+        let now = now_unix();
+        let age = now.saturating_sub(stored.created_unix).max(0) as u64;
+        // A creation time ahead of the clock means the clock was set back (or the row was
+        // written elsewhere with a wrong clock): the wall-clock age cannot be trusted.
+        let future_dated = stored.created_unix > now.saturating_add(MAX_CLOCK_SKEW_SECS);
+        let in_use = inner.current_since.map_or(Duration::ZERO, |t| t.elapsed());
         let expired = expired_by_key
+            || future_dated
             || age >= self.policy.max_age.as_secs()
+            || in_use >= self.policy.max_age
             || inner.current_writes >= self.policy.max_writes;
         if expired {
             inner.current = None;
@@ -587,6 +605,7 @@ impl SeedManager {
         inner.unwrapped.insert(id, seed.clone());
         inner.current = Some(id);
         inner.current_writes = 1;
+        inner.current_since = Some(Instant::now());
         Ok((id, seed))
     }
 

@@ -56,6 +56,8 @@ pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(3600);
 const SCAN_CHUNK: usize = 256;
 /// The largest page a list returns when the caller sets no limit or a larger one.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// The default of [`StoreConfig::list_scan_rows`]: the most records one list call opens.
+pub const MAX_LIST_SCAN_ROWS: usize = 10_000;
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +102,10 @@ pub struct StoreConfig {
     /// For a sled data directory: checkpoint the write-ahead log once it grows past this many
     /// bytes. Default [`crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES`] (64 MiB).
     pub wal_checkpoint_bytes: u64,
+    /// The most records one list call opens (decrypts), matching or not: a selector that
+    /// matches little ends the page early, with a continue token past the last record opened,
+    /// so that no single call decrypts a whole large scope. Default [`MAX_LIST_SCAN_ROWS`].
+    pub list_scan_rows: usize,
 }
 
 impl Default for StoreConfig {
@@ -112,6 +118,7 @@ impl Default for StoreConfig {
             quotas: Quotas::unlimited(),
             history_retention: DEFAULT_HISTORY_RETENTION,
             wal_checkpoint_bytes: crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
+            list_scan_rows: MAX_LIST_SCAN_ROWS,
         }
     }
 }
@@ -137,6 +144,16 @@ pub struct ListOptions {
     /// ends with a continue token, so that one page of large Secrets stays within a response
     /// size that clients can read.
     pub max_bytes: usize,
+}
+
+/// Options of [`Store::update_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpdateOptions {
+    /// The caller may not read the Secret (it lacks `get`): the answer must not depend on
+    /// whether the data it sends matches the stored data. An immutable Secret then refuses the
+    /// update as if the data differed, and a mutable one is always rewritten (a new
+    /// resource_version) instead of returned unchanged.
+    pub blind: bool,
 }
 
 /// Conditions a delete must meet; an unmet one fails with [`StoreError::Conflict`] or
@@ -184,6 +201,8 @@ pub struct Store {
     seals: AtomicU64,
     /// Records opened so far (for metrics).
     opens: AtomicU64,
+    /// See [`StoreConfig::list_scan_rows`].
+    list_scan_rows: usize,
     /// Quotas and per-namespace usage; checked and changed only while the sequencing lock is
     /// held, so a check and the write it admits are one step (a std mutex: never held across an
     /// await).
@@ -198,7 +217,8 @@ impl Store {
     }
 
     /// Opens the embedded default: sled under `data_dir`, the local key-file KEK at
-    /// `data_dir/kek.key` (created 0600 on first start).
+    /// `data_dir/kek.key` (created 0600 on first start; refused for a data directory made with
+    /// a KMS plugin, see [`LocalKek::open_for_data_dir`]).
     pub async fn open_default(
         data_dir: impl Into<PathBuf>,
         durability: Durability,
@@ -216,8 +236,7 @@ impl Store {
         wrap_kms: impl FnOnce(Arc<dyn Kms>) -> Arc<dyn Kms>,
     ) -> Result<Self, StoreError> {
         let data_dir = data_dir.into();
-        let kek = LocalKek::open_or_create(data_dir.join("kek.key"))
-            .map_err(|e| StoreError::Unavailable(format!("local key file: {e}")))?;
+        let kek = LocalKek::open_for_data_dir(&data_dir)?;
         let mut sled = SledConfig::new(data_dir.join("db"));
         sled.durability = durability;
         sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;
@@ -286,6 +305,7 @@ impl Store {
             leases,
             seals: AtomicU64::new(0),
             opens: AtomicU64::new(0),
+            list_scan_rows: config.list_scan_rows.max(1),
             quota: std::sync::Mutex::new(QuotaState::new(config.quotas, usage)),
         })
     }
@@ -351,6 +371,10 @@ impl Store {
         }
         validation::validate_secret(&secret)?;
         let key = secret.storage_key();
+        // KMS calls (the outage probe, a new seed's Encrypt) happen before the sequencer: a
+        // write waiting on the KMS must not hold up every other write. A failure is reported
+        // where the write needs the seed, after the checks that come first (exists, ...).
+        let seed = self.seeds.for_write().await;
         let lsn = {
             let _seq = self.sequencer.lock().await;
             if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
@@ -361,8 +385,7 @@ impl Store {
             }
             secret.metadata.uid = uuid::Uuid::new_v4().to_string();
             secret.metadata.creation_timestamp = Some(now_unix());
-            self.write_locked(&key, Change::Put(&mut secret, EventKind::Added), None)
-                .await?
+            self.write_locked(&key, Change::Put(&mut secret, EventKind::Added, seed), None)?
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -371,11 +394,24 @@ impl Store {
     /// Replaces a Secret. A non-zero `metadata.resource_version` is a precondition; uid and
     /// creation timestamp are kept from the stored object. An update that changes nothing
     /// returns the stored object without a new revision, as Kubernetes does.
-    pub async fn update(&self, mut secret: Secret) -> Result<Secret, StoreError> {
+    pub async fn update(&self, secret: Secret) -> Result<Secret, StoreError> {
+        self.update_with(secret, UpdateOptions::default()).await
+    }
+
+    /// As [`Store::update`], with options: a `blind` update (for a caller that may not read the
+    /// Secret) answers the same whether or not the data it sends matches the stored data.
+    pub async fn update_with(
+        &self,
+        mut secret: Secret,
+        options: UpdateOptions,
+    ) -> Result<Secret, StoreError> {
         secret.merge_string_data();
         secret.apply_defaults();
         check_key_parts(&secret.metadata.namespace, &secret.metadata.name)?;
         let key = secret.storage_key();
+        // KMS calls before the sequencer (see `create`); the stored version's seed too.
+        let seed = self.seeds.for_write().await;
+        self.prefetch_seed(&key).await?;
         let lsn = {
             let _seq = self.sequencer.lock().await;
             let (old, old_version) =
@@ -386,18 +422,30 @@ impl Store {
                         name: secret.metadata.name.clone(),
                     })?;
             check_precondition(&old, secret.metadata.resource_version)?;
+            if options.blind && old.immutable {
+                // Judged as if the data differed: an immutable Secret refuses a blind update
+                // whatever data it carries, with the error a wrong guess gets.
+                let mut other = old.duplicate();
+                other.data = if secret.data.is_empty() {
+                    std::iter::once((String::new(), crate::model::SecretValue::from(""))).collect()
+                } else {
+                    Default::default()
+                };
+                validation::validate_update(&other, &secret)?;
+            }
             validation::validate_update(&old, &secret)?;
             secret.metadata.uid = old.metadata.uid.clone();
             secret.metadata.creation_timestamp = old.metadata.creation_timestamp;
-            if unchanged(&old, &secret) {
+            // A blind update always writes (a new resource_version): keeping the old one on a
+            // no-op would tell the caller its guess of the data was right.
+            if !options.blind && unchanged(&old, &secret) {
                 return Ok(old);
             }
             self.write_locked(
                 &key,
-                Change::Put(&mut secret, EventKind::Modified),
+                Change::Put(&mut secret, EventKind::Modified, seed),
                 Some(&old_version),
-            )
-            .await?
+            )?
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -428,6 +476,7 @@ impl Store {
     ) -> Result<Secret, StoreError> {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
+        self.prefetch_seed(&key).await?;
         let (lsn, last) = {
             let _seq = self.sequencer.lock().await;
             let (old, old_version) =
@@ -448,9 +497,7 @@ impl Store {
                 });
             }
             let mut last = old.duplicate();
-            let lsn = self
-                .write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))
-                .await?;
+            let lsn = self.write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
             last.metadata.resource_version = self.mvcc.revision();
             (lsn, last)
         };
@@ -538,6 +585,7 @@ impl Store {
         let mut items = Vec::new();
         let mut page_bytes = 0usize;
         let mut more = false;
+        let mut scanned = 0usize;
         'scan: loop {
             let rows = self.mvcc.range(
                 prefix.as_bytes(),
@@ -551,10 +599,13 @@ impl Store {
                 let bkey = String::from_utf8(v.key.clone())
                     .map_err(|_| StoreError::data_loss("?", "storage key is not UTF-8"))?;
                 let key = &bkey[SECRET_PREFIX.len()..];
-                if items.len() == limit {
+                if items.len() == limit || scanned == self.list_scan_rows {
+                    // A full page, or as many records opened as one call may: the next page
+                    // starts after the last row read.
                     more = true;
                     break 'scan;
                 }
+                scanned += 1;
                 let secret = self.open_version(key, &v).await?;
                 if fields.matches(&secret) && labels.matches(&secret.metadata.labels) {
                     let size = secret.approx_size();
@@ -590,7 +641,7 @@ impl Store {
     /// `old` is the version it replaces or deletes (`None` for a create: then the key must not
     /// exist); a put the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`]
     /// and writes nothing.
-    async fn write_locked(
+    fn write_locked(
         &self,
         key: &str,
         change: Change<'_>,
@@ -607,9 +658,9 @@ impl Store {
         };
         let quota_after;
         let (write, kind, object) = match change {
-            Change::Put(secret, kind) => {
+            Change::Put(secret, kind, seed) => {
+                let (seed_id, seed) = seed?;
                 secret.metadata.resource_version = revision;
-                let (seed_id, seed) = self.seeds.for_write().await?;
                 let plaintext = codec::encode(secret);
                 let record =
                     crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
@@ -709,6 +760,22 @@ impl Store {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes sure the seed of the stored version of `key` is in memory, unwrapping it through
+    /// the KMS if needed, before the caller takes the sequencer (a seed the KMS could not unwrap
+    /// at start would otherwise be unwrapped, up to the KMS deadline, while every write waits).
+    /// A record that does not parse is left to the locked read, which reports it.
+    async fn prefetch_seed(&self, key: &str) -> Result<(), StoreError> {
+        let Some(v) = self.mvcc.get(backend_key(key).as_bytes(), None)? else {
+            return Ok(());
+        };
+        if let Ok(header) = RecordHeader::parse(&v.value)
+            && self.seeds.seed(header.seed_id).is_none()
+        {
+            self.seeds.seed_for_read(header.seed_id).await?;
+        }
+        Ok(())
+    }
+
     /// Reads the current object and its stored version under the sequencing lock (no
     /// durability wait: the caller's own write comes later and is waited for).
     async fn read_locked(&self, key: &str) -> Result<Option<(Secret, Version)>, StoreError> {
@@ -759,8 +826,13 @@ struct Pending {
 
 /// One write, as the sequencer applies it.
 enum Change<'a> {
-    /// Seal and store this object; publish it with this event kind.
-    Put(&'a mut Secret, EventKind),
+    /// Seal and store this object under this seed (taken before the sequencer); publish it
+    /// with this event kind.
+    Put(
+        &'a mut Secret,
+        EventKind,
+        Result<(u32, Arc<crate::crypto::Seed>), crate::kms::SeedError>,
+    ),
     /// Remove the object; publish this, its last state.
     Delete(Box<Secret>),
 }

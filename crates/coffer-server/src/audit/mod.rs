@@ -19,6 +19,14 @@
 //! `UNAVAILABLE` when its record cannot be written after it ran, and, once any write has failed,
 //! before it runs until the log takes a marker line again ([`Auditor::ready`]); otherwise the
 //! request goes on.
+//!
+//! Refusals that a flood can cause before the caller is known (unauthenticated calls, calls
+//! over the connection's or the server's request rate) are sampled
+//! ([`Auditor::sample_refusal`]): at most [`REFUSAL_LINES_PER_SECOND`] lines a second (bursts of
+//! [`REFUSAL_LINE_BURST`]); the next refusal line written is preceded by one
+//! `{"time":...,"event":"audit refusals sampled out","count":N}` line, and every refusal is
+//! counted in the metrics whether or not it was written. Denials of authenticated callers are
+//! always written.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -28,6 +36,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ring::hmac;
 use serde::Serialize;
+
+use crate::throttle::TokenBucket;
 
 /// The audit log could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,11 @@ pub struct Record<'a> {
     pub connection: u64,
 }
 
+/// The sustained rate of sampled refusal lines (see the module doc).
+pub const REFUSAL_LINES_PER_SECOND: f64 = 5.0;
+/// The burst of sampled refusal lines.
+pub const REFUSAL_LINE_BURST: f64 = 20.0;
+
 /// The audit log writer.
 pub struct Auditor {
     path: Option<PathBuf>,
@@ -87,6 +102,12 @@ pub struct Auditor {
     healthy: AtomicBool,
     /// Failed opens and writes since start: counted where they happen, read by the metrics.
     errors: AtomicU64,
+    /// The budget of sampled refusal lines.
+    refusal_lines: TokenBucket,
+    /// Refusal lines not written since start (read by the metrics).
+    refusals_sampled_out: AtomicU64,
+    /// Refusal lines not written since the last one written.
+    refusals_pending: AtomicU64,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -118,6 +139,9 @@ impl Auditor {
             file: Mutex::new(None),
             healthy: AtomicBool::new(true),
             errors: AtomicU64::new(0),
+            refusal_lines: TokenBucket::new(REFUSAL_LINES_PER_SECOND, REFUSAL_LINE_BURST),
+            refusals_sampled_out: AtomicU64::new(0),
+            refusals_pending: AtomicU64::new(0),
         };
         if let Some(p) = &a.path {
             match open(p) {
@@ -136,6 +160,36 @@ impl Auditor {
     /// Records that could not be written (and failed opens) since start.
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Refusal lines left out by sampling since start.
+    pub fn refusals_sampled_out(&self) -> u64 {
+        self.refusals_sampled_out.load(Ordering::Relaxed)
+    }
+
+    /// Whether the line of a refusal a flood can cause (see the module doc) is written: true
+    /// within the sampling budget (after a line counting those left out since the last one),
+    /// false otherwise (the refusal is counted as sampled out). Always false without a log.
+    pub fn sample_refusal(&self) -> bool {
+        if self.path.is_none() {
+            return false;
+        }
+        if !self.refusal_lines.try_take() {
+            self.refusals_sampled_out.fetch_add(1, Ordering::Relaxed);
+            self.refusals_pending.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let count = self.refusals_pending.swap(0, Ordering::Relaxed);
+        if count > 0 {
+            let line = SampledOut {
+                time: now_rfc3339(),
+                event: "audit refusals sampled out",
+                count,
+            };
+            // A failure is counted and logged by write_line; the refusal's own line follows.
+            let _ = self.write_line(serde_json::to_vec(&line).unwrap_or_default());
+        }
+        true
     }
 
     /// Whether a log is configured.
@@ -246,14 +300,68 @@ fn error(path: &Path, reason: String) -> AuditError {
     }
 }
 
-/// Opens the log for appending, creating it owner-only.
+/// Mode bits the audit log must not have: group write, and any access by others (records name
+/// users and Secrets; whoever can write the log can forge or hide them).
+const AUDIT_FORBIDDEN_MODE: u32 = 0o027;
+
+/// Opens the log for appending, creating it owner-only. A symbolic link is not followed
+/// (`O_NOFOLLOW`: whoever can replace the log with a link must not redirect the records into
+/// another file), and a log open to others ([`AUDIT_FORBIDDEN_MODE`]) is refused.
 fn open(path: &Path) -> Result<File, AuditError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut o = OpenOptions::new();
-    o.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    o.open(path)
-        .map_err(|e| error(path, format!("cannot open: {e}")))
+    o.append(true).create(true).mode(0o600);
+    o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    let file = o.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            error(path, "is a symbolic link; refusing to follow it".into())
+        } else {
+            error(path, format!("cannot open: {e}"))
+        }
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| error(path, format!("cannot stat: {e}")))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // A regular file's mode is checked; a device (a pipe to a log collector, /dev/null) is the
+    // operator's explicit choice.
+    if meta.is_file() && mode & AUDIT_FORBIDDEN_MODE != 0 {
+        return Err(error(
+            path,
+            format!(
+                "has mode {mode:04o}: it must not be writable by group or open to others (chmod 600)"
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Checks, at start, an audit log that already exists: not a symbolic link, and not open to
+/// others (see [`open`]). A missing log is fine: it is created owner-only.
+pub fn check_existing(path: &Path) -> Result<(), AuditError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(error(path, format!("cannot stat: {e}"))),
+        Ok(m) if m.file_type().is_symlink() => Err(error(
+            path,
+            "is a symbolic link; refusing to follow it".into(),
+        )),
+        Ok(m) if m.is_file() => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & AUDIT_FORBIDDEN_MODE != 0 {
+                return Err(error(
+                    path,
+                    format!(
+                        "has mode {mode:04o}: it must not be writable by group or open to others (chmod 600)"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        // Anything else is reported when it is opened.
+        Ok(_) => Ok(()),
+    }
 }
 
 /// The line [`Auditor::ready`] writes after a failure.
@@ -261,6 +369,14 @@ fn open(path: &Path) -> Result<File, AuditError> {
 struct Marker {
     time: String,
     event: &'static str,
+}
+
+/// The line saying how many refusal lines sampling left out.
+#[derive(Serialize)]
+struct SampledOut {
+    time: String,
+    event: &'static str,
+    count: u64,
 }
 
 /// Now, in RFC 3339 (UTC) with nanoseconds.

@@ -65,6 +65,14 @@ pub struct SecurityArgs {
     /// The most Watch and WatchMany streams one connection may have open [default: unlimited].
     #[arg(long, value_name = "N")]
     pub max_watch_streams_per_connection: Option<usize>,
+    /// The most watches one connection may hold: each Watch stream is one, each watch a
+    /// WatchMany stream creates is one [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_watches_per_connection: Option<usize>,
+    /// With authentication on, the most watches one identity (user) may hold over all its
+    /// connections [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_watches_per_identity: Option<usize>,
     /// The most requests per second one connection may make, on average [default: unlimited].
     #[arg(long, value_name = "RATE")]
     pub max_requests_per_second_per_connection: Option<f64>,
@@ -86,9 +94,16 @@ merge_fields!(SecurityArgs {
     audit_fail_closed,
     audit_hmac_key_file,
     max_watch_streams_per_connection,
+    max_watches_per_connection,
+    max_watches_per_identity,
     max_requests_per_second_per_connection,
     request_burst_per_connection,
 });
+
+/// The default of `--max-watches-per-connection` and `--max-watches-per-identity`: as many as
+/// one WatchMany stream may hold, so a client that multiplexes 1,000,000 watches over 100
+/// connections stays within it.
+pub const DEFAULT_MAX_WATCHES: usize = 100_000;
 
 /// A unix peer uid trusted as a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +150,11 @@ impl std::str::FromStr for UnixPeerUser {
 pub struct ConnLimits {
     /// The most watch streams open per connection.
     pub max_watch_streams: Option<usize>,
+    /// The most watches per connection; `None`: [`DEFAULT_MAX_WATCHES`].
+    pub max_watches: Option<usize>,
+    /// The most watches per identity, with authentication on; `None`:
+    /// [`DEFAULT_MAX_WATCHES`].
+    pub max_watches_per_identity: Option<usize>,
     /// Requests per second and burst, per connection.
     pub rate: Option<(f64, f64)>,
 }
@@ -204,6 +224,14 @@ impl SecurityArgs {
                 "--max-watch-streams-per-connection: must be at least 1",
             ));
         }
+        for (flag, value) in [
+            ("--max-watches-per-connection", f.max_watches_per_connection),
+            ("--max-watches-per-identity", f.max_watches_per_identity),
+        ] {
+            if value == Some(0) {
+                return Err(AuthConfigError::new(format!("{flag}: must be at least 1")));
+            }
+        }
         let rate = f.max_requests_per_second_per_connection;
         let burst = f.request_burst_per_connection;
         let rate = match rate {
@@ -243,6 +271,10 @@ impl SecurityArgs {
             audit_hmac_key_file: f.audit_hmac_key_file,
             limits: ConnLimits {
                 max_watch_streams,
+                max_watches: Some(f.max_watches_per_connection.unwrap_or(DEFAULT_MAX_WATCHES)),
+                max_watches_per_identity: Some(
+                    f.max_watches_per_identity.unwrap_or(DEFAULT_MAX_WATCHES),
+                ),
                 rate,
             },
         };

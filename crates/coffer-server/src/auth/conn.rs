@@ -7,7 +7,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -47,6 +47,34 @@ pub struct ConnState {
     bucket: OnceLock<TokenBucket>,
     /// The watch streams open, made at the first one, for the same reason.
     watch_streams: OnceLock<Arc<StreamCap>>,
+    /// The watches open on this connection (Watch streams and the watches of WatchMany
+    /// streams), counted against `--max-watches-per-connection`.
+    watches: WatchCount,
+}
+
+/// Watches open under one cap (a connection's, or an identity's).
+#[derive(Debug, Default)]
+pub struct WatchCount(AtomicUsize);
+
+impl WatchCount {
+    /// Counts one more watch, unless `max` are open already.
+    pub fn try_add(&self, max: usize) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts `n` watches closed.
+    pub fn release(&self, n: usize) {
+        self.0.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Watches open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// A connection's info as tonic hands it to each request (in the request's extensions).
@@ -62,6 +90,7 @@ impl ConnState {
             peer_certs: Vec::new(),
             bucket: OnceLock::new(),
             watch_streams: OnceLock::new(),
+            watches: WatchCount::default(),
         }
     }
 
@@ -103,6 +132,11 @@ impl ConnState {
         self.watch_streams
             .get_or_init(|| StreamCap::new(max))
             .try_open()
+    }
+
+    /// The watches open on this connection.
+    pub fn watches(&self) -> &WatchCount {
+        &self.watches
     }
 
     /// Watch streams open on this connection.

@@ -49,6 +49,20 @@ pub enum AuthError {
         /// The limit.
         max: usize,
     },
+    /// The caller holds its most watches: on this connection, or (with authentication on) as
+    /// this identity over all its connections.
+    #[error(
+        "too many watches: {scope} may hold at most {max} ({flag}); cancel some{hint}",
+        scope = if *.per_identity { "one user" } else { "a connection" },
+        flag = if *.per_identity { "--max-watches-per-identity" } else { "--max-watches-per-connection" },
+        hint = if *.per_identity { "" } else { ", or use another connection" }
+    )]
+    TooManyWatches {
+        /// The limit.
+        max: usize,
+        /// Whether the identity's cap (not the connection's) was reached.
+        per_identity: bool,
+    },
     /// The audit log cannot be written and the server fails closed.
     #[error("audit log unavailable, request refused (--audit-fail-closed): {0}")]
     AuditUnavailable(String),

@@ -1,8 +1,10 @@
 //! The check every Secret RPC passes before it runs, and the audit record it leaves after.
 //!
-//! [`Gate::admit`] authenticates the caller, takes a request from the connection's rate budget,
-//! makes sure the audit log is writable when the server fails closed, and authorizes the verb
-//! on its namespace and name; a refusal is audited and returned as a status. The [`Call`] it
+//! [`Gate::admit`] takes a request from the connection's rate budget, authenticates the caller,
+//! takes a request from the server-wide budget, makes sure the audit log is writable when the
+//! server fails closed, and authorizes the verb on its namespace and name; a refusal is audited
+//! (sampled for the refusals a flood can cause before the caller is known, see
+//! [`crate::audit`]) and returned as a status. The [`Call`] it
 //! hands back writes the request's audit record with its outcome ([`Call::finish`]) and strips
 //! Secret data the caller may not read ([`ReadFilter`]): list, watch, and the responses of
 //! create, update and delete carry `data` only when the caller also holds `get` on the object.
@@ -126,8 +128,12 @@ impl Gate {
         };
         let target = target(&message);
         let sec = &self.security;
-        let refuse = |identity: &Identity, e: AuthError| -> Status {
-            let status = Status::from(e);
+        // `sampled`: a refusal a flood can cause before the caller is known; its audit line is
+        // sampled (see `crate::audit`), while every one is counted.
+        let refuse = |identity: &Identity, e: Status, sampled: bool| -> Status {
+            if sampled && !sec.auditor().sample_refusal() {
+                return e;
+            }
             let call = Call {
                 security: sec.clone(),
                 identity: Arc::new(identity.clone()),
@@ -137,23 +143,31 @@ impl Gate {
                 source: source.clone(),
             };
             // A refusal is refused either way; its record is written if it can be.
-            let _ = call.audit(status.code(), 0, None);
-            status
+            let _ = call.audit(e.code(), 0, None);
+            e
         };
+        let nobody = || Identity {
+            user: String::new(),
+            groups: Vec::new(),
+            method: super::identity::Method::Unauthenticated,
+            credential_id: None,
+        };
+        // The connection pays before authentication: a flood of unauthenticated calls on one
+        // connection is cut off by its own budget, not by the server's.
+        if let Err(e) = sec.limit_rate(source.conn.as_deref()) {
+            return Err(refuse(&nobody(), e.into(), true));
+        }
         let identity = match sec.authenticate(&ext, &metadata) {
             Ok(id) => id,
             Err(e) => {
-                let nobody = Identity {
-                    user: String::new(),
-                    groups: Vec::new(),
-                    method: super::identity::Method::Unauthenticated,
-                    credential_id: None,
-                };
-                return Err(refuse(&nobody, e));
+                sec.count_unauthenticated();
+                return Err(refuse(&nobody(), e.into(), true));
             }
         };
-        if let Err(e) = sec.limit_rate(source.conn.as_deref()) {
-            return Err(refuse(&identity, e));
+        // The server-wide budget, only once the caller is known (with authentication on,
+        // unauthenticated calls never spend it).
+        if let Err(s) = sec.charge_server_budget() {
+            return Err(refuse(&identity, s, true));
         }
         if sec.auditor().fail_closed()
             && let Err(e) = sec.auditor().ready()
@@ -164,7 +178,7 @@ impl Gate {
             && let Err(e) =
                 sec.authorize(&identity, verb, &target.namespace, target.name.as_deref())
         {
-            return Err(refuse(&identity, e));
+            return Err(refuse(&identity, e.into(), false));
         }
         Ok((
             Call {
@@ -275,6 +289,18 @@ impl Call {
             })
     }
 
+    /// An empty [`WatchBudget`] for this caller's watches.
+    pub fn watch_budget(&self) -> WatchBudget {
+        let (identity, max_conn, max_identity) = self.security.watch_counts(&self.identity);
+        WatchBudget {
+            conn: self.source.conn.clone(),
+            identity,
+            max_conn,
+            max_identity,
+            held: 0,
+        }
+    }
+
     /// Authorizes (and audits) one watch of a WatchMany stream.
     pub fn authorize_watch(
         &self,
@@ -282,6 +308,19 @@ impl Call {
         req: &pb::WatchSecretsRequest,
     ) -> Result<(), Status> {
         let target = Target::of_watch(req);
+        // A create is a request: it pays the connection's and the server's rate (a create with
+        // initial events reads a whole namespace). Over-rate refusals are sampled in the log.
+        let charged = self
+            .security
+            .limit_rate(self.source.conn.as_deref())
+            .map_err(Status::from)
+            .and_then(|()| self.security.charge_server_budget());
+        if let Err(s) = charged {
+            if self.security.auditor().sample_refusal() {
+                self.audit(s.code(), req.resource_version, Some((watch_id, &target)))?;
+            }
+            return Err(s);
+        }
         let decision = self.security.authorize(
             &self.identity,
             Verb::Watch,
@@ -295,6 +334,68 @@ impl Call {
     }
 }
 
+/// The watches one stream holds, counted against its connection's cap
+/// (`--max-watches-per-connection`) and, with authentication on, its identity's
+/// (`--max-watches-per-identity`); given back when it is dropped.
+#[derive(Debug)]
+pub struct WatchBudget {
+    conn: Option<Arc<ConnState>>,
+    identity: Option<Arc<super::conn::WatchCount>>,
+    max_conn: usize,
+    max_identity: usize,
+    /// Watches counted by this budget now.
+    held: usize,
+}
+
+impl WatchBudget {
+    /// Counts one more watch, or refuses it with `RESOURCE_EXHAUSTED` naming the cap.
+    pub fn try_add(&mut self) -> Result<(), Status> {
+        if let Some(c) = &self.conn
+            && !c.watches().try_add(self.max_conn)
+        {
+            return Err(AuthError::TooManyWatches {
+                max: self.max_conn,
+                per_identity: false,
+            }
+            .into());
+        }
+        if let Some(i) = &self.identity
+            && !i.try_add(self.max_identity)
+        {
+            if let Some(c) = &self.conn {
+                c.watches().release(1);
+            }
+            return Err(AuthError::TooManyWatches {
+                max: self.max_identity,
+                per_identity: true,
+            }
+            .into());
+        }
+        self.held += 1;
+        Ok(())
+    }
+
+    /// Gives back the watches this budget holds beyond `n` (the stream holds `n` now).
+    pub fn release_to(&mut self, n: usize) {
+        if self.held > n {
+            let gone = self.held - n;
+            if let Some(c) = &self.conn {
+                c.watches().release(gone);
+            }
+            if let Some(i) = &self.identity {
+                i.release(gone);
+            }
+            self.held = n;
+        }
+    }
+}
+
+impl Drop for WatchBudget {
+    fn drop(&mut self) {
+        self.release_to(0);
+    }
+}
+
 /// Strips what a caller may not read from outgoing Secrets.
 #[derive(Debug, Clone)]
 pub struct ReadFilter {
@@ -303,6 +404,13 @@ pub struct ReadFilter {
 }
 
 impl ReadFilter {
+    /// Whether the caller holds `get` on Secret `namespace/name` (always, with authorization
+    /// off).
+    pub fn allows_get(&self, namespace: &str, name: &str) -> bool {
+        self.security
+            .allows(&self.identity, Verb::Get, namespace, Some(name))
+    }
+
     /// Empties `data` (and the kubectl last-applied annotation, which holds a copy) unless the
     /// caller holds `get` on the Secret.
     pub fn apply(&self, s: &mut pb::Secret) {
@@ -363,6 +471,7 @@ pub struct Filtered<S> {
     inner: S,
     filter: ReadFilter,
     _slot: Option<WatchStreamGuard>,
+    _watches: Option<WatchBudget>,
 }
 
 impl<S> Filtered<S> {
@@ -372,7 +481,14 @@ impl<S> Filtered<S> {
             inner,
             filter,
             _slot: slot,
+            _watches: None,
         }
+    }
+
+    /// Also holds `watches` (a Watch stream's one watch) until the stream is dropped.
+    pub fn holding(mut self, watches: WatchBudget) -> Self {
+        self._watches = Some(watches);
+        self
     }
 }
 

@@ -95,10 +95,15 @@ impl fmt::Debug for Identity {
 }
 
 /// The user (CN) and groups (each O) of a DER client certificate, as Kubernetes reads them.
-/// `None` if the certificate cannot be parsed or has no CN.
+/// `None` if the certificate cannot be parsed, has no CN, or has more than one: which of two
+/// CNs names the user is ambiguous (a CA that signs a subject with a second CN could otherwise
+/// be made to vouch for another user), so such a certificate names nobody.
 pub fn from_certificate(der: &[u8]) -> Option<(String, Vec<String>)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
+    if subject.iter_common_name().count() != 1 {
+        return None;
+    }
     let user = subject
         .iter_common_name()
         .next()

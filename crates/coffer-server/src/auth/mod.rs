@@ -47,6 +47,7 @@ pub use self::policy::Policy;
 use self::tokens::TokenTable;
 pub use self::verb::Verb;
 use crate::audit::Auditor;
+use crate::throttle::RequestBudget;
 
 /// The live security state of a server.
 pub struct Security {
@@ -57,6 +58,11 @@ pub struct Security {
     client_ca: Option<tls::ClientCa>,
     auditor: Auditor,
     rejections: Rejections,
+    /// The server-wide request budget, charged after authentication (set by the server that
+    /// serves this state; none: unlimited).
+    request_budget: std::sync::RwLock<Option<Arc<dyn RequestBudget>>>,
+    /// Watches open per identity (user), with authentication on.
+    identity_watches: std::sync::Mutex<HashMap<String, Arc<conn::WatchCount>>>,
 }
 
 /// Requests refused by a per-connection limit since start (the metrics renderer reads them).
@@ -64,9 +70,15 @@ pub struct Security {
 pub struct Rejections {
     rate_limited: AtomicU64,
     watch_streams: AtomicU64,
+    unauthenticated: AtomicU64,
 }
 
 impl Rejections {
+    /// Requests refused because they could not be authenticated.
+    pub fn unauthenticated(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
+    }
+
     /// Requests refused by their connection's request rate.
     pub fn rate_limited(&self) -> u64 {
         self.rate_limited.load(Ordering::Relaxed)
@@ -100,6 +112,8 @@ impl Security {
             client_ca: None,
             auditor: Auditor::new(None, false, None),
             rejections: Rejections::default(),
+            request_budget: std::sync::RwLock::new(None),
+            identity_watches: Default::default(),
         })
     }
 
@@ -133,6 +147,9 @@ impl Security {
             }
             None => None,
         };
+        if let Some(p) = &config.audit_log {
+            crate::audit::check_existing(p).map_err(|e| AuthConfigError::new(e.to_string()))?;
+        }
         let auditor = Auditor::new(
             config.audit_log.clone(),
             config.audit_fail_closed,
@@ -151,6 +168,8 @@ impl Security {
             client_ca,
             auditor,
             rejections: Rejections::default(),
+            request_budget: std::sync::RwLock::new(None),
+            identity_watches: Default::default(),
         }))
     }
 
@@ -270,7 +289,9 @@ impl Security {
                     Method::ClientCert,
                     Some(self.auditor.hmac(leaf)),
                 )),
-                None => Err(unauth("client certificate has no subject common name")),
+                None => Err(unauth(
+                    "client certificate must have exactly one subject common name (CN)",
+                )),
             };
         }
         if let Some(uid) = conn_state(ext).and_then(|c| c.peer_uid())
@@ -311,6 +332,55 @@ impl Security {
                 name: name.map(str::to_owned),
             })
         }
+    }
+
+    /// The server-wide request budget that [`Security::charge_server_budget`] charges.
+    pub fn set_request_budget(&self, budget: Arc<dyn RequestBudget>) {
+        *self
+            .request_budget
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(budget);
+    }
+
+    /// Takes one request from the server-wide budget (after authentication).
+    pub fn charge_server_budget(&self) -> Result<(), tonic::Status> {
+        let budget = self
+            .request_budget
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        budget.map_or(Ok(()), |b| b.charge())
+    }
+
+    /// The watch counts a caller's watches are held against: its connection's, and with
+    /// authentication on its identity's (see [`gate::WatchBudget`]).
+    pub(crate) fn watch_counts(
+        &self,
+        identity: &Identity,
+    ) -> (Option<Arc<conn::WatchCount>>, usize, usize) {
+        let limits = &self.config.limits;
+        let identity_count = self.auth_enabled().then(|| {
+            self.identity_watches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(identity.user.clone())
+                .or_default()
+                .clone()
+        });
+        (
+            identity_count,
+            limits.max_watches.unwrap_or(args::DEFAULT_MAX_WATCHES),
+            limits
+                .max_watches_per_identity
+                .unwrap_or(args::DEFAULT_MAX_WATCHES),
+        )
+    }
+
+    /// Counts a request refused because it could not be authenticated.
+    pub(crate) fn count_unauthenticated(&self) {
+        self.rejections
+            .unauthenticated
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one request from the connection's rate budget.
@@ -360,6 +430,9 @@ mod tests {
         let tokens = dir.path().join("tokens.csv");
         let policy = dir.path().join("policy.yaml");
         std::fs::write(&tokens, "t1,alice\n").expect("write");
+        // Token files must be owner-only.
+        std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
         std::fs::write(
             &policy,
             "rules:\n  - users: [alice]\n    verbs: [get]\n    namespaces: [a]\n",

@@ -70,10 +70,17 @@ pub struct Policy {
 impl Policy {
     /// Reads and parses a policy file.
     pub fn load(path: &Path) -> Result<Self, AuthConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            AuthConfigError::new(format!("cannot read policy file {}: {e}", path.display()))
+        // Whoever can write the policy can grant themselves anything: no group/other write.
+        let bytes = coffer_kms::hygiene::read_checked(
+            path,
+            "policy file",
+            coffer_kms::hygiene::GROUP_OTHER_WRITE,
+        )
+        .map_err(AuthConfigError::new)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            AuthConfigError::new(format!("policy file {}: not UTF-8", path.display()))
         })?;
-        Self::parse(&text)
+        Self::parse(text)
             .map_err(|e| AuthConfigError::new(format!("policy file {}: {e}", path.display())))
     }
 

@@ -45,10 +45,17 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 impl TokenTable {
     /// Reads and parses a token file.
     pub fn load(path: &Path) -> Result<Self, AuthConfigError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            AuthConfigError::new(format!("cannot read token file {}: {e}", path.display()))
-        })?);
-        Self::parse(&text)
+        // The file holds the tokens themselves: owner-only.
+        let bytes = coffer_kms::hygiene::read_checked(
+            path,
+            "token file",
+            coffer_kms::hygiene::GROUP_OTHER_ACCESS,
+        )
+        .map_err(AuthConfigError::new)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            AuthConfigError::new(format!("token file {}: not UTF-8", path.display()))
+        })?;
+        Self::parse(text)
             .map_err(|e| AuthConfigError::new(format!("token file {}: {e}", path.display())))
     }
 

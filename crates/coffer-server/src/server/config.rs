@@ -341,6 +341,10 @@ pub struct KmsArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(deserialize_with = "settings::duration")]
     pub kms_poll_interval: Option<Duration>,
+    /// The uid the KMS plugin must run as: each connection to its socket checks the peer's uid
+    /// (SO_PEERCRED) and refuses another [default: not checked].
+    #[arg(long, value_name = "UID")]
+    pub kms_peer_uid: Option<u32>,
 }
 
 merge_fields!(KmsArgs {
@@ -348,13 +352,20 @@ merge_fields!(KmsArgs {
     kms_timeout,
     kms_grace,
     kms_poll_interval,
+    kms_peer_uid,
 });
 
 impl KmsArgs {
     /// Applies the defaults ([`KmsConfig::default`]) and checks the values.
     pub fn resolve(&self) -> Result<KmsConfig, ServeError> {
+        if self.kms_peer_uid.is_some() && self.kms.is_none() {
+            return Err(ServeError::Config(
+                "--kms-peer-uid needs --kms (it checks the plugin's socket)".into(),
+            ));
+        }
         let mut kms = KmsConfig {
             endpoint: self.kms.clone(),
+            peer_uid: self.kms_peer_uid,
             ..KmsConfig::default()
         };
         if let Some(d) = self.kms_timeout {
@@ -427,6 +438,9 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// The default of [`ServerOptions::max_tls_handshakes`]: 256 handshakes in progress.
+pub const MAX_TLS_HANDSHAKES: usize = 256;
+
 /// Tunables of a running server, with documented defaults.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -456,6 +470,11 @@ pub struct ServerOptions {
     pub limits: LimitOptions,
     /// The etcd door's settings (used when it listens).
     pub etcd: EtcdOptions,
+    /// The most TLS handshakes in progress at once (over all TLS listeners); further accepted
+    /// connections wait for a place before their handshake starts, so that a flood of slow or
+    /// silent clients cannot make the server hold unbounded handshake state. Default
+    /// [`MAX_TLS_HANDSHAKES`].
+    pub max_tls_handshakes: usize,
 }
 
 impl Default for ServerOptions {
@@ -472,6 +491,7 @@ impl Default for ServerOptions {
             list_page_bytes: 3 << 20,
             limits: LimitOptions::default(),
             etcd: EtcdOptions::default(),
+            max_tls_handshakes: MAX_TLS_HANDSHAKES,
         }
     }
 }

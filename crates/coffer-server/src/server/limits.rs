@@ -4,10 +4,13 @@
 //! that says which limit was hit and what to do.
 //!
 //! [`LimitedSecrets`] wraps the `coffer.v1.Secrets` service only: health checks and reflection
-//! are never limited, so a busy server still answers its probes. Each call first takes a token
-//! from the bucket (a Watch or WatchMany call takes one when it opens, not one per event or per
-//! multiplexed watch); a Watch or WatchMany call then takes a stream permit, held by its response
-//! body and given back as soon as the stream ends (its last frame, or the client going away).
+//! are never limited, so a busy server still answers its probes. A Watch or WatchMany call takes
+//! a stream permit, held by its response body and given back as soon as the stream ends (its
+//! last frame, or the client going away). The request rate is charged by the request gate
+//! (`crate::auth::gate`) through [`RequestBudget`], after the caller is authenticated: calls
+//! refused as unauthenticated never spend the budget authenticated callers need (a Watch or
+//! WatchMany call takes one token when it opens, not one per event; each watch a WatchMany
+//! stream creates takes one more).
 //!
 //! Per-connection limits (and authentication) are not here; see the HTTP/2 settings in
 //! [`super`] for what one connection may hold.
@@ -32,7 +35,7 @@ use tonic::server::NamedService;
 use super::ServeError;
 use super::status;
 use crate::settings::merge_fields;
-use crate::throttle::{StreamCap, StreamPermit, TokenBucket};
+use crate::throttle::{RequestBudget, StreamCap, StreamPermit, TokenBucket};
 use coffer_core::store::Quotas;
 use coffer_kms::hygiene::HygieneOptions;
 
@@ -139,6 +142,12 @@ impl Limits {
     }
 }
 
+impl RequestBudget for Limits {
+    fn charge(&self) -> Result<(), tonic::Status> {
+        self.admit_request()
+    }
+}
+
 fn burst(o: &LimitOptions) -> u32 {
     o.request_burst
         .unwrap_or_else(|| {
@@ -180,9 +189,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Err(s) = self.limits.admit_request() {
-            return Box::pin(async move { Ok(s.into_http()) });
-        }
+        // The request rate is charged by the gate, after authentication (see the module doc).
         let permit = if WATCH_PATHS.contains(&req.uri().path()) {
             match self.limits.admit_watch_stream() {
                 Ok(p) => p,

@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use std::sync::Arc;
+
 use super::config::ListenAddr;
 use super::error::ServeError;
 use super::preface::{PREFACE_TIMEOUT, PrefaceDeadline};
@@ -140,14 +142,25 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// logged at debug level and dropped. A client certificate is accepted at the handshake if the
 /// client proves it holds its key; its chain is checked per request (see `crate::auth::tls`).
 /// Accepting stops when the server drops the stream (at shutdown).
+/// At most `handshakes` permits are out at once (shared by every TLS listener): the accept loop
+/// waits for one before it accepts the next connection, so excess clients wait in the kernel's
+/// backlog rather than in the server's memory.
 pub(super) fn tls_incoming(
     l: TcpListener,
     acceptor: TlsAcceptor,
+    handshakes: Arc<tokio::sync::Semaphore>,
 ) -> impl Stream<Item = io::Result<PrefaceDeadline<Conn<TlsStream<TcpStream>>>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut accepted = std::pin::pin!(incoming(l));
         loop {
+            let permit = tokio::select! {
+                () = tx.closed() => break,
+                permit = handshakes.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             let next = tokio::select! {
                 () = tx.closed() => break,
                 next = accepted.next() => next,
@@ -166,7 +179,11 @@ pub(super) fn tls_incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                // The place is given back as soon as the handshake ends, either way.
+                drop(permit);
+                match handshake {
                     Ok(Ok(tls)) => {
                         // The HTTP/2 preface has its own deadline once the handshake is done.
                         let conn = PrefaceDeadline::new(Conn::tls(tls), PREFACE_TIMEOUT);

@@ -323,10 +323,16 @@ impl Metrics {
             }
         }
         let security = self.security.load();
-        let (conn_streams, conn_rate) = security.as_ref().map_or((0, 0), |s| {
-            let r = s.rejections();
-            (r.watch_streams(), r.rate_limited())
-        });
+        let (conn_streams, conn_rate, unauthenticated, sampled_out) =
+            security.as_ref().map_or((0, 0, 0, 0), |s| {
+                let r = s.rejections();
+                (
+                    r.watch_streams(),
+                    r.rate_limited(),
+                    r.unauthenticated(),
+                    s.auditor().refusals_sampled_out(),
+                )
+            });
         let _ = write!(
             out,
             "# HELP coffer_limit_rejections_total Calls refused by a server-wide or per-connection limit.\n\
@@ -335,6 +341,12 @@ impl Metrics {
              coffer_limit_rejections_total{{limit=\"request_rate\"}} {}\n\
              coffer_limit_rejections_total{{limit=\"connection_watch_streams\"}} {conn_streams}\n\
              coffer_limit_rejections_total{{limit=\"connection_request_rate\"}} {conn_rate}\n\
+             # HELP coffer_unauthenticated_requests_total Calls refused because they could not be authenticated.\n\
+             # TYPE coffer_unauthenticated_requests_total counter\n\
+             coffer_unauthenticated_requests_total {unauthenticated}\n\
+             # HELP coffer_audit_refusals_sampled_out_total Refusals of unauthenticated or over-rate calls left out of the audit log by sampling.\n\
+             # TYPE coffer_audit_refusals_sampled_out_total counter\n\
+             coffer_audit_refusals_sampled_out_total {sampled_out}\n\
              # HELP coffer_audit_errors_total Audit records that could not be written.\n\
              # TYPE coffer_audit_errors_total counter\n\
              coffer_audit_errors_total {}\n",

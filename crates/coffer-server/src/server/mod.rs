@@ -72,7 +72,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-pub use self::config::{ListenAddr, ServeArgs, ServeConfig, ServerOptions};
+pub use self::config::{ListenAddr, MAX_TLS_HANDSHAKES, ServeArgs, ServeConfig, ServerOptions};
 pub use self::error::ServeError;
 use self::health::ShutdownAwareHealth;
 pub use self::listen::BoundAddr;
@@ -87,6 +87,7 @@ use crate::auth::Security;
 use crate::auth::gate::Gate;
 use crate::proto::v1::FILE_DESCRIPTOR_SET;
 use crate::proto::v1::secrets_server::SecretsServer;
+use coffer_core::kms::KmsError;
 use coffer_core::store::{Store, StoreError};
 
 /// The most streams (calls, including Watch and WatchMany streams) one HTTP/2 connection may
@@ -121,10 +122,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let store_config = config.store_config();
     // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
     // leaves the server up but not ready, and the Status poller retries).
-    let kms = config
-        .kms
-        .open(&config.data_dir)
-        .map_err(StoreError::from)?;
+    // A data directory made with a plugin is refused without `--kms` (no key file is made).
+    let kms = config.kms.open(&config.data_dir).map_err(|e| match e {
+        KmsError::WrongKms(why) => ServeError::Config(why),
+        other => StoreError::from(other).into(),
+    })?;
     let store = Store::open_dir(
         &config.data_dir,
         config.durability,
@@ -383,10 +385,10 @@ impl Server {
         let secrets = SecretsServer::new(SecretsService::new(ctx, Gate::new(security.clone())))
             .max_decoding_message_size(options.max_decoding_message_size)
             .max_encoding_message_size(options.max_encoding_message_size);
-        let secrets = limits::LimitedSecrets::new(
-            secrets,
-            limits::Limits::new(options.limits, metrics.limit_counters()),
-        );
+        let limits = limits::Limits::new(options.limits, metrics.limit_counters());
+        // The request rate is charged by the gate once a caller is authenticated.
+        security.set_request_budget(limits.clone());
+        let secrets = limits::LimitedSecrets::new(secrets, limits);
         let (health, _) = tonic_health::server::health_reporter();
         health.set_serving::<SecretsServer<SecretsService>>().await;
         // Not ready while the KMS is unusable for writes (started while the plugin is down, or
@@ -437,6 +439,10 @@ impl Server {
         });
 
         let mut serving = JoinSet::new();
+        // Places for TLS handshakes in progress, shared by every TLS listener.
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(
+            options.max_tls_handshakes.max(1),
+        ));
         for listener in listeners {
             // Many long-lived streams per connection, small flow-control windows (they bound
             // what a peer may make us buffer), and pings that find dead peers so that their
@@ -455,7 +461,7 @@ impl Server {
                     Some(acceptor) => {
                         serving.spawn(builder.serve_with_incoming_shutdown(
                             service,
-                            tls_incoming(l, acceptor.clone()),
+                            tls_incoming(l, acceptor.clone(), handshakes.clone()),
                             signal,
                         ));
                     }
@@ -492,7 +498,7 @@ impl Server {
                     Some(acceptor) => {
                         serving.spawn(builder.serve_with_incoming_shutdown(
                             service,
-                            tls_incoming(l, acceptor.clone()),
+                            tls_incoming(l, acceptor.clone(), handshakes.clone()),
                             signal,
                         ));
                     }

@@ -18,7 +18,7 @@ use crate::auth::Verb;
 use crate::auth::gate::{Filtered, Gate, Target};
 use crate::proto::v1 as pb;
 use crate::proto::v1::secrets_server::Secrets;
-use coffer_core::store::{ListOptions, Store, StoreError};
+use coffer_core::store::{ListOptions, Store, StoreError, UpdateOptions};
 
 /// The Secret service.
 ///
@@ -162,7 +162,14 @@ impl Secrets for SecretsService {
         })?;
         let result = match required_secret(req.secret) {
             Ok(secret) => {
-                self.detached(move |store| async move { store.update(secret).await })
+                // A caller without `get` must not learn from the answer whether the data it
+                // sent matches (issue 18): see `UpdateOptions::blind`.
+                let options = UpdateOptions {
+                    blind: !call
+                        .read_filter()
+                        .allows_get(&secret.metadata.namespace, &secret.metadata.name),
+                };
+                self.detached(move |store| async move { store.update_with(secret, options).await })
                     .await
             }
             Err(s) => Err(s),
@@ -238,18 +245,18 @@ impl Secrets for SecretsService {
             .admit(request, Verb::Watch, "watch", Target::of_watch)?;
         let slot = call.watch_stream_slot()?;
         let rv = req.resource_version;
+        // The stream's one watch counts against the connection's and the identity's caps.
+        let mut watches = call.watch_budget();
         let parsed = if self.watch.shutdown.is_cancelled() {
             Err(status::shutting_down())
         } else {
-            WatchRequest::parse(&self.watch, req)
+            WatchRequest::parse(&self.watch, req).and_then(|p| watches.try_add().map(|()| p))
         };
         let parsed = call.finish(parsed, |_| rv)?;
         let events = watch::open_watch(&self.watch, parsed);
-        Ok(Response::new(Filtered::new(
-            events,
-            call.read_filter(),
-            slot,
-        )))
+        Ok(Response::new(
+            Filtered::new(events, call.read_filter(), slot).holding(watches),
+        ))
     }
 
     type WatchManyStream = Filtered<WatchManyEvents>;
@@ -269,11 +276,12 @@ impl Secrets for SecretsService {
         };
         call.finish(open, |()| 0)?;
         let filter = call.read_filter();
+        let watches = call.watch_budget();
         let call = Arc::new(call);
         let authorize = WatchAuthorizer(Arc::new(move |id, req: &pb::WatchSecretsRequest| {
             call.authorize_watch(id, req)
         }));
-        let events = watch::open_watch_many(&self.watch, input, authorize);
+        let events = watch::open_watch_many(&self.watch, input, authorize, watches);
         Ok(Response::new(Filtered::new(events, filter, slot)))
     }
 }

@@ -157,9 +157,9 @@ pub fn auth_error(e: &AuthError) -> Status {
     let code = match e {
         AuthError::Unauthenticated(_) => Code::Unauthenticated,
         AuthError::Forbidden { .. } => Code::PermissionDenied,
-        AuthError::RateLimited { .. } | AuthError::TooManyWatchStreams { .. } => {
-            Code::ResourceExhausted
-        }
+        AuthError::RateLimited { .. }
+        | AuthError::TooManyWatchStreams { .. }
+        | AuthError::TooManyWatches { .. } => Code::ResourceExhausted,
         AuthError::AuditUnavailable(_) => Code::Unavailable,
     };
     status(code, e.to_string())

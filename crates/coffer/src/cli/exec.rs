@@ -4,8 +4,13 @@
 //! `--env-from NS/NAME` entries apply in order (a later one overrides an earlier one), each with
 //! the `--prefix` that follows it; `--env NAME=NS/NAME:KEY` entries override them all. Keys that
 //! are not valid variable names are skipped and reported on stderr, one line per Secret, with
-//! the kubelet's `InvalidEnvironmentVariableNames` text. The agent's copies of the values are
-//! wiped before the command replaces the process (exec).
+//! the kubelet's `InvalidEnvironmentVariableNames` text. Keys that can change what the command
+//! runs (`LD_PRELOAD`, `PATH`, `BASH_ENV`, ...; [`crate::mount::env::is_unsafe_name`]) are
+//! skipped from `--env-from` the same way unless `--allow-unsafe-env` is given: writing a Secret
+//! must not be enough to run code as the user of `coffer exec`. The program is resolved on
+//! Coffer's own `PATH` before the environment is applied. The agent's copies of the values are
+//! wiped before the command replaces the process (exec); the child's own copy
+//! (`/proc/<pid>/environ`) is the child's to protect.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -46,6 +51,9 @@ pub struct ExecArgs {
     pub optional: bool,
     /// Accept only C-identifier names.
     pub strict_names: bool,
+    /// Also set names that can change what the command runs (`LD_PRELOAD`, `PATH`, ...; see
+    /// [`crate::mount::env::is_unsafe_name`]) from `--env-from`; skipped by default.
+    pub allow_unsafe_env: bool,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -92,6 +100,12 @@ impl clap::Args for ExecArgs {
                 .long("strict-names")
                 .action(ArgAction::SetTrue)
                 .help("Accept only C identifiers ([A-Za-z_][A-Za-z0-9_]*) as names"),
+        )
+        .arg(
+            Arg::new("allow_unsafe_env")
+                .long("allow-unsafe-env")
+                .action(ArgAction::SetTrue)
+                .help("Also set --env-from keys that can change what the command runs (LD_*, PATH, BASH_ENV, ENV, IFS, NODE_OPTIONS, PERL5OPT, PYTHON*, ...); skipped by default"),
         )
         .arg(
             Arg::new("command")
@@ -155,6 +169,7 @@ impl FromArgMatches for ExecArgs {
             namespace: m.get_one::<String>("namespace").cloned(),
             optional: m.get_flag("optional"),
             strict_names: m.get_flag("strict_names"),
+            allow_unsafe_env: m.get_flag("allow_unsafe_env"),
             command: m
                 .get_many::<OsString>("command")
                 .map(|v| v.cloned().collect())
@@ -273,7 +288,9 @@ pub(super) async fn run(server: &ServerAddr, args: ExecArgs) -> Result<ExitCode,
                 continue;
             };
             let pairs = data.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
-            if let Some(warning) = env.add_env_from(ns, name, prefix, pairs, rule) {
+            for warning in
+                env.add_env_from_checked(ns, name, prefix, pairs, rule, args.allow_unsafe_env)
+            {
                 eprintln!("warning: {warning}");
             }
         }
@@ -295,7 +312,17 @@ pub(super) async fn run(server: &ServerAddr, args: ExecArgs) -> Result<ExitCode,
         // `secrets` is dropped (wiped) here.
     }
 
-    let mut cmd = std::process::Command::new(program);
+    // The program is found on Coffer's own PATH, before the command's environment is applied:
+    // a PATH from a Secret must not choose which binary runs.
+    let Some(resolved) = resolve_program(program) else {
+        eprintln!(
+            "error: cannot run {}: no such file or directory",
+            program.to_string_lossy()
+        );
+        return Ok(ExitCode::from(127));
+    };
+    let mut cmd = std::process::Command::new(resolved);
+    cmd.arg0(program);
     cmd.args(program_args);
     // The command gets the Secrets it asked for, not Coffer's own credential (a Secret key
     // named COFFER_TOKEN is still set below).
@@ -326,4 +353,30 @@ pub(super) async fn run(server: &ServerAddr, args: ExecArgs) -> Result<ExitCode,
             .to_lowercase()
     );
     Ok(ExitCode::from(code))
+}
+
+/// The path of `program`: itself when it names a path (holds a `/`), else the first executable
+/// file of that name in the directories of this process's `PATH` (as `execvp` searches; an
+/// unset `PATH` searches nothing). `None` when there is none.
+fn resolve_program(program: &OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.as_bytes().contains(&b'/') {
+        return Some(program.into());
+    }
+    if program.is_empty() {
+        return None;
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                std::path::PathBuf::from(".").join(program)
+            } else {
+                dir.join(program)
+            }
+        })
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

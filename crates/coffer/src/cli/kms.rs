@@ -38,6 +38,9 @@ pub struct OfflineStoreArgs {
     /// Deadline of each KMS call [default: 3s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub kms_timeout: Option<Duration>,
+    /// The uid the KMS plugin must run as (as `coffer serve --kms-peer-uid`).
+    #[arg(long, value_name = "UID")]
+    pub kms_peer_uid: Option<u32>,
     /// The `coffer serve` TOML config file (its data_dir, kms, kms_timeout and aead are used).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -82,6 +85,7 @@ impl OfflineStoreArgs {
             kms: serve::KmsArgs {
                 kms: self.kms.clone(),
                 kms_timeout: self.kms_timeout,
+                kms_peer_uid: self.kms_peer_uid,
                 ..serve::KmsArgs::default()
             },
             ..ServeArgs::default()

@@ -55,6 +55,15 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    // Commands that hold keys or Secret values get serve's memory hygiene: no core dumps and
+    // memory locked where the system allows it (issue 18). `exec`'s child inherits the core
+    // limit of 0; its own copy of the values (its environment) is its to protect.
+    if matches!(
+        cli.command,
+        Command::Kms(_) | Command::Migrate(_) | Command::Mount(_) | Command::Exec(_)
+    ) {
+        coffer_kms::hygiene::apply(&coffer_kms::hygiene::HygieneOptions::default());
+    }
     let cli = match cli.command {
         Command::Serve(args) => return serve::serve(args).map(|()| ExitCode::SUCCESS),
         Command::Kms(args) => return offline(kms::run(args)),

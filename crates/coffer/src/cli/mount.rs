@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::ServerAddr;
 use super::error::CliError;
+use crate::mount::atomic_writer::DirAccess;
 use crate::mount::config::{self, KeyToPath, MountSpec, parse_mode, parse_secret_ref};
 use crate::mount::{Agent, AgentOptions, Connector};
 use coffer_server::settings::parse_duration;
@@ -53,6 +54,13 @@ pub struct MountArgs {
     /// The longest delay between retries of a failed mount [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub retry_max: Option<Duration>,
+    /// The group of the directories and files the agent creates; its directories are then
+    /// 0750 instead of 0700 (files keep their own modes).
+    #[arg(long, value_name = "GID")]
+    pub group: Option<u32>,
+    /// The owner of the directories and files the agent creates (root only).
+    #[arg(long, value_name = "UID")]
+    pub owner: Option<u32>,
 }
 
 /// Parses `KEY=PATH[:MODE]`.
@@ -139,9 +147,18 @@ pub(super) async fn run(server: &ServerAddr, args: MountArgs) -> Result<ExitCode
             })
         })
     });
+    if args.owner.is_some() && !rustix::process::geteuid().is_root() {
+        return Err(CliError::msg(
+            "--owner: only root can give the mounts to another user; run as that user instead",
+        ));
+    }
     let mut options = AgentOptions {
         once: args.once,
         once_timeout: args.timeout.unwrap_or(Duration::ZERO),
+        access: DirAccess {
+            owner: args.owner,
+            group: args.group,
+        },
         ..AgentOptions::default()
     };
     if let Some(max) = args.retry_max {

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 use zeroize::Zeroizing;
 
-use super::atomic_writer::{AtomicWriter, WriteOutcome};
+use super::atomic_writer::{AtomicWriter, DirAccess, WriteOutcome, exposure_warning};
 use super::config::MountSpec;
 use super::fsinfo;
 use crate::credentials::Client;
@@ -75,6 +75,8 @@ pub struct AgentOptions {
     pub write_concurrency: usize,
     /// Warn about targets that are not on tmpfs or ramfs.
     pub warn_not_tmpfs: bool,
+    /// The mode and ownership of the directories the agent creates (0700 by default).
+    pub access: DirAccess,
 }
 
 impl Default for AgentOptions {
@@ -88,6 +90,7 @@ impl Default for AgentOptions {
             reconnect_max: Duration::from_secs(10),
             write_concurrency: 4,
             warn_not_tmpfs: true,
+            access: DirAccess::default(),
         }
     }
 }
@@ -450,6 +453,11 @@ impl State {
                     ));
                 }
             }
+            if invalid.is_none()
+                && let Some(warning) = exposure_warning(&spec.dir)
+            {
+                tracing::warn!("{warning}");
+            }
             if let Some(e) = &invalid {
                 tracing::error!("{e}; nothing is written for this mount");
                 st.emit(AgentEvent::Failed {
@@ -505,7 +513,7 @@ impl State {
                 w.mounts.push(i);
             }
             st.mounts.push(Mount {
-                writer: AtomicWriter::new(spec.dir.clone()),
+                writer: AtomicWriter::new(spec.dir.clone()).with_access(st.options.access),
                 spec: Arc::new(spec),
                 watch,
                 phase: if invalid.is_some() {

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! target/
-//!   ..2026_11_28_15_04_05.3141592653/   the files of the current version (mode 0755)
+//!   ..2026_11_28_15_04_05.3141592653/   the files of the current version (mode 0700; 0750
+//!                                         with a group, see [`DirAccess`])
 //!     password
 //!     nested/cert.pem
 //!   ..data -> ..2026_11_28_15_04_05.3141592653
@@ -24,6 +25,12 @@
 //! version of each file. To read several files as one consistent set, read `..data` (a
 //! `readlink`) before and after reading them: if it did not change, the files all belong to the
 //! same version (this is what Kubernetes-aware consumers do).
+//!
+//! Directories the writer creates (the target when missing, each version directory and the
+//! directories inside it) are owner-only, 0700, or 0750 with a group ([`DirAccess`]), and owned
+//! by the given owner and group: a file's own mode (0644 by default) applies inside a directory
+//! that others cannot enter. An existing target is left as it is ([`exposure_warning`] says when
+//! others can read it).
 //!
 //! Plaintext passed to the writer, and read back for comparison, lives in zeroizing buffers.
 
@@ -50,8 +57,62 @@ pub const MAX_FILE_NAME_LENGTH: usize = 255;
 pub const MAX_MODE: u32 = 0o777;
 /// The mode of files when none is given.
 pub const DEFAULT_MODE: u32 = 0o644;
-/// The mode of the timestamped directory and of directories inside it.
-const DIR_MODE: u32 = 0o755;
+/// The mode of the directories the writer creates when no group is given: owner-only.
+pub const DIR_MODE: u32 = 0o700;
+/// The mode of the directories the writer creates when a group is given.
+pub const GROUP_DIR_MODE: u32 = 0o750;
+
+/// Who may enter the directories the writer creates: the owner only (0700) by default; with a
+/// `group`, its members too (0750, group set to it); `owner` hands them (and the files) to
+/// another user, which only root may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirAccess {
+    /// The uid that owns what the writer creates; `None`: the agent's own.
+    pub owner: Option<u32>,
+    /// The gid of what the writer creates; `None`: the agent's own, and mode 0700.
+    pub group: Option<u32>,
+}
+
+impl DirAccess {
+    /// The mode of the directories the writer creates.
+    pub fn dir_mode(&self) -> u32 {
+        if self.group.is_some() {
+            GROUP_DIR_MODE
+        } else {
+            DIR_MODE
+        }
+    }
+
+    /// Sets the mode of a directory the writer created and, when asked, its owner and group.
+    fn apply_dir(&self, path: &Path) -> io::Result<()> {
+        fs::set_permissions(path, Permissions::from_mode(self.dir_mode()))?;
+        self.apply_owner(path)
+    }
+
+    /// Hands `path` to the owner and group, when given.
+    fn apply_owner(&self, path: &Path) -> io::Result<()> {
+        if self.owner.is_some() || self.group.is_some() {
+            std::os::unix::fs::chown(path, self.owner, self.group)?;
+        }
+        Ok(())
+    }
+}
+
+/// A warning when the existing directory `target` can be read or entered by others (mode bits
+/// 0007): the files inside keep their own modes, but their names and, for modes such as the
+/// default 0644, their contents are open to every user of the machine. `None` when it does
+/// not exist or is closed to others.
+pub fn exposure_warning(target: &Path) -> Option<String> {
+    let mode = fs::metadata(target).ok()?.permissions().mode() & 0o777;
+    (mode & 0o007 != 0).then(|| {
+        format!(
+            "mount target {} has mode {mode:04o}: other users can enter it and read files whose \
+             own mode allows it (0644 by default); chmod o-rwx it, or let the agent create it \
+             (0700, or 0750 with --group)",
+            target.display()
+        )
+    })
+}
 
 /// One file of a payload: its bytes (wiped on drop) and its mode.
 pub struct FileProjection {
@@ -260,14 +321,24 @@ pub struct WriteOutcome {
 #[derive(Debug, Clone)]
 pub struct AtomicWriter {
     target: PathBuf,
+    /// The mode and ownership of the directories it creates.
+    access: DirAccess,
 }
 
 impl AtomicWriter {
-    /// A writer for `target` (created, with its parents, on the first write if missing).
+    /// A writer for `target` (created, with its parents, on the first write if missing), its
+    /// directories owner-only (see [`DirAccess`]).
     pub fn new(target: impl Into<PathBuf>) -> Self {
         Self {
             target: target.into(),
+            access: DirAccess::default(),
         }
+    }
+
+    /// The same writer, creating its directories with `access`.
+    pub fn with_access(mut self, access: DirAccess) -> Self {
+        self.access = access;
+        self
     }
 
     /// The target directory.
@@ -278,11 +349,16 @@ impl AtomicWriter {
     /// Makes the target hold exactly `payload` (see the module documentation for the steps).
     pub fn write(&self, payload: &Payload) -> Result<WriteOutcome, WriteError> {
         let target = &self.target;
-        DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(target)
-            .map_err(io_err(|| format!("cannot create {}", target.display())))?;
+        if fs::symlink_metadata(target).is_err() {
+            // Missing parents are made owner-only too (less the umask); the target itself gets
+            // exactly the access mode.
+            DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(target)
+                .and_then(|()| self.access.apply_dir(target))
+                .map_err(io_err(|| format!("cannot create {}", target.display())))?;
+        }
         let top: BTreeSet<&str> = payload.top_level_names();
         self.check_names(&top)?;
 
@@ -292,7 +368,20 @@ impl AtomicWriter {
             None => false,
         };
         let (changed, current) = match (&old, unchanged) {
-            (Some(dir), true) => (false, dir.clone()),
+            (Some(dir), true) => {
+                // A version written by an older agent (0755) is closed now.
+                let path = target.join(dir);
+                let mode = fs::metadata(&path)
+                    .map_err(io_err(|| format!("cannot stat {}", path.display())))?
+                    .permissions()
+                    .mode();
+                if mode & 0o777 != self.access.dir_mode() {
+                    self.access
+                        .apply_dir(&path)
+                        .map_err(io_err(|| format!("cannot chmod {}", path.display())))?;
+                }
+                (false, dir.clone())
+            }
             _ => (true, self.swap_in(payload)?),
         };
 
@@ -406,7 +495,7 @@ impl AtomicWriter {
         let target = &self.target;
         let name = self.new_timestamp_dir()?;
         let dir = target.join(&name);
-        if let Err(e) = write_files(&dir, payload) {
+        if let Err(e) = write_files(&dir, payload, self.access) {
             let _ = fs::remove_dir_all(&dir);
             return Err(e);
         }
@@ -438,7 +527,7 @@ impl AtomicWriter {
         Ok(name)
     }
 
-    /// Creates `..YYYY_MM_DD_HH_MM_SS.<random>` (UTC) with mode 0755.
+    /// Creates `..YYYY_MM_DD_HH_MM_SS.<random>` (UTC) with the access mode (0700 or 0750).
     fn new_timestamp_dir(&self) -> Result<String, WriteError> {
         let stamp = utc_stamp(SystemTime::now());
         let mut last = None;
@@ -447,7 +536,8 @@ impl AtomicWriter {
             let path = self.target.join(&name);
             match DirBuilder::new().mode(DIR_MODE).create(&path) {
                 Ok(()) => {
-                    fs::set_permissions(&path, Permissions::from_mode(DIR_MODE))
+                    self.access
+                        .apply_dir(&path)
                         .map_err(io_err(|| format!("cannot chmod {}", path.display())))?;
                     return Ok(name);
                 }
@@ -513,12 +603,12 @@ impl AtomicWriter {
 }
 
 /// Writes every file of `payload` under `dir` (which exists), then fsyncs the directories.
-fn write_files(dir: &Path, payload: &Payload) -> Result<(), WriteError> {
+fn write_files(dir: &Path, payload: &Payload, access: DirAccess) -> Result<(), WriteError> {
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     dirs.insert(dir.to_owned());
     for (path, file) in &payload.files {
         let full = dir.join(path);
-        // Create the directories inside the version directory, each with mode 0755.
+        // Create the directories inside the version directory, each with the access mode.
         let mut parent = dir.to_owned();
         let elements: Vec<&str> = path.split('/').collect();
         for element in &elements[..elements.len().saturating_sub(1)] {
@@ -527,7 +617,7 @@ fn write_files(dir: &Path, payload: &Payload) -> Result<(), WriteError> {
                 DirBuilder::new()
                     .mode(DIR_MODE)
                     .create(&parent)
-                    .and_then(|()| fs::set_permissions(&parent, Permissions::from_mode(DIR_MODE)))
+                    .and_then(|()| access.apply_dir(&parent))
                     .map_err(io_err(|| format!("cannot create {}", parent.display())))?;
             }
         }
@@ -539,6 +629,7 @@ fn write_files(dir: &Path, payload: &Payload) -> Result<(), WriteError> {
             .map_err(io_err(|| format!("cannot create {}", full.display())))?;
         f.write_all(&file.data)
             .and_then(|()| f.set_permissions(Permissions::from_mode(file.mode)))
+            .and_then(|()| access.apply_owner(&full))
             .and_then(|()| f.sync_all())
             .map_err(io_err(|| format!("cannot write {}", full.display())))?;
     }

@@ -54,6 +54,60 @@ pub fn invalid_names_message(keys: &[String], namespace: &str, name: &str) -> St
     )
 }
 
+/// Variable names that change how a program is loaded or what a shell or interpreter runs
+/// before the program's own code: whoever can write a Secret could run code through them in the
+/// command `coffer exec` starts. Exact names.
+const UNSAFE_NAMES: &[&str] = &[
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "PROMPT_COMMAND",
+    "CDPATH",
+    "GLOBIGNORE",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "LOCPATH",
+    "HOSTALIASES",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+];
+/// Name prefixes of the same kind: the dynamic loader's (`LD_PRELOAD`, `LD_LIBRARY_PATH`, ...;
+/// `DYLD_*` on macOS), Python's (`PYTHONPATH`, `PYTHONSTARTUP`, ...), exported bash functions.
+const UNSAFE_PREFIXES: &[&str] = &["LD_", "DYLD_", "PYTHON", "BASH_FUNC_"];
+
+/// Whether a variable named `name` can make the command run code other than its own (see
+/// [`UNSAFE_NAMES`]); `coffer exec` skips such names from `--env-from` unless
+/// `--allow-unsafe-env` is given.
+pub fn is_unsafe_name(name: &str) -> bool {
+    UNSAFE_NAMES.contains(&name) || UNSAFE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The stderr line for the keys (prefix included) of Secret `namespace/name` skipped because
+/// they are unsafe ([`is_unsafe_name`]), in the style of the kubelet's invalid-names event;
+/// `keys` are sorted here.
+pub fn unsafe_names_message(keys: &[String], namespace: &str, name: &str) -> String {
+    let mut keys = keys.to_vec();
+    keys.sort();
+    format!(
+        "Keys [{}] from the EnvFrom secret {namespace}/{name} were skipped since they can change \
+         what the command runs (pass --allow-unsafe-env to set them).",
+        keys.join(", ")
+    )
+}
+
 /// Variables being built; values are wiped on drop.
 #[derive(Default)]
 pub struct EnvSet {
@@ -87,16 +141,46 @@ impl EnvSet {
     where
         I: IntoIterator<Item = (&'a str, &'a [u8])>,
     {
+        self.add_env_from_checked(namespace, name, prefix, data, rule, true)
+            .into_iter()
+            .next()
+    }
+
+    /// As [`EnvSet::add_env_from`], and unless `allow_unsafe`, also skips the names
+    /// [`is_unsafe_name`] refuses. Returns the warning lines: invalid names first, then unsafe
+    /// ones (at most one line each).
+    pub fn add_env_from_checked<'a, I>(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        prefix: &str,
+        data: I,
+        rule: NameRule,
+        allow_unsafe: bool,
+    ) -> Vec<String>
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+    {
         let mut invalid = Vec::new();
+        let mut unsafe_names = Vec::new();
         for (key, value) in data {
             let var = format!("{prefix}{key}");
-            if is_valid_name(&var, rule) {
-                self.vars.insert(var, Zeroizing::new(value.to_vec()));
-            } else {
+            if !is_valid_name(&var, rule) {
                 invalid.push(var);
+            } else if !allow_unsafe && is_unsafe_name(&var) {
+                unsafe_names.push(var);
+            } else {
+                self.vars.insert(var, Zeroizing::new(value.to_vec()));
             }
         }
-        (!invalid.is_empty()).then(|| invalid_names_message(&invalid, namespace, name))
+        let mut warnings = Vec::new();
+        if !invalid.is_empty() {
+            warnings.push(invalid_names_message(&invalid, namespace, name));
+        }
+        if !unsafe_names.is_empty() {
+            warnings.push(unsafe_names_message(&unsafe_names, namespace, name));
+        }
+        warnings
     }
 
     /// Sets one variable (an explicit `env` entry).

@@ -22,6 +22,7 @@ use super::catch_up::{Stop, WatchContext, WatchRequest, catch_up_and_register, r
 use super::event::canceled;
 use super::hub::Registration;
 use super::queue::{Item, Sink, StreamQueue};
+use crate::auth::gate::WatchBudget;
 use crate::proto::v1 as pb;
 use crate::server::status::{self, fix_decode_limit};
 
@@ -102,6 +103,7 @@ pub(crate) fn open_watch_many(
     ctx: &WatchContext,
     input: tonic::Streaming<pb::WatchManyRequest>,
     authorize: WatchAuthorizer,
+    budget: WatchBudget,
 ) -> WatchManyEvents {
     let queue = StreamQueue::new(WATCH_MANY_QUEUE);
     let events = WatchManyEvents::new(queue.clone(), ctx.metrics.watch_stream());
@@ -115,6 +117,7 @@ pub(crate) fn open_watch_many(
         next_auto_id: 1,
         stream_cancel,
         authorize,
+        budget,
     };
     tokio::spawn(mux.run(input));
     events
@@ -144,6 +147,9 @@ struct Mux {
     next_auto_id: u64,
     stream_cancel: CancellationToken,
     authorize: WatchAuthorizer,
+    /// The stream's watches, counted against the connection's and the identity's caps: one
+    /// per entry of `watches` (synced after every change), all given back when the stream ends.
+    budget: WatchBudget,
 }
 
 impl Mux {
@@ -161,10 +167,14 @@ impl Mux {
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     if let Ok((id, generation, result)) = done {
                         self.caught_up(id, generation, result);
+                        self.budget.release_to(self.watches.len());
                     }
                 }
                 msg = input.message(), if input_open => match msg {
-                    Ok(Some(req)) => self.handle(req),
+                    Ok(Some(req)) => {
+                        self.handle(req);
+                        self.budget.release_to(self.watches.len());
+                    }
                     Ok(None) => {
                         // The client sent all its requests; its watches go on.
                         input_open = false;
@@ -281,6 +291,9 @@ impl Mux {
             Ok(req) => req,
             Err(s) => return self.refuse(id, &s),
         };
+        if let Err(s) = self.budget.try_add() {
+            return self.refuse(id, &s);
+        }
         self.reply(pb::WatchManyEvent {
             watch_id: id,
             created: true,
