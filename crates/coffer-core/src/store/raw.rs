@@ -348,42 +348,36 @@ impl RawWriter<'_> {
         let store = self.store;
         let (revision, prev, lsn) = {
             let _seq = self._seq;
-            let mut sealed = Vec::with_capacity(writes.len());
-            if writes.iter().any(|w| matches!(w, RawWrite::Put { .. })) {
-                let (seed_id, seed) = store.seeds.for_write().await?;
-                for w in writes {
-                    sealed.push(match w {
-                        RawWrite::Put { key, value, lease } => {
-                            let bkey = backend_key(&key);
-                            let record = crypto::seal(
-                                store.algorithm,
-                                seed_id,
-                                &seed,
-                                &raw_aad(&bkey),
-                                &value,
-                            );
-                            store
-                                .seals
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            Write::Put {
-                                key: bkey,
-                                value: record,
-                                lease,
-                            }
-                        }
-                        RawWrite::Delete { key } => Write::Delete {
-                            key: backend_key(&key),
-                        },
-                    });
-                }
+            // The seed is fetched only when something is sealed (a delete seals nothing).
+            let seed = if writes.iter().any(|w| matches!(w, RawWrite::Put { .. })) {
+                Some(store.seeds.for_write().await?)
             } else {
-                for w in writes {
-                    if let RawWrite::Delete { key } = w {
-                        sealed.push(Write::Delete {
-                            key: backend_key(&key),
-                        });
+                None
+            };
+            let mut sealed = Vec::with_capacity(writes.len());
+            for w in writes {
+                sealed.push(match w {
+                    RawWrite::Put { key, value, lease } => {
+                        // Always fetched above when a put is present.
+                        let Some((seed_id, seed)) = &seed else {
+                            return Err(StoreError::Unavailable("no seed for a put".into()));
+                        };
+                        let bkey = backend_key(&key);
+                        let record =
+                            crypto::seal(store.algorithm, *seed_id, seed, &raw_aad(&bkey), &value);
+                        store
+                            .seals
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Write::Put {
+                            key: bkey,
+                            value: record,
+                            lease,
+                        }
                     }
-                }
+                    RawWrite::Delete { key } => Write::Delete {
+                        key: backend_key(&key),
+                    },
+                });
             }
             let leases: Vec<(Vec<u8>, Option<i64>)> = sealed
                 .iter()
