@@ -111,6 +111,12 @@ struct Args {
     /// same way (acknowledged value and mod_revision, or the one write in doubt).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
     etcd_writers: u32,
+    /// Stop the server under load with SIGTERM (a clean shutdown) instead of SIGKILL, and
+    /// require it to exit cleanly; with `--lazyfs` the unsynced data is still dropped after it
+    /// exits, so every write acknowledged before the stop must have been synced by then (in
+    /// relaxed durability too, which promises nothing is lost on a clean shutdown).
+    #[arg(long)]
+    terminate: bool,
 }
 
 /// The content of a Secret as the harness writes it (what is compared).
@@ -314,6 +320,38 @@ impl Server {
         Ok(())
     }
 
+    /// SIGTERM and wait for a clean exit; an error if it does not exit cleanly within the start
+    /// timeout (then it is killed).
+    async fn terminate(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + START_TIMEOUT;
+        let result = loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break Ok(()),
+                Ok(Some(status)) => {
+                    break Err(format!(
+                        "coffer serve exited with {status} on SIGTERM ({sent:?})"
+                    ));
+                }
+                Ok(None) if Instant::now() > deadline => {
+                    break Err(format!(
+                        "coffer serve did not exit within {START_TIMEOUT:?} of SIGTERM"
+                    ));
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => break Err(format!("cannot wait for coffer serve: {e}")),
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        result
+    }
+
     /// SIGKILL (std's `Child::kill` sends SIGKILL on unix) and reap.
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -500,7 +538,13 @@ async fn run(args: Args) -> Result<bool, String> {
             killed,
         )
         .await;
-        server.kill();
+        if args.terminate {
+            if let Err(e) = server.terminate().await {
+                totals.violations.push(format!("cycle {cycle}: {e}"));
+            }
+        } else {
+            server.kill();
+        }
         if let Some(fs) = power.as_mut() {
             fs.clear_cache().await?;
             totals.power_losses += 1;
@@ -535,8 +579,13 @@ async fn run(args: Args) -> Result<bool, String> {
     let p50 = restart.get(restart.len() / 2).copied().unwrap_or(0);
     let max = restart.last().copied().unwrap_or(0);
     println!(
-        "coffer-crash: {} kill cycles (seed {}, {} clients x {} keys) in {:.1?}",
-        args.cycles, args.seed, args.clients, args.keys, elapsed
+        "coffer-crash: {} {} cycles (seed {}, {} clients x {} keys) in {:.1?}",
+        args.cycles,
+        if args.terminate { "SIGTERM" } else { "kill" },
+        args.seed,
+        args.clients,
+        args.keys,
+        elapsed
     );
     println!(
         "  acknowledged writes: {} (verified after the next restart, as each key's state)",
