@@ -404,8 +404,18 @@ async fn a_watcher_that_falls_behind_is_ended_resumably_while_others_continue() 
     )
     .await
     .expect("resume");
-    let (_, obj) = next_event(&mut resumed).await;
-    assert_eq!(rv(&obj), last + 1);
+    // Every remaining event, each once, in order, up to the last write.
+    let end = ts.store.revision();
+    assert!(end > last, "{end} {last}");
+    for expected in last + 1..=end {
+        let (t, obj) = next_event(&mut resumed).await;
+        assert_eq!((t, rv(&obj)), (Type::Added, expected));
+    }
+    assert_eq!(
+        added + (end - last) as usize,
+        total,
+        "{added} + {end} - {last}"
+    );
 }
 
 #[tokio::test]
