@@ -6,9 +6,10 @@
 //! store is reopened and every Secret read (get, then list). Each read must fail or return exactly
 //! the original; opening may fail too (detected). Never different plaintext.
 //!
-//! A panic or a hang inside sled on a corrupt file is a finding, counted and printed, but does not
-//! fail the test; wrong plaintext does, and so does a campaign flip that rolls a Secret back to an
-//! older version (the checkpoint record, `db/checkpoint`, makes open refuse instead; the
+//! A panic or a hang (over [`FLIP_TIMEOUT`]) on a corrupt file fails the test, after the
+//! campaign's table is printed: a corrupt directory must be refused with an error, not crash or
+//! block the server. Wrong plaintext fails it at once, and so does a campaign flip that rolls a
+//! Secret back to an older version (the checkpoint record, `db/checkpoint`, makes open refuse instead; the
 //! `wal.log`-only round of the crash image still only counts rollbacks, because a flip in the
 //! log's last entry is indistinguishable from a torn write). Flipping `kek.key` must make the store refuse with an
 //! error, never open with wrong plaintext. Records moved between keys are covered by
@@ -406,6 +407,18 @@ fn flip_campaign(
         );
     }
     assert_eq!(totals.values().sum::<usize>(), flips);
+    let crashes: Vec<_> = findings
+        .iter()
+        .filter(|f| f.starts_with("panic") || f.starts_with("hang"))
+        .collect();
+    assert!(
+        crashes.is_empty() && ours.is_empty(),
+        "{label}: {} flips panicked or hung instead of being refused with an error, e.g. {:?} \
+         (panics seen by the hook: {:?})",
+        crashes.len(),
+        crashes.iter().take(3).collect::<Vec<_>>(),
+        ours.iter().take(3).collect::<Vec<_>>()
+    );
     let rollbacks: Vec<_> = findings
         .iter()
         .filter(|f| f.starts_with("rollback"))

@@ -160,8 +160,38 @@ fn expected(who: Who, check: Check, ns: &str) -> Outcome {
     }
 }
 
+/// The annotation `kubectl apply` leaves, a copy of the object with its values.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A Secret as the matrix writes it: `data` (`k`), `string_data` (`s`, merged into `data`) and
+/// the last-applied annotation, which holds a copy of the values.
+fn full_secret(ns: &str, name: &str, value: &[u8]) -> pb::Secret {
+    let mut s = secret(ns, name, &[("k", value)]);
+    s.string_data.insert("s".into(), "matrix-string".into());
+    if let Some(m) = s.metadata.as_mut() {
+        m.annotations.insert(
+            LAST_APPLIED.into(),
+            r#"{"stringData":{"s":"matrix-string"}}"#.into(),
+        );
+    }
+    s
+}
+
+/// Whether Secret data came back; an answer without it must carry no copy of the values
+/// either (no `string_data`, which is write-only, and no last-applied annotation), and one
+/// with it keeps the annotation.
 fn has_data(s: &pb::Secret) -> bool {
-    !s.data.is_empty()
+    let data = !s.data.is_empty();
+    assert!(s.string_data.is_empty(), "string_data returned: {s:?}");
+    let annotated = s
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.annotations.contains_key(LAST_APPLIED));
+    assert_eq!(
+        annotated, data,
+        "the last-applied annotation must go exactly when data does: {s:?}"
+    );
+    data
 }
 
 async fn run_check(
@@ -220,13 +250,13 @@ async fn run_check(
             } else {
                 format!("new-{}-{transport}", who.slug())
             };
-            create(c, secret(ns, &name, &[("k", canary)]))
+            create(c, full_secret(ns, &name, canary))
                 .await
                 .map(|s| has_data(&s))
         }
         Check::Update => c
             .update(pb::UpdateSecretRequest {
-                secret: Some(secret(ns, "target", &[("k", canary)])),
+                secret: Some(full_secret(ns, "target", canary)),
             })
             .await
             .map(|r| has_data(&r.into_inner())),
@@ -249,15 +279,11 @@ async fn matrix(
 ) -> (usize, usize, usize) {
     // The objects the checks act on.
     for ns in NAMESPACES {
-        let _ = create(admin, secret(ns, "target", &[("k", b"matrix-value")])).await;
+        let _ = create(admin, full_secret(ns, "target", b"matrix-value")).await;
         for who in WHO {
             create(
                 admin,
-                secret(
-                    ns,
-                    &format!("del-{}-{transport}", who.slug()),
-                    &[("k", b"v")],
-                ),
+                full_secret(ns, &format!("del-{}-{transport}", who.slug()), b"v"),
             )
             .await
             .expect("victim");

@@ -10,6 +10,7 @@ use coffer_server::proto::v1 as pb;
 use coffer_server::proto::v1::watch_event::Type;
 use coffer_server::proto::v1::watch_many_request::Op;
 use coffer_server::server::ServerOptions;
+use futures::StreamExt;
 use server_common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -404,8 +405,18 @@ async fn a_watcher_that_falls_behind_is_ended_resumably_while_others_continue() 
     )
     .await
     .expect("resume");
-    let (_, obj) = next_event(&mut resumed).await;
-    assert_eq!(rv(&obj), last + 1);
+    // Every remaining event, each once, in order, up to the last write.
+    let end = ts.store.revision();
+    assert!(end > last, "{end} {last}");
+    for expected in last + 1..=end {
+        let (t, obj) = next_event(&mut resumed).await;
+        assert_eq!((t, rv(&obj)), (Type::Added, expected));
+    }
+    assert_eq!(
+        added + (end - last) as usize,
+        total,
+        "{added} + {end} - {last}"
+    );
 }
 
 #[tokio::test]
@@ -750,4 +761,85 @@ async fn the_window_forgets_changes_older_than_its_age_limit() {
     )
     .await
     .expect("resume from the current revision");
+}
+
+/// README ("Watching at scale"): a WatchMany watch whose change does not fit the stream's queue
+/// is canceled alone, with ABORTED and where to resume; the stream and its other watches go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_watch_many_watch_is_canceled_alone() {
+    let ts = TestServer::start().await;
+    let c = ts.client().await;
+    // A client with small HTTP/2 windows, so little is buffered in flow control.
+    let addr = ts.running.tcp_addr().expect("addr");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .expect("connect");
+    let (tx, rx) = mpsc::channel(4);
+    let mut events = pb::secrets_client::SecretsClient::new(channel)
+        .watch_many(ReceiverStream::new(rx))
+        .await
+        .expect("watch_many")
+        .into_inner();
+    for (id, namespace) in [(1, "bulk"), (2, "quiet")] {
+        tx.send(pb::WatchManyRequest {
+            op: Some(Op::Create(pb::WatchCreate {
+                watch_id: id,
+                watch: Some(pb::WatchSecretsRequest {
+                    namespace: namespace.into(),
+                    ..Default::default()
+                }),
+            })),
+        })
+        .await
+        .expect("send");
+        let ev = next(&mut events).await.expect("ack");
+        assert!(ev.watch_id == id && ev.created, "{ev:?}");
+    }
+    // Not reading while more changes than the stream's queue (4096) go by in "bulk".
+    let total = 4600;
+    let blob = "x".repeat(512);
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let mut c = c.clone();
+            let s = secret("bulk", &format!("b{i:05}"), &[("k", &blob)]);
+            async move { create(&mut c, s).await.expect("create") }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    // Watch 1's queued events, then its cancel.
+    let mut delivered = 0;
+    let canceled = loop {
+        let ev = next(&mut events).await.expect("the stream goes on");
+        assert_eq!(ev.watch_id, 1, "{ev:?}");
+        if ev.canceled {
+            break ev;
+        }
+        delivered += 1;
+    };
+    assert!(delivered < total, "{delivered}");
+    assert_eq!(canceled.error_code, Code::Aborted as i32, "{canceled:?}");
+    assert!(
+        canceled.error_message.contains("fell behind")
+            && canceled
+                .error_message
+                .contains("resume from resource version"),
+        "{canceled:?}"
+    );
+    // Watch 2, on the same stream, still gets its change, and watch 1 nothing more.
+    create(&mut c.clone(), secret("quiet", "q", &[]))
+        .await
+        .expect("create");
+    let ev = next(&mut events).await.expect("the stream goes on");
+    assert_eq!(ev.watch_id, 2, "{ev:?}");
+    let inner = ev.event.unwrap_or_default();
+    assert_eq!(inner.r#type, Type::Added as i32);
+    assert_eq!(
+        inner.object.and_then(|o| o.metadata).map(|m| m.name),
+        Some("q".to_owned())
+    );
 }

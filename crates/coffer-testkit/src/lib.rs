@@ -21,4 +21,5 @@ pub mod engine;
 pub mod etcd;
 pub mod kms;
 pub mod process;
+pub mod require;
 pub mod server;

@@ -158,7 +158,9 @@ async fn the_opt_out_flags_leave_core_dumps_and_memory_alone() {
     assert_eq!(locked_kb(pid), 0);
     match expected_core {
         Some(limit) => assert_eq!(core_limit(pid).0, limit),
-        None => eprintln!("hard core limit is 0 here: cannot tell an allowed core dump apart"),
+        None => coffer_testkit::require::skip(
+            "the hard core limit is 0 here: an allowed core dump cannot be told apart",
+        ),
     }
     drop(c);
     serve.stop();
@@ -172,10 +174,11 @@ async fn without_cap_ipc_lock_mlock_warns_once_and_the_server_still_works() {
     if memlock.is_none() || !setpriv.exists() || !root {
         // Without a finite RLIMIT_MEMLOCK the lock is allowed; without setpriv (or root) this
         // test cannot take CAP_IPC_LOCK away from the child.
-        eprintln!(
-            "skipped: memlock {memlock:?}, setpriv {}, root {root}",
+        // `.ci/run` runs as root with setpriv and a finite `ulimit -l`: there this fails.
+        coffer_testkit::require::skip(&format!(
+            "memlock {memlock:?} (needs a finite RLIMIT_MEMLOCK), setpriv {}, root {root}",
             setpriv.exists()
-        );
+        ));
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -228,4 +231,48 @@ fn a_bad_quota_file_stops_serve_with_a_clear_error() {
         err.contains("--quota-file") && err.contains("quota.toml"),
         "{err}"
     );
+}
+
+/// "Not dumpable", told apart from "runs as root": the server runs as an unprivileged user
+/// (65534, through setpriv), where a dumpable process's `/proc` entries belong to that user and
+/// a non-dumpable one's to root. With `--allow-core-dumps` they belong to 65534, so the check
+/// sees the difference (as root, both would be owned by root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_dumpable_is_seen_on_a_server_run_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let setpriv = Path::new("/usr/bin/setpriv");
+    if !setpriv.exists() || !rustix::process::geteuid().is_root() {
+        coffer_testkit::require::skip("needs root and /usr/bin/setpriv to run serve as 65534");
+        return;
+    }
+    let dumps_off: &[&str] = &["--disable-mlock"];
+    let dumps_on: &[&str] = &["--disable-mlock", "--allow-core-dumps"];
+    for (flags, owner) in [(dumps_off, 0), (dumps_on, 65534)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let serve = Serve::new(tmp.path())
+            .through(
+                setpriv,
+                &["--reuid=65534", "--regid=65534", "--clear-groups", "--"],
+            )
+            .args(flags)
+            .start();
+        let mut c = secrets_client(&serve.socket).await;
+        create(&mut c, "ns", "s", "v").await.expect("serves");
+        let pid = serve.child.id();
+        let status = proc_file(pid, "status");
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+            "{status}"
+        );
+        let found = std::fs::metadata(format!("/proc/{pid}/status"))
+            .expect("stat")
+            .uid();
+        assert_eq!(found, owner, "{flags:?}: /proc/{pid} owner");
+        drop(c);
+        serve.stop();
+    }
 }

@@ -593,16 +593,23 @@ async fn immutable_secrets_are_read_once() {
     let thawing = create(&mut c, secret("default", "thawing", &[("k", "m1")]))
         .await
         .unwrap();
+    // A mutable Secret on the same stream: once a later write to it is written, every earlier
+    // event of the stream has been handled (a barrier instead of a sleep).
+    let marker = create(&mut c, secret("default", "marker", &[("k", "1")]))
+        .await
+        .unwrap();
     let mut agent = Running::start(
         connector(&server),
         vec![
             MountSpec::new("default", "frozen", tmp.path().join("frozen")),
             MountSpec::new("default", "thawing", tmp.path().join("thawing")),
+            MountSpec::new("default", "marker", tmp.path().join("marker")),
         ],
         fast_options(),
     );
     agent.written(0, rv_of(&frozen)).await;
     agent.written(1, rv_of(&thawing)).await;
+    agent.written(2, rv_of(&marker)).await;
     // The server acknowledged the cancel of the immutable Secret's watch.
     agent
         .wait(
@@ -629,8 +636,12 @@ async fn immutable_secrets_are_read_once() {
     let mut again = secret("default", "frozen", &[("k", "v2")]);
     again.immutable = true;
     create(&mut c, again).await.unwrap();
-    // A write to another mounted Secret would have been seen by now if it were watched.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The barrier: a later write to the marker is written, so the re-created Secret's events
+    // (earlier on the same stream) would have been handled by now if it were watched.
+    let marker = update(&mut c, secret("default", "marker", &[("k", "2")]))
+        .await
+        .unwrap();
+    agent.written(2, rv_of(&marker)).await;
     let seen = agent.drain();
     assert!(
         !seen.iter().any(|e| matches!(

@@ -49,6 +49,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tonic::Code;
 
+mod etcd;
+mod lazyfs;
+
 /// How long one RPC may take while the server is alive before it counts as a hang.
 const RPC_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the server may take to start listening.
@@ -96,6 +99,24 @@ struct Args {
     /// to see the harness catch the writes that mode loses on a kill.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// Power loss: mount LazyFS (this binary, a FUSE file system that keeps written data in its
+    /// own cache until it is fsynced; `scripts/build-lazyfs.sh` builds it) in the work
+    /// directory, keep the data directory on it, and after every SIGKILL drop every byte not
+    /// yet fsynced (`lazyfs::clear-cache`), as a power failure would. A kill alone leaves the
+    /// page cache intact, so only this proves that an acknowledged write was synced.
+    #[arg(long)]
+    lazyfs: Option<PathBuf>,
+    /// Writers through the etcd v3 door (`coffer serve --etcd-listen`), each on its own keys,
+    /// besides the gRPC writers; their writes share the store's revision and are checked the
+    /// same way (acknowledged value and mod_revision, or the one write in doubt).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    etcd_writers: u32,
+    /// Stop the server under load with SIGTERM (a clean shutdown) instead of SIGKILL, and
+    /// require it to exit cleanly; with `--lazyfs` the unsynced data is still dropped after it
+    /// exits, so every write acknowledged before the stop must have been synced by then (in
+    /// relaxed durability too, which promises nothing is lost on a clean shutdown).
+    #[arg(long)]
+    terminate: bool,
 }
 
 /// The content of a Secret as the harness writes it (what is compared).
@@ -177,6 +198,9 @@ struct Totals {
     resumes_served: u64,
     history_events_checked: u64,
     startup_kills: u64,
+    power_losses: u64,
+    etcd_acked: u64,
+    etcd: etcd::Checked,
     restart_ms: Vec<u64>,
     violations: Vec<String>,
 }
@@ -208,6 +232,10 @@ fn main() -> ExitCode {
 struct Server {
     coffer: PathBuf,
     work: PathBuf,
+    /// The data directory (on the LazyFS mount under `--lazyfs`).
+    data: PathBuf,
+    /// The etcd door's address, when there are door writers.
+    etcd: Option<std::net::SocketAddr>,
     watch_window: usize,
     wal_checkpoint_bytes: u64,
     extra: Vec<String>,
@@ -270,12 +298,17 @@ impl Server {
         }
         let child = command
             .arg("--data-dir")
-            .arg(self.work.join("data"))
+            .arg(&self.data)
             .arg("--listen")
             .arg(format!("unix://{}", socket.display()))
             .args(["--token-cleaner-interval", "0"])
             .arg("--watch-window")
             .arg(self.watch_window.to_string())
+            .args(
+                self.etcd
+                    .map(|a| vec!["--etcd-listen".to_owned(), a.to_string()])
+                    .unwrap_or_default(),
+            )
             .args(&self.extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -285,6 +318,38 @@ impl Server {
             .map_err(|e| format!("cannot start {}: {e}", self.coffer.display()))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; an error if it does not exit cleanly within the start
+    /// timeout (then it is killed).
+    async fn terminate(&mut self) -> Result<(), String> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + START_TIMEOUT;
+        let result = loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break Ok(()),
+                Ok(Some(status)) => {
+                    break Err(format!(
+                        "coffer serve exited with {status} on SIGTERM ({sent:?})"
+                    ));
+                }
+                Ok(None) if Instant::now() > deadline => {
+                    break Err(format!(
+                        "coffer serve did not exit within {START_TIMEOUT:?} of SIGTERM"
+                    ));
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => break Err(format!("cannot wait for coffer serve: {e}")),
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        result
     }
 
     /// SIGKILL (std's `Child::kill` sends SIGKILL on unix) and reap.
@@ -350,9 +415,34 @@ async fn run(args: Args) -> Result<bool, String> {
     };
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
     let started = Instant::now();
+    let mut power = match &args.lazyfs {
+        Some(binary) => Some(lazyfs::LazyFs::mount(binary, &work.join("lazyfs")).await?),
+        None => None,
+    };
+    let data = match &power {
+        Some(fs) => fs.path().join("data"),
+        None => work.join("data"),
+    };
+    let etcd_addr = if args.etcd_writers > 0 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot pick a port for the etcd door: {e}"))?
+            .port();
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    } else {
+        None
+    };
+    let mut etcd_keys: Vec<etcd::EtcdKey> = (0..args.etcd_writers)
+        .flat_map(|w| (0..args.keys).map(move |k| etcd::EtcdKey::new(w, k)))
+        .collect();
+    // Secret-watch revisions no acknowledged write explains, to be explained by the door's
+    // in-doubt writes at the next restart.
+    let mut gaps: Vec<u64> = Vec::new();
     let mut server = Server {
         coffer,
         work: work.clone(),
+        data,
+        etcd: etcd_addr,
         watch_window: args.watch_window,
         wal_checkpoint_bytes: args.wal_checkpoint_bytes,
         extra: args.server_arg.clone(),
@@ -383,6 +473,10 @@ async fn run(args: Args) -> Result<bool, String> {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=200))).await;
             server.kill();
             totals.startup_kills += 1;
+            if let Some(fs) = power.as_mut() {
+                fs.clear_cache().await?;
+                totals.power_losses += 1;
+            }
         }
         let t = Instant::now();
         let client = server.start().await;
@@ -407,6 +501,26 @@ async fn run(args: Args) -> Result<bool, String> {
         )
         .await;
         last_revision = revision;
+        if let Some(addr) = etcd_addr {
+            let mut viol = Vec::new();
+            let door_revision = etcd::verify(
+                addr,
+                &mut etcd_keys,
+                &mut gaps,
+                &mut totals.etcd,
+                &mut |m| viol.push(format!("cycle {cycle}: {m}")),
+            )
+            .await;
+            let max_acked = etcd_keys.iter().map(|k| k.acked_rv).max().unwrap_or(0);
+            if door_revision < max_acked || door_revision != revision {
+                viol.push(format!(
+                    "cycle {cycle}: the door's revision {door_revision} after the restart is \
+                     below its highest acknowledged write {max_acked} or differs from the \
+                     Secret service's {revision}"
+                ));
+            }
+            totals.violations.extend(viol);
+        }
         if totals.violations.len() > before + 20 || cycle == args.cycles {
             // The last restart is only checked; no more load.
             break;
@@ -416,6 +530,7 @@ async fn run(args: Args) -> Result<bool, String> {
         let running = drive(
             &server,
             &keys,
+            &etcd_keys,
             revision,
             resumed,
             kill_after,
@@ -423,10 +538,27 @@ async fn run(args: Args) -> Result<bool, String> {
             killed,
         )
         .await;
-        server.kill();
+        if args.terminate {
+            if let Err(e) = server.terminate().await {
+                totals.violations.push(format!("cycle {cycle}: {e}"));
+            }
+        } else {
+            server.kill();
+        }
+        if let Some(fs) = power.as_mut() {
+            fs.clear_cache().await?;
+            totals.power_losses += 1;
+        }
         let outcome = running.finish().await;
         watched = outcome.last_watched;
-        apply_outcome(cycle, &mut keys, outcome, &mut totals);
+        let door_revisions = etcd::apply(&mut etcd_keys, &outcome.etcd, &mut totals.etcd_acked);
+        for r in &outcome.etcd {
+            totals
+                .violations
+                .extend(r.violations.iter().map(|v| format!("cycle {cycle}: {v}")));
+        }
+        let door = etcd_addr.map(|_| (door_revisions, &mut gaps));
+        apply_outcome(cycle, &mut keys, outcome, door, &mut totals);
         if (cycle + 1) % 25 == 0 {
             eprintln!(
                 "cycle {}: {} acknowledged, {} in doubt, {} violations, {:.1?}",
@@ -439,14 +571,21 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     }
     server.kill();
+    // Unmount before the work directory is removed.
+    drop(power);
     let elapsed = started.elapsed();
     let mut restart = totals.restart_ms.clone();
     restart.sort_unstable();
     let p50 = restart.get(restart.len() / 2).copied().unwrap_or(0);
     let max = restart.last().copied().unwrap_or(0);
     println!(
-        "coffer-crash: {} kill cycles (seed {}, {} clients x {} keys) in {:.1?}",
-        args.cycles, args.seed, args.clients, args.keys, elapsed
+        "coffer-crash: {} {} cycles (seed {}, {} clients x {} keys) in {:.1?}",
+        args.cycles,
+        if args.terminate { "SIGTERM" } else { "kill" },
+        args.seed,
+        args.clients,
+        args.keys,
+        elapsed
     );
     println!(
         "  acknowledged writes: {} (verified after the next restart, as each key's state)",
@@ -469,6 +608,19 @@ async fn run(args: Args) -> Result<bool, String> {
         "  extra kills during startup/recovery: {}",
         totals.startup_kills
     );
+    println!(
+        "  power losses (unsynced data dropped after the kill, LazyFS): {}",
+        totals.power_losses
+    );
+    if etcd_addr.is_some() {
+        println!(
+            "  etcd door: {} acknowledged writes, {} key checks, in doubt {} applied / {} absent",
+            totals.etcd_acked,
+            totals.etcd.keys,
+            totals.etcd.doubt_applied,
+            totals.etcd.doubt_absent
+        );
+    }
     println!("  restart to first answer: p50 {p50} ms, max {max} ms");
     println!("  violations: {}", totals.violations.len());
     for v in totals.violations.iter().take(50) {
@@ -845,6 +997,7 @@ fn describe(s: &State) -> String {
 /// The load of one cycle, still running.
 struct Running {
     writers: Vec<tokio::task::JoinHandle<WriterResult>>,
+    etcd: Vec<tokio::task::JoinHandle<etcd::EtcdWriterResult>>,
     watch: tokio::task::JoinHandle<WatchResult>,
     /// The revision the watch started after.
     from: u64,
@@ -853,6 +1006,7 @@ struct Running {
 /// What one cycle produced.
 struct Outcome {
     writers: Vec<WriterResult>,
+    etcd: Vec<etcd::EtcdWriterResult>,
     watch: WatchResult,
     /// The revision the watch started after.
     from: u64,
@@ -892,6 +1046,20 @@ impl Running {
             };
             writers.push(r);
         }
+        let mut etcd = Vec::new();
+        for w in self.etcd {
+            etcd.push(match tokio::time::timeout(RPC_TIMEOUT, w).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => etcd::EtcdWriterResult {
+                    violations: vec![format!("an etcd writer task failed: {e}")],
+                    ..Default::default()
+                },
+                Err(_) => etcd::EtcdWriterResult {
+                    violations: vec!["an etcd writer did not notice the kill within 20 s".into()],
+                    ..Default::default()
+                },
+            });
+        }
         let watch = match tokio::time::timeout(RPC_TIMEOUT, self.watch).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => WatchResult {
@@ -906,6 +1074,7 @@ impl Running {
         let last_watched = watch.events.last().map_or(self.from, |e| e.rv);
         Outcome {
             writers,
+            etcd,
             watch,
             from: self.from,
             last_watched,
@@ -915,9 +1084,11 @@ impl Running {
 
 /// Starts the writers and the watch, and returns once it is time to kill the server; `killed`
 /// is set just before the kill, so that errors after it count as the crash, not as failures.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     server: &Server,
     keys: &[KeyModel],
+    etcd_keys: &[etcd::EtcdKey],
     revision: u64,
     resumed: Option<tonic::Streaming<pb::WatchEvent>>,
     kill_after: Duration,
@@ -961,10 +1132,29 @@ async fn drive(
             seed,
         )));
     }
+    let mut etcd_writers = Vec::new();
+    if let Some(addr) = server.etcd {
+        // Each door writer owns `--keys` keys, in order.
+        let per_writer = etcd_keys
+            .iter()
+            .take_while(|k| k.key.starts_with(b"/crash/etcd-0/"))
+            .count()
+            .max(1);
+        for (w, chunk) in etcd_keys.chunks(per_writer).enumerate() {
+            etcd_writers.push(tokio::spawn(etcd::writer(
+                addr,
+                w * per_writer,
+                chunk.to_vec(),
+                killed.clone(),
+                seed ^ ((w as u64 + 1) << 16),
+            )));
+        }
+    }
     tokio::time::sleep(kill_after).await;
     killed.store(true, Ordering::SeqCst);
     Running {
         writers,
+        etcd: etcd_writers,
         watch,
         from: revision,
     }
@@ -1163,7 +1353,15 @@ async fn writer(
 }
 
 /// Folds a cycle's acknowledgements and watch events into the model, checking the watch.
-fn apply_outcome(cycle: u32, keys: &mut [KeyModel], outcome: Outcome, totals: &mut Totals) {
+/// `door`: with door writers, the revisions of their acknowledged writes (which the Secret watch
+/// skips) and where to put skipped revisions none explains (resolved at the next restart).
+fn apply_outcome(
+    cycle: u32,
+    keys: &mut [KeyModel],
+    outcome: Outcome,
+    mut door: Option<(std::collections::BTreeSet<u64>, &mut Vec<u64>)>,
+    totals: &mut Totals,
+) {
     let mut viol = Vec::new();
     let mut bad = |m: String| viol.push(format!("cycle {cycle}: {m}"));
     let mut by_rv: HashMap<u64, (usize, State)> = HashMap::new();
@@ -1205,6 +1403,13 @@ fn apply_outcome(cycle: u32, keys: &mut [KeyModel], outcome: Outcome, totals: &m
         .collect();
     for ev in &outcome.watch.events {
         totals.events_checked += 1;
+        if let Some((acked, gaps)) = door.as_mut()
+            && ev.rv > expect
+        {
+            // Revisions of the door's writes: acknowledged ones, or in doubt (checked later).
+            gaps.extend((expect..ev.rv).filter(|r| !acked.contains(r)));
+            expect = ev.rv;
+        }
         if ev.rv != expect {
             bad(format!(
                 "watch from {}: expected revision {expect}, got {} (a {})",
