@@ -270,6 +270,10 @@ pub struct EtcdArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(deserialize_with = "settings::duration")]
     pub etcd_progress_notify_interval: Option<Duration>,
+    /// kube-apiserver's --etcd-prefix: door keys <prefix>/secrets/<namespace>/<name> are the
+    /// Secrets the Secret service, CLI and mount agent see [default: /registry].
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
 }
 
 merge_fields!(EtcdArgs {
@@ -278,6 +282,7 @@ merge_fields!(EtcdArgs {
     etcd_max_request_bytes,
     etcd_max_response_bytes,
     etcd_progress_notify_interval,
+    etcd_prefix,
 });
 
 impl EtcdArgs {
@@ -313,6 +318,14 @@ impl EtcdArgs {
         }
         if let Some(d) = self.etcd_progress_notify_interval {
             o.progress_notify_interval = positive(d, "etcd-progress-notify-interval")?;
+        }
+        if let Some(p) = &self.etcd_prefix {
+            if p.contains('\0') {
+                return Err(ServeError::Config(
+                    "--etcd-prefix: must not contain a NUL byte".into(),
+                ));
+            }
+            o.prefix = p.clone();
         }
         Ok((self.etcd_listen.clone(), o))
     }
@@ -535,6 +548,7 @@ impl ServeConfig {
             quotas: self.limits.quotas.clone(),
             history_retention: self.history_retention,
             wal_checkpoint_bytes: self.wal_checkpoint_bytes,
+            etcd_prefix: self.options.etcd.prefix.clone(),
             ..StoreConfig::default()
         }
     }

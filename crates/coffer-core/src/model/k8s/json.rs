@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::NotASecret;
-use crate::model::timestamp::{format_rfc3339, parse_rfc3339};
+use crate::model::timestamp::parse_rfc3339;
 use crate::model::{ObjectMeta, Secret, SecretValue};
 
 /// Go's order of a Secret's members (TypeMeta inline, then the struct's fields).
@@ -343,5 +343,5 @@ fn data_json(data: &BTreeMap<String, SecretValue>) -> Option<Zeroizing<String>> 
 /// The creationTimestamp as the API server writes it (for tests building JSON values).
 #[cfg(test)]
 pub(super) fn timestamp(secs: i64) -> String {
-    format_rfc3339(secs)
+    crate::model::timestamp::format_rfc3339(secs)
 }

@@ -24,44 +24,38 @@ pub const MAGIC: &[u8] = b"k8s\0";
 const GO_ZERO_TIME: i64 = -62_135_596_800;
 
 mod tag {
-    pub const UNKNOWN_TYPE_META: u32 = 1;
-    pub const UNKNOWN_RAW: u32 = 2;
-    pub const TYPE_META_API_VERSION: u32 = 1;
-    pub const TYPE_META_KIND: u32 = 2;
-    pub const SECRET_METADATA: u32 = 1;
-    pub const SECRET_DATA: u32 = 2;
-    pub const SECRET_TYPE: u32 = 3;
-    pub const SECRET_STRING_DATA: u32 = 4;
-    pub const SECRET_IMMUTABLE: u32 = 5;
-    pub const META_NAME: u32 = 1;
-    pub const META_GENERATE_NAME: u32 = 2;
-    pub const META_NAMESPACE: u32 = 3;
-    pub const META_SELF_LINK: u32 = 4;
-    pub const META_UID: u32 = 5;
-    pub const META_RESOURCE_VERSION: u32 = 6;
-    pub const META_GENERATION: u32 = 7;
-    pub const META_CREATION_TIMESTAMP: u32 = 8;
-    pub const META_LABELS: u32 = 11;
-    pub const META_ANNOTATIONS: u32 = 12;
-    pub const TIME_SECONDS: u32 = 1;
-    pub const TIME_NANOS: u32 = 2;
-}
-
-/// What a protobuf Secret's fields decode to, with whether `immutable` was written at all.
-pub(super) struct Parsed {
-    pub secret: Secret,
-    pub immutable_set: bool,
+    pub(super) const UNKNOWN_TYPE_META: u32 = 1;
+    pub(super) const UNKNOWN_RAW: u32 = 2;
+    pub(super) const TYPE_META_API_VERSION: u32 = 1;
+    pub(super) const TYPE_META_KIND: u32 = 2;
+    pub(super) const SECRET_METADATA: u32 = 1;
+    pub(super) const SECRET_DATA: u32 = 2;
+    pub(super) const SECRET_TYPE: u32 = 3;
+    pub(super) const SECRET_STRING_DATA: u32 = 4;
+    pub(super) const SECRET_IMMUTABLE: u32 = 5;
+    pub(super) const META_NAME: u32 = 1;
+    pub(super) const META_GENERATE_NAME: u32 = 2;
+    pub(super) const META_NAMESPACE: u32 = 3;
+    pub(super) const META_SELF_LINK: u32 = 4;
+    pub(super) const META_UID: u32 = 5;
+    pub(super) const META_RESOURCE_VERSION: u32 = 6;
+    pub(super) const META_GENERATION: u32 = 7;
+    pub(super) const META_CREATION_TIMESTAMP: u32 = 8;
+    pub(super) const META_LABELS: u32 = 11;
+    pub(super) const META_ANNOTATIONS: u32 = 12;
+    pub(super) const TIME_SECONDS: u32 = 1;
+    pub(super) const TIME_NANOS: u32 = 2;
 }
 
 /// Decodes a value that starts with [`MAGIC`].
 pub(super) fn decode(namespace: &str, name: &str, value: &[u8]) -> Decoded {
     match parse(namespace, name, value) {
-        Ok(p) => Decoded::Secret(Box::new(p.secret)),
+        Ok(s) => Decoded::Secret(Box::new(s)),
         Err(e) => Decoded::Opaque(e),
     }
 }
 
-pub(super) fn parse(namespace: &str, name: &str, value: &[u8]) -> Result<Parsed, NotASecret> {
+pub(super) fn parse(namespace: &str, name: &str, value: &[u8]) -> Result<Secret, NotASecret> {
     let body = value
         .strip_prefix(MAGIC)
         .ok_or(NotASecret("no k8s protobuf magic"))?;
@@ -89,7 +83,6 @@ pub(super) fn parse(namespace: &str, name: &str, value: &[u8]) -> Result<Parsed,
     }
     let raw = raw.ok_or(NotASecret("no object in the envelope"))?;
     let mut secret = Secret::new(namespace, name);
-    let mut immutable_set = false;
     for f in wire::fields(raw).map_err(wire_error)? {
         match f.tag {
             tag::SECRET_METADATA => {
@@ -100,17 +93,11 @@ pub(super) fn parse(namespace: &str, name: &str, value: &[u8]) -> Result<Parsed,
                 secret.data.insert(k, SecretValue::new(v));
             }
             tag::SECRET_TYPE => secret.type_ = f.string().map_err(wire_error)?.to_owned(),
-            tag::SECRET_IMMUTABLE => {
-                immutable_set = true;
-                secret.immutable = f.varint().map_err(wire_error)? != 0;
-            }
+            tag::SECRET_IMMUTABLE => secret.immutable = f.varint().map_err(wire_error)? != 0,
             _ => {}
         }
     }
-    Ok(Parsed {
-        secret,
-        immutable_set,
-    })
+    Ok(secret)
 }
 
 fn parse_meta(bytes: &[u8], meta: &mut ObjectMeta) -> Result<(), NotASecret> {
@@ -150,7 +137,7 @@ fn wire_error(e: WireError) -> NotASecret {
 
 /// Encodes a Secret as the API server stores it (resourceVersion empty: the key's mod_revision
 /// is the resourceVersion).
-pub fn encode(secret: &Secret) -> Zeroizing<Vec<u8>> {
+pub(super) fn encode(secret: &Secret) -> Zeroizing<Vec<u8>> {
     let m = &secret.metadata;
     // Annotations may hold a copy of the data (kubectl's last-applied configuration).
     let mut meta = Zeroizing::new(Vec::new());
@@ -236,8 +223,7 @@ pub(super) fn edit(original: &[u8], new: &Secret) -> Result<Zeroizing<Vec<u8>>, 
     Ok(out)
 }
 
-fn edit_secret(raw: &[u8], old: &Parsed, new: &Secret) -> Result<Zeroizing<Vec<u8>>, NotASecret> {
-    let o = &old.secret;
+fn edit_secret(raw: &[u8], o: &Secret, new: &Secret) -> Result<Zeroizing<Vec<u8>>, NotASecret> {
     let data_changed = o.data != new.data;
     let type_changed = o.type_ != new.type_;
     let immutable_changed = o.immutable != new.immutable;

@@ -7,22 +7,22 @@ use prost::encoding::{decode_varint, encode_varint};
 /// A value that is not well-formed protobuf.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not protobuf: {0}")]
-pub struct WireError(pub &'static str);
+pub(super) struct WireError(pub &'static str);
 
 /// One field as it appears in a message.
 #[derive(Debug, Clone, Copy)]
-pub struct Field<'a> {
+pub(super) struct Field<'a> {
     /// The field number.
-    pub tag: u32,
+    pub(super) tag: u32,
     /// The whole field, key included (what an edit copies).
-    pub raw: &'a [u8],
+    pub(super) raw: &'a [u8],
     /// What the field carries: a varint's value, or a length-delimited field's bytes.
-    pub value: FieldValue<'a>,
+    pub(super) value: FieldValue<'a>,
 }
 
 /// A field's payload.
 #[derive(Debug, Clone, Copy)]
-pub enum FieldValue<'a> {
+pub(super) enum FieldValue<'a> {
     /// Wire type 0.
     Varint(u64),
     /// Wire type 2.
@@ -33,7 +33,7 @@ pub enum FieldValue<'a> {
 
 impl<'a> Field<'a> {
     /// The payload of a length-delimited field.
-    pub fn bytes(&self) -> Result<&'a [u8], WireError> {
+    pub(super) fn bytes(&self) -> Result<&'a [u8], WireError> {
         match self.value {
             FieldValue::Bytes(b) => Ok(b),
             _ => Err(WireError("a length-delimited field has another wire type")),
@@ -41,12 +41,12 @@ impl<'a> Field<'a> {
     }
 
     /// The payload of a string field.
-    pub fn string(&self) -> Result<&'a str, WireError> {
+    pub(super) fn string(&self) -> Result<&'a str, WireError> {
         std::str::from_utf8(self.bytes()?).map_err(|_| WireError("a string is not UTF-8"))
     }
 
     /// The payload of a varint field.
-    pub fn varint(&self) -> Result<u64, WireError> {
+    pub(super) fn varint(&self) -> Result<u64, WireError> {
         match self.value {
             FieldValue::Varint(v) => Ok(v),
             _ => Err(WireError("a varint field has another wire type")),
@@ -55,7 +55,7 @@ impl<'a> Field<'a> {
 }
 
 /// Splits a message into its fields, in order.
-pub fn fields(mut buf: &[u8]) -> Result<Vec<Field<'_>>, WireError> {
+pub(super) fn fields(mut buf: &[u8]) -> Result<Vec<Field<'_>>, WireError> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let start = buf;
@@ -101,20 +101,20 @@ pub fn fields(mut buf: &[u8]) -> Result<Vec<Field<'_>>, WireError> {
 
 /// Appends a length-delimited field (always written, even when empty: Go's generated
 /// marshallers write non-pointer strings and set bytes that way).
-pub fn put_bytes(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+pub(super) fn put_bytes(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
     encode_varint(u64::from(tag) << 3 | 2, out);
     encode_varint(bytes.len() as u64, out);
     out.extend_from_slice(bytes);
 }
 
 /// Appends a varint field (an int64 is written as its two's complement, as Go does).
-pub fn put_varint(out: &mut Vec<u8>, tag: u32, value: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, tag: u32, value: u64) {
     encode_varint(u64::from(tag) << 3, out);
     encode_varint(value, out);
 }
 
 /// Appends a map<string, string|bytes> entry field.
-pub fn put_map_entry(out: &mut Vec<u8>, tag: u32, key: &str, value: &[u8]) {
+pub(super) fn put_map_entry(out: &mut Vec<u8>, tag: u32, key: &str, value: &[u8]) {
     let mut entry = zeroize::Zeroizing::new(Vec::with_capacity(key.len() + value.len() + 8));
     put_bytes(&mut entry, 1, key.as_bytes());
     put_bytes(&mut entry, 2, value);
@@ -122,7 +122,7 @@ pub fn put_map_entry(out: &mut Vec<u8>, tag: u32, key: &str, value: &[u8]) {
 }
 
 /// The entry of a map field: (key, value).
-pub fn map_entry(f: &Field<'_>) -> Result<(String, Vec<u8>), WireError> {
+pub(super) fn map_entry(f: &Field<'_>) -> Result<(String, Vec<u8>), WireError> {
     let mut key = String::new();
     let mut value = Vec::new();
     for e in fields(f.bytes()?)? {
