@@ -120,11 +120,7 @@ impl Store {
             id,
             remaining: left_ms.div_ceil(1000) as i64,
             granted: l.ttl,
-            keys: l
-                .keys
-                .iter()
-                .filter_map(|k| self.door_key_of(k))
-                .collect(),
+            keys: l.keys.iter().filter_map(|k| self.door_key_of(k)).collect(),
         })
     }
 

@@ -244,7 +244,12 @@ impl QuotaState {
     /// The usage after a put of a record of `new_len` bytes replacing one of `old_len` bytes
     /// (`None`: a create), unchecked (the etcd door's writes are never refused for quota: the
     /// API server admitted them).
-    pub(crate) fn after_put(&self, namespace: &str, old_len: Option<u64>, new_len: u64) -> QuotaUsage {
+    pub(crate) fn after_put(
+        &self,
+        namespace: &str,
+        old_len: Option<u64>,
+        new_len: u64,
+    ) -> QuotaUsage {
         let used = self.usage(namespace);
         QuotaUsage {
             count: if old_len.is_none() {

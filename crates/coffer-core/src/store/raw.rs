@@ -224,7 +224,11 @@ impl Store {
 
     /// The value a stored record shows through the door: the bytes written through it, or for
     /// a Secret written through the Secret service the Kubernetes protobuf object.
-    async fn door_value(&self, key: &[u8], record: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    async fn door_value(
+        &self,
+        key: &[u8],
+        record: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let Some(secret_key) = self.secret_of(key) else {
             let bkey = backend_key(key);
             let label = String::from_utf8_lossy(&bkey).into_owned();
@@ -244,7 +248,10 @@ impl Store {
             }
         };
         if crate::model::storage_key(&namespace, &name) != secret_key {
-            return Err(StoreError::data_loss(&secret_key, "record names another object"));
+            return Err(StoreError::data_loss(
+                &secret_key,
+                "record names another object",
+            ));
         }
         Ok(value)
     }
@@ -388,7 +395,9 @@ impl Store {
         let mut count = 0;
         let mut cursor: Option<Vec<u8>> = None;
         loop {
-            let rows = self.mvcc.range(SECRET_PREFIX.as_bytes(), cursor.as_deref(), None, CHUNK)?;
+            let rows = self
+                .mvcc
+                .range(SECRET_PREFIX.as_bytes(), cursor.as_deref(), None, CHUNK)?;
             let done = rows.len() < CHUNK;
             for v in &rows {
                 let key = String::from_utf8_lossy(&v.key[SECRET_PREFIX.len()..]).into_owned();
@@ -585,7 +594,8 @@ impl Store {
                     let (seed_id, seed) = seed.ok_or_else(no_seed)?;
                     let record =
                         crypto::seal(self.algorithm, *seed_id, seed, &raw_aad(&bkey), &value);
-                    self.seals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.seals
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Write::Put {
                         key: bkey,
                         value: record,
@@ -630,7 +640,8 @@ impl Store {
                     secret_key.as_bytes(),
                     &plaintext,
                 );
-                self.seals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.seals
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let len = record.len() as u64;
                 let write = Write::Put {
                     key: bkey,
@@ -694,7 +705,12 @@ impl Store {
 
     /// Queues the publication of a door write (under the sequencing lock): its Secret events,
     /// or only its revision.
-    fn note_door_write(&self, lsn: crate::storage::Lsn, revision: Revision, events: Vec<Arc<ChangeEvent>>) {
+    fn note_door_write(
+        &self,
+        lsn: crate::storage::Lsn,
+        revision: Revision,
+        events: Vec<Arc<ChangeEvent>>,
+    ) {
         let mut pending = self.pending_events();
         if events.is_empty() {
             pending.push_back(Pending {
