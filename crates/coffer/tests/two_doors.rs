@@ -259,6 +259,25 @@ impl Both {
         serde_json::from_str(out.ok()).expect("json")
     }
 
+    /// Starts the real mount agent on one Secret (killed by the caller).
+    fn mount(&self, secret: &str, dir: &Path) -> std::process::Child {
+        std::process::Command::new(coffer_bin())
+            .args([
+                "--server",
+                &self.socket,
+                "mount",
+                "--secret",
+                secret,
+                "--dir",
+            ])
+            .arg(dir)
+            .env_remove("COFFER_SERVER")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mount")
+    }
+
     fn stop(&mut self) {
         if let Some(p) = self.proc.take() {
             let exit = p.terminate();
@@ -373,21 +392,7 @@ fn a_secret_the_api_server_writes_is_a_coffer_secret_and_keeps_every_field() {
     // The mount agent follows it over WatchMany.
     let mount = tempfile::tempdir().expect("tempdir");
     let dir = mount.path().join("db");
-    let mut agent = std::process::Command::new(coffer_bin())
-        .args([
-            "--server",
-            &both.socket,
-            "mount",
-            "--secret",
-            "db-creds",
-            "--dir",
-        ])
-        .arg(&dir)
-        .env_remove("COFFER_SERVER")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn mount");
+    let mut agent = both.mount("db-creds", &dir);
     wait_file(&dir.join("password"), "s3cret-canary");
 
     // An update through the Secret service keeps every field Coffer's model lacks.
@@ -478,6 +483,10 @@ fn a_json_secret_the_api_server_writes_is_read_and_updated_in_json() {
     assert_eq!(got["metadata"]["resourceVersion"], created.to_string());
     assert_eq!(got["metadata"]["uid"], "uid-api-key");
     assert_eq!(both.get(key).expect("value").0, original.as_bytes());
+    let mount = tempfile::tempdir().expect("tempdir");
+    let dir = mount.path().join("api");
+    let mut agent = both.mount("api-key", &dir);
+    wait_file(&dir.join("token"), "token-canary");
 
     let manifest = both.file(
         "api.yaml",
@@ -508,6 +517,9 @@ fn a_json_secret_the_api_server_writes_is_read_and_updated_in_json() {
         both.coffer_get("api-key")["data"]["token"],
         b64(b"new<canary>")
     );
+    wait_file(&dir.join("token"), "new<canary>");
+    let _ = agent.kill();
+    let _ = agent.wait();
 }
 
 #[test]
