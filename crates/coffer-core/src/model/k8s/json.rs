@@ -92,8 +92,9 @@ impl<'a> Object<'a> {
         serde_json::from_str(text).map_err(|_| NotASecret("not a JSON object"))
     }
 
+    /// A member's value; the last one when a key repeats (as Go's decoder reads it).
     fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find_map(|(k, v)| match v {
+        self.0.iter().rev().find_map(|(k, v)| match v {
             Part::Given(r) if k == key => Some(*r),
             _ => None,
         })
@@ -101,7 +102,7 @@ impl<'a> Object<'a> {
 
     /// Sets (or with `None` removes) a member; a new member goes where Go would write it.
     fn set(&mut self, key: &str, value: Option<Zeroizing<String>>, order: &[&str]) {
-        let at = self.0.iter().position(|(k, _)| k == key);
+        let at = self.0.iter().rposition(|(k, _)| k == key);
         match (at, value) {
             (Some(i), None) => {
                 self.0.remove(i);

@@ -210,10 +210,13 @@ pub(super) fn edit(original: &[u8], new: &Secret) -> Result<Zeroizing<Vec<u8>>, 
     let old = parse(&new.metadata.namespace, &new.metadata.name, original)?;
     let body = &original[MAGIC.len()..];
     let outer = wire::fields(body).map_err(wire_error)?;
+    // `raw` is a bytes field: when it appears more than once the last one counts (as for a
+    // decoder), and only that one is edited.
+    let last_raw = outer.iter().rposition(|f| f.tag == tag::UNKNOWN_RAW);
     let mut out = Zeroizing::new(Vec::with_capacity(original.len() + 64));
     out.extend_from_slice(MAGIC);
-    for f in &outer {
-        if f.tag != tag::UNKNOWN_RAW {
+    for (i, f) in outer.iter().enumerate() {
+        if Some(i) != last_raw {
             out.extend_from_slice(f.raw);
             continue;
         }
