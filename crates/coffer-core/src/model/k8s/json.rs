@@ -264,7 +264,10 @@ pub(super) fn edit(original: &[u8], new: &Secret) -> Result<Zeroizing<Vec<u8>>, 
     if old.metadata.labels != new.metadata.labels
         || old.metadata.annotations != new.metadata.annotations
     {
-        let given = top.get("metadata").map(RawValue::get).unwrap_or("{}");
+        let given = match top.get("metadata").map(RawValue::get) {
+            None | Some("null") => "{}",
+            Some(m) => m,
+        };
         let mut meta = Object::parse(given)?;
         if old.metadata.labels != new.metadata.labels {
             meta.set("labels", string_map_json(&new.metadata.labels), META_ORDER);

@@ -231,7 +231,17 @@ fn edit_secret(raw: &[u8], o: &Secret, new: &Secret) -> Result<Zeroizing<Vec<u8>
     let type_changed = o.type_ != new.type_;
     let immutable_changed = o.immutable != new.immutable;
     let mut parts: Vec<(u32, Zeroizing<Vec<u8>>)> = Vec::new();
-    for f in wire::fields(raw).map_err(wire_error)? {
+    let fields = wire::fields(raw).map_err(wire_error)?;
+    if !fields.iter().any(|f| f.tag == tag::SECRET_METADATA) {
+        // No metadata at all: one that carries only what changed.
+        let meta = edit_meta(&[], &o.metadata, &new.metadata)?;
+        if !meta.is_empty() {
+            let mut field = Zeroizing::new(Vec::new());
+            put_bytes(&mut field, tag::SECRET_METADATA, &meta);
+            parts.push((tag::SECRET_METADATA, field));
+        }
+    }
+    for f in fields {
         let replaced = match f.tag {
             tag::SECRET_METADATA => {
                 let meta = edit_meta(f.bytes().map_err(wire_error)?, &o.metadata, &new.metadata)?;
