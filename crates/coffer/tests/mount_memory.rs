@@ -4,7 +4,7 @@
 //! read from /proc against the same agent with one mount. Memory, never speed: a doubled
 //! footprint fails; a slow machine does not.
 //!
-//! Measured on the 2-core development VM (debug build, 3,000 mounts): 1,205-1,226 bytes per
+//! Measured on the 2-core development VM (debug build, 3,000 mounts): 1,205-1,374 bytes per
 //! mount, about 20 s in all (creating the Secrets, then the agent's initial sync).
 //! `MOUNT_MEMORY_MOUNTS` changes the size.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,9 +21,9 @@ use coffer_testkit::require::Watchdog;
 use futures::StreamExt;
 use server_common::{create, secret, unix_channel};
 
-/// Bytes of agent RSS per mount allowed (measured 1.2 KiB; README: about 1.3 KiB in release at
+/// Bytes of agent RSS per mount allowed (measured 1.2-1.4 KiB; README: about 1.3 KiB in release at
 /// 1,000 mounts): a doubled footprint fails.
-const MAX_BYTES_PER_MOUNT: f64 = 1800.0;
+const MAX_BYTES_PER_MOUNT: f64 = 2000.0;
 
 /// The `coffer mount` agent, killed when dropped.
 struct Agent(Child);
