@@ -25,6 +25,7 @@
 //! bookmark_interval = "1m"
 //! shutdown_grace = "30s"
 //! watch_window = 1000
+//! watch_window_bytes = 67108864
 //! watch_window_age = "5m"
 //! kms = "unix:///run/kms/kms.sock"
 //! kms_timeout = "3s"
@@ -233,6 +234,10 @@ pub struct WatchArgs {
     /// How many recent changes are kept for watches to resume from [default: 1000].
     #[arg(long, value_name = "EVENTS")]
     pub watch_window: Option<usize>,
+    /// The most bytes of changes (approximate object sizes) kept in that window
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub watch_window_bytes: Option<usize>,
     /// How long a change stays in that window at most, e.g. 5m; 0 for no age limit
     /// [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -243,6 +248,7 @@ pub struct WatchArgs {
 merge_fields!(WatchArgs {
     bookmark_interval,
     watch_window,
+    watch_window_bytes,
     watch_window_age,
 });
 
@@ -587,6 +593,7 @@ impl ServeArgs {
         let WatchArgs {
             bookmark_interval,
             watch_window,
+            watch_window_bytes,
             watch_window_age,
         } = args.watch;
         if let Some(d) = bookmark_interval {
@@ -599,6 +606,14 @@ impl ServeArgs {
                 ));
             }
             options.watch_window_events = n;
+        }
+        if let Some(n) = watch_window_bytes {
+            if n == 0 {
+                return Err(ServeError::Config(
+                    "--watch-window-bytes: must be at least 1".into(),
+                ));
+            }
+            options.watch_window_bytes = n;
         }
         if let Some(d) = watch_window_age {
             options.watch_window_age = (!d.is_zero()).then_some(d);
@@ -732,6 +747,21 @@ mod tests {
         assert!(c.store_config().history_retention.is_zero());
         let c = flags(&[]).expect("flags").resolve().expect("resolve");
         assert_eq!(c.history_retention, Duration::from_secs(3600));
+        assert_eq!(
+            c.options.watch_window_bytes,
+            64 << 20,
+            "the README's 64 MiB"
+        );
+        let c = flags(&["--watch-window-bytes", "8388608"])
+            .expect("flags")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(c.options.watch_window_bytes, 8 << 20);
+        let err = flags(&["--watch-window-bytes", "0"])
+            .expect("flags")
+            .resolve()
+            .expect_err("zero");
+        assert!(err.to_string().contains("--watch-window-bytes"), "{err}");
         for flag in [
             "--shutdown-grace",
             "--watch-window-age",
@@ -791,7 +821,8 @@ mod tests {
             &path,
             "data_dir = \"/from/file\"\nlisten = [\"127.0.0.1:1\", \"unix:///tmp/x.sock\"]\n\
              aead = \"xchacha20-poly1305\"\nrelaxed-durability = true\n\
-             token_cleaner_interval = \"0\"\nbookmark_interval = \"250ms\"\nwatch_window = 7\n",
+             token_cleaner_interval = \"0\"\nbookmark_interval = \"250ms\"\nwatch_window = 7\n\
+             watch_window_bytes = 1048576\n",
         )
         .expect("write");
         let args = ServeArgs {
@@ -810,6 +841,7 @@ mod tests {
         assert_eq!(c.options.token_cleaner_interval, None);
         assert_eq!(c.options.bookmark_interval, Duration::from_millis(250));
         assert_eq!(c.options.watch_window_events, 7);
+        assert_eq!(c.options.watch_window_bytes, 1 << 20);
         let c = ServeArgs {
             listen: ListenArgs {
                 listen: vec![ListenAddr::Tcp("127.0.0.1:2".into())],
