@@ -300,7 +300,7 @@ impl Store {
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let leases =
             lease_table::Leases::load(mvcc.as_ref(), &[RAW_PREFIX, SECRET_PREFIX.as_bytes()])?;
-        let door_secrets = raw::secrets_prefix(&config.etcd_prefix);
+        let door_secrets = secrets_prefix(&config.etcd_prefix);
         let (published, _) = tokio::sync::watch::channel(mvcc.revision());
         let usage = if config.quotas.is_enabled() {
             scan_usage(mvcc.as_ref())?
@@ -941,6 +941,19 @@ fn scan_usage(mvcc: &dyn Mvcc) -> Result<HashMap<String, QuotaUsage>, StoreError
             return Ok(usage);
         }
     }
+}
+
+/// The door keys that name Secrets start with this: `<etcd prefix>/secrets/`, the prefix
+/// cleaned as kube-apiserver cleans it (`path.Join("/", prefix)`).
+fn secrets_prefix(etcd_prefix: &str) -> Vec<u8> {
+    let inner: Vec<&str> = etcd_prefix.split('/').filter(|p| !p.is_empty()).collect();
+    let mut p = String::from("/");
+    for part in inner {
+        p.push_str(part);
+        p.push('/');
+    }
+    p.push_str("secrets/");
+    p.into_bytes()
 }
 
 fn backend_key(key: &str) -> String {

@@ -16,7 +16,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
-use super::NotASecret;
+use super::decoded::NotASecret;
 use crate::model::timestamp::parse_rfc3339;
 use crate::model::{ObjectMeta, Secret, SecretValue};
 

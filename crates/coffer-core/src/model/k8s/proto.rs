@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
+use super::decoded::{Decoded, NotASecret};
 use super::wire::{self, WireError, put_bytes, put_map_entry, put_varint};
-use super::{Decoded, NotASecret};
 use crate::model::{ObjectMeta, Secret, SecretValue};
 
 /// The magic in front of every protobuf value.
