@@ -154,13 +154,16 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(m) = config.metrics_listen {
         server = server.metrics_listen(m);
     }
+    // Watched from before the listeners are bound: a SIGTERM that arrives while the server
+    // starts (the unix socket accepts as soon as it is bound) stops it cleanly.
+    let stop = StopSignals::install();
     let running = server.start().await?;
     let token = running.shutdown_token();
     tokio::spawn(reload_on_sighup(security, token.clone()));
     tokio::spawn(async move {
         tokio::select! {
             _ = token.cancelled() => {}
-            signal = wait_for_signal() => {
+            signal = stop.wait() => {
                 tracing::info!("{signal} received: shutting down");
                 token.cancel();
             }
@@ -216,26 +219,61 @@ fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
 
 pub use coffer_kms::logging::init_tracing;
 
-async fn wait_for_signal() -> &'static str {
+/// SIGTERM and SIGINT, each watched from the moment it is installed.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let watch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for {name}");
+                    None
+                }
+            };
+            Self {
+                term: watch(SignalKind::terminate(), "SIGTERM"),
+                int: watch(SignalKind::interrupt(), "SIGINT"),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// Waits for the first of them; returns its name.
+    async fn wait(self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(self.int) => "SIGINT",
+                _ = next(self.term) => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 
