@@ -128,6 +128,10 @@ pub enum StorageError {
     /// A request the storage cannot carry out as given.
     #[error("invalid storage request: {0}")]
     Invalid(String),
+    /// A networked storage (etcd) cannot be reached or did not answer in time; nothing is
+    /// known to be broken, so a retry may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// An ordered key-value store with atomic batches and explicit durability.
