@@ -1,11 +1,12 @@
 //! The watch-fed copy of the current versioned keys: what reads at the latest revision are
 //! served from, and what hands every committed change, in revision order, to the engine.
 //!
-//! Its revision advances with each watch response: to the last event's revision for events,
-//! to the header's revision for a progress notification (etcd sends those only to a watcher
-//! that has been sent every event up to it). A reader that needs a linearizable answer asks
-//! etcd for its current revision and waits until the cache has caught up ([`Cache::wait_for`]),
-//! asking the watch for a progress notification when nothing else would move it.
+//! The watch covers the store's whole prefix (versioned and unversioned keys), so each of
+//! Coffer's own writes moves the cache's revision to the write's. Its revision advances with each
+//! watch response: to the last event's revision for events, to the header's revision for a
+//! periodic progress notification (etcd sends those, with the watch's id, only to a watcher that
+//! has been sent every event up to it). A reader that needs a linearizable answer asks etcd for
+//! its current revision and waits until the cache has caught up ([`Cache::wait_for`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, RwLock};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use coffer_core::storage::StorageError;
 use coffer_core::storage::mvcc::{Change, Version, VersionKind};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 /// How many (time, revision) samples are kept for retention by age (one per
 /// [`SAMPLE_EVERY`]: a day's worth).
@@ -23,12 +24,14 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Cache {
     kvs: RwLock<BTreeMap<Vec<u8>, Version>>,
     revision: watch::Sender<u64>,
-    /// A reader waits for the cache: the watch task sends etcd a progress request.
-    pub(crate) progress: Notify,
     feed: mpsc::UnboundedSender<Change>,
     feed_rx: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     /// (unix ms, revision) pairs, oldest first.
     samples: Mutex<VecDeque<(u64, u64)>>,
+    /// The revision of the newest watch event under the store's prefix: a watch from an older
+    /// revision is sure to deliver an event at exactly this one (history and change replays
+    /// stop there).
+    last_event: std::sync::atomic::AtomicU64,
 }
 
 impl Cache {
@@ -38,10 +41,10 @@ impl Cache {
         let me = Self {
             kvs: RwLock::new(kvs.into_iter().map(|v| (v.key.clone(), v)).collect()),
             revision: watch::channel(revision).0,
-            progress: Notify::new(),
             feed,
             feed_rx: Mutex::new(Some(feed_rx)),
             samples: Mutex::new(VecDeque::new()),
+            last_event: std::sync::atomic::AtomicU64::new(0),
         };
         me.sample(revision);
         me
@@ -89,11 +92,14 @@ impl Cache {
         self.kvs.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies the changes of one watch response (in revision order) and hands them on.
-    pub(crate) fn apply(&self, changes: Vec<Change>) {
-        let Some(last) = changes.last().map(|c| c.kv.mod_revision) else {
-            return;
-        };
+    /// The revision of the newest event under the prefix (0: none seen yet).
+    pub(crate) fn last_event(&self) -> u64 {
+        self.last_event.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Applies the changes of one watch response (in revision order; `last` is its newest
+    /// event's revision, which may be an unversioned key's) and hands them on.
+    pub(crate) fn apply(&self, changes: Vec<Change>, last: u64) {
         {
             let mut kvs = self.kvs.write().unwrap_or_else(|p| p.into_inner());
             for c in &changes {
@@ -111,6 +117,8 @@ impl Cache {
             // Nobody subscribed (a tool opening the store): the changes have no audience.
             let _ = self.feed.send(c);
         }
+        self.last_event
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
         self.advance(last);
     }
 
@@ -170,13 +178,23 @@ impl Cache {
         self.advance(revision);
     }
 
-    /// Waits until the cache has applied every change up to `target`, asking the watch for
-    /// progress when it lags; [`StorageError::Unavailable`] after `timeout`.
-    pub(crate) async fn wait_for(
+    /// Waits until the cache has applied every change up to `target`; when no event arrives
+    /// for a while, `quiet(from, target)` is asked whether nothing under the prefix changed in
+    /// `(from, target]` (the newest writes were someone else's keys), and the cache advances to
+    /// `target` if so. [`StorageError::Unavailable`] after `timeout`.
+    ///
+    /// etcd's own progress requests are not used: before etcd 3.4.24/3.5.8 their answer can
+    /// overtake the events it claims were sent (Debian ships 3.4.23).
+    pub(crate) async fn wait_for<F, Fut>(
         &self,
         target: u64,
         timeout: Duration,
-    ) -> Result<(), StorageError> {
+        quiet: F,
+    ) -> Result<(), StorageError>
+    where
+        F: Fn(u64, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<bool, StorageError>>,
+    {
         let mut rx = self.revision.subscribe();
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(5);
@@ -194,9 +212,13 @@ impl Cache {
             if let Ok(Err(_)) = tokio::time::timeout(pause.min(left), rx.changed()).await {
                 return Err(StorageError::Unavailable("the etcd watch is closed".into()));
             }
-            if *rx.borrow() < target {
+            let now = *rx.borrow();
+            if now < target {
                 // Nothing arrived in time: the newest writes may be outside the watched keys.
-                self.progress.notify_one();
+                if quiet(now, target).await? {
+                    self.advance(target);
+                    return Ok(());
+                }
                 pause = (pause * 2).min(Duration::from_millis(200));
             }
         }

@@ -78,6 +78,7 @@ impl EtcdMvcc {
         };
         let cache = Arc::new(Cache::new(kvs, revision));
         let watch = client.spawn(follow(client.clone(), cache.clone(), root.clone()));
+        // (The watch covers `PREFIX/`, so that the unversioned writes move the cache too.)
         let compacted = {
             let (c, r) = (client.clone(), root.clone());
             client
@@ -178,18 +179,20 @@ impl EtcdMvcc {
         self.compacted.load(Ordering::Relaxed)
     }
 
-    /// Every change of `[key, range_end)` after `after` up to etcd's current revision (at
-    /// most `limit`), from an etcd watch.
+    /// Every change of the versioned keys starting with `key` (one key when `exact`) after
+    /// `after`, up to the newest event this replica has seen (at most `limit`), from an etcd
+    /// watch on the whole prefix: it is sure to deliver that newest event, which ends it.
     fn watch_changes(
         &self,
         key: Vec<u8>,
-        range_end: Vec<u8>,
+        exact: bool,
         after: Revision,
         limit: usize,
     ) -> Result<Vec<Change>, StorageError> {
-        let (c, strip) = (self.client.clone(), self.root.len());
+        let (c, root) = (self.client.clone(), self.root.clone());
+        let until = self.cache.last_event();
         let result = self.client.block_on(async move {
-            collect_changes(&c, key, range_end, after + 1, limit, strip).await
+            collect_changes(&c, &root, key, exact, after + 1, until, limit).await
         });
         match result {
             Ok(Ok(changes)) => Ok(changes),
@@ -249,6 +252,9 @@ impl Mvcc for EtcdMvcc {
 
     fn history(&self, key: &[u8], limit: usize) -> Result<Vec<Version>, StorageError> {
         let full = self.full(key);
+        // O(changes since the compaction revision) per call: a key's versions are read from
+        // a watch on the whole prefix (etcd has no per-key history call, and a one-key watch
+        // gives no sign of having caught up; see `collect_changes`).
         let compacted = self.compact_revision();
         // The version live at the compaction revision is kept too (readable there).
         let mut out: Vec<Version> = if compacted > 0 {
@@ -260,7 +266,7 @@ impl Mvcc for EtcdMvcc {
         } else {
             Vec::new()
         };
-        let changes = self.watch_changes(full, Vec::new(), compacted, usize::MAX)?;
+        let changes = self.watch_changes(key.to_vec(), true, compacted, usize::MAX)?;
         out.extend(changes.into_iter().map(|c| c.kv));
         out.reverse();
         out.truncate(limit);
@@ -275,9 +281,7 @@ impl Mvcc for EtcdMvcc {
                 compacted,
             });
         }
-        let all = self.root.clone();
-        let end = prefix_end(&all);
-        self.watch_changes(all, end, after, limit)
+        self.watch_changes(Vec::new(), false, after, limit)
     }
 
     fn commit(&self, txn: Txn) -> Result<Committed, StorageError> {
@@ -532,7 +536,18 @@ impl Mvcc for EtcdMvcc {
             .client
             .run(async move { client.current_revision().await })
             .await?;
-        self.cache.wait_for(target, self.client.timeout()).await
+        let all = format!("{}/", self.client.prefix()).into_bytes();
+        let quiet = |from: u64, to: u64| {
+            let (c, all) = (self.client.clone(), all.clone());
+            async move {
+                self.client
+                    .run(async move { unchanged_between(&c, &all, from, to).await })
+                    .await
+            }
+        };
+        self.cache
+            .wait_for(target, self.client.timeout(), quiet)
+            .await
     }
 
     fn take_feed(&self) -> Option<mpsc::UnboundedReceiver<Change>> {
@@ -682,38 +697,39 @@ async fn find_compaction(
     Ok(hi)
 }
 
-/// The changes of `[key, range_end)` from revision `start` up to etcd's current revision (at
-/// most `limit`), from a watch; `Ok(Err(C))` when `start` is below the compaction revision C.
+/// The changes of the versioned keys starting with `key` (exactly `key` when `exact`) from
+/// revision `start` up to `until`, the revision of an event under the prefix this replica has
+/// seen (at most `limit`); `Ok(Err(C))` when `start` is below the compaction revision C.
+///
+/// The watch covers the whole prefix because it must know when it is done: it is sure to
+/// deliver an event at `until`. (etcd's progress requests cannot say so: before 3.4.24/3.5.8
+/// their answer can overtake the events, and a watcher still catching up gets none.)
 async fn collect_changes(
     client: &EtcdClient,
+    root: &[u8],
     key: Vec<u8>,
-    range_end: Vec<u8>,
+    exact: bool,
     start: u64,
+    until: u64,
     limit: usize,
-    strip: usize,
 ) -> Result<Result<Vec<Change>, u64>, EtcdError> {
-    let until = client.current_revision().await?;
     let mut out = Vec::new();
     if start > until || limit == 0 {
         return Ok(Ok(out));
     }
+    let all = format!("{}/", client.prefix()).into_bytes();
     let deadline = Instant::now() + client.timeout();
     let (i, mut wc) = client.watch_client();
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(1);
     let create = pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
             pb::WatchCreateRequest {
-                key,
-                range_end,
+                range_end: prefix_end(&all),
+                key: all,
                 start_revision: start as i64,
                 prev_kv: true,
                 ..Default::default()
             },
-        )),
-    };
-    let progress = pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(
-            pb::WatchProgressRequest {},
         )),
     };
     let _ = tx.send(create).await;
@@ -729,66 +745,96 @@ async fn collect_changes(
             return Err(EtcdError::Unavailable("watch: no answer in time".into()));
         }
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(25));
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let resp = match tokio::time::timeout(left, stream.message()).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                client.failed(i);
+                return Err(EtcdError::Unavailable("watch stream broke".into()));
+            }
+            Err(_) => {
+                return Err(EtcdError::Unavailable(format!(
+                    "watch did not reach revision {until} within {:?}",
+                    client.timeout()
+                )));
+            }
+        };
+        if resp.compact_revision > 0 {
+            return Ok(Err(resp.compact_revision as u64));
+        }
+        if resp.canceled {
             return Err(EtcdError::Unavailable(format!(
-                "watch did not reach revision {until} within {:?}",
-                client.timeout()
+                "watch canceled: {}",
+                resp.cancel_reason
             )));
         }
-        tokio::select! {
-            _ = tick.tick() => {
-                // Answered once the watcher has been sent every event up to now.
-                let _ = tx.send(progress.clone()).await;
+        for ev in resp.events {
+            let rev = ev.kv.as_ref().map_or(0, |kv| kv.mod_revision.max(0) as u64);
+            if rev > until {
+                return Ok(Ok(out));
             }
-            msg = tokio::time::timeout(left, stream.message()) => {
-                let resp = match msg {
-                    Ok(Ok(Some(r))) => r,
-                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                        client.failed(i);
-                        return Err(EtcdError::Unavailable("watch stream broke".into()));
+            let wanted = ev.kv.as_ref().is_some_and(|kv| {
+                kv.key.strip_prefix(root).is_some_and(|k| {
+                    if exact {
+                        k == key.as_slice()
+                    } else {
+                        k.starts_with(&key)
                     }
-                };
-                if resp.compact_revision > 0 {
-                    return Ok(Err(resp.compact_revision as u64));
-                }
-                if resp.canceled {
-                    return Err(EtcdError::Unavailable(format!(
-                        "watch canceled: {}",
-                        resp.cancel_reason
-                    )));
-                }
-                if resp.created && resp.events.is_empty() {
-                    continue;
-                }
-                if resp.events.is_empty() {
-                    if header_revision(resp.header.as_ref()) >= until {
-                        return Ok(Ok(out));
-                    }
-                    continue;
-                }
-                for ev in resp.events {
-                    let Some(c) = change_of(ev, strip)
-                        .map_err(|e| EtcdError::Unavailable(e.to_string()))?
-                    else {
-                        continue;
-                    };
-                    if c.kv.mod_revision > until {
-                        return Ok(Ok(out));
-                    }
+                })
+            });
+            if wanted {
+                if let Some(c) =
+                    change_of(ev, root.len()).map_err(|e| EtcdError::Unavailable(e.to_string()))?
+                {
                     out.push(c);
-                    if out.len() >= limit {
-                        return Ok(Ok(out));
-                    }
                 }
-                if out.last().is_some_and(|c| c.kv.mod_revision >= until) {
+                if out.len() >= limit {
                     return Ok(Ok(out));
                 }
             }
+            if rev == until {
+                return Ok(Ok(out));
+            }
         }
     }
+}
+
+/// Whether no key under `all` changed in `(from, to]`: no key there has a `mod_revision` in
+/// it at `to`, and every key that existed at `from` still has its version of then.
+async fn unchanged_between(
+    client: &EtcdClient,
+    all: &[u8],
+    from: u64,
+    to: u64,
+) -> Result<bool, StorageError> {
+    let count = |revision: u64, min_mod: u64, max_mod: u64| {
+        let (key, end) = (all.to_vec(), prefix_end(all));
+        async move {
+            client
+                .read(move |mut kv| {
+                    let req = pb::RangeRequest {
+                        key: key.clone(),
+                        range_end: end.clone(),
+                        revision: revision as i64,
+                        count_only: true,
+                        min_mod_revision: min_mod as i64,
+                        max_mod_revision: max_mod as i64,
+                        ..Default::default()
+                    };
+                    async move { kv.range(req).await }
+                })
+                .await
+                .map(|r| r.count)
+        }
+    };
+    let written = count(to, from + 1, 0).await?;
+    if written > 0 {
+        return Ok(false);
+    }
+    let before = count(from, 0, 0).await?;
+    let kept = count(to, 0, from).await?;
+    Ok(before == kept)
 }
 
 /// Follows the keyspace under `root` into `cache` for as long as the store lives: one etcd
@@ -830,23 +876,19 @@ enum WatchEnd {
 }
 
 async fn watch_once(client: &EtcdClient, cache: &Cache, root: &[u8]) -> WatchEnd {
+    let all = format!("{}/", client.prefix()).into_bytes();
     let (i, mut wc) = client.watch_client();
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(1);
     let create = pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
             pb::WatchCreateRequest {
-                key: root.to_vec(),
-                range_end: prefix_end(root),
+                range_end: prefix_end(&all),
+                key: all,
                 start_revision: cache.revision() as i64 + 1,
                 progress_notify: true,
                 prev_kv: true,
                 ..Default::default()
             },
-        )),
-    };
-    let progress = pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::ProgressRequest(
-            pb::WatchProgressRequest {},
         )),
     };
     let _ = tx.send(create).await;
@@ -865,46 +907,54 @@ async fn watch_once(client: &EtcdClient, cache: &Cache, root: &[u8]) -> WatchEnd
     let strip = root.len();
     let mut delivered = false;
     loop {
-        tokio::select! {
-            _ = cache.progress.notified() => {
-                let _ = tx.send(progress.clone()).await;
-            }
-            msg = stream.message() => {
-                let resp = match msg {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        client.failed(i);
-                        return if delivered { WatchEnd::Healthy } else { WatchEnd::Broken("stream ended".into()) };
-                    }
-                    Err(s) => {
-                        client.failed(i);
-                        return WatchEnd::Broken(s.message().to_owned());
-                    }
+        let resp = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                client.failed(i);
+                return if delivered {
+                    WatchEnd::Healthy
+                } else {
+                    WatchEnd::Broken("stream ended".into())
                 };
-                if resp.compact_revision > 0 {
-                    return WatchEnd::Compacted;
-                }
-                if resp.canceled {
-                    return WatchEnd::Broken(format!("canceled: {}", resp.cancel_reason));
-                }
-                if resp.created && resp.events.is_empty() {
-                    continue;
-                }
-                delivered = true;
-                if resp.events.is_empty() {
-                    cache.advance(header_revision(resp.header.as_ref()));
-                    continue;
-                }
-                let mut changes = Vec::with_capacity(resp.events.len());
-                for ev in resp.events {
-                    match change_of(ev, strip) {
-                        Ok(Some(c)) => changes.push(c),
-                        Ok(None) => {}
-                        Err(e) => tracing::error!(error = %e, "skipped an etcd event Coffer cannot read"),
-                    }
-                }
-                cache.apply(changes);
+            }
+            Err(s) => {
+                client.failed(i);
+                return WatchEnd::Broken(s.message().to_owned());
+            }
+        };
+        if resp.compact_revision > 0 {
+            return WatchEnd::Compacted;
+        }
+        if resp.canceled {
+            return WatchEnd::Broken(format!("canceled: {}", resp.cancel_reason));
+        }
+        if resp.created && resp.events.is_empty() {
+            continue;
+        }
+        delivered = true;
+        if resp.events.is_empty() {
+            // A periodic progress notification: sent with the watch's id only once every
+            // event up to its revision has been sent.
+            if resp.watch_id >= 0 {
+                cache.advance(header_revision(resp.header.as_ref()));
+            }
+            continue;
+        }
+        let mut changes = Vec::with_capacity(resp.events.len());
+        let mut last = 0;
+        for ev in resp.events {
+            let Some(kv) = &ev.kv else { continue };
+            last = last.max(kv.mod_revision.max(0) as u64);
+            if !kv.key.starts_with(root) {
+                // An unversioned key (a seed): it only moves the revision.
+                continue;
+            }
+            match change_of(ev, strip) {
+                Ok(Some(c)) => changes.push(c),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "skipped an etcd event Coffer cannot read"),
             }
         }
+        cache.apply(changes, last);
     }
 }
