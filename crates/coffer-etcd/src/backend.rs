@@ -86,34 +86,6 @@ impl EtcdBackend {
             .collect())
     }
 
-    /// Puts `key` = `value` only if `key` does not exist; `false` when it did (nothing
-    /// written). One Txn: replicas racing to create the same key (a new seed) agree on one
-    /// winner.
-    pub fn put_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<bool, StorageError> {
-        let full = self.full(key);
-        let client = self.client.clone();
-        let resp = self.client.block_on(async move {
-            client
-                .write(move |mut kv| {
-                    let req = pb::TxnRequest {
-                        compare: vec![pb::Compare {
-                            result: pb::compare::CompareResult::Equal as i32,
-                            target: pb::compare::CompareTarget::Create as i32,
-                            key: full.clone(),
-                            target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
-                            ..Default::default()
-                        }],
-                        success: vec![put_op(full.clone(), value.clone())],
-                        failure: Vec::new(),
-                    };
-                    async move { kv.txn(req).await }
-                })
-                .await
-        })?;
-        self.note(header_revision(resp.header.as_ref()));
-        Ok(resp.succeeded)
-    }
-
     fn note(&self, revision: u64) {
         self.applied.fetch_max(revision, Ordering::Relaxed);
     }
@@ -181,6 +153,34 @@ impl Backend for EtcdBackend {
         let revision = header_revision(resp.header.as_ref());
         self.note(revision);
         Ok(revision)
+    }
+
+    /// One Txn comparing the key's `create_revision` with 0: replicas racing to create the
+    /// same key (a new seed) agree on one winner.
+    fn put_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Option<Lsn>, StorageError> {
+        let full = self.full(key);
+        let client = self.client.clone();
+        let resp = self.client.block_on(async move {
+            client
+                .write(move |mut kv| {
+                    let req = pb::TxnRequest {
+                        compare: vec![pb::Compare {
+                            result: pb::compare::CompareResult::Equal as i32,
+                            target: pb::compare::CompareTarget::Create as i32,
+                            key: full.clone(),
+                            target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+                            ..Default::default()
+                        }],
+                        success: vec![put_op(full.clone(), value.clone())],
+                        failure: Vec::new(),
+                    };
+                    async move { kv.txn(req).await }
+                })
+                .await
+        })?;
+        let revision = header_revision(resp.header.as_ref());
+        self.note(revision);
+        Ok(resp.succeeded.then_some(revision))
     }
 
     fn applied(&self) -> Lsn {

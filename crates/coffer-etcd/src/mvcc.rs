@@ -100,11 +100,6 @@ impl EtcdMvcc {
         &self.client
     }
 
-    /// The unversioned keys (seeds), with their create-if-absent write.
-    pub fn etcd_backend(&self) -> EtcdBackend {
-        EtcdBackend::new(self.client.clone())
-    }
-
     fn full(&self, key: &[u8]) -> Vec<u8> {
         let mut k = self.root.clone();
         k.extend_from_slice(key);

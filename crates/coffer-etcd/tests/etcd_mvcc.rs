@@ -183,17 +183,46 @@ async fn a_single_threaded_runtime_works_too() {
     );
     assert_eq!(seeds.scan(b"k/seed/", None, 10).expect("scan").len(), 1);
     assert!(
-        !m.etcd_backend()
+        seeds
             .put_if_absent(b"k/seed/1", b"other".to_vec())
             .expect("cas")
+            .is_none()
     );
     assert!(
-        m.etcd_backend()
+        seeds
             .put_if_absent(b"k/seed/2", b"new".to_vec())
             .expect("cas")
+            .is_some()
     );
-    // A barrier returns even when the newest revision is outside the watched keys.
+    assert_eq!(
+        seeds.get(b"k/seed/1").expect("get"),
+        Some(b"wrapped".to_vec())
+    );
+    // A barrier returns even when the newest revision is outside the watched keys: the
+    // store's unversioned keys, then a key of someone else's.
     m.read_barrier()
         .await
         .expect("barrier after unversioned writes");
+    let mut foreign = cluster.clients(0);
+    let rev = foreign
+        .kv
+        .put(coffer_testkit::etcd::pb::PutRequest {
+            key: b"/elsewhere/x".to_vec(),
+            value: b"y".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("foreign put")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision as u64;
+    m.read_barrier()
+        .await
+        .expect("barrier after a foreign write");
+    assert_eq!(m.revision(), rev);
+    assert_eq!(
+        m.get(b"s/ns/x", None).expect("get").map(|v| v.mod_revision),
+        Some(r)
+    );
 }

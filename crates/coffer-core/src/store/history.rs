@@ -18,7 +18,7 @@ use super::{
     ChangeEvent, EventKind, SECRET_PREFIX, Store, StoreError, backend_key, check_key_parts,
 };
 use crate::model::{ObjectMeta, Secret};
-use crate::storage::mvcc::{HistoryStats, Version};
+use crate::storage::mvcc::{Change, HistoryStats, Version};
 
 /// The most versions one History call returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
@@ -64,6 +64,7 @@ impl Store {
             n => n.min(MAX_HISTORY_LIMIT),
         };
         let key = crate::model::storage_key(namespace, name);
+        self.mvcc.read_barrier().await?;
         // One more than asked: a delete's object is the version just below it.
         let versions = self.mvcc.history(backend_key(&key).as_bytes(), limit + 1)?;
         self.mvcc.wait_durable(self.mvcc.applied()).await?;
@@ -122,35 +123,79 @@ impl Store {
         self.mvcc.wait_durable(self.mvcc.applied()).await?;
         let mut out = Vec::with_capacity(changes.len());
         for change in changes {
-            let revision = change.kv.mod_revision;
-            if revision > until {
+            if change.kv.mod_revision > until {
                 break;
             }
-            let Some(key) = secret_key(&change.kv) else {
-                continue;
-            };
-            let (kind, mut object) = if change.kv.is_delete() {
-                let last = match &change.prev {
-                    Some(prev) => self.open_version(&key, prev).await?,
-                    None => bare_object(&key),
-                };
-                (EventKind::Deleted, last)
-            } else {
-                let kind = if change.kv.version == 1 {
-                    EventKind::Added
-                } else {
-                    EventKind::Modified
-                };
-                (kind, self.open_version(&key, &change.kv).await?)
-            };
-            object.metadata.resource_version = revision;
-            out.push(ChangeEvent {
-                kind,
-                object,
-                revision,
-            });
+            if let Some(event) = self.change_event(&change).await? {
+                out.push(event);
+            }
         }
         Ok(out)
+    }
+
+    /// A stored change as a watch shows it (`None` for keys that are not Secrets).
+    async fn change_event(&self, change: &Change) -> Result<Option<ChangeEvent>, StoreError> {
+        let revision = change.kv.mod_revision;
+        let Some(key) = secret_key(&change.kv) else {
+            return Ok(None);
+        };
+        let (kind, mut object) = if change.kv.is_delete() {
+            let last = match &change.prev {
+                Some(prev) => self.open_version(&key, prev).await?,
+                None => bare_object(&key),
+            };
+            (EventKind::Deleted, last)
+        } else {
+            let kind = if change.kv.version == 1 {
+                EventKind::Added
+            } else {
+                EventKind::Modified
+            };
+            (kind, self.open_version(&key, &change.kv).await?)
+        };
+        object.metadata.resource_version = revision;
+        Ok(Some(ChangeEvent {
+            kind,
+            object,
+            revision,
+        }))
+    }
+
+    /// On a shared keyspace (replicas over one etcd), publishes every committed change, this
+    /// process's and the others', in revision order, each decrypted once, until `shutdown`:
+    /// what feeds the watch hub and the etcd door's watches. Returns at once on a keyspace
+    /// this store alone writes (its writes publish themselves). A change that cannot be opened
+    /// (its seed unknown to the KMS, say) is logged and skipped.
+    pub async fn run_feed(&self, shutdown: CancellationToken) {
+        let Some(mut feed) = self.feed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        loop {
+            let change = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = feed.recv() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            let revision = change.kv.mod_revision;
+            match self.change_event(&change).await {
+                Ok(Some(event)) => {
+                    // No subscribers is fine: the event simply has no audience.
+                    let _ = self.events.send(std::sync::Arc::new(event));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(revision, error = %e,
+                    "a change from the shared storage cannot be opened; watchers miss it"),
+            }
+            self.published.send_if_modified(|r| {
+                let newer = revision > *r;
+                if newer {
+                    *r = revision;
+                }
+                newer
+            });
+        }
     }
 
     /// Raises the compaction revision to `revision` and removes the versions it makes

@@ -58,6 +58,9 @@ const SCAN_CHUNK: usize = 256;
 pub const MAX_LIST_LIMIT: usize = 10_000;
 /// The default of [`StoreConfig::list_scan_rows`]: the most records one list call opens.
 pub const MAX_LIST_SCAN_ROWS: usize = 10_000;
+/// How many times a write without a precondition is tried on a shared keyspace when other
+/// processes keep writing the same object in between its read and its commit.
+const SHARED_RETRIES: usize = 5;
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +210,13 @@ pub struct Store {
     /// held, so a check and the write it admits are one step (a std mutex: never held across an
     /// await).
     quota: std::sync::Mutex<QuotaState>,
+    /// Whether other processes write the keyspace too ([`Mvcc::shared`]: replicas over one
+    /// etcd): revisions come from the storage, and events from its feed ([`Store::run_feed`]).
+    shared: bool,
+    /// A shared keyspace's feed of every committed change, until [`Store::run_feed`] takes it.
+    feed: std::sync::Mutex<
+        Option<tokio::sync::mpsc::UnboundedReceiver<crate::storage::mvcc::Change>>,
+    >,
 }
 
 impl Store {
@@ -294,7 +304,6 @@ impl Store {
             HashMap::new()
         };
         Ok(Self {
-            mvcc,
             seeds,
             algorithm: config.algorithm,
             sequencer: tokio::sync::Mutex::new(()),
@@ -307,6 +316,9 @@ impl Store {
             opens: AtomicU64::new(0),
             list_scan_rows: config.list_scan_rows.max(1),
             quota: std::sync::Mutex::new(QuotaState::new(config.quotas, usage)),
+            shared: mvcc.shared(),
+            feed: std::sync::Mutex::new(mvcc.take_feed()),
+            mvcc,
         })
     }
 
@@ -325,9 +337,15 @@ impl Store {
         self.algorithm
     }
 
-    /// The highest revision applied so far.
+    /// The highest revision applied so far. On a shared keyspace: the newest revision whose
+    /// changes this store has published (every change after it is still to come as an event,
+    /// so a subscriber that reads it after subscribing misses nothing).
     pub fn revision(&self) -> u64 {
-        self.mvcc.revision()
+        if self.shared {
+            *self.published.borrow()
+        } else {
+            self.mvcc.revision()
+        }
     }
 
     /// The compaction revision: reads, lists and watches below it are refused with
@@ -375,6 +393,7 @@ impl Store {
         // write waiting on the KMS must not hold up every other write. A failure is reported
         // where the write needs the seed, after the checks that come first (exists, ...).
         let seed = self.seeds.for_write().await;
+        self.mvcc.read_barrier().await?;
         let lsn = {
             let _seq = self.sequencer.lock().await;
             if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
@@ -386,6 +405,7 @@ impl Store {
             secret.metadata.uid = uuid::Uuid::new_v4().to_string();
             secret.metadata.creation_timestamp = Some(now_unix());
             self.write_locked(&key, Change::Put(&mut secret, EventKind::Added, seed), None)?
+                .0
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -402,6 +422,24 @@ impl Store {
     /// Secret) answers the same whether or not the data it sends matches the stored data.
     pub async fn update_with(
         &self,
+        secret: Secret,
+        options: UpdateOptions,
+    ) -> Result<Secret, StoreError> {
+        if self.shared && secret.metadata.resource_version == 0 {
+            // Unconditional: a write another process got in between the read and the commit
+            // is no conflict of the caller's; read again and retry.
+            for _ in 1..SHARED_RETRIES {
+                match self.update_once(secret.duplicate(), options).await {
+                    Err(StoreError::Conflict { .. }) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.update_once(secret, options).await
+    }
+
+    async fn update_once(
+        &self,
         mut secret: Secret,
         options: UpdateOptions,
     ) -> Result<Secret, StoreError> {
@@ -411,6 +449,7 @@ impl Store {
         let key = secret.storage_key();
         // KMS calls before the sequencer (see `create`); the stored version's seed too.
         let seed = self.seeds.for_write().await;
+        self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let lsn = {
             let _seq = self.sequencer.lock().await;
@@ -446,6 +485,7 @@ impl Store {
                 Change::Put(&mut secret, EventKind::Modified, seed),
                 Some(&old_version),
             )?
+            .0
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -474,8 +514,27 @@ impl Store {
         name: &str,
         preconditions: &Preconditions,
     ) -> Result<Secret, StoreError> {
+        if self.shared && preconditions.resource_version == 0 {
+            // As in `update_with`: another process's write in between is no conflict of ours.
+            for _ in 1..SHARED_RETRIES {
+                match self.delete_once(namespace, name, preconditions).await {
+                    Err(StoreError::Conflict { .. }) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.delete_once(namespace, name, preconditions).await
+    }
+
+    async fn delete_once(
+        &self,
+        namespace: &str,
+        name: &str,
+        preconditions: &Preconditions,
+    ) -> Result<Secret, StoreError> {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
+        self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let (lsn, last) = {
             let _seq = self.sequencer.lock().await;
@@ -497,8 +556,9 @@ impl Store {
                 });
             }
             let mut last = old.duplicate();
-            let lsn = self.write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
-            last.metadata.resource_version = self.mvcc.revision();
+            let (lsn, revision) =
+                self.write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
+            last.metadata.resource_version = revision;
             (lsn, last)
         };
         self.finish_write(lsn).await?;
@@ -522,6 +582,9 @@ impl Store {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
         let at = (revision != 0).then_some(revision);
+        if at.is_none() {
+            self.mvcc.read_barrier().await?;
+        }
         let version = self.mvcc.get(backend_key(&key).as_bytes(), at)?;
         self.mvcc.wait_durable(self.mvcc.applied()).await?;
         match version {
@@ -566,7 +629,10 @@ impl Store {
         // at a revision (asked for, or named by a continue token) is exact.
         let (revision, at, mut cursor) = if opts.continue_token.is_empty() {
             match opts.resource_version {
-                0 => (self.revision(), None, None),
+                0 => {
+                    self.mvcc.read_barrier().await?;
+                    (self.mvcc.revision(), None, None)
+                }
                 rv => (rv, Some(rv), None),
             }
         } else {
@@ -637,19 +703,25 @@ impl Store {
         })
     }
 
-    /// Seals and commits one write under the sequencing lock; returns its log position.
-    /// `old` is the version it replaces or deletes (`None` for a create: then the key must not
-    /// exist); a put the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`]
-    /// and writes nothing.
+    /// Seals and commits one write under the sequencing lock; returns its log position and
+    /// revision. `old` is the version it replaces or deletes (`None` for a create: then the
+    /// key must not exist); a put the namespace's quota cannot take fails with
+    /// [`StoreError::QuotaExceeded`] and writes nothing.
+    ///
+    /// On a shared keyspace the storage's compare makes the precondition exact across
+    /// processes: a write another process got in first fails as the local check would have
+    /// (`AlreadyExists` for a create, `Conflict` otherwise), and the object takes the revision
+    /// the storage gave the write (its sealed copy names the predicted one, which reads
+    /// replace with the version's own; see [`Store::open_version`]).
     fn write_locked(
         &self,
         key: &str,
         change: Change<'_>,
         old: Option<&Version>,
-    ) -> Result<Lsn, StoreError> {
+    ) -> Result<(Lsn, u64), StoreError> {
         let old_len = old.map(|v| v.value.len() as u64);
         // Only this store writes, one write at a time: the keyspace will give the write the
-        // next revision, and the sealed object carries it.
+        // next revision, and the sealed object carries it (a prediction on a shared keyspace).
         let revision = self.mvcc.revision() + 1;
         let bkey = backend_key(key).into_bytes();
         let condition = Condition {
@@ -657,7 +729,8 @@ impl Store {
             mod_revision: old.map_or(0, |v| v.mod_revision),
         };
         let quota_after;
-        let (write, kind, object) = match change {
+        let mut put_target = None;
+        let (write, kind, mut object) = match change {
             Change::Put(secret, kind, seed) => {
                 let (seed_id, seed) = seed?;
                 secret.metadata.resource_version = revision;
@@ -675,7 +748,9 @@ impl Store {
                     value: record,
                     lease: 0,
                 };
-                (write, kind, secret.duplicate())
+                let object = secret.duplicate();
+                put_target = Some(secret);
+                (write, kind, object)
             }
             Change::Delete(last) => {
                 let mut last = *last;
@@ -686,11 +761,46 @@ impl Store {
                 (Write::Delete { key: bkey }, EventKind::Deleted, last)
             }
         };
-        let committed = self.mvcc.commit(Txn {
+        let committed = match self.mvcc.commit(Txn {
             conditions: vec![condition],
             writes: vec![write],
             meta: Vec::new(),
-        })?;
+        }) {
+            Ok(c) => c,
+            Err(crate::storage::StorageError::ConditionFailed { current, .. }) if self.shared => {
+                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+                return Err(match old {
+                    None => StoreError::AlreadyExists {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    },
+                    Some(_) if current == 0 => StoreError::NotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    },
+                    Some(v) => StoreError::Conflict {
+                        name: name.to_owned(),
+                        expected: v.mod_revision,
+                        current,
+                    },
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if self.shared {
+            // The storage chose the revision; the answer and the event carry it.
+            let revision = committed.revision;
+            object.metadata.resource_version = revision;
+            if let Some(secret) = put_target {
+                secret.metadata.resource_version = revision;
+            }
+            let mut quota = self.quota_state();
+            if quota.enabled() {
+                quota.set(&object.metadata.namespace, quota_after);
+            }
+            // Its event comes back through the feed, with every other process's.
+            return Ok((committed.lsn, revision));
+        }
         if committed.revision != revision {
             // Another writer committed to the same keyspace: the sealed object names the wrong
             // revision. Nothing but this store may write to it.
@@ -717,7 +827,7 @@ impl Store {
             revision,
             event: Some(event),
         });
-        Ok(committed.lsn)
+        Ok((committed.lsn, revision))
     }
 
     /// Queues the publication of a write through the etcd door (under the sequencing lock).
@@ -790,8 +900,14 @@ impl Store {
     }
 
     /// Opens a stored version of the Secret at storage key `key` (`namespace/name`).
+    ///
+    /// Its resource_version is the version's revision: the same as the sealed copy's when this
+    /// store is the only writer, and the storage's own on a shared keyspace (where the sealed
+    /// copy names the revision the writer predicted).
     async fn open_version(&self, key: &str, version: &Version) -> Result<Secret, StoreError> {
-        self.open_record(key, &version.value).await
+        let mut secret = self.open_record(key, &version.value).await?;
+        secret.metadata.resource_version = version.mod_revision;
+        Ok(secret)
     }
 
     async fn open_record(&self, key: &str, record: &[u8]) -> Result<Secret, StoreError> {
