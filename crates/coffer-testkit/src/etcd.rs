@@ -324,3 +324,28 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// A Coffer store over `cluster` under `prefix` (etcd storage, as `coffer serve --storage`
+/// opens it), with the KEK in `kek_file` (create it once with
+/// `coffer_core::kms::LocalKek::create_new`; every replica opens the same file).
+pub async fn etcd_store(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    kek_file: &std::path::Path,
+    config: coffer_core::store::StoreConfig,
+) -> coffer_core::store::Store {
+    let url: coffer_etcd::StorageUrl = cluster.storage_url(prefix).parse().expect("url");
+    let client =
+        coffer_etcd::EtcdClient::new(&url, &coffer_etcd::StorageTls::default()).expect("client");
+    let mvcc = coffer_etcd::EtcdMvcc::open(client)
+        .await
+        .expect("open etcd");
+    let kms = coffer_core::kms::LocalKek::open_existing(kek_file).expect("kek file");
+    coffer_core::store::Store::open_mvcc(
+        std::sync::Arc::new(mvcc),
+        std::sync::Arc::new(kms),
+        config,
+    )
+    .await
+    .expect("open store")
+}
