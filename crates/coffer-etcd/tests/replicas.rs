@@ -27,6 +27,15 @@ impl Drop for Replicas {
 
 /// `n` stores over `cluster` under `prefix`, sharing one key file (the shared-KEK rule).
 async fn replicas(cluster: &EtcdCluster, prefix: &str, n: usize) -> Replicas {
+    replicas_with(cluster, prefix, n, StoreConfig::default()).await
+}
+
+async fn replicas_with(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    n: usize,
+    config: StoreConfig,
+) -> Replicas {
     let kek_dir = tempfile::tempdir().expect("tempdir");
     let kek_path = kek_dir.path().join("kek.key");
     LocalKek::create_new(&kek_path).expect("kek");
@@ -38,7 +47,7 @@ async fn replicas(cluster: &EtcdCluster, prefix: &str, n: usize) -> Replicas {
         let mvcc = Arc::new(EtcdMvcc::open(client).await.expect("open etcd"));
         let kms: Arc<dyn Kms> = Arc::new(LocalKek::open_existing(&kek_path).expect("kek"));
         let store = Arc::new(
-            Store::open_mvcc(mvcc, kms, StoreConfig::default())
+            Store::open_mvcc(mvcc, kms, config.clone())
                 .await
                 .expect("open store"),
         );
@@ -201,4 +210,54 @@ async fn first_writes_on_every_replica_share_one_seed_and_etcd_sees_no_plaintext
             "etcd holds {needle:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_is_exact_across_replicas() {
+    use coffer_core::store::{QuotaLimits, Quotas};
+    let cluster = EtcdCluster::start(3).await;
+    let config = StoreConfig {
+        quotas: Quotas::unlimited().with_namespace(
+            "ns",
+            QuotaLimits {
+                count: Some(5),
+                bytes: None,
+            },
+        ),
+        ..StoreConfig::default()
+    };
+    let r = replicas_with(&cluster, "/coffer", 3, config).await;
+    // Fifteen creates race on three replicas for five places.
+    let tries = (0..15).map(|i| {
+        let s = r.stores[i % 3].clone();
+        tokio::spawn(async move { s.create(secret(&format!("q{i}"), "v")).await })
+    });
+    let mut created = 0;
+    for res in futures::future::join_all(tries).await {
+        match res.expect("join") {
+            Ok(_) => created += 1,
+            Err(StoreError::QuotaExceeded(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(created, 5);
+    // A delete on one replica makes room for a create on another, and no more.
+    let list = r.stores[0]
+        .list(&coffer_core::store::ListOptions {
+            namespace: "ns".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(list.items.len(), 5);
+    let gone = &list.items[0].metadata.name;
+    r.stores[1].delete("ns", gone, 0).await.expect("delete");
+    r.stores[2]
+        .create(secret("after", "v"))
+        .await
+        .expect("room after the delete");
+    assert!(matches!(
+        r.stores[0].create(secret("over", "v")).await,
+        Err(StoreError::QuotaExceeded(_))
+    ));
 }

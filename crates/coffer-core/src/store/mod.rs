@@ -60,7 +60,7 @@ pub const MAX_LIST_LIMIT: usize = 10_000;
 pub const MAX_LIST_SCAN_ROWS: usize = 10_000;
 /// How many times a write without a precondition is tried on a shared keyspace when other
 /// processes keep writing the same object in between its read and its commit.
-const SHARED_RETRIES: usize = 5;
+const SHARED_RETRIES: usize = 16;
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,7 +375,19 @@ impl Store {
     }
 
     /// Creates a Secret. Sets uid, creation timestamp and resource_version.
-    pub async fn create(&self, mut secret: Secret) -> Result<Secret, StoreError> {
+    pub async fn create(&self, secret: Secret) -> Result<Secret, StoreError> {
+        if self.shared {
+            for _ in 1..SHARED_RETRIES {
+                match self.create_once(secret.duplicate()).await {
+                    Err(e) if counter_race(&e) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.create_once(secret).await.map_err(give_up_race)
+    }
+
+    async fn create_once(&self, mut secret: Secret) -> Result<Secret, StoreError> {
         secret.merge_string_data();
         secret.apply_defaults();
         if secret.metadata.resource_version != 0 {
@@ -425,17 +437,22 @@ impl Store {
         secret: Secret,
         options: UpdateOptions,
     ) -> Result<Secret, StoreError> {
-        if self.shared && secret.metadata.resource_version == 0 {
-            // Unconditional: a write another process got in between the read and the commit
-            // is no conflict of the caller's; read again and retry.
+        if self.shared {
+            // A write another process got in between the read and the commit is no conflict
+            // of the caller's when it named no resource_version (nor is a race on the
+            // namespace's quota counter ever): read again and retry.
+            let unconditional = secret.metadata.resource_version == 0;
             for _ in 1..SHARED_RETRIES {
                 match self.update_once(secret.duplicate(), options).await {
-                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::Conflict { .. }) if unconditional => continue,
+                    Err(e) if counter_race(&e) => continue,
                     other => return other,
                 }
             }
         }
-        self.update_once(secret, options).await
+        self.update_once(secret, options)
+            .await
+            .map_err(give_up_race)
     }
 
     async fn update_once(
@@ -514,16 +531,20 @@ impl Store {
         name: &str,
         preconditions: &Preconditions,
     ) -> Result<Secret, StoreError> {
-        if self.shared && preconditions.resource_version == 0 {
+        if self.shared {
             // As in `update_with`: another process's write in between is no conflict of ours.
+            let unconditional = preconditions.resource_version == 0;
             for _ in 1..SHARED_RETRIES {
                 match self.delete_once(namespace, name, preconditions).await {
-                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::Conflict { .. }) if unconditional => continue,
+                    Err(e) if counter_race(&e) => continue,
                     other => return other,
                 }
             }
         }
-        self.delete_once(namespace, name, preconditions).await
+        self.delete_once(namespace, name, preconditions)
+            .await
+            .map_err(give_up_race)
     }
 
     async fn delete_once(
@@ -728,6 +749,29 @@ impl Store {
             key: bkey.clone(),
             mod_revision: old.map_or(0, |v| v.mod_revision),
         };
+        // On a shared keyspace with quotas: the namespace's usage is a counter key that the
+        // write's transaction checks and updates, so that replicas never overshoot together.
+        let counter = if self.shared && self.quota_state().enabled() {
+            let namespace = quota::namespace_of(key);
+            let ckey = format!("{QUOTA_PREFIX}{namespace}").into_bytes();
+            let (usage, revision) = match self.mvcc.get(&ckey, None)? {
+                Some(v) => (decode_usage(&v.value, key)?, v.mod_revision),
+                None => (
+                    scan_usage_prefix(
+                        self.mvcc.as_ref(),
+                        format!("{SECRET_PREFIX}{namespace}/").as_bytes(),
+                    )?,
+                    0,
+                ),
+            };
+            self.quota_state().set(namespace, usage);
+            Some(Condition {
+                key: ckey,
+                mod_revision: revision,
+            })
+        } else {
+            None
+        };
         let quota_after;
         let mut put_target = None;
         let (write, kind, mut object) = match change {
@@ -761,12 +805,36 @@ impl Store {
                 (Write::Delete { key: bkey }, EventKind::Deleted, last)
             }
         };
+        let mut conditions = vec![condition];
+        let mut writes = vec![write];
+        if let Some(c) = counter {
+            writes.push(Write::Put {
+                key: c.key.clone(),
+                value: encode_usage(quota_after),
+                lease: 0,
+            });
+            conditions.push(c);
+        }
         let committed = match self.mvcc.commit(Txn {
-            conditions: vec![condition],
-            writes: vec![write],
+            conditions,
+            writes,
             meta: Vec::new(),
         }) {
             Ok(c) => c,
+            Err(crate::storage::StorageError::ConditionFailed {
+                key: failed,
+                expected,
+                current,
+            }) if self.shared && failed.starts_with(QUOTA_PREFIX) => {
+                // Another replica wrote in this namespace since the counter was read.
+                return Err(StoreError::Storage(
+                    crate::storage::StorageError::ConditionFailed {
+                        key: failed,
+                        expected,
+                        current,
+                    },
+                ));
+            }
             Err(crate::storage::StorageError::ConditionFailed { current, .. }) if self.shared => {
                 let (namespace, name) = key.split_once('/').unwrap_or(("", key));
                 return Err(match old {
@@ -951,6 +1019,64 @@ enum Change<'a> {
     ),
     /// Remove the object; publish this, its last state.
     Delete(Box<Secret>),
+}
+
+/// The keys of the per-namespace usage counters on a shared keyspace (`q/<namespace>`).
+const QUOTA_PREFIX: &str = "q/";
+
+/// Whether `e` is a lost race on a namespace's usage counter (retried: nothing was written).
+fn counter_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Storage(crate::storage::StorageError::ConditionFailed { key, .. })
+        if key.starts_with(QUOTA_PREFIX))
+}
+
+/// A counter race still lost after every retry: the namespace is too busy right now.
+fn give_up_race(e: StoreError) -> StoreError {
+    if counter_race(&e) {
+        StoreError::Unavailable(
+            "the namespace's quota counter changed on every try (other replicas write it); retry"
+                .into(),
+        )
+    } else {
+        e
+    }
+}
+
+/// A usage counter's value: count and bytes, big-endian.
+fn encode_usage(u: QuotaUsage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&u.count.to_be_bytes());
+    out.extend_from_slice(&u.bytes.to_be_bytes());
+    out
+}
+
+fn decode_usage(raw: &[u8], key: &str) -> Result<QuotaUsage, StoreError> {
+    let (count, bytes) = raw
+        .split_first_chunk::<8>()
+        .and_then(|(c, rest)| Some((*c, <[u8; 8]>::try_from(rest).ok()?)))
+        .ok_or_else(|| StoreError::data_loss(key, "the namespace's quota counter is damaged"))?;
+    Ok(QuotaUsage {
+        count: u64::from_be_bytes(count),
+        bytes: u64::from_be_bytes(bytes),
+    })
+}
+
+/// One namespace's usage from its current records (`prefix` = `s/<namespace>/`).
+fn scan_usage_prefix(mvcc: &dyn Mvcc, prefix: &[u8]) -> Result<QuotaUsage, StoreError> {
+    let mut usage = QuotaUsage::default();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let rows = mvcc.range(prefix, cursor.as_deref(), None, SCAN_CHUNK)?;
+        let done = rows.len() < SCAN_CHUNK;
+        for v in &rows {
+            usage.count += 1;
+            usage.bytes += v.value.len() as u64;
+        }
+        cursor = rows.into_iter().next_back().map(|v| v.key);
+        if done || cursor.is_none() {
+            return Ok(usage);
+        }
+    }
 }
 
 /// Every namespace's usage, from the current records' keys and lengths (nothing is
