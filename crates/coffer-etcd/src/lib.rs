@@ -11,6 +11,8 @@
 //! - [`backend`]: [`EtcdBackend`], the unversioned keys (wrapped seeds) under `PREFIX/u/`.
 //! - [`mvcc`]: [`EtcdMvcc`], the versioned keys under `PREFIX/v/`: commits as one etcd Txn with
 //!   compares, reads at a revision as etcd Range, history and changes as etcd watches.
+//! - `election`: one replica, elected through an etcd lease, runs the work only one should
+//!   (history compaction by retention, the bootstrap-token cleaner).
 //! - [`cache`]: the watch-fed copy of the current keys that reads at the latest revision are
 //!   served from once it has caught up with etcd (a linearizable read without a Range).
 //!
@@ -23,11 +25,13 @@
 pub mod backend;
 mod cache;
 pub mod client;
+mod election;
 pub mod mvcc;
 pub mod proto;
 pub mod url;
 
 pub use self::backend::EtcdBackend;
 pub use self::client::{EtcdClient, EtcdError};
+pub use self::election::DEFAULT_ELECTION_TTL;
 pub use self::mvcc::EtcdMvcc;
 pub use self::url::{StorageTls, StorageUrl};

@@ -50,6 +50,9 @@ pub struct EtcdMvcc {
     /// The compaction revision as last learnt (etcd does not push it).
     compacted: AtomicU64,
     watch: tokio::task::JoinHandle<()>,
+    /// Whether this replica holds the office of compaction and cleaning (see `election`).
+    leader: tokio::sync::watch::Receiver<bool>,
+    campaign: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for EtcdMvcc {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for EtcdMvcc {
 impl Drop for EtcdMvcc {
     fn drop(&mut self) {
         self.watch.abort();
+        self.campaign.abort();
     }
 }
 
@@ -71,6 +75,15 @@ impl EtcdMvcc {
     /// Lists the keyspace from etcd, starts following it with one watch, and learns the
     /// compaction revision. Fails with [`StorageError::Unavailable`] when no quorum answers.
     pub async fn open(client: EtcdClient) -> Result<Self, StorageError> {
+        Self::open_with_election_ttl(client, crate::election::DEFAULT_ELECTION_TTL).await
+    }
+
+    /// As [`EtcdMvcc::open`], with the TTL of the election lease (how long the office stays
+    /// vacant after its holder dies).
+    pub async fn open_with_election_ttl(
+        client: EtcdClient,
+        election_ttl: Duration,
+    ) -> Result<Self, StorageError> {
         let root = format!("{}/v/", client.prefix()).into_bytes();
         let (kvs, revision) = {
             let (c, r) = (client.clone(), root.clone());
@@ -85,7 +98,16 @@ impl EtcdMvcc {
                 .run(async move { find_compaction(&c, &r, revision).await })
                 .await?
         };
+        let (leader_tx, leader) = tokio::sync::watch::channel(false);
+        let campaign = client.spawn(crate::election::campaign(
+            client.clone(),
+            "compactor",
+            election_ttl,
+            leader_tx,
+        ));
         Ok(Self {
+            leader,
+            campaign,
             backend: Arc::new(EtcdBackend::new(client.clone())),
             client,
             root,
@@ -547,6 +569,10 @@ impl Mvcc for EtcdMvcc {
 
     fn take_feed(&self) -> Option<mpsc::UnboundedReceiver<Change>> {
         self.cache.take_feed()
+    }
+
+    fn is_leader(&self) -> bool {
+        *self.leader.borrow()
     }
 }
 

@@ -226,3 +226,52 @@ async fn a_single_threaded_runtime_works_too() {
         Some(r)
     );
 }
+
+/// Waits until exactly one of `ms` holds the office, and it stays so for a while; its index.
+async fn one_leader(ms: &[Option<EtcdMvcc>]) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut stable = 0;
+    let mut last = None;
+    loop {
+        let leaders: Vec<usize> = ms
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.as_ref().is_some_and(|m| m.is_leader()))
+            .map(|(i, _)| i)
+            .collect();
+        if leaders.len() == 1 && last == Some(leaders[0]) {
+            stable += 1;
+            if stable == 10 {
+                return leaders[0];
+            }
+        } else {
+            stable = 0;
+        }
+        last = leaders.first().copied().filter(|_| leaders.len() == 1);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no single leader: {leaders:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_is_elected_and_another_takes_over_when_it_dies() {
+    let cluster = EtcdCluster::start(1).await;
+    let url: StorageUrl = cluster.storage_url("/t4").parse().expect("url");
+    let mut ms = Vec::new();
+    for _ in 0..3 {
+        let client = EtcdClient::new(&url, &StorageTls::default()).expect("client");
+        ms.push(Some(
+            EtcdMvcc::open_with_election_ttl(client, std::time::Duration::from_secs(2))
+                .await
+                .expect("open"),
+        ));
+    }
+    let first = one_leader(&ms).await;
+    // The holder dies (its keep-alives stop): another replica takes the office.
+    ms[first] = None;
+    let second = one_leader(&ms).await;
+    assert_ne!(first, second);
+}

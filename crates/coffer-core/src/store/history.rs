@@ -230,8 +230,12 @@ impl Store {
         }
     }
 
-    /// One round of [`Store::run_retention`]: returns the compaction revision after it.
+    /// One round of [`Store::run_retention`]: returns the compaction revision after it. On a
+    /// shared keyspace only the elected replica compacts ([`Store::is_leader`]).
     pub async fn retain_once(&self) -> Result<u64, StoreError> {
+        if !self.mvcc.is_leader() {
+            return Ok(self.mvcc.compact_revision());
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

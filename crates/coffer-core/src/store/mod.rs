@@ -327,6 +327,12 @@ impl Store {
         self.quota_state().usage(namespace)
     }
 
+    /// Whether this process does the keyspace-wide upkeep (compaction by retention, the
+    /// bootstrap-token cleaner): always on sled; on etcd storage, the one elected replica.
+    pub fn is_leader(&self) -> bool {
+        self.mvcc.is_leader()
+    }
+
     /// The seed manager (for KMS status, rotation checks and `kms status` reports).
     pub fn seeds(&self) -> &SeedManager {
         &self.seeds

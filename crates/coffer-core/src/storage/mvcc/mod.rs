@@ -288,4 +288,11 @@ pub trait Mvcc: Send + Sync + std::fmt::Debug + 'static {
     fn take_feed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Change>> {
         None
     }
+
+    /// Whether this process should do the keyspace-wide upkeep (compaction by retention, the
+    /// bootstrap-token cleaner): on a shared keyspace only one process at a time, elected by
+    /// the storage. Default `true`: the only writer.
+    fn is_leader(&self) -> bool {
+        true
+    }
 }
