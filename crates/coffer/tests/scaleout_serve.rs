@@ -73,8 +73,8 @@ async fn replicas_as_processes_survive_a_sigkill_and_clients_fail_over() {
     let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut writers = Vec::new();
-    for w in 0..2 {
-        let mut c = SecretsClient::new(unix_channel(&dirs[w].join("coffer.sock")).await);
+    for (w, dir) in dirs.iter().take(2).enumerate() {
+        let mut c = SecretsClient::new(unix_channel(&dir.join("coffer.sock")).await);
         let (acked, stop) = (acked.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0;
