@@ -656,6 +656,15 @@ impl ServeArgs {
                  plugin) or --kek-file PATH (the same key file on every replica)"
             )));
         }
+        if storage.is_some() && !etcd_listen.is_empty() {
+            // The door's transactions compare revisions under this process's lock only, and
+            // its leases live in this process: on a shared keyspace they are not yet safe.
+            return Err(ServeError::Config(
+                "--etcd-listen with --storage etcd://: the etcd door on etcd storage is not \
+                 supported yet (serve the door from a replica on sled, or talk to etcd directly)"
+                    .into(),
+            ));
+        }
         Ok(ServeConfig {
             storage,
             kek_file,
@@ -754,6 +763,17 @@ mod tests {
             (
                 &["--kek-file", "/k", "--kms", "unix:///s"][..],
                 "--kek-file and --kms",
+            ),
+            (
+                &[
+                    "--storage",
+                    "etcd://h:1",
+                    "--kek-file",
+                    "/k",
+                    "--etcd-listen",
+                    "127.0.0.1:0",
+                ][..],
+                "the etcd door on etcd storage is not supported yet",
             ),
         ] {
             let e = resolve(list).expect_err(needle);
