@@ -135,6 +135,9 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     dir: tempfile::TempDir,
+    /// Client TLS (CA, the members' certificate and key): clients must present a certificate
+    /// signed by the CA.
+    tls: Option<[PathBuf; 3]>,
 }
 
 struct Member {
@@ -147,6 +150,17 @@ struct Member {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers a linearizable read.
     pub async fn start(n: usize) -> Self {
+        Self::start_inner(n, None).await
+    }
+
+    /// Starts `n` members serving clients over TLS only (`https://`), with client-certificate
+    /// authentication against `ca` (PEM files), and waits until their client ports accept
+    /// connections (a test's own TLS client then proves the cluster answers).
+    pub async fn start_tls(n: usize, ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        Self::start_inner(n, Some([ca, cert, key])).await
+    }
+
+    async fn start_inner(n: usize, tls: Option<[PathBuf; 3]>) -> Self {
         require("etcd");
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<Member> = (0..n)
@@ -166,6 +180,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             dir,
+            tls,
         };
         for i in 0..n {
             me.spawn(i);
@@ -178,9 +193,18 @@ impl EtcdCluster {
 
     fn spawn(&mut self, i: usize) {
         let m = &self.members[i];
-        let client_url = format!("http://127.0.0.1:{}", m.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", m.client);
         let peer_url = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new(require("etcd"))
+        let mut command = Command::new(require("etcd"));
+        if let Some([ca, cert, key]) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg(format!("--name={}", m.name))
             .arg(format!(
                 "--data-dir={}",
@@ -204,9 +228,20 @@ impl EtcdCluster {
         self.members[i].child = Some(child);
     }
 
-    /// Waits until member `i` answers a linearizable read (so the cluster has a leader).
+    /// Waits until member `i` answers a linearizable read (so the cluster has a leader); with
+    /// TLS, until its client port accepts connections.
     pub async fn wait_ready(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        if self.tls.is_some() {
+            while std::net::TcpStream::connect(self.addr(i)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {i} did not listen in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return;
+        }
         loop {
             let mut c = self.clients(i);
             let ok =
