@@ -69,7 +69,7 @@ async fn revisions_conditions_history_and_changes_are_etcds() {
     ));
     let r3 = del(&m, "s/ns/a", r2).expect("delete");
     m.read_barrier().await.expect("barrier");
-    assert_eq!(m.revision(), r3);
+    assert!(m.revision() >= r3, "the election may have written since");
     assert_eq!(value(&m, "s/ns/a", None), None);
     assert_eq!(value(&m, "s/ns/a", Some(r1)).as_deref(), Some("one"));
     assert_eq!(value(&m, "s/ns/a", Some(r2)).as_deref(), Some("two"));
@@ -172,7 +172,7 @@ async fn a_single_threaded_runtime_works_too() {
     let m = open(&cluster, "/t3").await;
     let r = put(&m, "s/ns/x", "v", 0).expect("put");
     m.read_barrier().await.expect("barrier");
-    assert_eq!(m.revision(), r);
+    assert!(m.revision() >= r, "the election may have written since");
     let seeds = m.backend();
     let mut batch = coffer_core::storage::Batch::new();
     batch.put(b"k/seed/1".to_vec(), b"wrapped".to_vec());
@@ -220,7 +220,7 @@ async fn a_single_threaded_runtime_works_too() {
     m.read_barrier()
         .await
         .expect("barrier after a foreign write");
-    assert_eq!(m.revision(), rev);
+    assert!(m.revision() >= rev);
     assert_eq!(
         m.get(b"s/ns/x", None).expect("get").map(|v| v.mod_revision),
         Some(r)

@@ -22,6 +22,10 @@ use crate::storage::mvcc::{Change, HistoryStats, Version};
 
 /// The most versions one History call returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// How often a shared keyspace's revision is published when no change arrives.
+const FEED_TICK: Duration = Duration::from_millis(50);
+/// The longest [`Store::await_revision`] waits.
+const AWAIT_REVISION: Duration = Duration::from_secs(10);
 
 /// One kept version of a Secret.
 #[derive(Debug)]
@@ -170,31 +174,71 @@ impl Store {
         let Some(mut feed) = self.feed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
+        // Writes to keys that are not Secrets (seeds, the election, other programs' keys)
+        // move the storage's revision without a change here: the published revision follows
+        // it on a short tick, so that a watch from such a revision is not refused as too large.
+        let mut tick = tokio::time::interval(FEED_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let change = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => return,
                 c = feed.recv() => match c {
-                    Some(c) => c,
+                    Some(c) => self.publish_change(c).await,
                     None => return,
                 },
-            };
-            let revision = change.kv.mod_revision;
-            match self.change_event(&change).await {
-                Ok(Some(event)) => {
-                    // No subscribers is fine: the event simply has no audience.
-                    let _ = self.events.send(std::sync::Arc::new(event));
-                }
-                Ok(None) => {}
-                Err(e) => tracing::error!(revision, error = %e,
-                    "a change from the shared storage cannot be opened; watchers miss it"),
+                _ = tick.tick() => {}
             }
-            self.published.send_if_modified(|r| {
-                let newer = revision > *r;
-                if newer {
-                    *r = revision;
-                }
-                newer
-            });
+            // Every change at or below the storage's revision read here is already in the
+            // feed (the storage queues changes before it advances): drain them, then publish
+            // the revision.
+            let reached = self.mvcc.revision();
+            while let Ok(c) = feed.try_recv() {
+                self.publish_change(c).await;
+            }
+            self.publish_revision(reached);
+        }
+    }
+
+    async fn publish_change(&self, change: Change) {
+        let revision = change.kv.mod_revision;
+        match self.change_event(&change).await {
+            Ok(Some(event)) => {
+                // No subscribers is fine: the event simply has no audience.
+                let _ = self.events.send(std::sync::Arc::new(event));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(revision, error = %e,
+                "a change from the shared storage cannot be opened; watchers miss it"),
+        }
+        self.publish_revision(revision);
+    }
+
+    fn publish_revision(&self, revision: u64) {
+        self.published.send_if_modified(|r| {
+            let newer = revision > *r;
+            if newer {
+                *r = revision;
+            }
+            newer
+        });
+    }
+
+    /// On a shared keyspace, waits until this store has published every change up to
+    /// `revision`, when the storage has reached it (a client that wrote on one replica and
+    /// watches on another from the revision it got is not refused as too large while this
+    /// replica catches up). At once on a keyspace this store alone writes.
+    pub async fn await_revision(&self, revision: u64) -> Result<(), StoreError> {
+        if !self.shared || revision <= *self.published.borrow() {
+            return Ok(());
+        }
+        self.mvcc.read_barrier().await?;
+        let target = revision.min(self.mvcc.revision());
+        let mut rx = self.published.subscribe();
+        match tokio::time::timeout(AWAIT_REVISION, rx.wait_for(|r| *r >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(format!(
+                "this replica has not caught up to revision {target} yet"
+            ))),
         }
     }
 

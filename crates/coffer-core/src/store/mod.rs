@@ -666,7 +666,7 @@ impl Store {
             let (rv, start) = continue_token::decode(&opts.continue_token, &prefix)?;
             // A token names the revision of the list it continues, which cannot be newer than
             // the store: a forged one would report a revision that a watch cannot start from.
-            if rv > self.revision() {
+            if rv > self.mvcc.revision() {
                 return Err(StoreError::BadRequest {
                     field: "continue",
                     message: "invalid continue token: its revision is newer than the store's"
