@@ -111,6 +111,25 @@ async fn replicas_agree_and_a_watch_resumes_on_another_replica_without_a_gap() {
         .await
         .expect("create");
         let mut w = watch_from(&mut clients[1 + round % 2], rv(&made)).await;
+        // WatchMany too.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(pb::WatchManyRequest {
+            op: Some(pb::watch_many_request::Op::Create(pb::WatchCreate {
+                watch_id: 7,
+                watch: Some(pb::WatchSecretsRequest {
+                    namespace: "ns".into(),
+                    resource_version: rv(&made),
+                    ..Default::default()
+                }),
+            })),
+        })
+        .await
+        .expect("send");
+        let mut many = clients[2 - round % 2]
+            .watch_many(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("watch many")
+            .into_inner();
         let next = create(
             &mut clients[2],
             secret("ns", &format!("next{round}"), &[("k", "v")]),
@@ -118,6 +137,21 @@ async fn replicas_agree_and_a_watch_resumes_on_another_replica_without_a_gap() {
         .await
         .expect("create");
         assert_eq!(next_events(&mut w, 1).await[0].2, rv(&next));
+        loop {
+            let ev = tokio::time::timeout(WAIT, many.message())
+                .await
+                .expect("in time")
+                .expect("stream ok")
+                .expect("stream open");
+            assert!(!ev.canceled, "refused: {}", ev.error_message);
+            if let Some(e) = ev.event
+                && e.r#type != pb::watch_event::Type::Bookmark as i32
+            {
+                assert_eq!(e.object.as_ref().map(rv), Some(rv(&next)));
+                break;
+            }
+        }
+        drop(tx);
     }
 }
 
