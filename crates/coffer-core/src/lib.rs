@@ -3,7 +3,8 @@
 //! # Layout
 //!
 //! - [`model`]: the Secret object, Kubernetes validation, selectors, manifests, RFC 3339
-//!   timestamps, and the plaintext encoding that the envelope seals.
+//!   timestamps, the plaintext encoding that the envelope seals, and Kubernetes' own storage
+//!   encodings of a Secret (`model::k8s`: what kube-apiserver writes through the etcd door).
 //! - [`crypto`]: the AEADs, zeroizing key types, HKDF per-write keys, the sealed-record format.
 //! - [`kms`]: the `Kms` trait (KMS v2 semantics), the local key-file KEK, the seed manager that
 //!   keeps KMS calls off the write path, and its `Status` poller.
@@ -12,7 +13,8 @@
 //!   fault-injecting wrapper for tests (`storage::fault`, only with the `fault-injection`
 //!   feature, which only the tests' crates turn on).
 //! - [`store`]: the engine: validate -> seal -> write with a revision -> publish a change event;
-//!   quotas, resealing and `coffer migrate`.
+//!   quotas, resealing and `coffer migrate`; the etcd door's keyspace (`store::raw`), where
+//!   `<prefix>/secrets/<ns>/<name>` is the Secret itself.
 //!
 //! # What this crate may use
 //!

@@ -3,6 +3,11 @@
 //! Everything but the storage key is inside the envelope: data, labels, annotations, type, uid and
 //! revision. The encoding is protobuf (hand-declared `prost` messages, independent of the public
 //! API so that API changes never change the disk format). The encoded buffer is zeroizing.
+//!
+//! A Secret the API server wrote through the etcd door is stored as the bytes it wrote (see
+//! [`super::k8s`]), in the same message with only namespace, name, revision and `door_value`
+//! set: what it decodes to is worked out when it is read, and nothing the API server wrote is
+//! lost.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +39,9 @@ struct StoredSecretV1 {
     data: Vec<DataEntry>,
     #[prost(bool, tag = "10")]
     immutable: bool,
+    /// The value as written through the etcd door (Kubernetes protobuf or JSON, or opaque).
+    #[prost(bytes = "vec", optional, tag = "11")]
+    door_value: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -72,6 +80,7 @@ pub fn encode(secret: &Secret) -> Zeroizing<Vec<u8>> {
             })
             .collect(),
         immutable: secret.immutable,
+        door_value: None,
     };
     let mut out = Zeroizing::new(Vec::with_capacity(msg.encoded_len()));
     // Encoding into a Vec with enough capacity cannot fail.
@@ -80,15 +89,90 @@ pub fn encode(secret: &Secret) -> Zeroizing<Vec<u8>> {
     out
 }
 
-/// Decodes a Secret; the value buffers move into zeroizing [`SecretValue`]s without copies.
+/// A stored object: a Secret in Coffer's own form, or the value written through the door.
+#[derive(Debug)]
+pub enum Stored {
+    /// Written through the Secret service.
+    Native(Secret),
+    /// Written through the etcd door.
+    Door(DoorValue),
+}
+
+/// A value written through the etcd door under a Secret's key.
+pub struct DoorValue {
+    /// The namespace of its key.
+    pub namespace: String,
+    /// The name of its key.
+    pub name: String,
+    /// The revision it was written at.
+    pub resource_version: u64,
+    /// The bytes as written.
+    pub value: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for DoorValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DoorValue")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("resource_version", &self.resource_version)
+            .field("value", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Encodes a value written through the door under the Secret `namespace/name`.
+pub fn encode_door(
+    namespace: &str,
+    name: &str,
+    resource_version: u64,
+    value: &[u8],
+) -> Zeroizing<Vec<u8>> {
+    let mut msg = StoredSecretV1 {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        resource_version,
+        door_value: Some(value.to_vec()),
+        ..StoredSecretV1::default()
+    };
+    let mut out = Zeroizing::new(Vec::with_capacity(msg.encoded_len()));
+    let _ = msg.encode(&mut *out);
+    wipe(&mut msg);
+    out
+}
+
+/// Decodes a stored object of either form.
+pub fn decode_stored(bytes: &[u8]) -> Result<Stored, DecodeError> {
+    let mut msg = StoredSecretV1::decode(bytes).map_err(|e| DecodeError(e.to_string()))?;
+    if let Some(value) = msg.door_value.take() {
+        let door = DoorValue {
+            namespace: std::mem::take(&mut msg.namespace),
+            name: std::mem::take(&mut msg.name),
+            resource_version: msg.resource_version,
+            value: Zeroizing::new(value),
+        };
+        wipe(&mut msg);
+        return Ok(Stored::Door(door));
+    }
+    Ok(Stored::Native(native(msg)))
+}
+
+/// Decodes a Secret written in Coffer's own form (a door value is an error here).
 pub fn decode(bytes: &[u8]) -> Result<Secret, DecodeError> {
-    let msg = StoredSecretV1::decode(bytes).map_err(|e| DecodeError(e.to_string()))?;
+    match decode_stored(bytes)? {
+        Stored::Native(s) => Ok(s),
+        Stored::Door(_) => Err(DecodeError("a value written through the etcd door".into())),
+    }
+}
+
+/// The value buffers move into zeroizing [`SecretValue`]s without copies.
+fn native(msg: StoredSecretV1) -> Secret {
     let data = msg
         .data
         .into_iter()
         .map(|e| (e.key, SecretValue::new(e.value)))
         .collect();
-    Ok(Secret {
+    Secret {
         metadata: ObjectMeta {
             name: msg.name,
             namespace: msg.namespace,
@@ -102,13 +186,16 @@ pub fn decode(bytes: &[u8]) -> Result<Secret, DecodeError> {
         data,
         string_data: BTreeMap::new(),
         immutable: msg.immutable,
-    })
+    }
 }
 
 fn wipe(msg: &mut StoredSecretV1) {
     use zeroize::Zeroize;
     for e in &mut msg.data {
         e.value.zeroize();
+    }
+    if let Some(v) = &mut msg.door_value {
+        v.zeroize();
     }
 }
 
@@ -131,6 +218,26 @@ mod tests {
         let bytes = encode(&s);
         let back = decode(&bytes).expect("decode");
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn door_values_round_trip_and_are_not_native() {
+        let bytes = encode_door("ns", "n", 7, b"k8s\0...");
+        match decode_stored(&bytes).expect("decode") {
+            Stored::Door(d) => {
+                assert_eq!((d.namespace.as_str(), d.name.as_str()), ("ns", "n"));
+                assert_eq!(d.resource_version, 7);
+                assert_eq!(d.value.as_slice(), b"k8s\0...");
+                assert!(!format!("{d:?}").contains("k8s"));
+            }
+            Stored::Native(_) => panic!("a door value decoded as native"),
+        }
+        // An empty value is still a door value.
+        assert!(matches!(
+            decode_stored(&encode_door("ns", "n", 1, b"")),
+            Ok(Stored::Door(_))
+        ));
+        assert!(decode(&bytes).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! that the envelope seals.
 
 pub mod codec;
+pub mod k8s;
 pub mod manifest;
 pub mod selector;
 pub mod timestamp;

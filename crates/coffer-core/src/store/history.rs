@@ -83,7 +83,11 @@ impl Store {
             if v.is_delete() {
                 let removed = match versions.get(i + 1) {
                     Some(p) if p.mod_revision == v.prev_revision && !p.is_delete() => {
-                        Some(self.open_version(&key, p).await?)
+                        match self.open_version(&key, p).await? {
+                            Some(s) => Some(s),
+                            // A value only the etcd door serves: its delete is not shown.
+                            None => continue,
+                        }
                     }
                     _ => None,
                 };
@@ -98,12 +102,16 @@ impl Store {
                     }),
                 });
             } else {
+                // A value only the etcd door serves is not a version the Secret service shows.
+                let Some(secret) = self.open_version(&key, v).await? else {
+                    continue;
+                };
                 out.push(HistoryEntry {
                     revision: v.mod_revision,
                     deleted: false,
                     created: v.version == 1,
                     written_ms: (v.written_ms != 0).then_some(v.written_ms),
-                    secret: Some(self.open_version(&key, v).await?),
+                    secret: Some(secret),
                 });
             }
         }
@@ -137,25 +145,39 @@ impl Store {
         Ok(out)
     }
 
-    /// A stored change as a watch shows it (`None` for keys that are not Secrets).
+    /// A stored change as a watch shows it (`None` for keys that are not Secrets, and for
+    /// changes the Secret service does not show).
     async fn change_event(&self, change: &Change) -> Result<Option<ChangeEvent>, StoreError> {
         let revision = change.kv.mod_revision;
         let Some(key) = secret_key(&change.kv) else {
             return Ok(None);
         };
+        // What the version before showed (`None`: nothing, or a value only the etcd door
+        // serves, such as one the API server encrypted itself).
+        let shown_before = match &change.prev {
+            Some(prev) if !prev.is_delete() => self.open_version(&key, prev).await?,
+            _ => None,
+        };
         let (kind, mut object) = if change.kv.is_delete() {
-            let last = match &change.prev {
-                Some(prev) => self.open_version(&key, prev).await?,
-                None => bare_object(&key),
-            };
-            (EventKind::Deleted, last)
+            match (shown_before, &change.prev) {
+                (Some(last), _) => (EventKind::Deleted, last),
+                // The removed state is compacted away.
+                (None, None) => (EventKind::Deleted, bare_object(&key)),
+                // A value only the etcd door served: its delete is not shown.
+                (None, Some(_)) => return Ok(None),
+            }
         } else {
-            let kind = if change.kv.version == 1 {
-                EventKind::Added
-            } else {
-                EventKind::Modified
-            };
-            (kind, self.open_version(&key, &change.kv).await?)
+            match (self.open_version(&key, &change.kv).await?, shown_before) {
+                (Some(now), Some(_)) => (EventKind::Modified, now),
+                (Some(now), None) if change.kv.version == 1 || change.prev.is_some() => {
+                    (EventKind::Added, now)
+                }
+                // The version before is compacted away: judge by the version number.
+                (Some(now), None) => (EventKind::Modified, now),
+                // Now a value only the door serves: gone from the Secret service's view.
+                (None, Some(last)) => (EventKind::Deleted, last),
+                (None, None) => return Ok(None),
+            }
         };
         object.metadata.resource_version = revision;
         Ok(Some(ChangeEvent {

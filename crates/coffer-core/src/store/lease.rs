@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use super::lease_table::{Lease, deadline, lease_row_key, now_ms, row};
-use super::raw::{RawWrite, door_key};
+use super::raw::RawWrite;
 use super::{Store, StoreError};
 use crate::storage::Op;
 use crate::storage::mvcc::Revision;
@@ -79,10 +79,10 @@ impl Store {
         };
         let mut writes = Vec::with_capacity(keys.len());
         for bkey in keys {
-            if let Some(key) = door_key(&bkey)
-                && writer.current(key)?.is_some()
+            if let Some(key) = self.door_key_of(&bkey)
+                && writer.current(&key)?.is_some()
             {
-                writes.push(RawWrite::Delete { key: key.to_vec() });
+                writes.push(RawWrite::Delete { key });
             }
         }
         let (revision, _) = writer
@@ -120,11 +120,7 @@ impl Store {
             id,
             remaining: left_ms.div_ceil(1000) as i64,
             granted: l.ttl,
-            keys: l
-                .keys
-                .iter()
-                .filter_map(|k| door_key(k).map(<[u8]>::to_vec))
-                .collect(),
+            keys: l.keys.iter().filter_map(|k| self.door_key_of(k)).collect(),
         })
     }
 

@@ -30,8 +30,9 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    /// Loads the lease rows and attaches every current door key to its lease.
-    pub(crate) fn load(mvcc: &dyn Mvcc, door_prefix: &[u8]) -> Result<Self, StoreError> {
+    /// Loads the lease rows and attaches every current door key (under `door_prefixes`) to
+    /// its lease.
+    pub(crate) fn load(mvcc: &dyn Mvcc, door_prefixes: &[&[u8]]) -> Result<Self, StoreError> {
         let mut map = HashMap::new();
         let backend: &dyn Backend = mvcc.backend().as_ref();
         let mut cursor: Option<Vec<u8>> = None;
@@ -57,7 +58,9 @@ impl Leases {
                 break;
             }
         }
-        if !map.is_empty() {
+        // Door keys live under both prefixes (a Secret's key holds the Secret itself).
+        let any = !map.is_empty();
+        for door_prefix in door_prefixes.iter().filter(|_| any) {
             let mut cursor: Option<Vec<u8>> = None;
             loop {
                 let rows = mvcc.range(door_prefix, cursor.as_deref(), None, 256)?;

@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
+use zeroize::Zeroizing;
 
 pub use self::error::StoreError;
 pub use self::history::{HistoryEntry, HistoryPage};
@@ -43,13 +44,15 @@ use crate::model::selector::{FieldSelector, LabelSelector};
 use crate::model::validation::{
     self, FieldError, FieldErrorKind, ValidationErrors, validate_name, validate_namespace,
 };
-use crate::model::{Secret, codec};
+use crate::model::{Secret, codec, k8s};
 use crate::storage::mvcc::{Condition, KvMvcc, Mvcc, Txn, Version, Write};
 use crate::storage::{Backend, Durability, Lsn, SledBackend, SledConfig};
 
 const SECRET_PREFIX: &str = "s/";
 /// The backend prefix of the etcd door's keys (see [`raw`]).
 pub const RAW_PREFIX: &[u8] = b"e/";
+/// The default of [`StoreConfig::etcd_prefix`] (kube-apiserver's).
+pub const DEFAULT_ETCD_PREFIX: &str = "/registry";
 /// The default of [`StoreConfig::history_retention`]: one hour.
 pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(3600);
 /// Rows read from the backend per scan round of a list.
@@ -109,6 +112,10 @@ pub struct StoreConfig {
     /// matches little ends the page early, with a continue token past the last record opened,
     /// so that no single call decrypts a whole large scope. Default [`MAX_LIST_SCAN_ROWS`].
     pub list_scan_rows: usize,
+    /// The etcd door's key prefix (kube-apiserver's `--etcd-prefix`): door keys
+    /// `<prefix>/secrets/<namespace>/<name>` are the Secrets themselves, shared with the Secret
+    /// service. Default [`DEFAULT_ETCD_PREFIX`].
+    pub etcd_prefix: String,
 }
 
 impl Default for StoreConfig {
@@ -122,6 +129,7 @@ impl Default for StoreConfig {
             history_retention: DEFAULT_HISTORY_RETENTION,
             wal_checkpoint_bytes: crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
             list_scan_rows: MAX_LIST_SCAN_ROWS,
+            etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
         }
     }
 }
@@ -200,6 +208,10 @@ pub struct Store {
     published: tokio::sync::watch::Sender<u64>,
     /// The etcd door's leases.
     leases: lease_table::Leases,
+    /// Door keys under this prefix (`<etcd prefix>/secrets/`) name Secrets (see [`raw`]).
+    door_secrets: Vec<u8>,
+    /// Whether a value the API server encrypted itself was logged already (once is enough).
+    told_apiserver_encrypted: std::sync::atomic::AtomicBool,
     /// Records sealed so far (for metrics).
     seals: AtomicU64,
     /// Records opened so far (for metrics).
@@ -296,7 +308,9 @@ impl Store {
         )
         .await?;
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
-        let leases = lease_table::Leases::load(mvcc.as_ref(), RAW_PREFIX)?;
+        let leases =
+            lease_table::Leases::load(mvcc.as_ref(), &[RAW_PREFIX, SECRET_PREFIX.as_bytes()])?;
+        let door_secrets = raw::secrets_prefix(&config.etcd_prefix);
         let (published, _) = tokio::sync::watch::channel(mvcc.revision());
         let usage = if config.quotas.is_enabled() {
             scan_usage(mvcc.as_ref())?
@@ -312,6 +326,8 @@ impl Store {
             events,
             published,
             leases,
+            door_secrets,
+            told_apiserver_encrypted: std::sync::atomic::AtomicBool::new(false),
             seals: AtomicU64::new(0),
             opens: AtomicU64::new(0),
             list_scan_rows: config.list_scan_rows.max(1),
@@ -422,8 +438,8 @@ impl Store {
             }
             secret.metadata.uid = uuid::Uuid::new_v4().to_string();
             secret.metadata.creation_timestamp = Some(now_unix());
-            self.write_locked(&key, Change::Put(&mut secret, EventKind::Added, seed), None)?
-                .0
+            let change = Change::Put(&mut secret, EventKind::Added, seed, None);
+            self.write_locked(&key, change, None)?.0
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -476,7 +492,7 @@ impl Store {
         self.prefetch_seed(&key).await?;
         let lsn = {
             let _seq = self.sequencer.lock().await;
-            let (old, old_version) =
+            let (old, old_version, door_value) =
                 self.read_locked(&key)
                     .await?
                     .ok_or_else(|| StoreError::NotFound {
@@ -503,12 +519,9 @@ impl Store {
             if !options.blind && unchanged(&old, &secret) {
                 return Ok(old);
             }
-            self.write_locked(
-                &key,
-                Change::Put(&mut secret, EventKind::Modified, seed),
-                Some(&old_version),
-            )?
-            .0
+            // A Secret the API server wrote stays in its form, every field kept.
+            let change = Change::Put(&mut secret, EventKind::Modified, seed, door_value);
+            self.write_locked(&key, change, Some(&old_version))?.0
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -565,7 +578,7 @@ impl Store {
         self.prefetch_seed(&key).await?;
         let (lsn, last) = {
             let _seq = self.sequencer.lock().await;
-            let (old, old_version) =
+            let (old, old_version, _) =
                 self.read_locked(&key)
                     .await?
                     .ok_or_else(|| StoreError::NotFound {
@@ -614,13 +627,15 @@ impl Store {
         }
         let version = self.mvcc.get(backend_key(&key).as_bytes(), at)?;
         self.mvcc.wait_durable(self.mvcc.applied()).await?;
-        match version {
-            Some(v) => self.open_version(&key, &v).await,
-            None => Err(StoreError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            }),
-        }
+        let secret = match version {
+            Some(v) => self.open_version(&key, &v).await?,
+            None => None,
+        };
+        // A value the API server encrypted itself is served through the etcd door only.
+        secret.ok_or_else(|| StoreError::NotFound {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
     }
 
     /// Lists Secrets by namespace and selectors, a page at a time.
@@ -699,7 +714,11 @@ impl Store {
                     break 'scan;
                 }
                 scanned += 1;
-                let secret = self.open_version(key, &v).await?;
+                let Some(secret) = self.open_version(key, &v).await? else {
+                    // Served through the etcd door only.
+                    cursor = Some(bkey);
+                    continue;
+                };
                 if fields.matches(&secret) && labels.matches(&secret.metadata.labels) {
                     let size = secret.approx_size();
                     if opts.max_bytes > 0
@@ -781,10 +800,18 @@ impl Store {
         let quota_after;
         let mut put_target = None;
         let (write, kind, mut object) = match change {
-            Change::Put(secret, kind, seed) => {
+            Change::Put(secret, kind, seed, door_value) => {
                 let (seed_id, seed) = seed?;
                 secret.metadata.resource_version = revision;
-                let plaintext = codec::encode(secret);
+                let plaintext = match door_value {
+                    Some(given) => {
+                        let edited = k8s::edit(&given, secret)
+                            .map_err(|e| StoreError::data_loss(key, e.to_string()))?;
+                        let m = &secret.metadata;
+                        codec::encode_door(&m.namespace, &m.name, revision, &edited)
+                    }
+                    None => codec::encode(secret),
+                };
                 let record =
                     crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
                 quota_after = self.quota_state().admit_put(
@@ -793,10 +820,11 @@ impl Store {
                     record.len() as u64,
                 )?;
                 self.seals.fetch_add(1, Ordering::Relaxed);
+                // A lease attached through the etcd door stays attached.
                 let write = Write::Put {
                     key: bkey,
                     value: record,
-                    lease: 0,
+                    lease: old.map_or(0, |v| v.lease),
                 };
                 let object = secret.duplicate();
                 put_target = Some(secret);
@@ -904,15 +932,6 @@ impl Store {
         Ok((committed.lsn, revision))
     }
 
-    /// Queues the publication of a write through the etcd door (under the sequencing lock).
-    fn note_raw_write(&self, lsn: Lsn, revision: u64) {
-        self.pending_events().push_back(Pending {
-            lsn,
-            revision,
-            event: None,
-        });
-    }
-
     /// Waits for durability of `lsn`, then publishes every event up to it, in order, and the
     /// newest revision published.
     async fn finish_write(&self, lsn: Lsn) -> Result<(), StoreError> {
@@ -960,50 +979,111 @@ impl Store {
         Ok(())
     }
 
-    /// Reads the current object and its stored version under the sequencing lock (no
-    /// durability wait: the caller's own write comes later and is waited for).
-    async fn read_locked(&self, key: &str) -> Result<Option<(Secret, Version)>, StoreError> {
-        match self.mvcc.get(backend_key(key).as_bytes(), None)? {
-            Some(v) => Ok(Some((self.open_version(key, &v).await?, v))),
-            None => Ok(None),
-        }
+    /// Reads the current object, its stored version and (for a Secret the API server wrote)
+    /// the value as written, under the sequencing lock (no durability wait: the caller's own
+    /// write comes later and is waited for). `None` also for a value only the door serves.
+    async fn read_locked(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Secret, Version, Option<Zeroizing<Vec<u8>>>)>, StoreError> {
+        let Some(v) = self.mvcc.get(backend_key(key).as_bytes(), None)? else {
+            return Ok(None);
+        };
+        let opened = self.open_stored(key, &v.value).await?;
+        Ok(opened.secret.map(|mut s| {
+            // As in `open_version`: the version's revision is the resource_version.
+            s.metadata.resource_version = v.mod_revision;
+            (s, v, opened.door_value)
+        }))
     }
 
     fn quota_state(&self) -> std::sync::MutexGuard<'_, QuotaState> {
         self.quota.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a stored version of the Secret at storage key `key` (`namespace/name`).
+    /// Opens a stored version of the Secret at storage key `key` (`namespace/name`); `None`
+    /// for a value written through the etcd door that is not a Secret Coffer can show.
     ///
     /// Its resource_version is the version's revision: the same as the sealed copy's when this
     /// store is the only writer, and the storage's own on a shared keyspace (where the sealed
     /// copy names the revision the writer predicted).
-    async fn open_version(&self, key: &str, version: &Version) -> Result<Secret, StoreError> {
-        let mut secret = self.open_record(key, &version.value).await?;
-        secret.metadata.resource_version = version.mod_revision;
-        Ok(secret)
+    async fn open_version(
+        &self,
+        key: &str,
+        version: &Version,
+    ) -> Result<Option<Secret>, StoreError> {
+        let mut shown = self.open_stored(key, &version.value).await?.secret;
+        if let Some(s) = &mut shown {
+            s.metadata.resource_version = version.mod_revision;
+        }
+        Ok(shown)
     }
 
-    async fn open_record(&self, key: &str, record: &[u8]) -> Result<Secret, StoreError> {
-        let header = RecordHeader::parse(record).map_err(|e| StoreError::open_failed(key, e))?;
+    /// Opens a record of the Secret at storage key `key`: what it shows, and the value as
+    /// written when it came through the etcd door.
+    async fn open_stored(&self, key: &str, record: &[u8]) -> Result<Opened, StoreError> {
+        let plaintext = self.unseal(key, key.as_bytes(), record).await?;
+        let stored =
+            codec::decode_stored(plaintext.expose()).map_err(|e| StoreError::data_loss(key, e))?;
+        match stored {
+            codec::Stored::Native(secret) => {
+                if secret.storage_key() != key {
+                    return Err(StoreError::data_loss(key, "record names another object"));
+                }
+                Ok(Opened {
+                    secret: Some(secret),
+                    door_value: None,
+                })
+            }
+            codec::Stored::Door(door) => {
+                if crate::model::storage_key(&door.namespace, &door.name) != key {
+                    return Err(StoreError::data_loss(key, "record names another object"));
+                }
+                let secret = match k8s::decode(&door.namespace, &door.name, &door.value) {
+                    k8s::Decoded::Secret(mut s) => {
+                        s.metadata.resource_version = door.resource_version;
+                        Some(*s)
+                    }
+                    k8s::Decoded::Opaque(_) => None,
+                };
+                Ok(Opened {
+                    secret,
+                    door_value: Some(door.value),
+                })
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opens a sealed record with the associated data `aad`; `label` names it in errors.
+    async fn unseal(
+        &self,
+        label: &str,
+        aad: &[u8],
+        record: &[u8],
+    ) -> Result<crypto::Plaintext, StoreError> {
+        let header = RecordHeader::parse(record).map_err(|e| StoreError::open_failed(label, e))?;
         let seed = self
             .seeds
             .seed_for_read(header.seed_id)
             .await?
             .ok_or_else(|| {
-                StoreError::open_failed(key, crypto::OpenError::UnknownSeed(header.seed_id))
+                StoreError::open_failed(label, crypto::OpenError::UnknownSeed(header.seed_id))
             })?;
         self.opens.fetch_add(1, Ordering::Relaxed);
-        let plaintext = header
-            .open(&seed, key.as_bytes())
-            .map_err(|e| StoreError::open_failed(key, e))?;
-        let secret =
-            codec::decode(plaintext.expose()).map_err(|e| StoreError::data_loss(key, e))?;
-        if secret.storage_key() != key {
-            return Err(StoreError::data_loss(key, "record names another object"));
-        }
-        Ok(secret)
+        header
+            .open(&seed, aad)
+            .map_err(|e| StoreError::open_failed(label, e))
     }
+}
+
+/// A stored version opened: the Secret it shows (none for a door value that is not a Secret
+/// Coffer can show, such as one the API server encrypted itself) and, for a value written
+/// through the etcd door, the bytes as written.
+struct Opened {
+    secret: Option<Secret>,
+    door_value: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// A write waiting for durability before it is published.
@@ -1017,11 +1097,13 @@ struct Pending {
 /// One write, as the sequencer applies it.
 enum Change<'a> {
     /// Seal and store this object under this seed (taken before the sequencer); publish it
-    /// with this event kind.
+    /// with this event kind. With the value the API server wrote (the version it replaces was
+    /// written through the etcd door), that value is edited instead, every other field kept.
     Put(
         &'a mut Secret,
         EventKind,
         Result<(u32, Arc<crate::crypto::Seed>), crate::kms::SeedError>,
+        Option<Zeroizing<Vec<u8>>>,
     ),
     /// Remove the object; publish this, its last state.
     Delete(Box<Secret>),

@@ -222,14 +222,7 @@ impl QuotaState {
         new_len: u64,
     ) -> Result<QuotaUsage, StoreError> {
         let used = self.usage(namespace);
-        let mut next = used;
-        if old_len.is_none() {
-            next.count = used.count.saturating_add(1);
-        }
-        next.bytes = used
-            .bytes
-            .saturating_sub(old_len.unwrap_or(0))
-            .saturating_add(new_len);
+        let next = self.after_put(namespace, old_len, new_len);
         if let Some(q) = self.quotas.for_namespace(namespace) {
             if old_len.is_none()
                 && let Some(limit) = q.limits.count
@@ -246,6 +239,29 @@ impl QuotaState {
             }
         }
         Ok(next)
+    }
+
+    /// The usage after a put of a record of `new_len` bytes replacing one of `old_len` bytes
+    /// (`None`: a create), unchecked (the etcd door's writes are never refused for quota: the
+    /// API server admitted them).
+    pub(crate) fn after_put(
+        &self,
+        namespace: &str,
+        old_len: Option<u64>,
+        new_len: u64,
+    ) -> QuotaUsage {
+        let used = self.usage(namespace);
+        QuotaUsage {
+            count: if old_len.is_none() {
+                used.count.saturating_add(1)
+            } else {
+                used.count
+            },
+            bytes: used
+                .bytes
+                .saturating_sub(old_len.unwrap_or(0))
+                .saturating_add(new_len),
+        }
     }
 
     /// The usage after a delete of a record of `old_len` bytes.

@@ -13,10 +13,15 @@
 
 use zeroize::Zeroizing;
 
-use super::{Store, StoreError};
-use crate::crypto::{self, RecordHeader};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{ChangeEvent, EventKind, Pending, SECRET_PREFIX, Store, StoreError};
+use crate::crypto;
+use crate::model::validation::{validate_name, validate_namespace};
+use crate::model::{Secret, codec, k8s};
 use crate::storage::Op;
-use crate::storage::mvcc::{Revision, Txn, Version, Write};
+use crate::storage::mvcc::{Change, Revision, Txn, Version, Write};
 
 pub use super::RAW_PREFIX;
 /// Keys read from the keyspace per round of a range scan.
@@ -135,8 +140,8 @@ impl std::fmt::Debug for RawWrite {
     }
 }
 
-/// The backend key of a door key.
-pub fn backend_key(key: &[u8]) -> Vec<u8> {
+/// The backend key of a door key that is not a Secret's.
+fn backend_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(RAW_PREFIX.len() + key.len());
     k.extend_from_slice(RAW_PREFIX);
     k.extend_from_slice(key);
@@ -151,39 +156,64 @@ pub(crate) fn raw_aad(backend_key: &[u8]) -> Vec<u8> {
     aad
 }
 
-/// The door key of a backend key, when it is one.
-pub fn door_key(backend_key: &[u8]) -> Option<&[u8]> {
-    backend_key.strip_prefix(RAW_PREFIX)
+/// The door keys that name Secrets start with this: `<etcd prefix>/secrets/`, the prefix
+/// cleaned as kube-apiserver cleans it (`path.Join("/", prefix)`).
+pub(crate) fn secrets_prefix(etcd_prefix: &str) -> Vec<u8> {
+    let inner: Vec<&str> = etcd_prefix.split('/').filter(|p| !p.is_empty()).collect();
+    let mut p = String::from("/");
+    for part in inner {
+        p.push_str(part);
+        p.push('/');
+    }
+    p.push_str("secrets/");
+    p.into_bytes()
 }
 
 impl Store {
-    /// Opens a stored version of a door key (its value decrypted when `with_value`).
+    /// The Secret storage key (`namespace/name`) a door key names, if it names one.
+    fn secret_of(&self, key: &[u8]) -> Option<String> {
+        let rest = std::str::from_utf8(key.strip_prefix(self.door_secrets.as_slice())?).ok()?;
+        let (namespace, name) = rest.split_once('/')?;
+        (validate_namespace(namespace).is_ok() && validate_name(name).is_ok())
+            .then(|| rest.to_owned())
+    }
+
+    /// The backend key holding a door key's versions.
+    fn door_backend_key(&self, key: &[u8]) -> Vec<u8> {
+        match self.secret_of(key) {
+            Some(secret) => format!("{SECRET_PREFIX}{secret}").into_bytes(),
+            None => backend_key(key),
+        }
+    }
+
+    /// The door key of a backend key (`None` for rows that are not versioned keys).
+    pub(crate) fn door_key_of(&self, backend_key: &[u8]) -> Option<Vec<u8>> {
+        if let Some(k) = backend_key.strip_prefix(RAW_PREFIX) {
+            return Some(k.to_vec());
+        }
+        let secret = backend_key.strip_prefix(SECRET_PREFIX.as_bytes())?;
+        let mut k = Vec::with_capacity(self.door_secrets.len() + secret.len());
+        k.extend_from_slice(&self.door_secrets);
+        k.extend_from_slice(secret);
+        Some(k)
+    }
+
+    /// A stored version re-keyed by its door key.
+    fn as_door(&self, mut v: Version) -> Option<Version> {
+        v.key = self.door_key_of(&v.key)?;
+        Some(v)
+    }
+
+    /// Opens a stored version of a door key (its key a door key, as every read here gives it;
+    /// the value decrypted when `with_value`).
     pub async fn open_raw(&self, v: &Version, with_value: bool) -> Result<RawKv, StoreError> {
-        let key = door_key(&v.key)
-            .ok_or_else(|| StoreError::data_loss("?", "not a key of the etcd keyspace"))?
-            .to_vec();
         let value = if with_value && !v.is_delete() {
-            let label = String::from_utf8_lossy(&v.key).into_owned();
-            let header =
-                RecordHeader::parse(&v.value).map_err(|e| StoreError::open_failed(&label, e))?;
-            let seed = self
-                .seeds
-                .seed_for_read(header.seed_id)
-                .await?
-                .ok_or_else(|| {
-                    StoreError::open_failed(&label, crypto::OpenError::UnknownSeed(header.seed_id))
-                })?;
-            self.opens
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            header
-                .open(&seed, &raw_aad(&v.key))
-                .map_err(|e| StoreError::open_failed(&label, e))?
-                .into_zeroizing()
+            self.door_value(&v.key, &v.value).await?
         } else {
             Zeroizing::new(Vec::new())
         };
         Ok(RawKv {
-            key,
+            key: v.key.clone(),
             create_revision: v.create_revision,
             mod_revision: v.mod_revision,
             version: v.version,
@@ -192,17 +222,55 @@ impl Store {
         })
     }
 
+    /// The value a stored record shows through the door: the bytes written through it, or for
+    /// a Secret written through the Secret service the Kubernetes protobuf object.
+    async fn door_value(
+        &self,
+        key: &[u8],
+        record: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let Some(secret_key) = self.secret_of(key) else {
+            let bkey = backend_key(key);
+            let label = String::from_utf8_lossy(&bkey).into_owned();
+            let plaintext = self.unseal(&label, &raw_aad(&bkey), record).await?;
+            return Ok(plaintext.into_zeroizing());
+        };
+        let plaintext = self
+            .unseal(&secret_key, secret_key.as_bytes(), record)
+            .await?;
+        let stored = codec::decode_stored(plaintext.expose())
+            .map_err(|e| StoreError::data_loss(&secret_key, e))?;
+        let (namespace, name, value) = match stored {
+            codec::Stored::Door(d) => (d.namespace, d.name, d.value),
+            codec::Stored::Native(s) => {
+                let value = k8s::encode(&s);
+                (s.metadata.namespace, s.metadata.name, value)
+            }
+        };
+        if crate::model::storage_key(&namespace, &name) != secret_key {
+            return Err(StoreError::data_loss(
+                &secret_key,
+                "record names another object",
+            ));
+        }
+        Ok(value)
+    }
+
     /// The stored version of one door key at `at` (`None`: the latest), undecrypted.
     pub fn raw_version(
         &self,
         key: &[u8],
         at: Option<Revision>,
     ) -> Result<Option<Version>, StoreError> {
-        Ok(self.mvcc.get(&backend_key(key), at)?)
+        Ok(self
+            .mvcc
+            .get(&self.door_backend_key(key), at)?
+            .and_then(|v| self.as_door(v)))
     }
 
     /// Scans the door keys in `range` at `at` in key order, calling `visit` with each live
-    /// version (undecrypted) until it returns `false`. Reads in bounded chunks.
+    /// version (undecrypted, keyed by its door key) until it returns `false`. Reads in bounded
+    /// chunks, from the door's own keys and the Secrets together.
     pub async fn raw_scan(
         &self,
         range: &KeyRange,
@@ -216,46 +284,50 @@ impl Store {
             return Ok(());
         }
         if let KeyRange::Single(k) = range {
-            if let Some(v) = self.mvcc.get(&backend_key(k), at)? {
+            if let Some(v) = self.raw_version(k, at)? {
                 visit(v);
             }
-            self.mvcc.wait_durable(self.mvcc.applied()).await?;
-            return Ok(());
+            return self.raw_settle().await;
         }
-        // The start is inclusive and `range` takes an exclusive cursor: read it on its own.
         let start = range.start();
-        let mut cursor = None;
-        if !start.is_empty() {
-            let bkey = backend_key(start);
-            if let Some(v) = self.mvcc.get(&bkey, at)?
-                && !visit(v)
-            {
-                return Ok(());
-            }
-            cursor = Some(bkey);
+        let mut sources = vec![Source::new(
+            RAW_PREFIX,
+            (!start.is_empty()).then(|| backend_key(start)),
+        )];
+        // The Secrets, when the range reaches into `<prefix>/secrets/`: door keys there map in
+        // order onto `s/<namespace>/<name>`.
+        let secrets = self.door_secrets.as_slice();
+        let reaches_secrets = match range {
+            KeyRange::Between(_, end) => end.as_slice() > secrets,
+            _ => true,
+        };
+        if start <= secrets && reaches_secrets {
+            sources.push(Source::new(SECRET_PREFIX.as_bytes(), None));
+        } else if let Some(rest) = start.strip_prefix(secrets) {
+            let mut first = SECRET_PREFIX.as_bytes().to_vec();
+            first.extend_from_slice(rest);
+            sources.push(Source::new(SECRET_PREFIX.as_bytes(), Some(first)));
         }
         loop {
-            let rows = self.mvcc.range(RAW_PREFIX, cursor.as_deref(), at, CHUNK)?;
-            let done = rows.len() < CHUNK;
-            cursor = rows.last().map(|v| v.key.clone());
-            for v in rows {
-                let Some(key) = door_key(&v.key) else {
-                    return Ok(());
-                };
-                if range.past_end(key) {
-                    self.mvcc.wait_durable(self.mvcc.applied()).await?;
-                    return Ok(());
-                }
-                if !visit(v) {
-                    self.mvcc.wait_durable(self.mvcc.applied()).await?;
-                    return Ok(());
+            for s in &mut sources {
+                if s.rows.is_empty() && !s.done {
+                    s.fill(self, at)?;
                 }
             }
-            if done || cursor.is_none() {
-                self.mvcc.wait_durable(self.mvcc.applied()).await?;
-                return Ok(());
+            let next = sources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.rows.front().map(|v| (i, v.key.as_slice())))
+                .min_by(|a, b| a.1.cmp(b.1))
+                .map(|(i, _)| i);
+            let Some(v) = next.and_then(|i| sources[i].rows.pop_front()) else {
+                break;
+            };
+            if range.past_end(&v.key) || !visit(v) {
+                break;
             }
         }
+        self.raw_settle().await
     }
 
     /// Refuses a read at a compacted or future revision (etcd's order of checks).
@@ -301,14 +373,89 @@ impl Store {
         self.published.subscribe()
     }
 
-    /// Up to `limit` changes after `after` (every kind of key; door keys decrypted), in
-    /// revision order. [`StoreError::TooOld`] below the compaction revision.
-    pub fn raw_changes(
-        &self,
-        after: Revision,
-        limit: usize,
-    ) -> Result<Vec<crate::storage::mvcc::Change>, StoreError> {
-        Ok(self.mvcc.changes(after, limit)?)
+    /// Up to `limit` changes after `after`, keyed by door key (the Secrets' too), undecrypted,
+    /// in revision order. [`StoreError::TooOld`] below the compaction revision.
+    pub fn raw_changes(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let changes = self.mvcc.changes(after, limit)?;
+        Ok(changes
+            .into_iter()
+            .filter_map(|c| {
+                Some(Change {
+                    kv: self.as_door(c.kv)?,
+                    prev: c.prev.and_then(|p| self.as_door(p)),
+                })
+            })
+            .collect())
+    }
+
+    /// How many Secrets' current values the API server encrypted itself (`k8s:enc:`): the
+    /// Secret service cannot show them, and `coffer kms status` reports them so that an
+    /// operator can turn the API server's own encryption off. Decrypts every current Secret.
+    pub async fn count_apiserver_encrypted(&self) -> Result<u64, StoreError> {
+        let mut count = 0;
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let rows = self
+                .mvcc
+                .range(SECRET_PREFIX.as_bytes(), cursor.as_deref(), None, CHUNK)?;
+            let done = rows.len() < CHUNK;
+            for v in &rows {
+                let key = String::from_utf8_lossy(&v.key[SECRET_PREFIX.len()..]).into_owned();
+                let plaintext = self.unseal(&key, key.as_bytes(), &v.value).await?;
+                if let Ok(codec::Stored::Door(d)) = codec::decode_stored(plaintext.expose())
+                    && k8s::is_apiserver_encrypted(&d.value)
+                {
+                    count += 1;
+                }
+            }
+            cursor = rows.into_iter().next_back().map(|v| v.key);
+            if done || cursor.is_none() {
+                return Ok(count);
+            }
+        }
+    }
+}
+
+/// One backend prefix's rows of a [`Store::raw_scan`], read a chunk at a time.
+struct Source {
+    prefix: &'static [u8],
+    /// A first key to read on its own (the range's start is inclusive, `range` exclusive).
+    first: Option<Vec<u8>>,
+    /// Where the next chunk starts (exclusive).
+    cursor: Option<Vec<u8>>,
+    /// Rows read and not yet visited, keyed by door key.
+    rows: VecDeque<Version>,
+    done: bool,
+}
+
+impl Source {
+    fn new(prefix: &'static [u8], first: Option<Vec<u8>>) -> Self {
+        Self {
+            prefix,
+            cursor: first.clone(),
+            first,
+            rows: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    fn fill(&mut self, store: &Store, at: Option<Revision>) -> Result<(), StoreError> {
+        if let Some(first) = self.first.take()
+            && let Some(v) = store.mvcc.get(&first, at)?
+            && let Some(v) = store.as_door(v)
+        {
+            self.rows.push_back(v);
+        }
+        let rows = store
+            .mvcc
+            .range(self.prefix, self.cursor.as_deref(), at, CHUNK)?;
+        self.done = rows.len() < CHUNK;
+        if let Some(last) = rows.last() {
+            self.cursor = Some(last.key.clone());
+        }
+        self.rows
+            .extend(rows.into_iter().filter_map(|v| store.as_door(v)));
+        Ok(())
     }
 }
 
@@ -325,6 +472,26 @@ impl std::fmt::Debug for RawWriter<'_> {
     }
 }
 
+/// A door write as it is committed: its backend key, and for a Secret's key what the Secret
+/// service sees change.
+struct Prepared {
+    write: Write,
+    secret: Option<SecretWrite>,
+}
+
+/// A door write to a Secret's key, as the Secret service sees it.
+struct SecretWrite {
+    namespace: String,
+    /// What the Secret service showed before (`None`: nothing, or a value it cannot show).
+    before: Option<Secret>,
+    /// The record length replaced (for the namespace's usage).
+    old_len: Option<u64>,
+    /// What it shows after (`None`: deleted, or a value it cannot show).
+    after: Option<Secret>,
+    /// The new record's length (`None`: a delete).
+    new_len: Option<u64>,
+}
+
 impl RawWriter<'_> {
     /// The store.
     pub fn store(&self) -> &Store {
@@ -333,13 +500,14 @@ impl RawWriter<'_> {
 
     /// The current version of a door key, undecrypted.
     pub fn current(&self, key: &[u8]) -> Result<Option<Version>, StoreError> {
-        Ok(self.store.mvcc.get(&backend_key(key), None)?)
+        self.store.raw_version(key, None)
     }
 
     /// Seals and commits `writes` (each key at most once) with the unversioned `meta` rows, at
     /// the next revision when anything is written; waits for durability after releasing the
     /// lock. Returns the revision the writes got (the current one when `writes` is empty), and
-    /// for each write the version it replaced.
+    /// for each write the version it replaced. Writes to a Secret's key are published to the
+    /// Secret service's watchers as the changes they make to what it shows.
     pub async fn commit(
         self,
         writes: Vec<RawWrite>,
@@ -348,54 +516,219 @@ impl RawWriter<'_> {
         let store = self.store;
         let (revision, prev, lsn) = {
             let _seq = self._seq;
+            let revision = store.mvcc.revision() + 1;
             // The seed is fetched only when something is sealed (a delete seals nothing).
             let seed = if writes.iter().any(|w| matches!(w, RawWrite::Put { .. })) {
                 Some(store.seeds.for_write().await?)
             } else {
                 None
             };
-            let mut sealed = Vec::with_capacity(writes.len());
+            let mut prepared = Vec::with_capacity(writes.len());
             for w in writes {
-                sealed.push(match w {
-                    RawWrite::Put { key, value, lease } => {
-                        // Always fetched above when a put is present.
-                        let Some((seed_id, seed)) = &seed else {
-                            return Err(StoreError::Unavailable("no seed for a put".into()));
-                        };
-                        let bkey = backend_key(&key);
-                        let record =
-                            crypto::seal(store.algorithm, *seed_id, seed, &raw_aad(&bkey), &value);
-                        store
-                            .seals
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Write::Put {
-                            key: bkey,
-                            value: record,
-                            lease,
-                        }
-                    }
-                    RawWrite::Delete { key } => Write::Delete {
-                        key: backend_key(&key),
-                    },
-                });
+                prepared.push(store.prepare(w, revision, seed.as_ref()).await?);
             }
-            let leases: Vec<(Vec<u8>, Option<i64>)> = sealed
+            let leases: Vec<(Vec<u8>, Option<i64>)> = prepared
                 .iter()
-                .map(|w| match w {
+                .map(|p| match &p.write {
                     Write::Put { key, lease, .. } => (key.clone(), Some(*lease)),
                     Write::Delete { key } => (key.clone(), None),
                 })
                 .collect();
+            let (writes, secrets): (Vec<Write>, Vec<Option<SecretWrite>>) =
+                prepared.into_iter().map(|p| (p.write, p.secret)).unzip();
             let committed = store.mvcc.commit(Txn {
                 conditions: Vec::new(),
-                writes: sealed,
+                writes,
                 meta,
             })?;
             store.leases.follow(&leases, &committed.prev);
-            store.note_raw_write(committed.lsn, committed.revision);
+            let mut events = Vec::new();
+            for s in secrets.into_iter().flatten() {
+                store.count_door_write(&s);
+                if let Some(event) = s.event(committed.revision) {
+                    events.push(event);
+                }
+            }
+            store.note_door_write(committed.lsn, committed.revision, events);
             (committed.revision, committed.prev, committed.lsn)
         };
         store.finish_write(lsn).await?;
         Ok((revision, prev))
     }
+}
+
+impl SecretWrite {
+    /// The change the Secret service's watchers see (none when it showed nothing before and
+    /// shows nothing after).
+    fn event(self, revision: Revision) -> Option<Arc<ChangeEvent>> {
+        let (kind, mut object) = match (self.before, self.after) {
+            (None, Some(after)) => (EventKind::Added, after),
+            (Some(_), Some(after)) => (EventKind::Modified, after),
+            (Some(before), None) => (EventKind::Deleted, before),
+            (None, None) => return None,
+        };
+        object.metadata.resource_version = revision;
+        Some(Arc::new(ChangeEvent {
+            kind,
+            object,
+            revision,
+        }))
+    }
+}
+
+impl Store {
+    /// Seals one door write (under the sequencing lock, `revision` the one it will get).
+    async fn prepare(
+        &self,
+        w: RawWrite,
+        revision: Revision,
+        seed: Option<&(u32, Arc<crypto::Seed>)>,
+    ) -> Result<Prepared, StoreError> {
+        let key = match &w {
+            RawWrite::Put { key, .. } | RawWrite::Delete { key } => key.clone(),
+        };
+        let Some(secret_key) = self.secret_of(&key) else {
+            let bkey = backend_key(&key);
+            let write = match w {
+                RawWrite::Put { value, lease, .. } => {
+                    let (seed_id, seed) = seed.ok_or_else(no_seed)?;
+                    let record =
+                        crypto::seal(self.algorithm, *seed_id, seed, &raw_aad(&bkey), &value);
+                    self.seals
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Write::Put {
+                        key: bkey,
+                        value: record,
+                        lease,
+                    }
+                }
+                RawWrite::Delete { .. } => Write::Delete { key: bkey },
+            };
+            return Ok(Prepared {
+                write,
+                secret: None,
+            });
+        };
+        // A Secret's key: the Secret service sees what this write changes.
+        let (namespace, name) = secret_key.split_once('/').unwrap_or_default();
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        let bkey = format!("{SECRET_PREFIX}{secret_key}").into_bytes();
+        let old = self.mvcc.get(&bkey, None)?;
+        let before = match &old {
+            Some(v) => self.open_version(&secret_key, v).await?,
+            None => None,
+        };
+        let old_len = old.as_ref().map(|v| v.value.len() as u64);
+        let (write, after, new_len) = match w {
+            RawWrite::Put { value, lease, .. } => {
+                let (seed_id, seed) = seed.ok_or_else(no_seed)?;
+                let after = match k8s::decode(&namespace, &name, &value) {
+                    k8s::Decoded::Secret(mut s) => {
+                        s.metadata.resource_version = revision;
+                        Some(*s)
+                    }
+                    k8s::Decoded::Opaque(why) => {
+                        self.tell_opaque(&secret_key, &value, why);
+                        None
+                    }
+                };
+                let plaintext = codec::encode_door(&namespace, &name, revision, &value);
+                let record = crypto::seal(
+                    self.algorithm,
+                    *seed_id,
+                    seed,
+                    secret_key.as_bytes(),
+                    &plaintext,
+                );
+                self.seals
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let len = record.len() as u64;
+                let write = Write::Put {
+                    key: bkey,
+                    value: record,
+                    lease,
+                };
+                (write, after, Some(len))
+            }
+            RawWrite::Delete { .. } => (Write::Delete { key: bkey }, None, None),
+        };
+        Ok(Prepared {
+            write,
+            secret: Some(SecretWrite {
+                namespace,
+                before,
+                old_len,
+                after,
+                new_len,
+            }),
+        })
+    }
+
+    /// Logs a value written under a Secret's key that the Secret service cannot show (once per
+    /// write; for values the API server encrypted itself, once per process). Never the value.
+    fn tell_opaque(&self, secret_key: &str, value: &[u8], why: k8s::NotASecret) {
+        if k8s::is_apiserver_encrypted(value) {
+            if !self
+                .told_apiserver_encrypted
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    secret = %secret_key,
+                    "the API server encrypts Secrets itself (k8s:enc:): Coffer stores them sealed but \
+                     serves them through the etcd door only; turn the API server's encryption of \
+                     Secrets off to see them through Coffer (coffer kms status counts them)"
+                );
+            }
+        } else {
+            tracing::warn!(
+                secret = %secret_key,
+                reason = %why,
+                "a value written through the etcd door under a Secret's key is not a Secret: kept \
+                 as written and served through the etcd door only"
+            );
+        }
+    }
+
+    /// Keeps the namespace's usage current after a door write to a Secret's key (door writes
+    /// are never refused for quota: the API server admitted them).
+    fn count_door_write(&self, s: &SecretWrite) {
+        let mut quota = self.quota_state();
+        if !quota.enabled() {
+            return;
+        }
+        let usage = match s.new_len {
+            Some(len) => quota.after_put(&s.namespace, s.old_len, len),
+            None => quota.after_delete(&s.namespace, s.old_len.unwrap_or(0)),
+        };
+        quota.set(&s.namespace, usage);
+    }
+
+    /// Queues the publication of a door write (under the sequencing lock): its Secret events,
+    /// or only its revision.
+    fn note_door_write(
+        &self,
+        lsn: crate::storage::Lsn,
+        revision: Revision,
+        events: Vec<Arc<ChangeEvent>>,
+    ) {
+        let mut pending = self.pending_events();
+        if events.is_empty() {
+            pending.push_back(Pending {
+                lsn,
+                revision,
+                event: None,
+            });
+        }
+        for event in events {
+            pending.push_back(Pending {
+                lsn,
+                revision,
+                event: Some(event),
+            });
+        }
+    }
+}
+
+fn no_seed() -> StoreError {
+    StoreError::Unavailable("no seed for a put".into())
 }

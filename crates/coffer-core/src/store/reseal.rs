@@ -109,7 +109,7 @@ impl Store {
             for stored in candidates {
                 // A Secret's record is sealed for `namespace/name`, a door key's for `\0e/<key>`.
                 let bkey = &stored.version.key;
-                let (key, aad) = if super::raw::door_key(bkey).is_some() {
+                let (key, aad) = if bkey.starts_with(super::RAW_PREFIX) {
                     (None, super::raw::raw_aad(bkey))
                 } else if let Some(k) = std::str::from_utf8(bkey)
                     .ok()

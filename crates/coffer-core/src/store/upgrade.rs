@@ -31,7 +31,12 @@ impl Store {
                 else {
                     return Err(StoreError::data_loss("?", "storage key is not UTF-8"));
                 };
-                let secret = store.open_record(&key, &record).await?;
+                // Unversioned records predate the etcd door: always Coffer's own form.
+                let secret = store
+                    .open_stored(&key, &record)
+                    .await?
+                    .secret
+                    .ok_or_else(|| StoreError::data_loss(&key, "not a Secret"))?;
                 let lsn = mvcc.import_current(
                     &raw_key,
                     raw_key.clone(),

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use coffer_core::storage::mvcc::Revision;
-use coffer_core::store::raw::{RawKv, door_key};
+use coffer_core::store::raw::RawKv;
 use coffer_core::store::{Store, StoreError};
 use zeroize::Zeroizing;
 
@@ -156,9 +156,7 @@ pub(super) async fn read_changes(
         }
         let mut events = Vec::new();
         for c in changes {
-            let Some(key) = door_key(&c.kv.key) else {
-                continue;
-            };
+            let key = c.kv.key.as_slice();
             if !wanted(key) {
                 continue;
             }

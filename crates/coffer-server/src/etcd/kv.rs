@@ -332,8 +332,7 @@ async fn open_value(
     overlay: Option<&Overlay>,
     v: &Version,
 ) -> Result<Zeroizing<Vec<u8>>, Status> {
-    let key = coffer_core::store::raw::door_key(&v.key).unwrap_or_default();
-    if let Some(Some(w)) = overlay.and_then(|o| o.writes.get(key)) {
+    if let Some(Some(w)) = overlay.and_then(|o| o.writes.get(&v.key)) {
         return Ok(w.value.clone());
     }
     Ok(store.open_raw(v, true).await.map_err(se)?.value)
@@ -365,7 +364,7 @@ impl TxnRun<'_, '_> {
     fn current(&self, key: &[u8]) -> Result<Option<Version>, Status> {
         match self.overlay.writes.get(key) {
             Some(Some(kv)) => Ok(Some(Version {
-                key: coffer_core::store::raw::backend_key(key),
+                key: key.to_vec(),
                 kind: coffer_core::storage::mvcc::VersionKind::Put,
                 create_revision: kv.create_revision,
                 mod_revision: kv.mod_revision,
@@ -405,14 +404,8 @@ impl TxnRun<'_, '_> {
                 "etcdserver: range response would exceed {cap} bytes (--etcd-max-response-bytes)"
             )));
         }
-        // Stored versions are under backend keys; re-key them by door key, then apply the
-        // transaction's own writes.
-        let mut out: BTreeMap<Vec<u8>, Version> = BTreeMap::new();
-        for (_, v) in found {
-            if let Some(k) = coffer_core::store::raw::door_key(&v.key) {
-                out.insert(k.to_vec(), v);
-            }
-        }
+        // Then the transaction's own writes.
+        let mut out = found;
         for (k, w) in &self.overlay.writes {
             if !range.contains(k) {
                 continue;
@@ -467,10 +460,7 @@ impl TxnRun<'_, '_> {
             let mut kvs = Vec::with_capacity(versions.len());
             for v in versions {
                 let value = if c.target == CMP_VALUE {
-                    let door_key = coffer_core::store::raw::door_key(&v.key)
-                        .map(<[u8]>::to_vec)
-                        .unwrap_or_else(|| v.key.clone());
-                    Some(match self.overlay.writes.get(&door_key) {
+                    Some(match self.overlay.writes.get(&v.key) {
                         Some(Some(kv)) => kv.value.clone(),
                         _ => {
                             self.writer
@@ -646,9 +636,7 @@ impl TxnRun<'_, '_> {
         let mut prev = Vec::new();
         let mut deleted = 0;
         for v in versions {
-            let Some(key) = coffer_core::store::raw::door_key(&v.key).map(<[u8]>::to_vec) else {
-                continue;
-            };
+            let key = v.key.clone();
             if d.prev_kv {
                 prev.push(self.open_current(&key, &v).await?);
             }

@@ -54,6 +54,9 @@ pub struct EtcdOptions {
     /// How often a watch created with `progress_notify` hears the revision while idle
     /// (etcd's default: 10 min).
     pub progress_notify_interval: Duration,
+    /// kube-apiserver's `--etcd-prefix`: keys `<prefix>/secrets/<namespace>/<name>` are the
+    /// Secrets the Secret service serves (see `coffer_core::store::raw`). Default `/registry`.
+    pub prefix: String,
 }
 
 impl Default for EtcdOptions {
@@ -63,6 +66,7 @@ impl Default for EtcdOptions {
             max_request_bytes: 1536 * 1024,
             max_response_bytes: 256 << 20,
             progress_notify_interval: Duration::from_secs(600),
+            prefix: coffer_core::store::DEFAULT_ETCD_PREFIX.to_owned(),
         }
     }
 }

@@ -25,6 +25,7 @@
 //! bookmark_interval = "1m"
 //! shutdown_grace = "30s"
 //! watch_window = 1000
+//! watch_window_bytes = 67108864
 //! watch_window_age = "5m"
 //! kms = "unix:///run/kms/kms.sock"
 //! kms_timeout = "3s"
@@ -272,6 +273,10 @@ pub struct WatchArgs {
     /// How many recent changes are kept for watches to resume from [default: 1000].
     #[arg(long, value_name = "EVENTS")]
     pub watch_window: Option<usize>,
+    /// The most bytes of changes (approximate object sizes) kept in that window
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub watch_window_bytes: Option<usize>,
     /// How long a change stays in that window at most, e.g. 5m; 0 for no age limit
     /// [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -282,6 +287,7 @@ pub struct WatchArgs {
 merge_fields!(WatchArgs {
     bookmark_interval,
     watch_window,
+    watch_window_bytes,
     watch_window_age,
 });
 
@@ -309,6 +315,10 @@ pub struct EtcdArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(deserialize_with = "settings::duration")]
     pub etcd_progress_notify_interval: Option<Duration>,
+    /// kube-apiserver's --etcd-prefix: door keys <prefix>/secrets/<namespace>/<name> are the
+    /// Secrets the Secret service, CLI and mount agent see [default: /registry].
+    #[arg(long, value_name = "PREFIX")]
+    pub etcd_prefix: Option<String>,
 }
 
 merge_fields!(EtcdArgs {
@@ -317,6 +327,7 @@ merge_fields!(EtcdArgs {
     etcd_max_request_bytes,
     etcd_max_response_bytes,
     etcd_progress_notify_interval,
+    etcd_prefix,
 });
 
 impl EtcdArgs {
@@ -352,6 +363,14 @@ impl EtcdArgs {
         }
         if let Some(d) = self.etcd_progress_notify_interval {
             o.progress_notify_interval = positive(d, "etcd-progress-notify-interval")?;
+        }
+        if let Some(p) = &self.etcd_prefix {
+            if p.contains('\0') {
+                return Err(ServeError::Config(
+                    "--etcd-prefix: must not contain a NUL byte".into(),
+                ));
+            }
+            o.prefix = p.clone();
         }
         Ok((self.etcd_listen.clone(), o))
     }
@@ -588,6 +607,7 @@ impl ServeConfig {
             quotas: self.limits.quotas.clone(),
             history_retention: self.history_retention,
             wal_checkpoint_bytes: self.wal_checkpoint_bytes,
+            etcd_prefix: self.options.etcd.prefix.clone(),
             ..StoreConfig::default()
         }
     }
@@ -626,6 +646,7 @@ impl ServeArgs {
         let WatchArgs {
             bookmark_interval,
             watch_window,
+            watch_window_bytes,
             watch_window_age,
         } = args.watch;
         if let Some(d) = bookmark_interval {
@@ -638,6 +659,14 @@ impl ServeArgs {
                 ));
             }
             options.watch_window_events = n;
+        }
+        if let Some(n) = watch_window_bytes {
+            if n == 0 {
+                return Err(ServeError::Config(
+                    "--watch-window-bytes: must be at least 1".into(),
+                ));
+            }
+            options.watch_window_bytes = n;
         }
         if let Some(d) = watch_window_age {
             options.watch_window_age = (!d.is_zero()).then_some(d);
@@ -849,6 +878,21 @@ mod tests {
         assert!(c.store_config().history_retention.is_zero());
         let c = flags(&[]).expect("flags").resolve().expect("resolve");
         assert_eq!(c.history_retention, Duration::from_secs(3600));
+        assert_eq!(
+            c.options.watch_window_bytes,
+            64 << 20,
+            "the README's 64 MiB"
+        );
+        let c = flags(&["--watch-window-bytes", "8388608"])
+            .expect("flags")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(c.options.watch_window_bytes, 8 << 20);
+        let err = flags(&["--watch-window-bytes", "0"])
+            .expect("flags")
+            .resolve()
+            .expect_err("zero");
+        assert!(err.to_string().contains("--watch-window-bytes"), "{err}");
         for flag in [
             "--shutdown-grace",
             "--watch-window-age",
@@ -908,7 +952,8 @@ mod tests {
             &path,
             "data_dir = \"/from/file\"\nlisten = [\"127.0.0.1:1\", \"unix:///tmp/x.sock\"]\n\
              aead = \"xchacha20-poly1305\"\nrelaxed-durability = true\n\
-             token_cleaner_interval = \"0\"\nbookmark_interval = \"250ms\"\nwatch_window = 7\n",
+             token_cleaner_interval = \"0\"\nbookmark_interval = \"250ms\"\nwatch_window = 7\n\
+             watch_window_bytes = 1048576\n",
         )
         .expect("write");
         let args = ServeArgs {
@@ -927,6 +972,7 @@ mod tests {
         assert_eq!(c.options.token_cleaner_interval, None);
         assert_eq!(c.options.bookmark_interval, Duration::from_millis(250));
         assert_eq!(c.options.watch_window_events, 7);
+        assert_eq!(c.options.watch_window_bytes, 1 << 20);
         let c = ServeArgs {
             listen: ListenArgs {
                 listen: vec![ListenAddr::Tcp("127.0.0.1:2".into())],

@@ -152,6 +152,9 @@ async fn status(args: KmsStatusArgs) -> Result<ExitCode, CliError> {
     let counts = store
         .records_per_seed()
         .map_err(|e| CliError::msg(format_args!("cannot count records: {e}")))?;
+    // Values the API server encrypted itself (k8s:enc:): the Secret service cannot show them.
+    // Counting opens every current Secret; a KMS that cannot unwrap leaves it unknown.
+    let apiserver_encrypted = store.count_apiserver_encrypted().await.ok();
     let current_key = seeds.current_key_id();
     let infos = seeds.seeds();
     // The seed new writes use: the current one, if it is still under the current KEK.
@@ -191,6 +194,7 @@ async fn status(args: KmsStatusArgs) -> Result<ExitCode, CliError> {
             "records": counts.total,
             "unreadableRecords": counts.unreadable,
             "recordsUnderOldKeyIds": stale,
+            "apiserverEncryptedSecrets": apiserver_encrypted,
         });
         format!(
             "{}\n",
@@ -260,6 +264,21 @@ async fn status(args: KmsStatusArgs) -> Result<ExitCode, CliError> {
                 "\n{} records have a header that cannot be read.",
                 counts.unreadable
             );
+        }
+        match apiserver_encrypted {
+            Some(0) => {}
+            Some(n) => {
+                let _ = writeln!(
+                    o,
+                    "\n{n} Secrets were encrypted by the API server itself (k8s:enc:): Coffer keeps them sealed but serves them through the etcd door only. Turn the API server's encryption of Secrets off and rewrite them to see them through Coffer."
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "\nSecrets encrypted by the API server itself: unknown (the Secrets could not all be opened)."
+                );
+            }
         }
         if stale > 0 {
             let _ = writeln!(
