@@ -503,12 +503,34 @@ impl SeedManager {
         if let Some(s) = self.seed(id) {
             return Ok(Some(s));
         }
-        let Some(stored) = self.read().stored.get(&id).cloned() else {
-            return Ok(None);
+        let known = self.read().stored.get(&id).cloned();
+        let stored = match known {
+            Some(s) => s,
+            // Not known here: another process sharing the storage (a replica over the same
+            // etcd) may have created it since this one loaded the seeds.
+            None => match self.load_stored(id)? {
+                Some(s) => s,
+                None => return Ok(None),
+            },
         };
         let seed = Arc::new(unwrap(&*self.kms, &stored, id).await?);
-        self.write().unwrapped.insert(id, seed.clone());
+        let mut inner = self.write();
+        inner.stored.entry(id).or_insert(stored);
+        inner.unwrapped.insert(id, seed.clone());
         Ok(Some(seed))
+    }
+
+    /// Reads seed row `id` from the storage (`None`: absent).
+    fn load_stored(&self, id: u32) -> Result<Option<StoredSeed>, SeedError> {
+        let Some(raw) = self.backend.get(&seed_key(id))? else {
+            return Ok(None);
+        };
+        StoredSeed::decode(&raw[..])
+            .map(Some)
+            .map_err(|e| SeedError::Corrupt {
+                id,
+                reason: e.to_string(),
+            })
     }
 
     /// The seed for the next write: the current one while it is valid, else a new one (one KMS
@@ -591,11 +613,29 @@ impl SeedManager {
             .keys()
             .next_back()
             .map_or(1, |last| last + 1);
-        let mut batch = Batch::new();
-        batch.put(seed_key(id), stored.encode_to_vec());
-        let lsn = self.backend.apply(batch)?;
-        self.backend.wait_durable(lsn).await?;
-        tracing::info!(seed = id, key_id = %stored.key_id, "new seed in use for writes");
+        // Create-if-absent: processes sharing the storage (replicas over one etcd) that race
+        // to create the same id agree on one winner, and the others adopt its seed, so no
+        // record is ever sealed under a seed whose row was overwritten.
+        let (id, stored, seed) = match self
+            .backend
+            .put_if_absent(&seed_key(id), stored.encode_to_vec())?
+        {
+            Some(lsn) => {
+                self.backend.wait_durable(lsn).await?;
+                tracing::info!(seed = id, key_id = %stored.key_id, "new seed in use for writes");
+                (id, stored, seed)
+            }
+            None => {
+                let winner = self.load_stored(id)?.ok_or_else(|| SeedError::Corrupt {
+                    id,
+                    reason: "the row another process created is gone".into(),
+                })?;
+                let seed = unwrap(&*self.kms, &winner, id).await?;
+                tracing::info!(seed = id, key_id = %winner.key_id,
+                    "another replica created this seed first; using it for writes");
+                (id, winner, seed)
+            }
+        };
         let seed = Arc::new(seed);
         let mut inner = self.write();
         if inner.kms_key_id.is_none() {

@@ -66,6 +66,7 @@ use crate::settings::{self, Merge, merge_fields, parse_duration};
 use coffer_core::crypto::Algorithm;
 use coffer_core::storage::Durability;
 use coffer_core::store::StoreConfig;
+use coffer_etcd::{StorageTls, StorageUrl};
 use coffer_kms::{KmsConfig, KmsEndpoint};
 
 /// The data directory when none is given.
@@ -151,6 +152,21 @@ pub struct StoreArgs {
     /// past this many bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub wal_checkpoint_bytes: Option<u64>,
+    /// Store in an etcd cluster instead of the data directory, so that several replicas share
+    /// it: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix default /coffer). etcd holds only
+    /// ciphertext; every replica needs the same KEK (--kms or --kek-file).
+    #[arg(long, value_name = "etcd://HOST:PORT[,...][/PREFIX]")]
+    #[serde(deserialize_with = "settings::parsed")]
+    pub storage: Option<StorageUrl>,
+    /// The CA that signed the etcd members' certificates (TLS towards etcd).
+    #[arg(long, value_name = "PATH")]
+    pub storage_ca_file: Option<PathBuf>,
+    /// This replica's client certificate for etcd (PEM; with --storage-key-file).
+    #[arg(long, value_name = "PATH")]
+    pub storage_cert_file: Option<PathBuf>,
+    /// The key of --storage-cert-file (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub storage_key_file: Option<PathBuf>,
 }
 
 merge_fields!(StoreArgs {
@@ -159,7 +175,30 @@ merge_fields!(StoreArgs {
     relaxed_durability,
     history_retention,
     wal_checkpoint_bytes,
+    storage,
+    storage_ca_file,
+    storage_cert_file,
+    storage_key_file,
 });
+
+impl StoreArgs {
+    /// The etcd storage, if `--storage` is set; TLS files without it are refused.
+    pub fn resolve_storage(&self) -> Result<Option<(StorageUrl, StorageTls)>, ServeError> {
+        let tls = StorageTls {
+            ca_file: self.storage_ca_file.clone(),
+            cert_file: self.storage_cert_file.clone(),
+            key_file: self.storage_key_file.clone(),
+        };
+        match &self.storage {
+            Some(url) => Ok(Some((url.clone(), tls))),
+            None if tls.enabled() => Err(ServeError::Config(
+                "--storage-ca-file/--storage-cert-file/--storage-key-file need --storage etcd://..."
+                    .into(),
+            )),
+            None => Ok(None),
+        }
+    }
+}
 
 /// Where the server listens.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -364,6 +403,10 @@ pub struct KmsArgs {
     /// (SO_PEERCRED) and refuses another [default: not checked].
     #[arg(long, value_name = "UID")]
     pub kms_peer_uid: Option<u32>,
+    /// A local key file (32 bytes, mode 0600) to use as the KEK instead of <data-dir>/kek.key:
+    /// with --storage etcd://, the same file on every replica. It must exist (never created).
+    #[arg(long, value_name = "PATH")]
+    pub kek_file: Option<PathBuf>,
 }
 
 merge_fields!(KmsArgs {
@@ -372,6 +415,7 @@ merge_fields!(KmsArgs {
     kms_grace,
     kms_poll_interval,
     kms_peer_uid,
+    kek_file,
 });
 
 impl KmsArgs {
@@ -380,6 +424,11 @@ impl KmsArgs {
         if self.kms_peer_uid.is_some() && self.kms.is_none() {
             return Err(ServeError::Config(
                 "--kms-peer-uid needs --kms (it checks the plugin's socket)".into(),
+            ));
+        }
+        if self.kek_file.is_some() && self.kms.is_some() {
+            return Err(ServeError::Config(
+                "--kek-file and --kms: choose one KEK (a key file or a KMS v2 plugin)".into(),
             ));
         }
         let mut kms = KmsConfig {
@@ -542,6 +591,10 @@ pub struct ServeConfig {
     pub limits: LimitConfig,
     /// Authentication, authorization, audit, per-connection limits.
     pub security: SecurityConfig,
+    /// `--storage etcd://...` and its TLS files (none: sled under the data directory).
+    pub storage: Option<(StorageUrl, StorageTls)>,
+    /// `--kek-file`: the local KEK's file, instead of `<data_dir>/kek.key`.
+    pub kek_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -619,7 +672,31 @@ impl ServeArgs {
             options.watch_window_age = (!d.is_zero()).then_some(d);
         }
         let store = args.store;
+        let storage = store.resolve_storage()?;
+        let kek_file = args.kms.kek_file.clone();
+        if let Some((url, _)) = &storage
+            && args.kms.kms.is_none()
+            && kek_file.is_none()
+        {
+            // A key file made per data directory would give each replica its own KEK, and
+            // none could open the others' records.
+            return Err(ServeError::Config(format!(
+                "--storage {url}: needs a KEK every replica shares: --kms unix:///PATH (a KMS v2 \
+                 plugin) or --kek-file PATH (the same key file on every replica)"
+            )));
+        }
+        if storage.is_some() && !etcd_listen.is_empty() {
+            // The door's transactions compare revisions under this process's lock only, and
+            // its leases live in this process: on a shared keyspace they are not yet safe.
+            return Err(ServeError::Config(
+                "--etcd-listen with --storage etcd://: the etcd door on etcd storage is not \
+                 supported yet (serve the door from a replica on sled, or talk to etcd directly)"
+                    .into(),
+            ));
+        }
         Ok(ServeConfig {
+            storage,
+            kek_file,
             data_dir: store
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -677,6 +754,60 @@ mod tests {
 
     fn flags(list: &[&str]) -> Result<ServeArgs, clap::Error> {
         Serve::try_parse_from(std::iter::once("serve").chain(list.iter().copied())).map(|s| s.args)
+    }
+
+    #[test]
+    fn etcd_storage_needs_a_shared_kek_and_names_its_flags() {
+        let resolve = |list: &[&str]| {
+            flags(list)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.resolve().map_err(|e| e.to_string()))
+        };
+        let c = resolve(&[
+            "--storage",
+            "etcd://127.0.0.1:2379,127.0.0.1:2380/team",
+            "--kek-file",
+            "/k",
+        ])
+        .expect("with a key file");
+        let (url, tls) = c.storage.expect("storage");
+        assert_eq!(url.endpoints, ["127.0.0.1:2379", "127.0.0.1:2380"]);
+        assert_eq!(url.prefix, "/team");
+        assert!(!tls.enabled());
+        assert_eq!(c.kek_file, Some(PathBuf::from("/k")));
+        assert!(resolve(&["--storage", "etcd://h:1", "--kms", "unix:///run/kms.sock"]).is_ok());
+        assert!(
+            ServeArgs::default()
+                .resolve()
+                .expect("default")
+                .storage
+                .is_none()
+        );
+        for (list, needle) in [
+            (&["--storage", "etcd://h:1"][..], "--kms unix:///PATH"),
+            (&["--storage", "etcd://h:1"][..], "--kek-file PATH"),
+            (&["--storage", "http://h:1"][..], "must start with etcd://"),
+            (&["--storage", "etcd://h"][..], "must be HOST:PORT"),
+            (&["--storage-ca-file", "/ca"][..], "need --storage etcd://"),
+            (
+                &["--kek-file", "/k", "--kms", "unix:///s"][..],
+                "--kek-file and --kms",
+            ),
+            (
+                &[
+                    "--storage",
+                    "etcd://h:1",
+                    "--kek-file",
+                    "/k",
+                    "--etcd-listen",
+                    "127.0.0.1:0",
+                ][..],
+                "the etcd door on etcd storage is not supported yet",
+            ),
+        ] {
+            let e = resolve(list).expect_err(needle);
+            assert!(e.contains(needle), "{list:?}: {e}");
+        }
     }
 
     #[test]

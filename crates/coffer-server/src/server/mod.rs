@@ -117,28 +117,70 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let config = args.resolve()?;
     // Before any key is loaded: no core dumps, memory locked.
     coffer_kms::hygiene::apply(&config.limits.hygiene);
-    create_data_dir(&config.data_dir)?;
     let metrics = Metrics::new();
     let store_config = config.store_config();
-    // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
-    // leaves the server up but not ready, and the Status poller retries).
-    // A data directory made with a plugin is refused without `--kms` (no key file is made).
-    let kms = config.kms.open(&config.data_dir).map_err(|e| match e {
-        KmsError::WrongKms(why) => ServeError::Config(why),
-        other => StoreError::from(other).into(),
-    })?;
-    let store = Store::open_dir(
-        &config.data_dir,
-        config.durability,
-        store_config,
-        CountingKms::wrap(kms, metrics.clone()),
-    )
-    .await?;
-    tracing::info!(
-        "data directory {} ({:?} durability)",
-        config.data_dir.display(),
-        config.durability
-    );
+    let store = match &config.storage {
+        None => {
+            create_data_dir(&config.data_dir)?;
+            // `--kek-file`, the local key file, or a KMS v2 plugin (dialed lazily: a plugin
+            // that is down at start leaves the server up but not ready, and the Status poller
+            // retries). A data directory made with a plugin is refused without `--kms` (no key
+            // file is made).
+            let kms = match &config.kek_file {
+                Some(path) => open_kek_file(path)?,
+                None => config.kms.open(&config.data_dir).map_err(|e| match e {
+                    KmsError::WrongKms(why) => ServeError::Config(why),
+                    other => StoreError::from(other).into(),
+                })?,
+            };
+            let store = Store::open_dir(
+                &config.data_dir,
+                config.durability,
+                store_config,
+                CountingKms::wrap(kms, metrics.clone()),
+            )
+            .await?;
+            tracing::info!(
+                "data directory {} ({:?} durability)",
+                config.data_dir.display(),
+                config.durability
+            );
+            store
+        }
+        Some((url, tls)) => {
+            // The shared KEK (resolve refused to go on without one).
+            let kms: Arc<dyn coffer_core::kms::Kms> = match (&config.kek_file, &config.kms.endpoint)
+            {
+                (Some(path), _) => open_kek_file(path)?,
+                (None, Some(endpoint)) => Arc::new(
+                    coffer_kms::GrpcKms::with_peer_uid(
+                        endpoint.path(),
+                        config.kms.timeout,
+                        config.kms.peer_uid,
+                    )
+                    .map_err(StoreError::from)?,
+                ),
+                (None, None) => {
+                    return Err(ServeError::Config(format!(
+                        "--storage {url}: needs --kms or --kek-file"
+                    )));
+                }
+            };
+            let client = coffer_etcd::EtcdClient::new(url, tls)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            let mvcc = coffer_etcd::EtcdMvcc::open(client)
+                .await
+                .map_err(StoreError::from)?;
+            let store = Store::open_mvcc(
+                Arc::new(mvcc),
+                CountingKms::wrap(kms, metrics.clone()),
+                store_config,
+            )
+            .await?;
+            tracing::info!("storage {url} (revisions are etcd's; shared with other replicas)");
+            store
+        }
+    };
     let security =
         Security::load(config.security).map_err(|e| ServeError::Config(e.to_string()))?;
     let mut server = Server::new(Arc::new(store))
@@ -170,6 +212,19 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }
     });
     running.wait().await
+}
+
+/// Opens `--kek-file` (never creates it: every replica must hold the same key).
+fn open_kek_file(path: &std::path::Path) -> Result<Arc<dyn coffer_core::kms::Kms>, ServeError> {
+    coffer_core::kms::LocalKek::open_existing(path)
+        .map(|k| Arc::new(k) as Arc<dyn coffer_core::kms::Kms>)
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "--kek-file {}: {e} (it must exist: 32 random bytes, mode 0600, the same file \
+                 on every replica)",
+                path.display()
+            ))
+        })
 }
 
 /// Reloads the token file and the policy (and reopens the audit log) on each SIGHUP, until
@@ -570,6 +625,8 @@ impl Server {
             background.spawn(cleaner::run(store.clone(), interval, shutdown.clone()));
         }
         background.spawn(retain_history(store.clone(), shutdown.clone()));
+        // On etcd storage: every replica's changes reach this one's hub and door.
+        background.spawn(feed_events(store.clone(), shutdown.clone()));
         if let Some(l) = metrics_listener {
             background.spawn(metrics::serve(
                 l,
@@ -634,6 +691,12 @@ async fn retain_history(store: Arc<Store>, shutdown: CancellationToken) {
         std::time::Duration::from_secs(60),
     );
     store.run_retention(interval, shutdown).await;
+}
+
+/// Publishes the changes of a shared keyspace (etcd storage) as the store's events, until
+/// shutdown; returns at once on sled.
+async fn feed_events(store: Arc<Store>, shutdown: CancellationToken) {
+    store.run_feed(shutdown).await;
 }
 
 /// Runs the KMS Status poller until shutdown.
