@@ -55,8 +55,9 @@ pub(crate) struct UnaryArgs {
     /// existing key, get is a Range of one key; same names, values and callers).
     #[arg(long, value_enum, default_value_t = Target::Coffer)]
     pub(crate) target: Target,
-    /// The server to load: HOST:PORT, http://HOST:PORT or unix:///path/to.sock [default:
-    /// $COFFER_SERVER, else 127.0.0.1:7070; with --target etcd: 127.0.0.1:2379].
+    /// The server to load: HOST:PORT, http://HOST:PORT or unix:///path/to.sock, or several
+    /// replicas of one store separated by commas (the connections are spread over them in turn)
+    /// [default: $COFFER_SERVER, else 127.0.0.1:7070; with --target etcd: 127.0.0.1:2379].
     #[arg(long, conflicts_with = "spawn")]
     pub(crate) server: Option<String>,
     /// Start an in-process server on 127.0.0.1:0 over a temporary data directory instead.

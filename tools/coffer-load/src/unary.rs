@@ -106,14 +106,26 @@ pub(crate) async fn run(args: UnaryArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// The replicas of a `--server a,b,c` list, each parsed on its own.
+fn replicas(server: &str) -> Result<Vec<ServerAddr>, String> {
+    ServerAddr::parse(server).map_err(cli_error)?;
+    server
+        .split(',')
+        .map(|one| ServerAddr::parse(one.trim()).map_err(cli_error))
+        .collect()
+}
+
 /// Connects, runs the phases, and cleans up if asked.
 async fn drive(args: &UnaryArgs, ops: &[Op], server: &str) -> Result<Vec<PhaseReport>, String> {
     let mut clients = Vec::new();
     match args.target {
         Target::Coffer => {
-            let addr = ServerAddr::parse(server).map_err(cli_error)?;
-            for _ in 0..args.connections {
-                // Each connect opens its own HTTP/2 connection.
+            let replicas = replicas(server)?;
+            for i in 0..args.connections as usize {
+                // Each connect opens its own HTTP/2 connection; with several replicas
+                // (`--server a,b,c`) connection i goes to replica i % N, so the load is spread
+                // evenly over them (not failed over: a replica that is down is an error).
+                let addr = &replicas[i % replicas.len()];
                 clients.push(Conn::Coffer(addr.connect().await.map_err(cli_error)?));
             }
         }

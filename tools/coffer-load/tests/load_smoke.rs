@@ -62,3 +62,70 @@ fn coffer_load_reports_an_unreachable_server() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `--server a,b` spreads the connections over the replicas in turn: with two independent
+/// servers and two connections, each server receives its share of the creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coffer_load_spreads_connections_over_a_server_list() {
+    use coffer_server::proto::v1 as pb;
+    use coffer_testkit::server::{TestServer, list};
+
+    let a = TestServer::start().await;
+    let b = TestServer::start().await;
+    let servers = format!("{},{}", a.addr(), b.addr());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_coffer-load"))
+            .args([
+                "unary",
+                "--server",
+                &servers,
+                "--ops",
+                "create",
+                "--duration",
+                "0.5",
+                "--connections",
+                "2",
+                "--concurrency",
+                "2",
+                "--json",
+            ])
+            .output()
+            .expect("run coffer-load")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "coffer-load failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    let created = report["phases"][0]["ok"].as_u64().expect("ok count");
+    let mut total = 0;
+    for server in [&a, &b] {
+        let listed = list(
+            &mut server.client().await,
+            pb::ListSecretsRequest {
+                namespace: "coffer-load".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("list");
+        assert!(!listed.items.is_empty(), "a replica got no connection");
+        total += listed.items.len() as u64;
+    }
+    assert_eq!(total, created, "every create landed on one of the two");
+}
+
+#[test]
+fn coffer_load_refuses_an_empty_address_in_a_server_list() {
+    let output = Command::new(env!("CARGO_BIN_EXE_coffer-load"))
+        .args(["unary", "--server", "127.0.0.1:1,,127.0.0.1:2"])
+        .output()
+        .expect("run coffer-load");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("empty address"), "{stderr}");
+}
