@@ -13,6 +13,8 @@
 //!   compares, reads at a revision as etcd Range, history and changes as etcd watches.
 //! - `election`: one replica, elected through an etcd lease, runs the work only one should
 //!   (history compaction by retention, the bootstrap-token cleaner).
+//! - `barrier`: etcd's current revision for read barriers, one Range per round shared by every
+//!   reader waiting.
 //! - [`cache`]: the watch-fed copy of the current keys that reads at the latest revision are
 //!   served from once it has caught up with etcd (a linearizable read without a Range).
 //!
@@ -23,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod barrier;
 mod cache;
 pub mod client;
 mod election;

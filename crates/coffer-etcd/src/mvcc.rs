@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backend::{EtcdBackend, delete_op, prefix_end, put_op};
+use crate::barrier::Rounds;
 use crate::cache::{Cache, unix_ms};
 use crate::client::{EtcdClient, EtcdError, header_revision};
 use crate::proto::{etcdserverpb as pb, mvccpb};
@@ -47,6 +48,8 @@ pub struct EtcdMvcc {
     /// `PREFIX/v/`.
     root: Vec<u8>,
     cache: Arc<Cache>,
+    /// The current-revision requests of read barriers, batched.
+    rounds: Rounds,
     /// The compaction revision as last learnt (etcd does not push it).
     compacted: AtomicU64,
     watch: tokio::task::JoinHandle<()>,
@@ -109,12 +112,19 @@ impl EtcdMvcc {
             leader,
             campaign,
             backend: Arc::new(EtcdBackend::new(client.clone())),
+            rounds: Rounds::new(client.clone()),
             client,
             root,
             cache,
             compacted: AtomicU64::new(compacted),
             watch,
         })
+    }
+
+    /// The count-only Ranges read barriers have sent so far: concurrent barriers share one
+    /// (see `barrier`), so this grows slower than the number of reads under load.
+    pub fn barrier_ranges(&self) -> u64 {
+        self.rounds.sent()
     }
 
     /// The etcd client (for the election and tools).
@@ -548,11 +558,7 @@ impl Mvcc for EtcdMvcc {
     }
 
     async fn read_barrier(&self) -> Result<(), StorageError> {
-        let client = self.client.clone();
-        let target = self
-            .client
-            .run(async move { client.current_revision().await })
-            .await?;
+        let target = self.rounds.current().await?;
         let all = format!("{}/", self.client.prefix()).into_bytes();
         let quiet = |from: u64, to: u64| {
             let (c, all) = (self.client.clone(), all.clone());

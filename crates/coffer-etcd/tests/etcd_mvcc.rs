@@ -275,3 +275,44 @@ async fn one_replica_is_elected_and_another_takes_over_when_it_dies() {
     let second = one_leader(&ms).await;
     assert_ne!(first, second);
 }
+
+/// Concurrent read barriers share count-only Ranges (one per round, not one per read), and
+/// every one of them still sees a write another replica committed before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_read_barriers_share_ranges_and_stay_linearizable() {
+    let cluster = EtcdCluster::start(1).await;
+    let writer = std::sync::Arc::new(open(&cluster, "/t-barrier").await);
+    let reader = std::sync::Arc::new(open(&cluster, "/t-barrier").await);
+    let mut reads = 0u64;
+    for round in 0..5 {
+        let key = format!("s/ns/b{round}");
+        let rev = {
+            let (w, k) = (writer.clone(), key.clone());
+            tokio::task::spawn_blocking(move || put(&w, &k, "v", 0))
+                .await
+                .expect("join")
+                .expect("put")
+        };
+        // 64 reads begun after the write was acknowledged: each sees it.
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (r, k) = (reader.clone(), key.clone());
+            tasks.spawn(async move {
+                r.read_barrier().await.expect("barrier");
+                r.get(k.as_bytes(), None)
+                    .expect("get")
+                    .map(|v| v.mod_revision)
+            });
+        }
+        while let Some(seen) = tasks.join_next().await {
+            assert_eq!(seen.expect("join"), Some(rev), "a read missed {key}");
+            reads += 1;
+        }
+    }
+    let ranges = reader.barrier_ranges();
+    assert!(ranges >= 5, "each round asks etcd at least once: {ranges}");
+    assert!(
+        ranges < reads / 2,
+        "{reads} concurrent barriers sent {ranges} Ranges: they are not shared"
+    );
+}
