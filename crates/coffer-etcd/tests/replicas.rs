@@ -175,6 +175,76 @@ async fn a_precondition_race_has_exactly_one_winner() {
     assert!(base.metadata.resource_version > 0);
 }
 
+/// One replica's own writes run concurrently (no lock across etcd's round trip), and the
+/// compares still keep them exact: among concurrent conditional updates of one Secret exactly
+/// one wins, concurrent unconditional updates are all applied (each a version of its own), and
+/// concurrent creates of one name have one winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replicas_concurrent_writes_stay_exact() {
+    let cluster = EtcdCluster::start(1).await;
+    let r = replicas(&cluster, "/coffer", 1).await;
+    let store = r.stores[0].clone();
+    let base = store.create(secret("hot", "0")).await.expect("create");
+    let conditional = (0..16).map(|i| {
+        let mut mine = base.duplicate();
+        mine.data
+            .insert("k".into(), format!("c{i}").as_str().into());
+        let s = store.clone();
+        tokio::spawn(async move { s.update(mine).await })
+    });
+    let mut wins = 0;
+    for res in futures::future::join_all(conditional).await {
+        match res.expect("join") {
+            Ok(_) => wins += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(wins, 1, "conditional updates from one base");
+
+    let before = store
+        .get("ns", "hot")
+        .await
+        .expect("get")
+        .metadata
+        .resource_version;
+    let unconditional = (0..16).map(|i| {
+        let mut mine = secret("hot", &format!("u{i}"));
+        mine.metadata.resource_version = 0;
+        let s = store.clone();
+        tokio::spawn(async move { s.update(mine).await })
+    });
+    let mut revisions = Vec::new();
+    for res in futures::future::join_all(unconditional).await {
+        revisions.push(
+            res.expect("join")
+                .expect("unconditional update")
+                .metadata
+                .resource_version,
+        );
+    }
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 16, "each update its own revision");
+    assert!(revisions[0] > before);
+    let last = store.get("ns", "hot").await.expect("get");
+    assert_eq!(last.metadata.resource_version, revisions[15]);
+
+    let creates = (0..16).map(|_| {
+        let s = store.clone();
+        tokio::spawn(async move { s.create(secret("new-once", "x")).await })
+    });
+    let mut created = 0;
+    for res in futures::future::join_all(creates).await {
+        match res.expect("join") {
+            Ok(_) => created += 1,
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(created, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_writes_on_every_replica_share_one_seed_and_etcd_sees_no_plaintext() {
     let cluster = EtcdCluster::start(3).await;

@@ -1,7 +1,8 @@
 //! The engine: validate -> seal -> write with a revision -> publish a change event.
 //!
 //! Every mutation runs its read-check-write under one sequencing lock, so preconditions and the
-//! store-wide revision are exact, then waits for durability *outside* the lock so that concurrent
+//! store-wide revision are exact (on a keyspace shared with other replicas, the storage's
+//! compares do that instead: see `Store::sequence`), then waits for durability *outside* the lock so that concurrent
 //! writers share syncs (group commit). Change events are published in revision order, only once
 //! the write they describe is durable.
 //!
@@ -429,7 +430,7 @@ impl Store {
         let seed = self.seeds.for_write().await;
         self.mvcc.read_barrier().await?;
         let lsn = {
-            let _seq = self.sequencer.lock().await;
+            let _seq = self.sequence().await;
             if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     namespace: secret.metadata.namespace,
@@ -491,7 +492,7 @@ impl Store {
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let lsn = {
-            let _seq = self.sequencer.lock().await;
+            let _seq = self.sequence().await;
             let (old, old_version, door_value) =
                 self.read_locked(&key)
                     .await?
@@ -577,7 +578,7 @@ impl Store {
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let (lsn, last) = {
-            let _seq = self.sequencer.lock().await;
+            let _seq = self.sequence().await;
             let (old, old_version, _) =
                 self.read_locked(&key)
                     .await?
@@ -957,6 +958,19 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Takes the sequencing lock for a Secret write's read-check-write, except on a shared
+    /// keyspace without quotas: there the storage's compare is the precondition, the storage
+    /// gives out the revision and the feed publishes the event, so nothing needs this
+    /// replica's writes one at a time, and holding a lock across the storage's round trip
+    /// would cap a replica at one write per round trip. (With quotas the namespace counter
+    /// would make concurrent writes of one replica race each other: they keep the lock.)
+    async fn sequence(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.shared && !self.quota_state().enabled() {
+            return None;
+        }
+        Some(self.sequencer.lock().await)
     }
 
     fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
