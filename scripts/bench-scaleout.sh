@@ -5,7 +5,9 @@
 #   etcd1   1 Coffer replica over a 1-member etcd (--storage etcd://),
 #   etcd3   3 Coffer replicas over a 3-member etcd, the connections spread over the replicas,
 # then reads/s (Get, served from each replica's watch-fed cache after its read barrier) for 1, 2
-# and 3 replicas over the same 3-member etcd. Everything runs on this one machine (client,
+# and 3 replicas over the same 3-member etcd, and etcd's own figures with the same client
+# (coffer-load --target etcd: Put and Range of 1 KiB plaintext values, on the first member) as
+# the baseline of what etcd gives the replicas. Everything runs on this one machine (client,
 # replicas and etcd members share its cores and disk): the figures are ratios within one run, not
 # a cluster's capacity; README "Scale-out" models the separate-machines case from them.
 #
@@ -16,7 +18,8 @@
 # ("16 64"), CONNECTIONS (6: divisible by 1, 2 and 3 replicas), OUT (target/bench-scaleout),
 # BASE_PORT (25000: the ports BASE_PORT.. BASE_PORT+40 are used).
 #
-# Needs etcd (Debian etcd-server; apt-get'd when missing, which needs root).
+# Needs etcd (Debian etcd-server) and protoc for coffer-load's etcd client (protobuf-compiler);
+# apt-get'd when missing, which needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +30,13 @@ CONNECTIONS=${CONNECTIONS:-6}
 OUT=${OUT:-target/bench-scaleout}
 BASE_PORT=${BASE_PORT:-25000}
 
-if ! command -v etcd >/dev/null 2>&1; then
-  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
-cargo build --release -p coffer -p coffer-load
+cargo build --release -p coffer -p coffer-load --features coffer-load/etcd
 BIN=target/release
 ulimit -n 65536 2>/dev/null || true
 
@@ -84,12 +90,12 @@ replica() {
   wait_port "$port"
 }
 
-# load RUN SERVERS CALLERS OPS: one coffer-load unary run, its JSON kept.
+# load RUN SERVERS CALLERS OPS [TARGET]: one coffer-load unary run, its JSON kept.
 status=0
 load() {
-  local run=$1 servers=$2 c=$3 ops=$4
+  local run=$1 servers=$2 c=$3 ops=$4 target=${5:-coffer}
   echo "== $run, $c callers over $CONNECTIONS connections: $ops"
-  "$BIN/coffer-load" unary --server "$servers" --namespace "$run-c$c" \
+  "$BIN/coffer-load" unary --target "$target" --server "$servers" --namespace "$run-c$c" \
     --concurrency "$c" --connections "$CONNECTIONS" --value-size 1024 \
     --duration "$DURATION" --phase-warmup "$WARMUP" --ops "$ops" --json \
     >"$OUT/results/$run-c$c.json" || { echo "$run c=$c had errors"; status=1; }
@@ -114,7 +120,10 @@ KEK=$OUT/sled1/kek.key
 # --- etcd1: one replica over one etcd member -------------------------------------------------------
 etcd_cluster e1 1 $((P + 100))
 replica etcd1 $((P + 1)) --storage "etcd://127.0.0.1:$((P + 101))/coffer" --kek-file "$KEK"
-for c in $CALLERS; do load etcd1 "127.0.0.1:$((P + 1))" "$c" create,get,update; done
+for c in $CALLERS; do
+  load etcd1 "127.0.0.1:$((P + 1))" "$c" create,get,update
+  load raw1 "127.0.0.1:$((P + 101))" "$c" create,get,update etcd
+done
 stop_all
 
 # --- etcd3: three replicas over a 3-member etcd ----------------------------------------------------
@@ -125,7 +134,10 @@ for i in 1 2 3; do
   replica "etcd3-r$i" $((P + 1 + i)) --storage "$url" --kek-file "$KEK"
   servers+="${servers:+,}127.0.0.1:$((P + 1 + i))"
 done
-for c in $CALLERS; do load etcd3 "$servers" "$c" create,get,update; done
+for c in $CALLERS; do
+  load etcd3 "$servers" "$c" create,get,update
+  load raw3 "127.0.0.1:$((P + 201))" "$c" create,get,update etcd
+done
 # Reads from cache per replica count, over the same cluster (the other replicas idle).
 for n in 1 2 3; do
   list=$(echo "$servers" | cut -d, -f1-"$n")
@@ -144,7 +156,9 @@ def phases(run, c):
         return {}
     return {ph["op"]: ph for ph in json.load(open(p))["phases"]}
 rows = [("sled1", "1 replica, sled"), ("etcd1", "1 replica, 1-member etcd"),
-        ("etcd3", "3 replicas, 3-member etcd")]
+        ("etcd3", "3 replicas, 3-member etcd"),
+        ("raw1", "etcd alone, 1 member (no Coffer)"),
+        ("raw3", "etcd alone, 3 members (no Coffer)")]
 print("| setup | callers | create/s | get/s | update/s | create p99 ms | get p99 ms | vs sled create / get / update |")
 print("|---|---|---|---|---|---|---|---|")
 for c in callers:
