@@ -112,7 +112,7 @@ impl EtcdMvcc {
             leader,
             campaign,
             backend: Arc::new(EtcdBackend::new(client.clone())),
-            rounds: Rounds::new(client.clone()),
+            rounds: Rounds::new(client.clone(), cache.clone()),
             client,
             root,
             cache,
@@ -121,10 +121,16 @@ impl EtcdMvcc {
         })
     }
 
-    /// The count-only Ranges read barriers have sent so far: concurrent barriers share one
-    /// (see `barrier`), so this grows slower than the number of reads under load.
-    pub fn barrier_ranges(&self) -> u64 {
-        self.rounds.sent()
+    /// The rounds of read barriers run so far, one count-only Range each: concurrent barriers
+    /// share a round (see `barrier`), so this grows slower than the number of reads under load.
+    pub fn barrier_rounds(&self) -> u64 {
+        self.rounds.rounds()
+    }
+
+    /// The quiet checks read barriers ran so far: proofs from etcd that nothing under the
+    /// prefix changed while etcd's newest revisions were other keys'.
+    pub fn barrier_quiet_checks(&self) -> u64 {
+        self.rounds.quiet_checks()
     }
 
     /// The etcd client (for the election and tools).
@@ -558,19 +564,7 @@ impl Mvcc for EtcdMvcc {
     }
 
     async fn read_barrier(&self) -> Result<(), StorageError> {
-        let target = self.rounds.current().await?;
-        let all = format!("{}/", self.client.prefix()).into_bytes();
-        let quiet = |from: u64, to: u64| {
-            let (c, all) = (self.client.clone(), all.clone());
-            async move {
-                self.client
-                    .run(async move { unchanged_between(&c, &all, from, to).await })
-                    .await
-            }
-        };
-        self.cache
-            .wait_for(target, self.client.timeout(), quiet)
-            .await
+        self.rounds.barrier().await
     }
 
     fn take_feed(&self) -> Option<mpsc::UnboundedReceiver<Change>> {
@@ -825,43 +819,6 @@ async fn collect_changes(
             }
         }
     }
-}
-
-/// Whether no key under `all` changed in `(from, to]`: no key there has a `mod_revision` in
-/// it at `to`, and every key that existed at `from` still has its version of then.
-async fn unchanged_between(
-    client: &EtcdClient,
-    all: &[u8],
-    from: u64,
-    to: u64,
-) -> Result<bool, StorageError> {
-    let count = |revision: u64, min_mod: u64, max_mod: u64| {
-        let (key, end) = (all.to_vec(), prefix_end(all));
-        async move {
-            client
-                .read(move |mut kv| {
-                    let req = pb::RangeRequest {
-                        key: key.clone(),
-                        range_end: end.clone(),
-                        revision: revision as i64,
-                        count_only: true,
-                        min_mod_revision: min_mod as i64,
-                        max_mod_revision: max_mod as i64,
-                        ..Default::default()
-                    };
-                    async move { kv.range(req).await }
-                })
-                .await
-                .map(|r| r.count)
-        }
-    };
-    let written = count(to, from + 1, 0).await?;
-    if written > 0 {
-        return Ok(false);
-    }
-    let before = count(from, 0, 0).await?;
-    let kept = count(to, 0, from).await?;
-    Ok(before == kept)
 }
 
 /// Follows the keyspace under `root` into `cache` for as long as the store lives: one etcd

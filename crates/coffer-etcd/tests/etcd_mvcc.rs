@@ -309,10 +309,62 @@ async fn concurrent_read_barriers_share_ranges_and_stay_linearizable() {
             reads += 1;
         }
     }
-    let ranges = reader.barrier_ranges();
+    let ranges = reader.barrier_rounds();
     assert!(ranges >= 5, "each round asks etcd at least once: {ranges}");
     assert!(
         ranges < reads / 2,
         "{reads} concurrent barriers sent {ranges} Ranges: they are not shared"
+    );
+}
+
+/// With no progress notifications (etcd's default interval is 10 minutes), a read barrier
+/// still returns when etcd's newest revisions are someone else's keys: the quiet check proves
+/// nothing under the prefix changed and moves the cache on; and it does not when something
+/// under the prefix did change (the cache then waits for that event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_barrier_after_foreign_writes_needs_no_progress_notification() {
+    let cluster = EtcdCluster::start_without_progress_notify(1).await;
+    let m = std::sync::Arc::new(open(&cluster, "/t-quiet").await);
+    let mut foreign = cluster.clients(0);
+    let mut foreign_put = async |key: &str| {
+        foreign
+            .kv
+            .put(coffer_testkit::etcd::pb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"y".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("foreign put")
+            .into_inner()
+            .header
+            .expect("header")
+            .revision as u64
+    };
+    let r = {
+        let m = m.clone();
+        tokio::task::spawn_blocking(move || put(&m, "s/ns/x", "v", 0))
+            .await
+            .expect("join")
+            .expect("put")
+    };
+    for round in 0..3 {
+        let mut newest = 0;
+        for i in 0..20 {
+            newest = foreign_put(&format!("/elsewhere/{round}/{i}")).await;
+        }
+        let checks = m.barrier_quiet_checks();
+        m.read_barrier()
+            .await
+            .expect("barrier after foreign writes, without progress notifications");
+        assert!(m.revision() >= newest, "round {round}");
+        assert!(
+            m.barrier_quiet_checks() > checks,
+            "proved quiet, round {round}"
+        );
+    }
+    assert_eq!(
+        m.get(b"s/ns/x", None).expect("get").map(|v| v.mod_revision),
+        Some(r)
     );
 }

@@ -138,6 +138,9 @@ pub struct EtcdCluster {
     /// Client TLS (CA, the members' certificate and key): clients must present a certificate
     /// signed by the CA.
     tls: Option<[PathBuf; 3]>,
+    /// Whether members send a progress notification to idle watchers every second (else
+    /// etcd's default, every 10 minutes: a test then relies on none).
+    progress_notify: bool,
 }
 
 struct Member {
@@ -150,17 +153,24 @@ struct Member {
 impl EtcdCluster {
     /// Starts `n` members and waits until the cluster answers a linearizable read.
     pub async fn start(n: usize) -> Self {
-        Self::start_inner(n, None).await
+        Self::start_inner(n, None, true).await
+    }
+
+    /// As [`EtcdCluster::start`], with etcd's default progress notifications (every 10
+    /// minutes), as a cluster run without `--experimental-watch-progress-notify-interval` has:
+    /// nothing but events moves a watcher's revision within a test.
+    pub async fn start_without_progress_notify(n: usize) -> Self {
+        Self::start_inner(n, None, false).await
     }
 
     /// Starts `n` members serving clients over TLS only (`https://`), with client-certificate
     /// authentication against `ca` (PEM files), and waits until their client ports accept
     /// connections (a test's own TLS client then proves the cluster answers).
     pub async fn start_tls(n: usize, ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
-        Self::start_inner(n, Some([ca, cert, key])).await
+        Self::start_inner(n, Some([ca, cert, key]), true).await
     }
 
-    async fn start_inner(n: usize, tls: Option<[PathBuf; 3]>) -> Self {
+    async fn start_inner(n: usize, tls: Option<[PathBuf; 3]>, progress_notify: bool) -> Self {
         require("etcd");
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<Member> = (0..n)
@@ -181,6 +191,7 @@ impl EtcdCluster {
             initial_cluster,
             dir,
             tls,
+            progress_notify,
         };
         for i in 0..n {
             me.spawn(i);
@@ -220,7 +231,10 @@ impl EtcdCluster {
             // Short elections: a killed leader is replaced within a second or so.
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500")
-            .arg("--experimental-watch-progress-notify-interval=1s")
+            .args(
+                self.progress_notify
+                    .then_some("--experimental-watch-progress-notify-interval=1s"),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
