@@ -11,6 +11,8 @@
 //! - [`backend`]: [`EtcdBackend`], the unversioned keys (wrapped seeds) under `PREFIX/u/`.
 //! - [`mvcc`]: [`EtcdMvcc`], the versioned keys under `PREFIX/v/`: commits as one etcd Txn with
 //!   compares, reads at a revision as etcd Range, history and changes as etcd watches.
+//! - `lease`: the etcd door's leases as etcd's own (grant, revoke, keep-alive, time-to-live,
+//!   list), shared by every replica.
 //! - `election`: one replica, elected through an etcd lease, runs the work only one should
 //!   (history compaction by retention, the bootstrap-token cleaner).
 //! - [`cache`]: the watch-fed copy of the current keys that reads at the latest revision are
@@ -26,6 +28,7 @@ pub mod backend;
 mod cache;
 pub mod client;
 mod election;
+mod lease;
 pub mod mvcc;
 pub mod proto;
 pub mod url;
