@@ -3,6 +3,9 @@
 //! kept alive through either). etcd keeps the TTLs and deletes the attached keys when a lease
 //! is revoked or expires; the deletions reach every replica through its watch, and the door's
 //! watchers see them as delete events. The ids are etcd's, unchanged.
+//!
+//! A replica's own leases (its election lease) are marked by a key `PREFIX/u/lease/<id>`
+//! attached to them: the door does not list them, and refuses to revoke them (as unknown).
 
 use std::future::Future;
 
@@ -18,6 +21,11 @@ use crate::proto::etcdserverpb as pb;
 const ERR_NOT_FOUND: &str = "requested lease not found";
 const ERR_EXISTS: &str = "lease already exists";
 
+/// The key marking a lease as a replica's own.
+pub(crate) fn own_lease_key(prefix: &str, id: i64) -> Vec<u8> {
+    format!("{prefix}/u/lease/{id:016x}").into_bytes()
+}
+
 /// etcd's leases, seen through the versioned keys under `root` (`PREFIX/v/`).
 #[derive(Debug)]
 pub(crate) struct EtcdLeases {
@@ -28,6 +36,30 @@ pub(crate) struct EtcdLeases {
 impl EtcdLeases {
     pub(crate) fn new(client: EtcdClient, root: Vec<u8>) -> Self {
         Self { client, root }
+    }
+
+    /// The ids of the replicas' own leases.
+    async fn own(&self) -> Result<std::collections::BTreeSet<i64>, StorageError> {
+        let start = format!("{}/u/lease/", self.client.prefix()).into_bytes();
+        let end = crate::backend::prefix_end(&start);
+        let c = self.client.clone();
+        let resp = self
+            .client
+            .run(async move {
+                c.read(move |mut kv| {
+                    let req = pb::RangeRequest {
+                        key: start.clone(),
+                        range_end: end.clone(),
+                        keys_only: true,
+                        ..Default::default()
+                    };
+                    async move { kv.range(req).await }
+                })
+                .await
+            })
+            .await
+            .map_err(StorageError::from)?;
+        Ok(resp.kvs.into_iter().map(|kv| kv.lease).collect())
     }
 
     /// Runs one lease call on the client's runtime, within the call deadline.
@@ -89,6 +121,9 @@ impl LeaseService for EtcdLeases {
     }
 
     async fn revoke(&self, id: i64) -> Result<Option<Revision>, StorageError> {
+        if self.own().await?.contains(&id) {
+            return Ok(None);
+        }
         let mut lease = self.client.lease_client();
         let answer = self
             .call("lease revoke", async move {
@@ -169,7 +204,13 @@ impl LeaseService for EtcdLeases {
             .await?;
         match answer {
             Ok(r) => {
-                let mut ids: Vec<i64> = r.leases.into_iter().map(|l| l.id).collect();
+                let own = self.own().await?;
+                let mut ids: Vec<i64> = r
+                    .leases
+                    .into_iter()
+                    .map(|l| l.id)
+                    .filter(|id| !own.contains(id))
+                    .collect();
                 ids.sort_unstable();
                 Ok(ids)
             }

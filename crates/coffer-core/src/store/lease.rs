@@ -145,11 +145,17 @@ impl Store {
                 info
             }));
         };
-        Ok(shared.time_to_live(id, keys).await?.map(|l| LeaseInfo {
-            id,
-            remaining: l.remaining,
-            granted: l.granted,
-            keys: l.keys.iter().filter_map(|k| self.door_key_of(k)).collect(),
+        Ok(shared.time_to_live(id, keys).await?.map(|l| {
+            let mut keys: Vec<Vec<u8>> =
+                l.keys.iter().filter_map(|k| self.door_key_of(k)).collect();
+            // In order, as the lease table gives them (etcd's own order is its map's).
+            keys.sort_unstable();
+            LeaseInfo {
+                id,
+                remaining: l.remaining,
+                granted: l.granted,
+                keys,
+            }
         }))
     }
 
