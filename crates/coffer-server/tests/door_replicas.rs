@@ -21,7 +21,7 @@ use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request as Op;
 use tokio_stream::wrappers::ReceiverStream;
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(15);
 
 async fn replica(etcd: &EtcdCluster, kek: &Path) -> TestServer {
     let store = etcd_store(etcd, "/coffer", kek, StoreConfig::default()).await;
@@ -141,7 +141,7 @@ impl DoorWatch {
         while out.len() < n {
             let r = tokio::time::timeout(WAIT, self.stream.message())
                 .await
-                .expect("events in time")
+                .unwrap_or_else(|_| panic!("events in time; so far {out:?}"))
                 .expect("stream ok")
                 .expect("stream open");
             assert!(!r.canceled, "{r:?}");

@@ -651,19 +651,6 @@ impl RawWriter<'_> {
         }
     }
 
-    /// Whether the reads so far were all at one revision (on a shared keyspace the storage's
-    /// copy may move while a transaction reads it): a read-only transaction whose reads were
-    /// not is a lost race too.
-    pub fn reads_were_consistent(&self) -> bool {
-        match &self.reads {
-            Some(reads) => {
-                let reads = reads.lock().unwrap_or_else(|p| p.into_inner());
-                self.store.mvcc.revision() == reads.at
-            }
-            None => true,
-        }
-    }
-
     /// Seals and commits `writes` (each key at most once) with the unversioned `meta` rows, at
     /// the next revision when anything is written; waits for durability after releasing the
     /// lock. Returns the revision the writes got (the current one when `writes` is empty), and
@@ -736,7 +723,26 @@ impl Store {
     ) -> Result<(Revision, Vec<Option<Version>>), StoreError> {
         if writes.is_empty() && meta.is_empty() {
             drop(seq);
-            return Ok((reads.at.max(self.revision()), Vec::new()));
+            let at = reads.at.max(self.revision());
+            if !reads.keys.is_empty() || !reads.guards.is_empty() {
+                // Read-only: the local copy may have moved between the reads; the storage
+                // checks that everything read is still as read (a compare-only transaction,
+                // which writes nothing and takes no revision).
+                let conditions = reads
+                    .keys
+                    .into_iter()
+                    .map(|(key, mod_revision)| Condition { key, mod_revision })
+                    .collect();
+                self.mvcc.commit_guarded(
+                    Txn {
+                        conditions,
+                        writes: Vec::new(),
+                        meta: Vec::new(),
+                    },
+                    &reads.guards,
+                )?;
+            }
+            return Ok((at, Vec::new()));
         }
         let committed = {
             let _seq = seq;
