@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use coffer_core::kms::LocalKek;
 use coffer_core::store::StoreConfig;
+use coffer_core::store::quota::{QuotaLimits, Quotas};
 use coffer_server::proto::etcd::etcdserverpb as pb;
 use coffer_server::proto::etcd::mvccpb;
 use coffer_testkit::etcd::{Clients, EtcdCluster, etcd_store};
@@ -24,7 +25,11 @@ use tokio_stream::wrappers::ReceiverStream;
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn replica(etcd: &EtcdCluster, kek: &Path) -> TestServer {
-    let store = etcd_store(etcd, "/coffer", kek, StoreConfig::default()).await;
+    replica_with(etcd, kek, StoreConfig::default()).await
+}
+
+async fn replica_with(etcd: &EtcdCluster, kek: &Path, config: StoreConfig) -> TestServer {
+    let store = etcd_store(etcd, "/coffer", kek, config).await;
     TestServer::builder().store(store).etcd().start().await
 }
 
@@ -281,8 +286,17 @@ async fn a_secret_through_one_door_is_read_through_the_other_replicas_secret_ser
     let kek_dir = tempfile::tempdir().expect("tempdir");
     let kek = kek_dir.path().join("kek.key");
     LocalKek::create_new(&kek).expect("kek");
-    let a = replica(&etcd, &kek).await;
-    let b = replica(&etcd, &kek).await;
+    // At most 2 Secrets per namespace, on both replicas: the door's writes keep the shared
+    // counter (never refused: the API server admitted them).
+    let quotas = || StoreConfig {
+        quotas: Quotas::unlimited().with_default(QuotaLimits {
+            count: Some(2),
+            bytes: None,
+        }),
+        ..StoreConfig::default()
+    };
+    let a = replica_with(&etcd, &kek, quotas()).await;
+    let b = replica_with(&etcd, &kek, quotas()).await;
     let (mut da, mut ca, mut cb) = (a.etcd().await, a.client().await, b.client().await);
     // The Kubernetes bytes of a Secret, as the door shows one the Secret service wrote.
     create(&mut ca, secret("ns", "model", &[("password", "s3cr3t-Zq")]))
@@ -316,6 +330,28 @@ async fn a_secret_through_one_door_is_read_through_the_other_replicas_secret_ser
     );
     let dump = etcd.etcdctl_get_prefix("/coffer");
     assert!(!contains(&dump, b"s3cr3t-Zq"));
+
+    // The door's delete and create counted: one Secret, so one more fits on B, then none.
+    create(&mut cb, secret("ns", "second", &[("k", "v")]))
+        .await
+        .expect("the second Secret fits");
+    let refused = create(&mut cb, secret("ns", "third", &[("k", "v")]))
+        .await
+        .expect_err("over the quota");
+    assert!(refused.message().contains("quota"), "{refused:?}");
+    // Through the door the API server's writes are not refused, and still counted.
+    let third = guarded_put(&mut da, b"/registry/secrets/ns/model", 0, &value).await;
+    assert!(!third.succeeded, "model exists");
+    da.kv
+        .delete_range(pb::DeleteRangeRequest {
+            key: b"/registry/secrets/ns/second".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete through the door");
+    create(&mut ca, secret("ns", "third", &[("k", "v")]))
+        .await
+        .expect("room again after the door's delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
