@@ -11,7 +11,7 @@ use std::time::Duration;
 use coffer_core::kms::LocalKek;
 use coffer_server::proto::v1::secrets_client::SecretsClient;
 use coffer_testkit::etcd::EtcdCluster;
-use coffer_testkit::process::{Proc, Serve, coffer_bin, run};
+use coffer_testkit::process::{Proc, Serve, coffer_bin, free_addr, run};
 use coffer_testkit::server::{create, get, rv, secret, unix_channel};
 
 fn replica(dir: &Path, url: &str, kek: &Path, tcp: std::net::SocketAddr) -> Proc {
@@ -20,12 +20,6 @@ fn replica(dir: &Path, url: &str, kek: &Path, tcp: std::net::SocketAddr) -> Proc
         .listen_tcp(tcp)
         .args(&["--storage", url, "--kek-file", &kek.display().to_string()])
         .start()
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +158,7 @@ async fn two_replicas_serve_the_etcd_door_on_etcd_storage() {
     let kek = tmp.path().join("kek.key");
     LocalKek::create_new(&kek).expect("kek");
     let kek_s = kek.display().to_string();
-    let doors: Vec<String> = (0..2).map(|_| free_addr().to_string()).collect();
+    let doors: Vec<std::net::SocketAddr> = (0..2).map(|_| free_addr()).collect();
     let _procs: Vec<Proc> = doors
         .iter()
         .enumerate()
@@ -172,27 +166,12 @@ async fn two_replicas_serve_the_etcd_door_on_etcd_storage() {
             let dir = tmp.path().join(format!("r{i}"));
             std::fs::create_dir_all(&dir).expect("dir");
             Serve::new(&dir)
-                .args(&[
-                    "--storage",
-                    &url,
-                    "--kek-file",
-                    &kek_s,
-                    "--etcd-listen",
-                    door,
-                ])
+                .args(&["--storage", &url, "--kek-file", &kek_s])
+                .etcd_listen(*door)
                 .start()
         })
         .collect();
-    for door in &doors {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(door).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the door did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    let doors: Vec<String> = doors.iter().map(ToString::to_string).collect();
     let (a, b) = (doors[0].as_str(), doors[1].as_str());
     let under = etcd.addr(0).to_string();
 

@@ -934,7 +934,8 @@ impl pb::kv_server::Kv for Door {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let (call, r) = self.admit(request, "etcd.Compact")?;
         let result = async {
-            let current = self.store.revision();
+            // On a shared keyspace: a revision another replica just gave out is not future.
+            let current = self.store.raw_barrier().await.map_err(se)?;
             let rev = r.revision;
             if rev > current as i64 {
                 return Err(EtcdError::FutureRev.status());
