@@ -404,6 +404,26 @@ async fn leases_are_shared_by_the_replicas_doors() {
             .collect();
         assert_eq!(ids, vec![4242]);
     }
+    // The replicas' own leases (their election) are etcd's too, but not the door's to revoke.
+    let own: Vec<i64> = etcd
+        .clients(0)
+        .lease
+        .lease_leases(pb::LeaseLeasesRequest {})
+        .await
+        .expect("etcd's leases")
+        .into_inner()
+        .leases
+        .iter()
+        .map(|l| l.id)
+        .filter(|id| *id != 4242)
+        .collect();
+    assert_eq!(own.len(), 2, "one election lease per replica: {own:?}");
+    let refused = da
+        .lease
+        .lease_revoke(pb::LeaseRevokeRequest { id: own[0] })
+        .await
+        .expect_err("a replica's own lease");
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
     // Kept alive through either.
     for c in [&mut da, &mut db] {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
