@@ -724,10 +724,11 @@ impl Store {
         if writes.is_empty() && meta.is_empty() {
             drop(seq);
             let at = reads.at.max(self.revision());
-            if !reads.keys.is_empty() || !reads.guards.is_empty() {
+            if reads.keys.len() > 1 || !reads.guards.is_empty() {
                 // Read-only: the local copy may have moved between the reads; the storage
                 // checks that everything read is still as read (a compare-only transaction,
-                // which writes nothing and takes no revision).
+                // which writes nothing and takes no revision). One key read (kube-apiserver's
+                // compare and failure-branch get of one key) is a snapshot by itself.
                 let conditions = reads
                     .keys
                     .into_iter()
