@@ -499,3 +499,34 @@ async fn leases_are_shared_by_the_replicas_doors() {
         .expect_err("expired lease");
     assert!(e.message().contains("requested lease not found"), "{e:?}");
 }
+
+/// A put whose lease etcd no longer has when the write reaches it (expired or revoked by
+/// another replica after the door checked it) is refused as etcd refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_gone_before_the_commit_is_lease_not_found() {
+    use coffer_core::store::StoreError;
+    use coffer_core::store::lease::LeaseError;
+    use coffer_core::store::raw::RawWrite;
+    let etcd = EtcdCluster::start(1).await;
+    let kek_dir = tempfile::tempdir().expect("tempdir");
+    let kek = kek_dir.path().join("kek.key");
+    LocalKek::create_new(&kek).expect("kek");
+    let store = etcd_store(&etcd, "/coffer", &kek, StoreConfig::default()).await;
+    store.raw_barrier().await.expect("barrier");
+    let writer = store.raw_writer().await;
+    let e = writer
+        .commit(
+            vec![RawWrite::Put {
+                key: b"/gone".to_vec(),
+                value: zeroize::Zeroizing::new(b"v".to_vec()),
+                lease: 987_654,
+            }],
+            Vec::new(),
+        )
+        .await
+        .expect_err("no such lease in etcd");
+    assert!(
+        matches!(e, StoreError::Lease(LeaseError::NotFound)),
+        "{e:?}"
+    );
+}

@@ -792,14 +792,17 @@ impl Store {
                 });
             }
             let n = writes.len() - counters.len();
-            let mut committed = self.mvcc.commit_guarded(
-                Txn {
-                    conditions,
-                    writes,
-                    meta,
-                },
-                &reads.guards,
-            )?;
+            let mut committed = self
+                .mvcc
+                .commit_guarded(
+                    Txn {
+                        conditions,
+                        writes,
+                        meta,
+                    },
+                    &reads.guards,
+                )
+                .map_err(lease_gone)?;
             committed.prev.truncate(n);
             let mut quota = self.quota_state();
             for (namespace, (usage, _)) in counters {
@@ -1015,6 +1018,20 @@ impl Store {
         }
     }
 }
+
+/// A put's lease that expired (or was revoked by another replica) after the door checked it:
+/// the storage refuses the transaction as etcd does, and the door answers as etcd would.
+fn lease_gone(e: StorageError) -> StoreError {
+    match e {
+        StorageError::Invalid(m) if m.contains(LEASE_NOT_FOUND) => {
+            StoreError::Lease(super::lease::LeaseError::NotFound)
+        }
+        other => other.into(),
+    }
+}
+
+/// etcd's message for a put with a lease it does not have.
+const LEASE_NOT_FOUND: &str = "requested lease not found";
 
 fn no_seed() -> StoreError {
     StoreError::Unavailable("no seed for a put".into())
