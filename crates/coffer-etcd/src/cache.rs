@@ -113,12 +113,15 @@ impl Cache {
                 }
             }
         }
+        // The newest event is known before anyone hears of the changes: whoever publishes a
+        // change read from the feed may read the changes up to it at once (`Mvcc::changes`
+        // follows a watch up to the newest event seen; the etcd door's feed does so).
+        self.last_event
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
         for c in changes {
             // Nobody subscribed (a tool opening the store): the changes have no audience.
             let _ = self.feed.send(c);
         }
-        self.last_event
-            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
         self.advance(last);
     }
 

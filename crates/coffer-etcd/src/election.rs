@@ -62,6 +62,19 @@ async fn hold(
     .map_err(|s| EtcdError::Unavailable(format!("lease grant: {}", s.message())))?
     .into_inner();
     let lease_id = granted.id;
+    // Marks the lease as this replica's own (it goes with the lease): the etcd door lists and
+    // revokes only its clients' leases (see `crate::lease`).
+    let own = crate::lease::own_lease_key(client.prefix(), lease_id);
+    client
+        .write(move |mut kv| {
+            let req = pb::PutRequest {
+                key: own.clone(),
+                lease: lease_id,
+                ..Default::default()
+            };
+            async move { kv.put(req).await }
+        })
+        .await?;
     let (tx, rx) = mpsc::channel(1);
     // The first keep-alive goes before the call: etcd answers the stream's headers with its
     // first response.

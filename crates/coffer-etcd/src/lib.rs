@@ -11,6 +11,8 @@
 //! - [`backend`]: [`EtcdBackend`], the unversioned keys (wrapped seeds) under `PREFIX/u/`.
 //! - [`mvcc`]: [`EtcdMvcc`], the versioned keys under `PREFIX/v/`: commits as one etcd Txn with
 //!   compares, reads at a revision as etcd Range, history and changes as etcd watches.
+//! - `lease`: the etcd door's leases as etcd's own (grant, revoke, keep-alive, time-to-live,
+//!   list), shared by every replica.
 //! - `election`: one replica, elected through an etcd lease, runs the work only one should
 //!   (history compaction by retention, the bootstrap-token cleaner).
 //! - `barrier`: etcd's current revision for read barriers, one Range per round shared by every
@@ -29,6 +31,7 @@ mod barrier;
 mod cache;
 pub mod client;
 mod election;
+mod lease;
 pub mod mvcc;
 pub mod proto;
 pub mod url;

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use coffer_core::storage::mvcc::{
-    Change, Committed, HistoryStats, Mvcc, Revision, StoredValue, Txn, Version, VersionKind, Write,
+    Change, Committed, HistoryStats, LeaseService, Mvcc, RangeGuard, Revision, StoredValue, Txn,
+    Version, VersionKind, Write,
 };
 use coffer_core::storage::{Backend, Lsn, Op, StorageError};
 use tokio::sync::mpsc;
@@ -56,6 +57,8 @@ pub struct EtcdMvcc {
     /// Whether this replica holds the office of compaction and cleaning (see `election`).
     leader: tokio::sync::watch::Receiver<bool>,
     campaign: tokio::task::JoinHandle<()>,
+    /// The door's leases: etcd's own (see [`crate::lease`]).
+    leases: crate::lease::EtcdLeases,
 }
 
 impl std::fmt::Debug for EtcdMvcc {
@@ -109,6 +112,7 @@ impl EtcdMvcc {
             leader_tx,
         ));
         Ok(Self {
+            leases: crate::lease::EtcdLeases::new(client.clone(), root.clone()),
             leader,
             campaign,
             backend: Arc::new(EtcdBackend::new(client.clone())),
@@ -174,6 +178,23 @@ impl EtcdMvcc {
             .into_iter()
             .map(|kv| version_of(kv, strip, 0))
             .collect()
+    }
+
+    /// A range guard as an etcd compare: every key in the range has `mod_revision <
+    /// not_after + 1` (an empty range holds, as etcd compares a missing key as zeros).
+    fn guard_compare(&self, g: &RangeGuard) -> pb::Compare {
+        pb::Compare {
+            result: pb::compare::CompareResult::Less as i32,
+            target: pb::compare::CompareTarget::Mod as i32,
+            key: self.full(&g.start),
+            range_end: match &g.end {
+                Some(end) => self.full(end),
+                None => prefix_end(&self.root),
+            },
+            target_union: Some(pb::compare::TargetUnion::ModRevision(
+                i64::try_from(g.not_after).unwrap_or(i64::MAX - 1) + 1,
+            )),
+        }
     }
 
     /// etcd's refusal of a read at `at`, as the storage error the engine maps.
@@ -318,8 +339,12 @@ impl Mvcc for EtcdMvcc {
     }
 
     fn commit(&self, txn: Txn) -> Result<Committed, StorageError> {
+        self.commit_guarded(txn, &[])
+    }
+
+    fn commit_guarded(&self, txn: Txn, guards: &[RangeGuard]) -> Result<Committed, StorageError> {
         let written = unix_ms();
-        let compare: Vec<pb::Compare> = txn
+        let mut compare: Vec<pb::Compare> = txn
             .conditions
             .iter()
             .map(|c| {
@@ -345,6 +370,7 @@ impl Mvcc for EtcdMvcc {
                 }
             })
             .collect();
+        compare.extend(guards.iter().map(|g| self.guard_compare(g)));
         let mut success: Vec<pb::RequestOp> = Vec::with_capacity(txn.writes.len());
         for w in &txn.writes {
             success.push(match w {
@@ -573,6 +599,10 @@ impl Mvcc for EtcdMvcc {
 
     fn is_leader(&self) -> bool {
         *self.leader.borrow()
+    }
+
+    fn leases(&self) -> Option<&dyn LeaseService> {
+        Some(&self.leases)
     }
 }
 

@@ -366,5 +366,57 @@ async fn a_barrier_after_foreign_writes_needs_no_progress_notification() {
     assert_eq!(
         m.get(b"s/ns/x", None).expect("get").map(|v| v.mod_revision),
         Some(r)
+
+/// The etcd door's seam (issue 16 item 6): a range guard holds while no key in its range was
+/// written after its revision, and fails the whole commit otherwise (a key added to the range,
+/// or one in it changed); the keys outside the range do not matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_guard_fails_the_commit_when_its_range_was_written_since() {
+    use coffer_core::storage::mvcc::RangeGuard;
+    let cluster = EtcdCluster::start(1).await;
+    let m = open(&cluster, "/tg").await;
+    put(&m, "e/r/a", "1", 0).expect("a");
+    m.read_barrier().await.expect("barrier");
+    let read_at = m.revision();
+    let guard = |start: &str, end: &str| RangeGuard {
+        start: start.as_bytes().to_vec(),
+        end: Some(end.as_bytes().to_vec()),
+        not_after: read_at,
+    };
+    let marker = |value: &str| Txn {
+        conditions: Vec::new(),
+        writes: vec![Write::Put {
+            key: b"e/marker".to_vec(),
+            value: value.as_bytes().to_vec(),
+            lease: 0,
+        }],
+        meta: Vec::new(),
+    };
+    m.commit_guarded(marker("unchanged"), &[guard("e/r/", "e/r0")])
+        .expect("nothing written in the range since");
+    // A key added to the range after the read: the guard fails, nothing is written.
+    put(&m, "e/r/b", "2", 0).expect("b");
+    let before = m.revision();
+    assert!(matches!(
+        m.commit_guarded(marker("stale"), &[guard("e/r/", "e/r0")]),
+        Err(StorageError::ConditionFailed { .. })
+    ));
+    m.read_barrier().await.expect("barrier");
+    assert_eq!(value(&m, "e/marker", None).as_deref(), Some("unchanged"));
+    assert_eq!(m.revision(), before, "a failed guard writes nothing");
+    // A guard on another range still holds (and `None` ends at the versioned keys' end).
+    m.commit_guarded(marker("other"), &[guard("e/s/", "e/s0")])
+        .expect("another range");
+    let open_ended = RangeGuard {
+        start: b"e/r/b".to_vec(),
+        end: None,
+        not_after: read_at,
+    };
+    assert!(
+        matches!(
+            m.commit_guarded(marker("open"), &[open_ended]),
+            Err(StorageError::ConditionFailed { .. })
+        ),
+        "e/r/b was written after the read, and is in [e/r/b, end)"
     );
 }

@@ -360,6 +360,7 @@ pub struct Serve {
     kms: Option<PathBuf>,
     tcp: bool,
     tcp_at: Option<SocketAddr>,
+    etcd_at: Option<SocketAddr>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: String,
@@ -373,6 +374,7 @@ impl Serve {
             kms: None,
             tcp: false,
             tcp_at: None,
+            etcd_at: None,
             args: Vec::new(),
             env: Vec::new(),
             log: "coffer.log".into(),
@@ -395,6 +397,13 @@ impl Serve {
     /// it too: the unix socket accepts as soon as it is bound, before the listeners after it.
     pub fn listen_tcp(mut self, addr: SocketAddr) -> Self {
         self.tcp_at = Some(addr);
+        self
+    }
+
+    /// Serves the etcd door at `addr` (`--etcd-listen`; a port from [`free_addr`]), and
+    /// [`Serve::start`] waits until it accepts connections.
+    pub fn etcd_listen(mut self, addr: SocketAddr) -> Self {
+        self.etcd_at = Some(addr);
         self
     }
 
@@ -459,6 +468,9 @@ impl Serve {
             args.extend(["--kms".to_owned(), format!("unix://{}", kms.display())]);
         }
         args.extend(["--token-cleaner-interval".to_owned(), "0".to_owned()]);
+        if let Some(addr) = self.etcd_at {
+            args.extend(["--etcd-listen".to_owned(), addr.to_string()]);
+        }
         args.extend(self.args.iter().cloned());
         let env: Vec<(&str, &str)> = self
             .env
@@ -466,11 +478,18 @@ impl Serve {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let mut proc = Proc::spawn(&program, &args, &env, &socket, &self.dir.join(&self.log));
-        if let Some(addr) = self.tcp_at {
+        for addr in [self.tcp_at, self.etcd_at].into_iter().flatten() {
             proc.wait_until("coffer serve", &format!("listening on {addr}"), || {
                 std::net::TcpStream::connect(addr).is_ok()
             });
         }
         proc
     }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child to bind).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
 }

@@ -4,12 +4,10 @@
 //! progress, leases, compaction and its errors, endpoint status/health/hashkv, member list,
 //! alarms, defrag; and `check perf` at its smallest load.
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use coffer_testkit::etcd::require;
-use coffer_testkit::process::{Proc, Run, Serve, run_with};
+use coffer_testkit::process::{Proc, Run, Serve, free_addr, run_with};
 
 struct Door {
     _proc: Proc,
@@ -22,18 +20,9 @@ impl Door {
     fn start() -> Self {
         let etcdctl = require("etcdctl");
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let addr = free_addr();
         let endpoint = addr.to_string();
-        let proc = Serve::new(dir.path())
-            .args(&["--etcd-listen", &endpoint])
-            .start();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "the door did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let proc = Serve::new(dir.path()).etcd_listen(addr).start();
         Self {
             _proc: proc,
             endpoint,

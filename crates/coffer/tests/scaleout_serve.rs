@@ -11,7 +11,7 @@ use std::time::Duration;
 use coffer_core::kms::LocalKek;
 use coffer_server::proto::v1::secrets_client::SecretsClient;
 use coffer_testkit::etcd::EtcdCluster;
-use coffer_testkit::process::{Proc, Serve, coffer_bin, run};
+use coffer_testkit::process::{Proc, Serve, coffer_bin, free_addr, run};
 use coffer_testkit::server::{create, get, rv, secret, unix_channel};
 
 fn replica(dir: &Path, url: &str, kek: &Path, tcp: std::net::SocketAddr) -> Proc {
@@ -20,12 +20,6 @@ fn replica(dir: &Path, url: &str, kek: &Path, tcp: std::net::SocketAddr) -> Proc
         .listen_tcp(tcp)
         .args(&["--storage", url, "--kek-file", &kek.display().to_string()])
         .start()
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,4 +126,89 @@ async fn replicas_as_processes_survive_a_sigkill_and_clients_fail_over() {
             assert_eq!(rv(&got), *want, "{name} on {}", dir.display());
         }
     }
+}
+
+/// `etcdctl` against `addr` (a door, or an etcd member).
+fn etcdctl(addr: &str, args: &[&str]) -> coffer_testkit::process::Run {
+    let mut all = vec!["--endpoints", addr];
+    all.extend_from_slice(args);
+    coffer_testkit::process::run_with(
+        &coffer_testkit::etcd::require("etcdctl"),
+        &all,
+        &[("ETCDCTL_API", "3")],
+        None,
+        None,
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).expect("etcdctl -w json")
+}
+
+/// The etcd door on etcd storage as real processes (issue 16 item 6): two `coffer serve
+/// --storage etcd://... --etcd-listen ADDR` replicas, driven by `etcdctl`: a put through one
+/// door is read through the other at the revision the etcd underneath gave the key, a lease
+/// granted through one holds a key put through the other until it is revoked, and `etcdctl
+/// get --prefix` on the etcd underneath shows no value in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_the_etcd_door_on_etcd_storage() {
+    let etcd = EtcdCluster::start(1).await;
+    let url = etcd.storage_url("/coffer");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kek = tmp.path().join("kek.key");
+    LocalKek::create_new(&kek).expect("kek");
+    let kek_s = kek.display().to_string();
+    let doors: Vec<std::net::SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let _procs: Vec<Proc> = doors
+        .iter()
+        .enumerate()
+        .map(|(i, door)| {
+            let dir = tmp.path().join(format!("r{i}"));
+            std::fs::create_dir_all(&dir).expect("dir");
+            Serve::new(&dir)
+                .args(&["--storage", &url, "--kek-file", &kek_s])
+                .etcd_listen(*door)
+                .start()
+        })
+        .collect();
+    let doors: Vec<String> = doors.iter().map(ToString::to_string).collect();
+    let (a, b) = (doors[0].as_str(), doors[1].as_str());
+    let under = etcd.addr(0).to_string();
+
+    let put = json(etcdctl(a, &["put", "/app/config", "canary-7d1e", "-w", "json"]).ok());
+    let rev = put["header"]["revision"].as_i64().expect("revision");
+    assert_eq!(
+        etcdctl(b, &["get", "/app/config"]).ok(),
+        "/app/config\ncanary-7d1e\n"
+    );
+    let on_b = json(etcdctl(b, &["get", "/app/config", "-w", "json"]).ok());
+    assert_eq!(on_b["kvs"][0]["mod_revision"].as_i64(), Some(rev));
+    let underneath = json(etcdctl(&under, &["get", "/coffer/v/e//app/config", "-w", "json"]).ok());
+    assert_eq!(
+        underneath["kvs"][0]["mod_revision"].as_i64(),
+        Some(rev),
+        "the door's revision is the etcd underneath's"
+    );
+
+    // A lease granted through B holds a key put through A, until revoked through A.
+    let granted = etcdctl(b, &["lease", "grant", "60"]).ok().to_owned();
+    let id = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted with TTL(60s)")
+        .to_owned();
+    etcdctl(a, &["put", "/app/leased", "v", "--lease", &id]).ok();
+    let ttl = etcdctl(b, &["lease", "timetolive", &id, "--keys"])
+        .ok()
+        .to_owned();
+    assert!(ttl.contains("/app/leased"), "{ttl}");
+    etcdctl(a, &["lease", "keep-alive", "--once", &id]).ok();
+    etcdctl(a, &["lease", "revoke", &id]).ok();
+    assert_eq!(etcdctl(b, &["get", "/app/leased"]).ok(), "");
+
+    let dump = etcd.etcdctl_get_prefix("/coffer");
+    assert!(
+        !dump.windows(11).any(|w| w == b"canary-7d1e"),
+        "etcdctl get --prefix on the etcd underneath shows the value"
+    );
 }

@@ -10,7 +10,6 @@
 //! tests for the same rules byte by byte).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use coffer_server::proto::etcd::etcdserverpb as pb;
 use coffer_testkit::etcd::Clients;
-use coffer_testkit::process::{Proc, Run, Serve, coffer_bin, run_with};
+use coffer_testkit::process::{Proc, Run, Serve, coffer_bin, free_addr, run_with};
 
 const CMP_EQUAL: i32 = 0;
 const CMP_MOD: i32 = 2;
@@ -130,18 +129,11 @@ struct Both {
 impl Both {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let addr = free_addr();
         let proc = Serve::new(dir.path())
-            .args(&["--etcd-listen", &addr.to_string()])
+            .etcd_listen(addr)
             .log_file("serve.log")
             .start();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "the door did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -6,6 +6,10 @@
 //! by every door write after that. Granting, revoking and refreshing take the store's
 //! sequencing lock, like the writes that attach keys, so a put never attaches a key to a lease
 //! being revoked. Revoking (or expiring) deletes every attached key in one revision.
+//!
+//! On a storage with leases of its own ([`crate::storage::mvcc::Mvcc::leases`]: etcd), every call here goes to them
+//! instead: the leases are shared by every replica, the storage expires them and deletes their
+//! keys (the deletions come back through the feed), and the lease table stays empty.
 
 use std::collections::BTreeSet;
 
@@ -39,6 +43,12 @@ impl Store {
             return Err(LeaseError::TtlTooLarge.into());
         }
         let ttl = ttl.max(MIN_LEASE_TTL);
+        if let Some(shared) = self.mvcc.leases() {
+            return shared
+                .grant(id, ttl)
+                .await?
+                .ok_or_else(|| LeaseError::Exists.into());
+        }
         let writer = self.raw_writer().await;
         let id = if id == 0 {
             loop {
@@ -72,6 +82,12 @@ impl Store {
 
     /// Revokes a lease: deletes its keys (one revision) and the lease. Returns the revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<Revision, StoreError> {
+        if let Some(shared) = self.mvcc.leases() {
+            return shared
+                .revoke(id)
+                .await?
+                .ok_or_else(|| LeaseError::NotFound.into());
+        }
         let writer = self.raw_writer().await;
         let keys = match self.leases.lock().get(&id) {
             Some(l) => l.keys.iter().cloned().collect::<Vec<_>>(),
@@ -94,6 +110,9 @@ impl Store {
 
     /// Refreshes a lease to its full TTL; `None` when it does not exist.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<Option<i64>, StoreError> {
+        if let Some(shared) = self.mvcc.leases() {
+            return Ok(shared.keep_alive(id).await?);
+        }
         let writer = self.raw_writer().await;
         let ttl = match self.leases.lock().get_mut(&id) {
             Some(l) => {
@@ -111,7 +130,52 @@ impl Store {
         Ok(Some(ttl.0))
     }
 
-    /// A lease's remaining time and keys; `None` when it does not exist.
+    /// A lease's remaining time and (with `keys`) its keys, from wherever the leases are kept
+    /// (the storage's own leases, or the lease table); `None` when it does not exist.
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<LeaseInfo>, StoreError> {
+        let Some(shared) = self.mvcc.leases() else {
+            return Ok(self.lease_info(id).map(|mut info| {
+                if !keys {
+                    info.keys.clear();
+                }
+                info
+            }));
+        };
+        Ok(shared.time_to_live(id, keys).await?.map(|l| {
+            let mut keys: Vec<Vec<u8>> =
+                l.keys.iter().filter_map(|k| self.door_key_of(k)).collect();
+            // In order, as the lease table gives them (etcd's own order is its map's).
+            keys.sort_unstable();
+            LeaseInfo {
+                id,
+                remaining: l.remaining,
+                granted: l.granted,
+                keys,
+            }
+        }))
+    }
+
+    /// Every lease id, from wherever the leases are kept.
+    pub async fn lease_list(&self) -> Result<Vec<i64>, StoreError> {
+        match self.mvcc.leases() {
+            Some(shared) => Ok(shared.list().await?),
+            None => Ok(self.lease_ids()),
+        }
+    }
+
+    /// Whether a lease exists, from wherever the leases are kept.
+    pub async fn lease_check(&self, id: i64) -> Result<bool, StoreError> {
+        match self.mvcc.leases() {
+            Some(shared) => Ok(shared.time_to_live(id, false).await?.is_some()),
+            None => Ok(self.lease_exists(id)),
+        }
+    }
+
+    /// A lease's remaining time and keys in the lease table; `None` when it does not exist.
     pub fn lease_info(&self, id: i64) -> Option<LeaseInfo> {
         let map = self.leases.lock();
         let l = map.get(&id)?;

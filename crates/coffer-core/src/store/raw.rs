@@ -10,22 +10,51 @@
 //! value). Writes take the store's sequencing lock through a [`RawWriter`], so that a door
 //! transaction's compares, reads and writes are one step and share the revision with the
 //! Secret service's writes; leases ([`super::lease`]) are checked and kept under the same lock.
+//!
+//! On a shared keyspace (several replicas over etcd) the lock orders this process's writers
+//! only. There a [`RawWriter`] records what the transaction read: each key's `mod_revision`
+//! (0: absent) and, for ranges, a [`RangeGuard`] at the revision read; the commit makes them
+//! conditions of the storage's own transaction, so that it applies only if nothing it read has
+//! changed meanwhile. A lost race ([`lost_race`]) wrote nothing: the caller evaluates again.
 
 use zeroize::Zeroizing;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{ChangeEvent, EventKind, Pending, SECRET_PREFIX, Store, StoreError};
+use super::quota::QuotaUsage;
+use super::{
+    ChangeEvent, EventKind, Pending, QUOTA_PREFIX, SECRET_PREFIX, Store, StoreError, decode_usage,
+    encode_usage, scan_usage_prefix,
+};
 use crate::crypto;
 use crate::model::validation::{validate_name, validate_namespace};
 use crate::model::{Secret, codec, k8s};
-use crate::storage::Op;
-use crate::storage::mvcc::{Change, Revision, Txn, Version, Write};
+use crate::storage::mvcc::{Change, Condition, RangeGuard, Revision, Txn, Version, Write};
+use crate::storage::{Op, StorageError};
 
 pub use super::RAW_PREFIX;
 /// Keys read from the keyspace per round of a range scan.
 const CHUNK: usize = 256;
+
+/// Whether `e` is a door transaction that lost a race with another replica on a shared
+/// keyspace (something it read changed before it committed): nothing was written, and the
+/// transaction may be evaluated again.
+pub fn lost_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Storage(StorageError::ConditionFailed { .. }))
+}
+
+/// The smallest key after every key starting with `prefix` (for a guard's end).
+fn after_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
 
 /// One key's version, as the door shows it (the value decrypted, wiped on drop).
 #[derive(Clone)]
@@ -341,12 +370,35 @@ impl Store {
         self.mvcc.backend().size_on_disk()
     }
 
-    /// Takes the store's sequencing lock for one door transaction.
+    /// Takes the store's sequencing lock for one door transaction. On a shared keyspace the
+    /// writer records what the transaction reads (see the module docs); call
+    /// [`Store::raw_barrier`] first so that it reads every write acknowledged before.
     pub async fn raw_writer(&self) -> RawWriter<'_> {
+        let seq = self.sequencer.lock().await;
+        let reads = self.shared.then(|| {
+            std::sync::Mutex::new(Reads {
+                at: self.mvcc.revision(),
+                keys: std::collections::BTreeMap::new(),
+                guards: Vec::new(),
+            })
+        });
         RawWriter {
             store: self,
-            _seq: self.sequencer.lock().await,
+            _seq: seq,
+            reads,
         }
+    }
+
+    /// Makes the door's next reads reflect every write acknowledged (to anyone) before the
+    /// call (the storage's read barrier: a no-op with one writer); returns the revision they
+    /// will read at.
+    pub async fn raw_barrier(&self) -> Result<Revision, StoreError> {
+        self.mvcc.read_barrier().await?;
+        Ok(if self.shared {
+            self.mvcc.revision().max(self.revision())
+        } else {
+            self.mvcc.revision()
+        })
     }
 
     /// Waits until everything applied is durable (before showing what was read).
@@ -451,6 +503,18 @@ impl Source {
 pub struct RawWriter<'a> {
     store: &'a Store,
     _seq: tokio::sync::MutexGuard<'a, ()>,
+    /// On a shared keyspace: what the transaction read, for the commit's conditions.
+    reads: Option<std::sync::Mutex<Reads>>,
+}
+
+/// What a door transaction read on a shared keyspace.
+struct Reads {
+    /// The revision the reads are at (the storage's when the writer was taken).
+    at: Revision,
+    /// Backend key -> the `mod_revision` read (0: absent).
+    keys: std::collections::BTreeMap<Vec<u8>, Revision>,
+    /// The ranges read.
+    guards: Vec<RangeGuard>,
 }
 
 impl std::fmt::Debug for RawWriter<'_> {
@@ -473,6 +537,8 @@ struct SecretWrite {
     before: Option<Secret>,
     /// The record length replaced (for the namespace's usage).
     old_len: Option<u64>,
+    /// The `mod_revision` of the version replaced (0: none).
+    old_revision: Revision,
     /// What it shows after (`None`: deleted, or a value it cannot show).
     after: Option<Secret>,
     /// The new record's length (`None`: a delete).
@@ -485,9 +551,104 @@ impl RawWriter<'_> {
         self.store
     }
 
+    /// Whether the keyspace is shared (the revision a write gets is the storage's).
+    pub fn is_shared(&self) -> bool {
+        self.reads.is_some()
+    }
+
+    /// The revision the transaction reads at (a write gets a later one).
+    pub fn revision(&self) -> Revision {
+        match &self.reads {
+            Some(reads) => reads.lock().unwrap_or_else(|p| p.into_inner()).at,
+            None => self.store.revision(),
+        }
+    }
+
     /// The current version of a door key, undecrypted.
     pub fn current(&self, key: &[u8]) -> Result<Option<Version>, StoreError> {
-        self.store.raw_version(key, None)
+        let v = self.store.raw_version(key, None)?;
+        self.saw(key, v.as_ref());
+        Ok(v)
+    }
+
+    /// Scans the current door keys in `range` (as [`Store::raw_scan`] at the latest revision),
+    /// recording the range as read.
+    pub async fn scan(
+        &self,
+        range: &KeyRange,
+        mut visit: impl FnMut(Version) -> bool,
+    ) -> Result<(), StoreError> {
+        if self.reads.is_none() {
+            return self.store.raw_scan(range, None, visit).await;
+        }
+        if let KeyRange::Single(k) = range {
+            if let Some(v) = self.current(k)? {
+                visit(v);
+            }
+            return Ok(());
+        }
+        self.guard(range);
+        let mut seen = Vec::new();
+        let result = self
+            .store
+            .raw_scan(range, None, |v| {
+                seen.push((v.key.clone(), v.mod_revision));
+                visit(v)
+            })
+            .await;
+        if let Some(reads) = &self.reads {
+            let mut reads = reads.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, rev) in seen {
+                reads.keys.insert(self.store.door_backend_key(&key), rev);
+            }
+        }
+        result
+    }
+
+    /// Records a key read (on a shared keyspace).
+    fn saw(&self, key: &[u8], v: Option<&Version>) {
+        if let Some(reads) = &self.reads {
+            let mut reads = reads.lock().unwrap_or_else(|p| p.into_inner());
+            reads.keys.insert(
+                self.store.door_backend_key(key),
+                v.map_or(0, |v| v.mod_revision),
+            );
+        }
+    }
+
+    /// Records a range read (on a shared keyspace): guards on the backend keys it covers (the
+    /// door's own keys from the range's start; all the Secrets when it reaches them).
+    fn guard(&self, range: &KeyRange) {
+        let Some(reads) = &self.reads else { return };
+        let mut reads = reads.lock().unwrap_or_else(|p| p.into_inner());
+        let at = reads.at;
+        let start = backend_key(range.start());
+        let end = match range {
+            KeyRange::Between(_, e) => backend_key(e),
+            _ => after_prefix(RAW_PREFIX),
+        };
+        reads.guards.push(RangeGuard {
+            start,
+            end: Some(end),
+            not_after: at,
+        });
+        let secrets = self.store.door_secrets.as_slice();
+        let reaches = match range {
+            KeyRange::Between(s, e) => {
+                e.as_slice() > secrets && s.as_slice() < after_prefix(secrets).as_slice()
+            }
+            KeyRange::From(s) => {
+                s.as_slice() < after_prefix(secrets).as_slice() || secrets.is_empty()
+            }
+            KeyRange::Single(_) => false,
+        };
+        if reaches {
+            reads.guards.push(RangeGuard {
+                start: SECRET_PREFIX.as_bytes().to_vec(),
+                end: Some(after_prefix(SECRET_PREFIX.as_bytes())),
+                not_after: at,
+            });
+        }
     }
 
     /// Seals and commits `writes` (each key at most once) with the unversioned `meta` rows, at
@@ -501,6 +662,10 @@ impl RawWriter<'_> {
         meta: Vec<Op>,
     ) -> Result<(Revision, Vec<Option<Version>>), StoreError> {
         let store = self.store;
+        if let Some(reads) = self.reads {
+            let reads = reads.into_inner().unwrap_or_else(|p| p.into_inner());
+            return store.commit_shared(self._seq, reads, writes, meta).await;
+        }
         let (revision, prev, lsn) = {
             let _seq = self._seq;
             let revision = store.mvcc.revision() + 1;
@@ -544,7 +709,143 @@ impl RawWriter<'_> {
     }
 }
 
+impl Store {
+    /// A door transaction's commit on a shared keyspace: one storage transaction whose
+    /// conditions are everything the door read (and the namespaces' quota counters it
+    /// updates); the revision is the storage's. The Secret service's events come back through
+    /// the feed, as every replica's writes do.
+    async fn commit_shared(
+        &self,
+        seq: tokio::sync::MutexGuard<'_, ()>,
+        reads: Reads,
+        writes: Vec<RawWrite>,
+        meta: Vec<Op>,
+    ) -> Result<(Revision, Vec<Option<Version>>), StoreError> {
+        if writes.is_empty() && meta.is_empty() {
+            drop(seq);
+            let at = reads.at.max(self.revision());
+            if reads.keys.len() > 1 || !reads.guards.is_empty() {
+                // Read-only: the local copy may have moved between the reads; the storage
+                // checks that everything read is still as read (a compare-only transaction,
+                // which writes nothing and takes no revision). One key read (kube-apiserver's
+                // compare and failure-branch get of one key) is a snapshot by itself.
+                let conditions = reads
+                    .keys
+                    .into_iter()
+                    .map(|(key, mod_revision)| Condition { key, mod_revision })
+                    .collect();
+                self.mvcc.commit_guarded(
+                    Txn {
+                        conditions,
+                        writes: Vec::new(),
+                        meta: Vec::new(),
+                    },
+                    &reads.guards,
+                )?;
+            }
+            return Ok((at, Vec::new()));
+        }
+        let committed = {
+            let _seq = seq;
+            // A prediction (sealed into a Secret's record; reads take the version's own).
+            let revision = self.mvcc.revision() + 1;
+            let seed = if writes.iter().any(|w| matches!(w, RawWrite::Put { .. })) {
+                Some(self.seeds.for_write().await?)
+            } else {
+                None
+            };
+            let mut prepared = Vec::with_capacity(writes.len());
+            for w in writes {
+                prepared.push(self.prepare(w, revision, seed.as_ref()).await?);
+            }
+            let mut keys = reads.keys;
+            let mut counters: std::collections::BTreeMap<String, (QuotaUsage, Revision)> =
+                std::collections::BTreeMap::new();
+            let quotas = self.quota_state().enabled();
+            for p in &prepared {
+                if let Some(s) = &p.secret {
+                    keys.entry(p.write.key().to_vec()).or_insert(s.old_revision);
+                    if quotas {
+                        let counted = match counters.remove(&s.namespace) {
+                            Some(c) => c,
+                            None => self.read_counter(&s.namespace)?,
+                        };
+                        counters.insert(s.namespace.clone(), (s.count(counted.0), counted.1));
+                    }
+                }
+            }
+            let mut conditions: Vec<Condition> = keys
+                .into_iter()
+                .map(|(key, mod_revision)| Condition { key, mod_revision })
+                .collect();
+            let mut writes: Vec<Write> = prepared.into_iter().map(|p| p.write).collect();
+            for (namespace, (usage, rev)) in &counters {
+                let key = format!("{QUOTA_PREFIX}{namespace}").into_bytes();
+                conditions.push(Condition {
+                    key: key.clone(),
+                    mod_revision: *rev,
+                });
+                writes.push(Write::Put {
+                    key,
+                    value: encode_usage(*usage),
+                    lease: 0,
+                });
+            }
+            let n = writes.len() - counters.len();
+            let mut committed = self
+                .mvcc
+                .commit_guarded(
+                    Txn {
+                        conditions,
+                        writes,
+                        meta,
+                    },
+                    &reads.guards,
+                )
+                .map_err(lease_gone)?;
+            committed.prev.truncate(n);
+            let mut quota = self.quota_state();
+            for (namespace, (usage, _)) in counters {
+                quota.set(&namespace, usage);
+            }
+            committed
+        };
+        self.finish_write(committed.lsn).await?;
+        Ok((committed.revision, committed.prev))
+    }
+
+    /// A namespace's usage counter on a shared keyspace and its `mod_revision` (0: none yet,
+    /// counted from the namespace's records).
+    fn read_counter(&self, namespace: &str) -> Result<(QuotaUsage, Revision), StoreError> {
+        let ckey = format!("{QUOTA_PREFIX}{namespace}");
+        match self.mvcc.get(ckey.as_bytes(), None)? {
+            Some(v) => Ok((decode_usage(&v.value, &ckey)?, v.mod_revision)),
+            None => Ok((
+                scan_usage_prefix(
+                    self.mvcc.as_ref(),
+                    format!("{SECRET_PREFIX}{namespace}/").as_bytes(),
+                )?,
+                0,
+            )),
+        }
+    }
+}
+
 impl SecretWrite {
+    /// The namespace's usage after this write (never refused: the API server admitted it).
+    fn count(&self, usage: QuotaUsage) -> QuotaUsage {
+        let mut usage = usage;
+        if self.old_len.is_some() {
+            usage.count = usage.count.saturating_sub(1);
+            usage.bytes = usage.bytes.saturating_sub(self.old_len.unwrap_or(0));
+        }
+        if let Some(len) = self.new_len {
+            usage.count = usage.count.saturating_add(1);
+            usage.bytes = usage.bytes.saturating_add(len);
+        }
+        usage
+    }
+
     /// The change the Secret service's watchers see (none when it showed nothing before and
     /// shows nothing after).
     fn event(self, revision: Revision) -> Option<Arc<ChangeEvent>> {
@@ -606,6 +907,7 @@ impl Store {
             None => None,
         };
         let old_len = old.as_ref().map(|v| v.value.len() as u64);
+        let old_revision = old.as_ref().map_or(0, |v| v.mod_revision);
         let (write, after, new_len) = match w {
             RawWrite::Put { value, lease, .. } => {
                 let (seed_id, seed) = seed.ok_or_else(no_seed)?;
@@ -645,6 +947,7 @@ impl Store {
                 namespace,
                 before,
                 old_len,
+                old_revision,
                 after,
                 new_len,
             }),
@@ -715,6 +1018,20 @@ impl Store {
         }
     }
 }
+
+/// A put's lease that expired (or was revoked by another replica) after the door checked it:
+/// the storage refuses the transaction as etcd does, and the door answers as etcd would.
+fn lease_gone(e: StorageError) -> StoreError {
+    match e {
+        StorageError::Invalid(m) if m.contains(LEASE_NOT_FOUND) => {
+            StoreError::Lease(super::lease::LeaseError::NotFound)
+        }
+        other => other.into(),
+    }
+}
+
+/// etcd's message for a put with a lease it does not have.
+const LEASE_NOT_FOUND: &str = "requested lease not found";
 
 fn no_seed() -> StoreError {
     StoreError::Unavailable("no seed for a put".into())

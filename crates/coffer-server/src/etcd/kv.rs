@@ -17,7 +17,7 @@ use crate::proto::etcd::etcdserverpb as pb;
 use crate::proto::etcd::mvccpb;
 use crate::server::status::{EtcdError, etcd_store_error};
 use coffer_core::storage::mvcc::{Revision, Version};
-use coffer_core::store::raw::{KeyRange, RawKv, RawWrite, RawWriter};
+use coffer_core::store::raw::{KeyRange, RawKv, RawWrite, RawWriter, lost_race};
 use coffer_core::store::{Store, StoreError};
 
 /// etcd's `RangeRequest.SortOrder` and `SortTarget` values.
@@ -212,7 +212,8 @@ impl Door {
     async fn read_range(&self, r: &pb::RangeRequest) -> Result<(RangeResult, Revision), Status> {
         let store = &self.store;
         let range = KeyRange::from_etcd(&r.key, &r.range_end);
-        let current = store.revision();
+        // On a shared keyspace: after every write acknowledged before (linearizable, as etcd).
+        let current = store.raw_barrier().await.map_err(se)?;
         let at = match r.revision {
             rev if rev <= 0 => None,
             rev => Some(rev as u64),
@@ -386,8 +387,7 @@ impl TxnRun<'_, '_> {
         let cap = self.door.options.max_response_bytes;
         let mut too_large = false;
         self.writer
-            .store()
-            .raw_scan(range, None, |v| {
+            .scan(range, |v| {
                 bytes += v.key.len() + v.value.len();
                 if bytes > cap {
                     too_large = true;
@@ -600,7 +600,7 @@ impl TxnRun<'_, '_> {
         } else {
             p.lease
         };
-        if lease != 0 && !self.writer.store().lease_exists(lease) {
+        if lease != 0 && !self.writer.store().lease_check(lease).await.map_err(se)? {
             return Err(EtcdError::LeaseNotFound.status());
         }
         // The old value is opened only when it is returned or kept.
@@ -708,6 +708,47 @@ fn compare_one(c: &pb::Compare, n: i64, value: &[u8]) -> bool {
     }
 }
 
+/// How many times a transaction is evaluated on a shared keyspace while other replicas keep
+/// changing what it reads.
+const SHARED_TRIES: usize = 16;
+
+/// Replaces the predicted revision `from` of a transaction's own writes by the one the storage
+/// gave them, in a response (and the responses of nested transactions).
+fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision) {
+    use pb::response_op::Response;
+    let (from_rev, to_rev) = (from, to);
+    let (from, to) = (from as i64, to as i64);
+    let header = |h: &mut Option<pb::ResponseHeader>| {
+        if let Some(h) = h
+            && h.revision == from
+        {
+            h.revision = to;
+        }
+    };
+    match &mut r.response {
+        Some(Response::ResponseRange(rr)) => {
+            header(&mut rr.header);
+            for kv in &mut rr.kvs {
+                if kv.mod_revision == from {
+                    kv.mod_revision = to;
+                }
+                if kv.create_revision == from {
+                    kv.create_revision = to;
+                }
+            }
+        }
+        Some(Response::ResponsePut(p)) => header(&mut p.header),
+        Some(Response::ResponseDeleteRange(d)) => header(&mut d.header),
+        Some(Response::ResponseTxn(t)) => {
+            header(&mut t.header);
+            for r in &mut t.responses {
+                renumber(r, from_rev, to_rev);
+            }
+        }
+        None => {}
+    }
+}
+
 impl Door {
     /// Runs `ops` as one transaction (compares first when given); returns whether the compares
     /// held, the responses, and the revision of the transaction.
@@ -717,8 +758,28 @@ impl Door {
         success: &[pb::RequestOp],
         failure: &[pb::RequestOp],
     ) -> Result<(bool, Vec<pb::ResponseOp>, Revision), Status> {
+        for _ in 0..SHARED_TRIES {
+            if let Some(done) = self.transact_once(compares, success, failure).await? {
+                return Ok(done);
+            }
+        }
+        Err(Status::unavailable(format!(
+            "etcdserver: the transaction's keys changed on every one of {SHARED_TRIES} tries \
+             (other replicas write them); retry"
+        )))
+    }
+
+    /// One evaluation of a transaction; `None` when, on a shared keyspace, something it read
+    /// changed before it committed (nothing was written: evaluate again).
+    async fn transact_once(
+        &self,
+        compares: &[pb::Compare],
+        success: &[pb::RequestOp],
+        failure: &[pb::RequestOp],
+    ) -> Result<Option<(bool, Vec<pb::ResponseOp>, Revision)>, Status> {
+        self.store.raw_barrier().await.map_err(se)?;
         let writer = self.store.raw_writer().await;
-        let next = self.store.revision() + 1;
+        let next = writer.revision() + 1;
         let mut run = TxnRun {
             writer: &writer,
             door: self,
@@ -732,16 +793,28 @@ impl Door {
         run.decisions = decisions.into_iter();
         let succeeded = run.decisions.next().unwrap_or(false);
         let branch = if succeeded { success } else { failure };
-        let responses = run.execute(branch).await?;
+        let mut responses = run.execute(branch).await?;
         let writes = run.into_writes();
         let wrote = !writes.is_empty();
-        let (revision, _) = writer.commit(writes, Vec::new()).await.map_err(se)?;
+        let shared = writer.is_shared();
+        let revision = match writer.commit(writes, Vec::new()).await {
+            Ok((revision, _)) => revision,
+            Err(e) if lost_race(&e) => return Ok(None),
+            Err(e) => return Err(se(e)),
+        };
         if wrote && revision != next {
-            return Err(Status::internal(format!(
-                "transaction committed at revision {revision}, expected {next}"
-            )));
+            if !shared {
+                return Err(Status::internal(format!(
+                    "transaction committed at revision {revision}, expected {next}"
+                )));
+            }
+            // The storage chose the revision (other replicas write too): what the responses
+            // said of the transaction's own writes names it.
+            for r in &mut responses {
+                renumber(r, next, revision);
+            }
         }
-        Ok((succeeded, responses, revision))
+        Ok(Some((succeeded, responses, revision)))
     }
 }
 
@@ -861,7 +934,8 @@ impl pb::kv_server::Kv for Door {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let (call, r) = self.admit(request, "etcd.Compact")?;
         let result = async {
-            let current = self.store.revision();
+            // On a shared keyspace: a revision another replica just gave out is not future.
+            let current = self.store.raw_barrier().await.map_err(se)?;
             let rev = r.revision;
             if rev > current as i64 {
                 return Err(EtcdError::FutureRev.status());

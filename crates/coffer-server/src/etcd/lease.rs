@@ -1,5 +1,6 @@
 //! Lease: Grant, Revoke, KeepAlive, TimeToLive, Leases; and the task that revokes expired
-//! leases (deleting their keys, with delete events, in one revision each).
+//! leases (deleting their keys, with delete events, in one revision each). On etcd storage the
+//! leases are etcd's own (shared by every replica, expired by etcd: the task finds none).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,25 +125,33 @@ impl pb::lease_server::Lease for Door {
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let (call, r) = self.admit(request, "etcd.LeaseTimeToLive")?;
-        let header = Some(self.header(self.store.revision()));
-        // An unknown lease: TTL -1, as etcd answers.
-        let response = match self.store.lease_info(r.id) {
-            Some(info) => pb::LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: info.remaining,
-                granted_ttl: info.granted,
-                keys: if r.keys { info.keys } else { Vec::new() },
-            },
-            None => pb::LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: -1,
-                granted_ttl: 0,
-                keys: Vec::new(),
-            },
-        };
-        self.finish(&call, Ok(response), |r| {
+        let result = async {
+            let info = self
+                .store
+                .lease_time_to_live(r.id, r.keys)
+                .await
+                .map_err(|e| etcd_store_error(&e))?;
+            let header = Some(self.header(self.store.revision()));
+            // An unknown lease: TTL -1, as etcd answers.
+            Ok(match info {
+                Some(info) => pb::LeaseTimeToLiveResponse {
+                    header,
+                    id: r.id,
+                    ttl: info.remaining,
+                    granted_ttl: info.granted,
+                    keys: if r.keys { info.keys } else { Vec::new() },
+                },
+                None => pb::LeaseTimeToLiveResponse {
+                    header,
+                    id: r.id,
+                    ttl: -1,
+                    granted_ttl: 0,
+                    keys: Vec::new(),
+                },
+            })
+        }
+        .await;
+        self.finish(&call, result, |r| {
             r.header.as_ref().map_or(0, |h| h.revision)
         })
     }
@@ -152,16 +161,19 @@ impl pb::lease_server::Lease for Door {
         request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let (call, _) = self.admit(request, "etcd.LeaseLeases")?;
-        let response = pb::LeaseLeasesResponse {
-            header: Some(self.header(self.store.revision())),
-            leases: self
+        let result = async {
+            let ids = self
                 .store
-                .lease_ids()
-                .into_iter()
-                .map(|id| pb::LeaseStatus { id })
-                .collect(),
-        };
-        self.finish(&call, Ok(response), |r| {
+                .lease_list()
+                .await
+                .map_err(|e| etcd_store_error(&e))?;
+            Ok(pb::LeaseLeasesResponse {
+                header: Some(self.header(self.store.revision())),
+                leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
+            })
+        }
+        .await;
+        self.finish(&call, result, |r| {
             r.header.as_ref().map_or(0, |h| h.revision)
         })
     }

@@ -685,15 +685,6 @@ impl ServeArgs {
                  plugin) or --kek-file PATH (the same key file on every replica)"
             )));
         }
-        if storage.is_some() && !etcd_listen.is_empty() {
-            // The door's transactions compare revisions under this process's lock only, and
-            // its leases live in this process: on a shared keyspace they are not yet safe.
-            return Err(ServeError::Config(
-                "--etcd-listen with --storage etcd://: the etcd door on etcd storage is not \
-                 supported yet (serve the door from a replica on sled, or talk to etcd directly)"
-                    .into(),
-            ));
-        }
         Ok(ServeConfig {
             storage,
             kek_file,
@@ -793,21 +784,22 @@ mod tests {
                 &["--kek-file", "/k", "--kms", "unix:///s"][..],
                 "--kek-file and --kms",
             ),
-            (
-                &[
-                    "--storage",
-                    "etcd://h:1",
-                    "--kek-file",
-                    "/k",
-                    "--etcd-listen",
-                    "127.0.0.1:0",
-                ][..],
-                "the etcd door on etcd storage is not supported yet",
-            ),
         ] {
             let e = resolve(list).expect_err(needle);
             assert!(e.contains(needle), "{list:?}: {e}");
         }
+        // The etcd door on etcd storage (issue 16 item 6) is served.
+        let door_on_etcd = resolve(&[
+            "--storage",
+            "etcd://h:1",
+            "--kek-file",
+            "/k",
+            "--etcd-listen",
+            "127.0.0.1:0",
+        ])
+        .expect("the door on etcd storage");
+        assert!(door_on_etcd.storage.is_some());
+        assert!(!door_on_etcd.etcd_listen.is_empty());
     }
 
     #[test]

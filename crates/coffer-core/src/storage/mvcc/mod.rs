@@ -146,6 +146,48 @@ pub struct Txn {
     pub meta: Vec<Op>,
 }
 
+/// A guard on a key range for [`Mvcc::commit_guarded`]: no key in `[start, end)` (`end`
+/// `None`: every key from `start` on) has a `mod_revision` above `not_after`. With a
+/// [`Condition`] on each key read, it makes a range read at `not_after` still current at the
+/// commit (a key added to the range fails the guard, a key deleted fails its condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeGuard {
+    /// The first key.
+    pub start: Vec<u8>,
+    /// The end (exclusive; `None`: no end).
+    pub end: Option<Vec<u8>>,
+    /// The revision the range was read at.
+    pub not_after: Revision,
+}
+
+/// One lease as a storage with its own leases reports it ([`LeaseService::time_to_live`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLease {
+    /// Seconds left.
+    pub remaining: i64,
+    /// The TTL granted.
+    pub granted: i64,
+    /// The versioned keys attached (when asked for), in order.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Leases kept by the storage itself, shared by every process over it (etcd's leases): a put
+/// with a lease attaches the key, and the storage deletes the attached keys when the lease is
+/// revoked or expires (the deletions reach the engine as changes, through the feed).
+#[async_trait]
+pub trait LeaseService: Send + Sync + std::fmt::Debug {
+    /// Grants a lease (`id` 0: the storage picks one). `None`: the id is taken.
+    async fn grant(&self, id: i64, ttl: i64) -> Result<Option<(i64, i64)>, StorageError>;
+    /// Revokes a lease, deleting its keys; the revision of the deletion. `None`: no such lease.
+    async fn revoke(&self, id: i64) -> Result<Option<Revision>, StorageError>;
+    /// Refreshes a lease to its full TTL. `None`: no such lease.
+    async fn keep_alive(&self, id: i64) -> Result<Option<i64>, StorageError>;
+    /// A lease's time left and (with `keys`) its keys. `None`: no such lease.
+    async fn time_to_live(&self, id: i64, keys: bool) -> Result<Option<StoredLease>, StorageError>;
+    /// Every lease id.
+    async fn list(&self) -> Result<Vec<i64>, StorageError>;
+}
+
 /// What a commit did.
 #[derive(Debug)]
 pub struct Committed {
@@ -286,6 +328,21 @@ pub trait Mvcc: Send + Sync + std::fmt::Debug + 'static {
     /// takes it at open and publishes them as its events). Default `None`: the engine publishes
     /// its own writes.
     fn take_feed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Change>> {
+        None
+    }
+
+    /// As [`Mvcc::commit`], and only if every guard holds too (else
+    /// [`StorageError::ConditionFailed`]). Default: the guards are not checked, which is right
+    /// for a keyspace with one writer that holds its sequencing lock from the reads to the
+    /// commit (nothing else can have changed the ranges).
+    fn commit_guarded(&self, txn: Txn, guards: &[RangeGuard]) -> Result<Committed, StorageError> {
+        let _ = guards;
+        self.commit(txn)
+    }
+
+    /// The storage's own leases, shared by every process ([`LeaseService`]). Default `None`:
+    /// the engine keeps the leases itself (its lease table).
+    fn leases(&self) -> Option<&dyn LeaseService> {
         None
     }
 
