@@ -366,6 +366,8 @@ async fn a_barrier_after_foreign_writes_needs_no_progress_notification() {
     assert_eq!(
         m.get(b"s/ns/x", None).expect("get").map(|v| v.mod_revision),
         Some(r)
+    );
+}
 
 /// The etcd door's seam (issue 16 item 6): a range guard holds while no key in its range was
 /// written after its revision, and fails the whole commit otherwise (a key added to the range,
