@@ -13,6 +13,14 @@
 //! (so a returning plugin is noticed at once; writers that queue behind a probe share its
 //! answer) and fails with [`KmsError::Unreachable`] if the plugin still does not answer well.
 //! Reads never wait for the KMS while their seed is in memory.
+//!
+//! Seeds are bound to their store: the store has an id (`k/store`, made with the store, or given
+//! by the data directory's integrity record), and each seed row carries a check value bound to
+//! that id and the seed's id (`crypto::integrity::seed_check`), recomputed after every `Decrypt`
+//! and once right after a seed is made, before its first use. A seed row copied from another
+//! store that shares the KMS unwraps fine but fails its check, and the store refuses to open. A
+//! store from before the binding gets its id and check values on its first start (every seed
+//! must unwrap then); after that a row without a check value is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -23,7 +31,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Kms, KmsError, KmsStatus, Wrapped};
-use crate::crypto::Seed;
+use crate::crypto::integrity::{seed_check, seed_check_ok};
+use crate::crypto::{Seed, StoreId};
 use crate::storage::{Backend, Batch, StorageError};
 
 /// How far ahead of this machine's clock a seed's creation time may be (clocks of replicas
@@ -32,6 +41,8 @@ const MAX_CLOCK_SKEW_SECS: i64 = 3600;
 
 /// The backend key prefix of the seeds table.
 pub const SEED_PREFIX: &[u8] = b"k/seed/";
+/// The backend key of the store id the seeds are bound to.
+pub const STORE_ID_KEY: &[u8] = b"k/store";
 
 /// When the current seed is replaced for new writes (besides a key_id change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +111,9 @@ struct StoredSeed {
     annotations: BTreeMap<String, Vec<u8>>,
     #[prost(int64, tag = "4")]
     created_unix: i64,
+    /// `seed_check(seed, store id, seed id)`; empty in rows from before the binding.
+    #[prost(bytes = "vec", tag = "5")]
+    check: Vec<u8>,
 }
 
 impl StoredSeed {
@@ -127,6 +141,8 @@ struct Inner {
     current_since: Option<Instant>,
     /// The key_id the KMS last reported in a good Status.
     kms_key_id: Option<String>,
+    /// The store the seeds are bound to.
+    store_id: Option<StoreId>,
 }
 
 /// What the seed manager knows about the KMS's health.
@@ -234,7 +250,44 @@ impl SeedManager {
         policy: SeedPolicy,
         outage: OutagePolicy,
     ) -> Result<Self, SeedError> {
+        Self::load_bound(kms, backend, policy, outage, None).await
+    }
+
+    /// As [`SeedManager::load_with`], for the store `store` (a sled data directory's id, from
+    /// its integrity record): the seeds table must be bound to it (one from before the binding
+    /// is bound to it now). `None`: the id in the seeds table, or a new one.
+    pub async fn load_bound(
+        kms: Arc<dyn Kms>,
+        backend: Arc<dyn Backend>,
+        policy: SeedPolicy,
+        outage: OutagePolicy,
+        store: Option<StoreId>,
+    ) -> Result<Self, SeedError> {
         let mut inner = Inner::default();
+        let recorded = match backend.get(STORE_ID_KEY)? {
+            Some(bytes) => Some(
+                StoreId::from_slice(&bytes).ok_or_else(|| SeedError::Corrupt {
+                    id: 0,
+                    reason: format!("the store id has {} bytes, not 16", bytes.len()),
+                })?,
+            ),
+            None => None,
+        };
+        if let (Some(recorded), Some(store)) = (recorded, store)
+            && recorded != store
+        {
+            return Err(SeedError::Corrupt {
+                id: 0,
+                reason: format!(
+                    "the seeds table belongs to store {recorded}, but the data directory is \
+                     store {store}: its database was replaced by another store's"
+                ),
+            });
+        }
+        let bound = recorded.is_some();
+        let store_id = recorded.or(store).unwrap_or_else(StoreId::generate);
+        // Rows from before the binding get their check value now (after a Decrypt).
+        let mut upgrade = Batch::new();
         for (key, value) in backend.scan(SEED_PREFIX, None, usize::MAX)? {
             let id_bytes: [u8; 4] =
                 key[SEED_PREFIX.len()..]
@@ -244,19 +297,57 @@ impl SeedManager {
                         reason: "bad seed key".into(),
                     })?;
             let id = u32::from_be_bytes(id_bytes);
-            let stored = StoredSeed::decode(&value[..]).map_err(|e| SeedError::Corrupt {
+            let mut stored = StoredSeed::decode(&value[..]).map_err(|e| SeedError::Corrupt {
                 id,
                 reason: e.to_string(),
             })?;
-            match unwrap(&*kms, &stored, id).await {
+            if stored.check.is_empty() {
+                if bound {
+                    return Err(SeedError::Corrupt {
+                        id,
+                        reason: format!(
+                            "it has no check value, but the seeds of store {store_id} all have \
+                             one: the row was put in from elsewhere, and is refused"
+                        ),
+                    });
+                }
+                let seed =
+                    unwrap_unchecked(&*kms, &stored, id)
+                        .await
+                        .map_err(|e| SeedError::Corrupt {
+                            id,
+                            reason: format!(
+                                "it must be bound to store {store_id} on this first start after \
+                             the upgrade, which needs the KMS to unwrap it, and that failed: \
+                             {e}. Start again once the KMS is reachable"
+                            ),
+                        })?;
+                stored.check = seed_check(&seed, &store_id, id).to_vec();
+                upgrade.put(key.clone(), stored.encode_to_vec());
+                inner.unwrapped.insert(id, Arc::new(seed));
+                inner.stored.insert(id, stored);
+                continue;
+            }
+            match unwrap(&*kms, &stored, id, &store_id).await {
                 Ok(seed) => {
                     inner.unwrapped.insert(id, Arc::new(seed));
                 }
+                Err(e @ SeedError::Corrupt { .. }) => return Err(e),
                 Err(e) => tracing::warn!(seed = id, key_id = %stored.key_id, error = %e,
                     "cannot unwrap seed now; records under it will retry"),
             }
             inner.stored.insert(id, stored);
         }
+        if !bound {
+            upgrade.put(STORE_ID_KEY, store_id.0.to_vec());
+            let lsn = backend.apply(upgrade)?;
+            backend.wait_durable(lsn).await?;
+            if !inner.stored.is_empty() {
+                tracing::info!(store = %store_id, seeds = inner.stored.len(),
+                    "seeds bound to the store (check values written)");
+            }
+        }
+        inner.store_id = Some(store_id);
         inner.current = inner
             .stored
             .keys()
@@ -443,7 +534,7 @@ impl SeedManager {
         };
         let mut left = 0;
         for (id, stored) in pending {
-            match unwrap(&*self.kms, &stored, id).await {
+            match unwrap(&*self.kms, &stored, id, &self.store_id()).await {
                 Ok(seed) => {
                     tracing::info!(seed = id, key_id = %stored.key_id, "seed unwrapped");
                     let mut inner = self.write();
@@ -454,6 +545,10 @@ impl SeedManager {
                         inner.current = Some(id);
                         inner.current_since = Some(Instant::now());
                     }
+                }
+                Err(e @ SeedError::Corrupt { .. }) => {
+                    left += 1;
+                    tracing::error!(seed = id, error = %e, "seed refused");
                 }
                 Err(e) => {
                     left += 1;
@@ -506,7 +601,7 @@ impl SeedManager {
         let Some(stored) = self.read().stored.get(&id).cloned() else {
             return Ok(None);
         };
-        let seed = Arc::new(unwrap(&*self.kms, &stored, id).await?);
+        let seed = Arc::new(unwrap(&*self.kms, &stored, id, &self.store_id()).await?);
         self.write().unwrapped.insert(id, seed.clone());
         Ok(Some(seed))
     }
@@ -579,18 +674,21 @@ impl SeedManager {
                 .into());
             }
         }
-        let stored = StoredSeed {
-            wrapped: wrapped.ciphertext,
-            key_id: wrapped.key_id,
-            annotations: wrapped.annotations,
-            created_unix: now_unix(),
-        };
+        // Before its first use, the KMS must give the seed back.
+        super::integrity::verify_roundtrip(&*self.kms, &seed, &wrapped).await?;
         let id = self
             .read()
             .stored
             .keys()
             .next_back()
             .map_or(1, |last| last + 1);
+        let stored = StoredSeed {
+            wrapped: wrapped.ciphertext,
+            key_id: wrapped.key_id,
+            annotations: wrapped.annotations,
+            created_unix: now_unix(),
+            check: seed_check(&seed, &self.store_id(), id).to_vec(),
+        };
         let mut batch = Batch::new();
         batch.put(seed_key(id), stored.encode_to_vec());
         let lsn = self.backend.apply(batch)?;
@@ -633,9 +731,37 @@ impl SeedManager {
     pub fn describe_kms(&self) -> String {
         self.kms.describe()
     }
+
+    /// The store the seeds are bound to.
+    pub fn store_id(&self) -> StoreId {
+        // Set by every loader before the manager exists.
+        self.read().store_id.unwrap_or(StoreId([0; 16]))
+    }
 }
 
-async fn unwrap(kms: &dyn Kms, stored: &StoredSeed, id: u32) -> Result<Seed, SeedError> {
+/// Unwraps seed `id` and checks that it belongs to store `store` under that id.
+async fn unwrap(
+    kms: &dyn Kms,
+    stored: &StoredSeed,
+    id: u32,
+    store: &StoreId,
+) -> Result<Seed, SeedError> {
+    let seed = unwrap_unchecked(kms, stored, id).await?;
+    if !seed_check_ok(&seed, store, id, &stored.check) {
+        return Err(SeedError::Corrupt {
+            id,
+            reason: format!(
+                "its check value does not match store {store} and seed id {id}: the row was \
+                 copied from another store sharing the KMS (or moved to another id), and is \
+                 refused"
+            ),
+        });
+    }
+    Ok(seed)
+}
+
+/// Unwraps seed `id` (length-checked only).
+async fn unwrap_unchecked(kms: &dyn Kms, stored: &StoredSeed, id: u32) -> Result<Seed, SeedError> {
     let bytes = kms
         .decrypt(&uuid::Uuid::new_v4().to_string(), &stored.wrapped())
         .await?;

@@ -113,6 +113,13 @@ pub struct StoreConfig {
     /// `<prefix>/secrets/<namespace>/<name>` are the Secrets themselves, shared with the Secret
     /// service. Default [`DEFAULT_ETCD_PREFIX`].
     pub etcd_prefix: String,
+    /// For a sled data directory: `--anchor-file`, where every checkpoint also records the
+    /// latest authenticated (lsn, state digest), best on another volume, so that putting back a
+    /// whole older copy of the data directory is refused at start. Default: none.
+    pub anchor_file: Option<PathBuf>,
+    /// `--accept-rollback`: start from a data directory older than its anchor anyway (the
+    /// anchor then moves back to it). Default: false.
+    pub accept_rollback: bool,
 }
 
 impl Default for StoreConfig {
@@ -127,6 +134,8 @@ impl Default for StoreConfig {
             wal_checkpoint_bytes: crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
             list_scan_rows: MAX_LIST_SCAN_ROWS,
             etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            anchor_file: None,
+            accept_rollback: false,
         }
     }
 }
@@ -249,11 +258,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let data_dir = data_dir.into();
         let kek = LocalKek::open_for_data_dir(&data_dir)?;
-        let mut sled = SledConfig::new(data_dir.join("db"));
-        sled.durability = durability;
-        sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;
-        let backend = SledBackend::open(sled)?;
-        Self::open(Arc::new(backend), wrap_kms(Arc::new(kek)), config).await
+        Self::open_dir(data_dir, durability, config, wrap_kms(Arc::new(kek))).await
     }
 
     /// Opens sled under `data_dir` (as [`Store::open_default`]) with any KMS, such as a KMS v2
@@ -265,10 +270,16 @@ impl Store {
         kms: Arc<dyn Kms>,
     ) -> Result<Self, StoreError> {
         let mut sled = SledConfig::new(data_dir.into().join("db"));
+        // The integrity key authenticates the log the backend replays: unwrapped first.
+        let integrity = crate::kms::integrity::unlock_or_create(&sled.path, &*kms).await?;
+        let store_id = integrity.store_id;
         sled.durability = durability;
         sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;
+        sled.integrity = Some(integrity);
+        sled.anchor = config.anchor_file.clone();
+        sled.accept_rollback = config.accept_rollback;
         let backend = SledBackend::open(sled)?;
-        Self::open(Arc::new(backend), kms, config).await
+        Self::open_bound(Arc::new(backend), kms, config, Some(store_id)).await
     }
 
     /// Opens a store over any ordered backend and KMS (the versioned keyspace is laid out in
@@ -278,8 +289,18 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
+        Self::open_bound(backend, kms, config, None).await
+    }
+
+    /// As [`Store::open`], for the store `store_id` (its seeds must be bound to it).
+    async fn open_bound(
+        backend: Arc<dyn Backend>,
+        kms: Arc<dyn Kms>,
+        config: StoreConfig,
+        store_id: Option<crate::crypto::StoreId>,
+    ) -> Result<Self, StoreError> {
         let mvcc = Arc::new(KvMvcc::open(backend, !config.history_retention.is_zero())?);
-        let store = Self::open_mvcc(mvcc.clone(), kms, config).await?;
+        let store = Self::open_mvcc_bound(mvcc.clone(), kms, config, store_id).await?;
         store.upgrade_from_unversioned(&mvcc).await?;
         Ok(store)
     }
@@ -290,11 +311,21 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
-        let seeds = SeedManager::load_with(
+        Self::open_mvcc_bound(mvcc, kms, config, None).await
+    }
+
+    async fn open_mvcc_bound(
+        mvcc: Arc<dyn Mvcc>,
+        kms: Arc<dyn Kms>,
+        config: StoreConfig,
+        store_id: Option<crate::crypto::StoreId>,
+    ) -> Result<Self, StoreError> {
+        let seeds = SeedManager::load_bound(
             kms,
             mvcc.backend().clone(),
             config.seed_policy,
             config.outage,
+            store_id,
         )
         .await?;
         let (events, _) = broadcast::channel(config.event_capacity.max(1));

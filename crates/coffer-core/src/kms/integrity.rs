@@ -1,0 +1,115 @@
+//! The integrity seed of a sled data directory: unwrapped through the KMS before the backend
+//! opens (its keys authenticate the log the backend replays), or made for a new data directory
+//! or one from before integrity.
+//!
+//! The seed is wrapped like any other seed (one KMS `Encrypt`), kept in the checkpoint record
+//! with the store id and a check value bound to both (seed id 0), and checked after every
+//! `Decrypt` and once right after it is made, so that a checkpoint record moved in from another
+//! store sharing the KMS, or a KMS that answers with the wrong bytes, is refused.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{Kms, KmsError, SeedError, Wrapped};
+use crate::crypto::integrity::{seed_check, seed_check_ok};
+use crate::crypto::{IntegrityKeys, Seed, StoreId};
+use crate::storage::integrity::{StoreIntegrity, WrappedIntegritySeed};
+
+/// The seed id the integrity seed's check value names (data seeds start at 1).
+pub const INTEGRITY_SEED_ID: u32 = 0;
+
+/// Unwraps the integrity seed of the sled data directory `db_dir` (its checkpoint record holds
+/// it), or makes a new one when the directory has none yet (new, or from before integrity: the
+/// backend then adopts it on open).
+pub async fn unlock_or_create(
+    db_dir: &Path,
+    kms: &dyn Kms,
+) -> Result<Arc<StoreIntegrity>, SeedError> {
+    match crate::storage::integrity_seed(db_dir)? {
+        Some((store_id, wrapped)) => unlock(kms, store_id, wrapped).await.map(Arc::new),
+        None => create(kms).await.map(Arc::new),
+    }
+}
+
+fn as_wrapped(w: &WrappedIntegritySeed) -> Wrapped {
+    Wrapped {
+        ciphertext: w.ciphertext.clone(),
+        key_id: w.key_id.clone(),
+        annotations: w.annotations.clone(),
+    }
+}
+
+/// Unwraps and checks an integrity seed.
+pub async fn unlock(
+    kms: &dyn Kms,
+    store_id: StoreId,
+    wrapped: WrappedIntegritySeed,
+) -> Result<StoreIntegrity, SeedError> {
+    let bytes = kms
+        .decrypt(&uuid::Uuid::new_v4().to_string(), &as_wrapped(&wrapped))
+        .await?;
+    let seed = Seed::from_slice(&bytes).ok_or_else(|| SeedError::Corrupt {
+        id: INTEGRITY_SEED_ID,
+        reason: format!(
+            "the KMS unwrapped the integrity seed to {} bytes, expected 32",
+            bytes.len()
+        ),
+    })?;
+    if !seed_check_ok(&seed, &store_id, INTEGRITY_SEED_ID, &wrapped.check) {
+        return Err(SeedError::Corrupt {
+            id: INTEGRITY_SEED_ID,
+            reason: format!(
+                "the integrity seed in the checkpoint record does not belong to store \
+                 {store_id} (its check value does not match): the record was copied from \
+                 another store or replaced"
+            ),
+        });
+    }
+    Ok(StoreIntegrity {
+        store_id,
+        keys: IntegrityKeys::derive(&seed),
+        wrapped,
+    })
+}
+
+/// Makes a new store id and integrity seed: one `Encrypt`, then one `Decrypt` that must give
+/// the seed back before it is used.
+pub async fn create(kms: &dyn Kms) -> Result<StoreIntegrity, SeedError> {
+    let store_id = StoreId::generate();
+    let seed = Seed::generate();
+    let wrapped = kms
+        .encrypt(&uuid::Uuid::new_v4().to_string(), seed.expose())
+        .await?;
+    wrapped.check()?;
+    verify_roundtrip(kms, &seed, &wrapped).await?;
+    let check = seed_check(&seed, &store_id, INTEGRITY_SEED_ID).to_vec();
+    Ok(StoreIntegrity {
+        store_id,
+        keys: IntegrityKeys::derive(&seed),
+        wrapped: WrappedIntegritySeed {
+            ciphertext: wrapped.ciphertext,
+            key_id: wrapped.key_id,
+            annotations: wrapped.annotations,
+            check,
+        },
+    })
+}
+
+/// Unwraps what `Encrypt` just returned and insists on getting `seed` back: a seed is never
+/// used before the KMS has shown it can give it back.
+pub(crate) async fn verify_roundtrip(
+    kms: &dyn Kms,
+    seed: &Seed,
+    wrapped: &Wrapped,
+) -> Result<(), SeedError> {
+    let back = kms
+        .decrypt(&uuid::Uuid::new_v4().to_string(), wrapped)
+        .await?;
+    if back.as_slice() != seed.expose().as_slice() {
+        return Err(KmsError::InvalidResponse(
+            "Decrypt of a seed just wrapped did not give it back".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
