@@ -150,6 +150,15 @@ pub struct StoreArgs {
     /// past this many bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub wal_checkpoint_bytes: Option<u64>,
+    /// A file, best on another volume than the data directory, where every checkpoint records
+    /// the store's latest authenticated (position, state digest); a data directory older than
+    /// its anchor (a whole older copy put back) then refuses to start.
+    #[arg(long, value_name = "PATH")]
+    pub anchor_file: Option<PathBuf>,
+    /// Start from a data directory older than its --anchor-file anyway (after restoring a
+    /// backup on purpose); the anchor moves back to it.
+    #[arg(long)]
+    pub accept_rollback: bool,
 }
 
 merge_fields!(StoreArgs {
@@ -158,6 +167,8 @@ merge_fields!(StoreArgs {
     relaxed_durability,
     history_retention,
     wal_checkpoint_bytes,
+    anchor_file,
+    accept_rollback,
 });
 
 /// Where the server listens.
@@ -528,6 +539,10 @@ pub struct ServeConfig {
     pub history_retention: Duration,
     /// The write-ahead log's size between checkpoints.
     pub wal_checkpoint_bytes: u64,
+    /// `--anchor-file`: the latest authenticated state, kept outside the data directory.
+    pub anchor_file: Option<PathBuf>,
+    /// `--accept-rollback`: start from a data directory older than its anchor.
+    pub accept_rollback: bool,
     /// Server tunables.
     pub options: ServerOptions,
     /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
@@ -549,6 +564,8 @@ impl ServeConfig {
             history_retention: self.history_retention,
             wal_checkpoint_bytes: self.wal_checkpoint_bytes,
             etcd_prefix: self.options.etcd.prefix.clone(),
+            anchor_file: self.anchor_file.clone(),
+            accept_rollback: self.accept_rollback,
             ..StoreConfig::default()
         }
     }
@@ -604,10 +621,16 @@ impl ServeArgs {
             options.watch_window_age = (!d.is_zero()).then_some(d);
         }
         let store = args.store;
+        let data_dir = store
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        check_anchor_file(
+            &data_dir,
+            store.anchor_file.as_deref(),
+            store.accept_rollback,
+        )?;
         Ok(ServeConfig {
-            data_dir: store
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
             listen,
             aead: store.aead.unwrap_or_default(),
             metrics_listen,
@@ -629,12 +652,49 @@ impl ServeArgs {
                 Some(n) => n,
                 None => coffer_core::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
             },
+            anchor_file: store.anchor_file,
+            accept_rollback: store.accept_rollback,
             options,
             kms: args.kms.resolve()?,
             limits,
             security,
         })
     }
+}
+
+/// An anchor inside the data directory would be put back with it, so it must live elsewhere;
+/// `--accept-rollback` means nothing without one.
+fn check_anchor_file(
+    data_dir: &std::path::Path,
+    anchor: Option<&std::path::Path>,
+    accept_rollback: bool,
+) -> Result<(), ServeError> {
+    let Some(anchor) = anchor else {
+        if accept_rollback {
+            return Err(ServeError::Config(
+                "--accept-rollback: needs --anchor-file (the anchor is what a rollback is \
+                 measured against)"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    };
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    if absolute(anchor).starts_with(absolute(data_dir)) {
+        return Err(ServeError::Config(format!(
+            "--anchor-file: {} is inside the data directory {}; it must be outside it (best on \
+             another volume), or an older copy of the directory would bring its own anchor back",
+            anchor.display(),
+            data_dir.display()
+        )));
+    }
+    if anchor.file_name().is_none() {
+        return Err(ServeError::Config(format!(
+            "--anchor-file: {} names no file",
+            anchor.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the `--config` file: the same settings as the flags.
@@ -676,6 +736,46 @@ mod tests {
             c.options.token_cleaner_interval,
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn anchor_file_and_accept_rollback() {
+        let c = flags(&[
+            "--data-dir",
+            "/srv/coffer",
+            "--anchor-file",
+            "/mnt/other/anchor",
+            "--accept-rollback",
+        ])
+        .expect("flags")
+        .resolve()
+        .expect("resolve");
+        let store = c.store_config();
+        assert_eq!(store.anchor_file, Some(PathBuf::from("/mnt/other/anchor")));
+        assert!(store.accept_rollback);
+        assert!(
+            ServeArgs::default()
+                .resolve()
+                .expect("defaults")
+                .anchor_file
+                .is_none()
+        );
+        let err = flags(&[
+            "--data-dir",
+            "/srv/coffer",
+            "--anchor-file",
+            "/srv/coffer/anchor",
+        ])
+        .expect("flags")
+        .resolve()
+        .expect_err("inside");
+        assert!(err.to_string().contains("--anchor-file"), "{err}");
+        assert!(err.to_string().contains("outside"), "{err}");
+        let err = flags(&["--accept-rollback"])
+            .expect("flags")
+            .resolve()
+            .expect_err("alone");
+        assert!(err.to_string().contains("needs --anchor-file"), "{err}");
     }
 
     #[test]
