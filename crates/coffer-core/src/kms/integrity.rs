@@ -113,3 +113,30 @@ pub(crate) async fn verify_roundtrip(
     }
     Ok(())
 }
+
+/// `coffer verify` of a sled data directory (`db_dir`, the server stopped): unwraps the
+/// integrity seed, runs every storage check ([`crate::storage::verify_dir`]) and checks every
+/// seed row's binding to the store. A directory that is not authenticated yet (from before
+/// integrity, not started since) is an error that says so.
+pub async fn verify_data_dir(
+    db_dir: &Path,
+    kms: &dyn Kms,
+    anchor: Option<&Path>,
+) -> Result<crate::storage::VerifyReport, SeedError> {
+    let Some((store_id, wrapped)) = crate::storage::integrity_seed(db_dir)? else {
+        return Err(SeedError::Corrupt {
+            id: INTEGRITY_SEED_ID,
+            reason: format!(
+                "{} has no authenticated checkpoint record: it is new, from before integrity \
+                 (start `coffer serve` on it once to adopt it), or its record was removed",
+                db_dir.display()
+            ),
+        });
+    };
+    let integrity = unlock(kms, store_id, wrapped).await?;
+    let (mut report, rows) = crate::storage::verify_dir(db_dir, &integrity, anchor)?;
+    report
+        .mismatches
+        .extend(super::seeds::verify_rows(kms, &rows, &store_id).await);
+    Ok(report)
+}

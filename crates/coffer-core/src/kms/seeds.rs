@@ -739,6 +739,47 @@ impl SeedManager {
     }
 }
 
+/// Checks the seeds table's rows (`k/seed/<id>` and `k/store`, as a scan returns them) against
+/// store `store`, one KMS `Decrypt` per seed, for `coffer verify`: one line per failed check.
+pub async fn verify_rows(
+    kms: &dyn Kms,
+    rows: &[(Vec<u8>, Vec<u8>)],
+    store: &StoreId,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, value) in rows {
+        if key.as_slice() == STORE_ID_KEY {
+            if value.as_slice() != store.0.as_slice() {
+                out.push(format!(
+                    "seeds: the seeds table is bound to store {}, not {store}",
+                    hex::encode(value)
+                ));
+            }
+            continue;
+        }
+        let Some(id) = key
+            .strip_prefix(SEED_PREFIX)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+        else {
+            out.push("seeds: a row has a malformed key".into());
+            continue;
+        };
+        match StoredSeed::decode(&value[..]) {
+            Err(e) => out.push(format!("seed {id}: does not decode: {e}")),
+            Ok(stored) if stored.check.is_empty() => {
+                out.push(format!("seed {id}: has no check value"))
+            }
+            Ok(stored) => match unwrap(kms, &stored, id, store).await {
+                Ok(_) => {}
+                Err(e @ SeedError::Corrupt { .. }) => out.push(e.to_string()),
+                Err(e) => out.push(format!("seed {id}: cannot be checked now: {e}")),
+            },
+        }
+    }
+    out
+}
+
 /// Unwraps seed `id` and checks that it belongs to store `store` under that id.
 async fn unwrap(
     kms: &dyn Kms,

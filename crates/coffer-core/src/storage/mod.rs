@@ -22,7 +22,8 @@ mod wal;
 use async_trait::async_trait;
 
 pub use self::sled::{
-    DEFAULT_WAL_CHECKPOINT_BYTES, Durability, SledBackend, SledConfig, integrity_seed, sled_tuning,
+    DEFAULT_WAL_CHECKPOINT_BYTES, Durability, SledBackend, SledConfig, VerifyReport,
+    integrity_seed, sled_tuning, verify_dir,
 };
 pub use self::wal::decode_log as decode_wal;
 

@@ -1245,6 +1245,179 @@ fn check_anchor(
     )))
 }
 
+/// What `coffer verify` found in a sled data directory (see [`verify_dir`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The store's id.
+    pub store_id: Option<StoreId>,
+    /// The records the database holds (every live record and kept version, seeds and the
+    /// keyspace's own keys included: what the state digest covers).
+    pub records: u64,
+    /// The store revision recorded in the database, if any.
+    pub revision: Option<u64>,
+    /// The authenticated lsn of the database.
+    pub lsn: Lsn,
+    /// The lsn of the last checkpoint.
+    pub checkpoint_lsn: Lsn,
+    /// Authenticated log entries after `lsn` (the next start replays them).
+    pub pending_log_entries: usize,
+    /// Every check that failed, one line each; empty when the directory is intact.
+    pub mismatches: Vec<String>,
+}
+
+/// Checks a sled data directory offline without changing it (the server must be stopped: sled
+/// locks the directory): the checkpoint record, the database's lsn record and write intent,
+/// the state digest recomputed from every record, the log's entries (authenticated, consecutive,
+/// continuing the database), the database against the checkpoint, and the anchor if one is
+/// given. Every failed check is reported, not only the first; the error is for a directory that
+/// cannot be read at all. Also returns the rows of the seeds table (`k/seed/...`, `k/store`), for
+/// the seed checks that need the KMS (`kms::integrity::verify_data_dir`).
+pub fn verify_dir(
+    path: &Path,
+    integrity: &StoreIntegrity,
+    anchor: Option<&Path>,
+) -> Result<(VerifyReport, super::KeyValues), StorageError> {
+    let keys = &integrity.keys;
+    let mut report = VerifyReport {
+        store_id: Some(integrity.store_id),
+        ..VerifyReport::default()
+    };
+    let mut checkpoint_digest = None;
+    match checkpoint_file::read_record(&path.join(CHECKPOINT_FILE)) {
+        Ok(Some(record @ Record::V2 { .. })) => {
+            report.checkpoint_lsn = record.lsn();
+            if let Err(why) = record.authenticate(keys) {
+                report
+                    .mismatches
+                    .push(format!("checkpoint record: fails authentication ({why})"));
+            }
+            if let Record::V2 {
+                store_id, digest, ..
+            } = record
+            {
+                if store_id != integrity.store_id {
+                    report.mismatches.push(format!(
+                        "checkpoint record: names store {store_id}, not {}",
+                        integrity.store_id
+                    ));
+                }
+                checkpoint_digest = Some(digest);
+            }
+        }
+        Ok(_) => report
+            .mismatches
+            .push("checkpoint record: missing or from before integrity".into()),
+        Err(e) => report.mismatches.push(format!("checkpoint record: {e}")),
+    }
+    let db = sled_tuning(sled::Config::new().path(path.join(SLED_DIR))).open()?;
+    let data: &sled::Tree = &db;
+    report.revision = data
+        .get(b"m/revision")?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes);
+    let actual = scan_digest(data, keys)?;
+    report.records = actual.count();
+    let stored = match read_lsn_record(data, keys) {
+        Ok((stored, digest)) => {
+            report.lsn = stored;
+            match expected_digest(data, data, keys, stored, digest) {
+                Ok(expected) if expected != actual => report.mismatches.push(format!(
+                    "database: does not match its authenticated state digest at lsn {stored} \
+                     ({} records expected, {} found): records were added, removed, replaced or \
+                     put back",
+                    expected.count(),
+                    actual.count()
+                )),
+                Ok(_) => {}
+                Err(e) => report.mismatches.push(format!("database: {e}")),
+            }
+            if stored == report.checkpoint_lsn && checkpoint_digest.is_some_and(|d| d != digest) {
+                report.mismatches.push(format!(
+                    "database: its state at lsn {stored} differs from the checkpoint record's"
+                ));
+            }
+            Some(stored)
+        }
+        Err(e) => {
+            report.mismatches.push(format!("database: {e}"));
+            None
+        }
+    };
+    let log = match std::fs::read(path.join(WAL_FILE)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut last = stored.unwrap_or(0);
+    match wal::parse(&log, Some(keys)) {
+        Ok(parsed) => {
+            if let Some(torn) = &parsed.torn {
+                report.mismatches.push(format!(
+                    "write-ahead log: its last {} bytes are damaged or incomplete ({torn}); the \
+                     next start moves them aside",
+                    log.len() - parsed.valid_len
+                ));
+            }
+            let mut previous: Option<Lsn> = None;
+            for entry in &parsed.entries {
+                if previous.is_some_and(|p| entry.lsn != p.wrapping_add(1)) {
+                    report.mismatches.push(format!(
+                        "write-ahead log: entry {} is out of order",
+                        entry.lsn
+                    ));
+                }
+                previous = Some(entry.lsn);
+            }
+            if let (Some(first), Some(stored)) = (parsed.entries.first(), stored)
+                && first.lsn > stored.saturating_add(1)
+            {
+                report.mismatches.push(format!(
+                    "write-ahead log: starts at lsn {} but the database stops at {stored}",
+                    first.lsn
+                ));
+            }
+            report.pending_log_entries = parsed
+                .entries
+                .iter()
+                .filter(|e| e.lsn > stored.unwrap_or(0))
+                .count();
+            if let Some(e) = parsed.entries.last() {
+                last = last.max(e.lsn);
+            }
+        }
+        Err(e) => report.mismatches.push(format!("write-ahead log: {e}")),
+    }
+    if last < report.checkpoint_lsn {
+        report.mismatches.push(format!(
+            "database: ends at lsn {last} (database and log), but the checkpoint made lsn {} \
+             durable: rolled back or lost writes",
+            report.checkpoint_lsn
+        ));
+    }
+    if let Some(anchor) = anchor {
+        match integ::read_anchor(anchor, keys) {
+            Ok(Some(a)) if a.lsn > last => report.mismatches.push(format!(
+                "anchor {}: records lsn {}, the data directory is at lsn {last}: rolled back",
+                anchor.display(),
+                a.lsn
+            )),
+            Ok(Some(_)) => {}
+            Ok(None) => report
+                .mismatches
+                .push(format!("anchor {}: missing", anchor.display())),
+            Err(e) => report.mismatches.push(format!("anchor: {e}")),
+        }
+    }
+    let mut seeds = Vec::new();
+    for item in data.scan_prefix(b"k/") {
+        let (k, v) = item?;
+        if k.starts_with(b"k/seed/") || k.as_ref() == b"k/store" {
+            seeds.push((k.to_vec(), v.to_vec()));
+        }
+    }
+    Ok((report, seeds))
+}
+
 /// The first open of a data directory from before integrity (or a new one) with integrity:
 /// recovers it as before, checkpoints it unauthenticated (the log is then empty), then records
 /// its state digest and authenticated lsn record; the caller's checkpoint writes the first
