@@ -1064,10 +1064,9 @@ fn expected_digest(
     if lsn != stored.wrapping_add(1) {
         return Ok(digest);
     }
-    let mut allowed: std::collections::BTreeMap<
-        Vec<u8>,
-        (Option<[u8; 32]>, Vec<Option<[u8; 32]>>),
-    > = Default::default();
+    // Per key: its hash before the batch, and every state the batch's ops may leave it in.
+    type States = (Option<[u8; 32]>, Vec<Option<[u8; 32]>>);
+    let mut allowed: std::collections::BTreeMap<Vec<u8>, States> = Default::default();
     for op in ops {
         let entry = allowed
             .entry(op.key)
@@ -1978,5 +1977,99 @@ mod tests {
             db.apply(put("b", "2")),
             Err(StorageError::Failed(_))
         ));
+    }
+
+    fn integrity() -> Arc<StoreIntegrity> {
+        let seed = crate::crypto::Seed::from_slice(&[3; 32]).unwrap();
+        Arc::new(StoreIntegrity {
+            store_id: StoreId([1; 16]),
+            keys: IntegrityKeys::derive(&seed),
+            wrapped: Default::default(),
+        })
+    }
+
+    fn open_auth(dir: &Path, integrity: &Arc<StoreIntegrity>) -> Result<SledBackend, StorageError> {
+        SledBackend::open(SledConfig {
+            integrity: Some(integrity.clone()),
+            ..SledConfig::new(dir)
+        })
+    }
+
+    /// A crash after sled persisted part of a batch (its intent and its first op) but before the
+    /// batch's log entry reached the disk: a legitimate state, accepted; the same state with a
+    /// value the intent does not name is refused.
+    #[tokio::test]
+    async fn a_batch_sled_kept_in_part_without_its_log_entry_opens() {
+        let integ = integrity();
+        for honest in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open_auth(dir.path(), &integ).unwrap();
+            db.apply(put("a", "1")).unwrap();
+            db.close().unwrap();
+            {
+                // The crash image: the intent for lsn 2, then its first op only.
+                let raw = sled_tuning(sled::Config::new().path(dir.path().join(SLED_DIR)))
+                    .open()
+                    .unwrap();
+                let ops = vec![put_op("a", "2"), put_op("b", "2")];
+                let planned = integ::plan(&raw, &integ.keys, &StateDigest::EMPTY, &ops).unwrap();
+                raw.insert(
+                    INTENT_KEY,
+                    integ::encode_intent(&integ.keys, 2, &planned.ops),
+                )
+                .unwrap();
+                raw.insert("a", if honest { "2" } else { "forged" })
+                    .unwrap();
+                raw.flush().unwrap();
+            }
+            let result = open_auth(dir.path(), &integ);
+            if honest {
+                let db = result.unwrap();
+                assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+                assert_eq!(db.get(b"b").unwrap(), None);
+                // The next write reuses lsn 2 (never acknowledged) and the state stays
+                // authenticated across a reopen.
+                assert_eq!(db.apply(put("c", "3")).unwrap(), 2);
+                db.close().unwrap();
+                let db = open_auth(dir.path(), &integ).unwrap();
+                assert_eq!(db.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
+            } else {
+                let error = result.unwrap_err().to_string();
+                assert!(error.contains("no authenticated write made"), "{error}");
+            }
+        }
+    }
+
+    /// Entries replayed from the authenticated log are checked against the digest they
+    /// record; an authenticated directory is refused without its key, or with another's.
+    #[tokio::test]
+    async fn authenticated_directories_replay_and_refuse_other_keys() {
+        let integ = integrity();
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_auth(dir.path(), &integ).unwrap();
+        for i in 0..5 {
+            let lsn = db.apply(put(&format!("k{i}"), "v")).unwrap();
+            db.wait_durable(lsn).await.unwrap();
+        }
+        // A crash image: the log still holds the entries.
+        let image = tempfile::tempdir().unwrap();
+        copy_tree(dir.path(), image.path());
+        drop(db);
+        let db = open_auth(image.path(), &integ).unwrap();
+        assert_eq!(db.applied(), 5);
+        assert_eq!(db.scan(b"k", None, 10).unwrap().len(), 5);
+        drop(db);
+        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        assert!(error.to_string().contains("authenticated"), "{error}");
+        let other = Arc::new(StoreIntegrity {
+            store_id: StoreId([1; 16]),
+            keys: IntegrityKeys::derive(&crate::crypto::Seed::from_slice(&[4; 32]).unwrap()),
+            wrapped: Default::default(),
+        });
+        let error = open_auth(dir.path(), &other).unwrap_err();
+        assert!(
+            error.to_string().contains("fails authentication"),
+            "{error}"
+        );
     }
 }
