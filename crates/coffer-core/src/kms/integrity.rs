@@ -65,10 +65,44 @@ pub async fn unlock(
             ),
         });
     }
+    let wrapped = rewrap_if_stale(kms, &seed, wrapped).await?;
     Ok(StoreIntegrity {
         store_id,
         keys: IntegrityKeys::derive(&seed),
         wrapped,
+    })
+}
+
+/// After a KEK rotation, wraps the integrity seed again under the KMS's current key_id (one
+/// `Encrypt`, checked by a `Decrypt`), so that the old KEK version can be removed once `coffer
+/// migrate` has moved the records: the checkpoint record written at open then holds the new
+/// wrapping. A KMS whose `Status` fails keeps the old wrapping (the next start tries again).
+async fn rewrap_if_stale(
+    kms: &dyn Kms,
+    seed: &Seed,
+    wrapped: WrappedIntegritySeed,
+) -> Result<WrappedIntegritySeed, SeedError> {
+    let current = match kms.status().await.and_then(|s| s.check().map(|()| s)) {
+        Ok(status) => status.key_id,
+        Err(e) => {
+            tracing::warn!(error = %e, "KMS status unknown at start; the integrity seed keeps its wrapping");
+            return Ok(wrapped);
+        }
+    };
+    if current == wrapped.key_id {
+        return Ok(wrapped);
+    }
+    let fresh = kms
+        .encrypt(&uuid::Uuid::new_v4().to_string(), seed.expose())
+        .await?;
+    fresh.check()?;
+    verify_roundtrip(kms, seed, &fresh).await?;
+    tracing::info!(from = %wrapped.key_id, to = %fresh.key_id, "integrity seed wrapped under the current KEK");
+    Ok(WrappedIntegritySeed {
+        ciphertext: fresh.ciphertext,
+        key_id: fresh.key_id,
+        annotations: fresh.annotations,
+        check: wrapped.check,
     })
 }
 
