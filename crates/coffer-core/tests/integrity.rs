@@ -398,3 +398,21 @@ async fn a_data_directory_from_before_integrity_is_adopted() {
         );
     }
 }
+
+/// The checkpoint record removed (or replaced by one from before integrity) once the database
+/// is authenticated: no longer read as "a new or old directory", refused.
+#[tokio::test]
+async fn a_removed_checkpoint_record_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("data");
+    {
+        let store = open(&dir).await.expect("open");
+        store.create(secret("a", "v1")).await.expect("create");
+    }
+    std::fs::remove_file(dir.join("db/checkpoint")).expect("rm");
+    let error = open(&dir).await.expect_err("no record").to_string();
+    assert!(
+        error.contains("is authenticated, but its checkpoint record is missing"),
+        "{error}"
+    );
+}
