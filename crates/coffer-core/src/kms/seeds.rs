@@ -250,18 +250,22 @@ impl SeedManager {
         policy: SeedPolicy,
         outage: OutagePolicy,
     ) -> Result<Self, SeedError> {
-        Self::load_bound(kms, backend, policy, outage, None).await
+        Self::load_bound(kms, backend, policy, outage, None, false).await
     }
 
     /// As [`SeedManager::load_with`], for the store `store` (a sled data directory's id, from
     /// its integrity record): the seeds table must be bound to it (one from before the binding
-    /// is bound to it now). `None`: the id in the seeds table, or a new one.
+    /// is bound to it now). `None`: the id in the seeds table, or a new one. `rebind`: the data
+    /// directory was adopted by integrity in this very open (its store id is new), so a seeds
+    /// table bound to another id (by the unauthenticated backend path) is bound to `store` now,
+    /// each seed's old check value verified first.
     pub async fn load_bound(
         kms: Arc<dyn Kms>,
         backend: Arc<dyn Backend>,
         policy: SeedPolicy,
         outage: OutagePolicy,
         store: Option<StoreId>,
+        rebind: bool,
     ) -> Result<Self, SeedError> {
         let mut inner = Inner::default();
         let recorded = match backend.get(STORE_ID_KEY)? {
@@ -273,19 +277,24 @@ impl SeedManager {
             ),
             None => None,
         };
+        let mut rebind_from = None;
         if let (Some(recorded), Some(store)) = (recorded, store)
             && recorded != store
         {
-            return Err(SeedError::Corrupt {
-                id: 0,
-                reason: format!(
-                    "the seeds table belongs to store {recorded}, but the data directory is \
+            if rebind {
+                rebind_from = Some(recorded);
+            } else {
+                return Err(SeedError::Corrupt {
+                    id: 0,
+                    reason: format!(
+                        "the seeds table belongs to store {recorded}, but the data directory is \
                      store {store}: its database was replaced by another store's"
-                ),
-            });
+                    ),
+                });
+            }
         }
-        let bound = recorded.is_some();
-        let store_id = recorded.or(store).unwrap_or_else(StoreId::generate);
+        let bound = recorded.is_some() && rebind_from.is_none();
+        let store_id = store.or(recorded).unwrap_or_else(StoreId::generate);
         // Rows from before the binding get their check value now (after a Decrypt).
         let mut upgrade = Batch::new();
         for (key, value) in backend.scan(SEED_PREFIX, None, usize::MAX)? {
@@ -322,6 +331,27 @@ impl SeedManager {
                              {e}. Start again once the KMS is reachable"
                             ),
                         })?;
+                stored.check = seed_check(&seed, &store_id, id).to_vec();
+                upgrade.put(key.clone(), stored.encode_to_vec());
+                inner.unwrapped.insert(id, Arc::new(seed));
+                inner.stored.insert(id, stored);
+                continue;
+            }
+            if let Some(old) = rebind_from {
+                // Checked against the id it was bound to, then bound to this store.
+                let seed = unwrap(&*kms, &stored, id, &old)
+                    .await
+                    .map_err(|e| match e {
+                        e @ SeedError::Corrupt { .. } => e,
+                        other => SeedError::Corrupt {
+                            id,
+                            reason: format!(
+                                "it must be bound to store {store_id} on this first authenticated \
+                             start, which needs the KMS to unwrap it, and that failed: {other}. \
+                             Start again once the KMS is reachable"
+                            ),
+                        },
+                    })?;
                 stored.check = seed_check(&seed, &store_id, id).to_vec();
                 upgrade.put(key.clone(), stored.encode_to_vec());
                 inner.unwrapped.insert(id, Arc::new(seed));

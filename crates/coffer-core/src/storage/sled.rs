@@ -236,6 +236,8 @@ pub struct SledBackend {
     committer: Option<JoinHandle<Result<(), StorageError>>>,
     /// The integrity material, when the log and state are authenticated.
     integrity: Option<Arc<StoreIntegrity>>,
+    /// Whether this open adopted a data directory from before integrity.
+    adopted: bool,
     /// Dropped last, after the committer has exited with its own handle.
     _db: sled::Db,
 }
@@ -294,6 +296,7 @@ impl SledBackend {
             integrity: config.integrity.clone(),
             anchor: config.anchor.clone(),
         };
+        let adopted = config.integrity.is_some() && !matches!(record, Some(Record::V2 { .. }));
         let (lsn, digest, mut wal) = match (&config.integrity, &record) {
             (None, Some(Record::V2 { store_id, .. })) => {
                 return Err(StorageError::Corrupt(format!(
@@ -373,6 +376,7 @@ impl SledBackend {
             path: config.path,
             committer: Some(handle),
             integrity: config.integrity,
+            adopted,
             _db: db,
         })
     }
@@ -401,6 +405,12 @@ impl SledBackend {
     /// The checkpoint record, `<path>/checkpoint`: the lsn the last checkpoint made durable.
     pub fn checkpoint_path(&self) -> PathBuf {
         self.path.join(CHECKPOINT_FILE)
+    }
+
+    /// Whether this open adopted a data directory from before integrity (or a new one): its
+    /// store id was made now, so the seeds table is bound to it (`SeedManager::load_bound`).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// The position up to which every batch is on stable storage.

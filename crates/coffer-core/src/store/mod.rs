@@ -279,7 +279,8 @@ impl Store {
         sled.anchor = config.anchor_file.clone();
         sled.accept_rollback = config.accept_rollback;
         let backend = SledBackend::open(sled)?;
-        Self::open_bound(Arc::new(backend), kms, config, Some(store_id)).await
+        let adopted = backend.adopted();
+        Self::open_bound(Arc::new(backend), kms, config, Some(store_id), adopted).await
     }
 
     /// Opens a store over any ordered backend and KMS (the versioned keyspace is laid out in
@@ -289,7 +290,7 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
-        Self::open_bound(backend, kms, config, None).await
+        Self::open_bound(backend, kms, config, None, false).await
     }
 
     /// As [`Store::open`], for the store `store_id` (its seeds must be bound to it).
@@ -298,9 +299,10 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
         store_id: Option<crate::crypto::StoreId>,
+        rebind: bool,
     ) -> Result<Self, StoreError> {
         let mvcc = Arc::new(KvMvcc::open(backend, !config.history_retention.is_zero())?);
-        let store = Self::open_mvcc_bound(mvcc.clone(), kms, config, store_id).await?;
+        let store = Self::open_mvcc_bound(mvcc.clone(), kms, config, store_id, rebind).await?;
         store.upgrade_from_unversioned(&mvcc).await?;
         Ok(store)
     }
@@ -311,7 +313,7 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
-        Self::open_mvcc_bound(mvcc, kms, config, None).await
+        Self::open_mvcc_bound(mvcc, kms, config, None, false).await
     }
 
     async fn open_mvcc_bound(
@@ -319,6 +321,7 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
         store_id: Option<crate::crypto::StoreId>,
+        rebind: bool,
     ) -> Result<Self, StoreError> {
         let seeds = SeedManager::load_bound(
             kms,
@@ -326,6 +329,7 @@ impl Store {
             config.seed_policy,
             config.outage,
             store_id,
+            rebind,
         )
         .await?;
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
