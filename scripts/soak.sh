@@ -2,7 +2,10 @@
 # Soak: a mixed run of DURATION seconds (default 600) against `coffer serve` with the
 # coffer-kms-local plugin: writers, readers, WATCHERS watch streams (default 10,000) and a KMS key
 # rotation half-way, sampling the server's RSS and open fds every second. Writes
-# $OUT/soak.json (the report), $OUT/soak.csv (the samples) and the chart $PNG.
+# $OUT/soak.json (the report), $OUT/soak.csv (the samples) and the chart $PNG. The run fails
+# (exit 1) on any error and when the server's RSS grows faster than MAX_RSS_SLOPE KiB per
+# minute after the warm-up (default 1024), with no history kept (HISTORY_RETENTION seconds,
+# default 0: kept versions grow sled's page cache for the whole retention, by design).
 #
 #   scripts/soak.sh                       # the full 10 minutes
 #   DURATION=30 WATCHERS=1000 scripts/soak.sh
@@ -14,6 +17,8 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-600}
 WATCHERS=${WATCHERS:-10000}
+MAX_RSS_SLOPE=${MAX_RSS_SLOPE:-1024}
+HISTORY_RETENTION=${HISTORY_RETENTION:-0}
 OUT=${OUT:-target/soak}
 PNG=${PNG:-docs/bench/soak.png}
 FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
@@ -33,6 +38,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT" "$(dirname "$PNG")"
 status=0
 target/release/coffer-load soak --duration "$DURATION" --watchers "$WATCHERS" \
+  --max-rss-slope "$MAX_RSS_SLOPE" --history-retention "$HISTORY_RETENTION" \
   --csv "$OUT/soak.csv" --work-dir "$OUT/work" --json >"$OUT/soak.json" || status=1
 target/release/coffer-load plot soak --csv "$OUT/soak.csv" --report "$OUT/soak.json" --png "$PNG"
 echo "report: $OUT/soak.json; samples: $OUT/soak.csv; chart: $PNG"

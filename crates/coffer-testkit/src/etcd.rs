@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use coffer_server::proto::etcd::etcdserverpb as pb;
+pub use coffer_server::proto::etcd::etcdserverpb as pb;
 use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
 use pb::maintenance_client::MaintenanceClient;
@@ -127,4 +127,260 @@ impl Drop for RealEtcd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A real etcd cluster of `n` members on loopback (one process each, in one temp dir), for the
+/// scale-out tests: members can be killed (SIGKILL) and restarted on their data directories.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    initial_cluster: String,
+    dir: tempfile::TempDir,
+    /// Client TLS (CA, the members' certificate and key): clients must present a certificate
+    /// signed by the CA.
+    tls: Option<[PathBuf; 3]>,
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until the cluster answers a linearizable read.
+    pub async fn start(n: usize) -> Self {
+        Self::start_inner(n, None).await
+    }
+
+    /// Starts `n` members serving clients over TLS only (`https://`), with client-certificate
+    /// authentication against `ca` (PEM files), and waits until their client ports accept
+    /// connections (a test's own TLS client then proves the cluster answers).
+    pub async fn start_tls(n: usize, ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        Self::start_inner(n, Some([ca, cert, key])).await
+    }
+
+    async fn start_inner(n: usize, tls: Option<[PathBuf; 3]>) -> Self {
+        require("etcd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut me = Self {
+            members,
+            initial_cluster,
+            dir,
+            tls,
+        };
+        for i in 0..n {
+            me.spawn(i);
+        }
+        for i in 0..n {
+            me.wait_ready(i).await;
+        }
+        me
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", m.client);
+        let peer_url = format!("http://127.0.0.1:{}", m.peer);
+        let mut command = Command::new(require("etcd"));
+        if let Some([ca, cert, key]) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
+            .arg(format!("--name={}", m.name))
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join(&m.name).display()
+            ))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-token=coffer-test")
+            .arg("--initial-cluster-state=new")
+            // Short elections: a killed leader is replaced within a second or so.
+            .arg("--heartbeat-interval=50")
+            .arg("--election-timeout=500")
+            .arg("--experimental-watch-progress-notify-interval=1s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        self.members[i].child = Some(child);
+    }
+
+    /// Waits until member `i` answers a linearizable read (so the cluster has a leader); with
+    /// TLS, until its client port accepts connections.
+    pub async fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        if self.tls.is_some() {
+            while std::net::TcpStream::connect(self.addr(i)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {i} did not listen in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return;
+        }
+        loop {
+            let mut c = self.clients(i);
+            let ok =
+                c.kv.range(pb::RangeRequest {
+                    key: b"health".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .is_ok();
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {i} did not answer in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the cluster has no members.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// `127.0.0.1:PORT` of member `i`'s client listener.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        format!("127.0.0.1:{}", self.members[i].client)
+            .parse()
+            .expect("addr")
+    }
+
+    /// `etcd://` + every member + `prefix` (e.g. `/coffer`), as `--storage` takes it.
+    pub fn storage_url(&self, prefix: &str) -> String {
+        let hosts: Vec<String> = (0..self.len()).map(|i| self.addr(i).to_string()).collect();
+        format!("etcd://{}{prefix}", hosts.join(","))
+    }
+
+    /// etcd's clients on member `i`.
+    pub fn clients(&self, i: usize) -> Clients {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(i)))
+            .expect("endpoint")
+            .connect_lazy();
+        Clients::new(channel)
+    }
+
+    /// SIGKILLs member `i` (its data directory stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data directory and waits until it answers.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    /// The index of the current leader (asks each live member's Maintenance.Status).
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for i in 0..self.len() {
+                if self.members[i].child.is_none() {
+                    continue;
+                }
+                let mut c = self.clients(i);
+                if let Ok(s) = c.maintenance.status(pb::StatusRequest {}).await {
+                    let s = s.into_inner();
+                    if s.leader != 0 && s.header.as_ref().map(|h| h.member_id) == Some(s.leader) {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no etcd leader within 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `etcdctl get --prefix PREFIX` against the cluster: every key and value, as text.
+    pub fn etcdctl_get_prefix(&self, prefix: &str) -> Vec<u8> {
+        let endpoints: Vec<String> = (0..self.len())
+            .filter(|i| self.members[*i].child.is_some())
+            .map(|i| self.addr(i).to_string())
+            .collect();
+        let out = Command::new(require("etcdctl"))
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg("get")
+            .arg("--prefix")
+            .arg(prefix)
+            .output()
+            .expect("run etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl get --prefix failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A Coffer store over `cluster` under `prefix` (etcd storage, as `coffer serve --storage`
+/// opens it), with the KEK in `kek_file` (create it once with
+/// `coffer_core::kms::LocalKek::create_new`; every replica opens the same file).
+pub async fn etcd_store(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    kek_file: &std::path::Path,
+    config: coffer_core::store::StoreConfig,
+) -> coffer_core::store::Store {
+    let url: coffer_etcd::StorageUrl = cluster.storage_url(prefix).parse().expect("url");
+    let client =
+        coffer_etcd::EtcdClient::new(&url, &coffer_etcd::StorageTls::default()).expect("client");
+    let mvcc = coffer_etcd::EtcdMvcc::open(client)
+        .await
+        .expect("open etcd");
+    let kms = coffer_core::kms::LocalKek::open_existing(kek_file).expect("kek file");
+    coffer_core::store::Store::open_mvcc(
+        std::sync::Arc::new(mvcc),
+        std::sync::Arc::new(kms),
+        config,
+    )
+    .await
+    .expect("open store")
 }

@@ -40,6 +40,15 @@ pub fn workspace_bin(package: &str) -> PathBuf {
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let mut cmd = Command::new(env!("CARGO"));
+    // What cargo set for the running test (its package's name, version, manifest dir, ...)
+    // must not reach this cargo: build scripts that watch those variables (ring's does) would
+    // see them change, and the crates above them would be rebuilt, here and again in the next
+    // cargo run from a shell.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_for_the_test) {
+            cmd.env_remove(&key);
+        }
+    }
     cmd.args([
         "build",
         "--quiet",
@@ -68,6 +77,24 @@ pub fn workspace_bin(package: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("cargo build -p {package} named no executable"));
     built.insert(package.to_owned(), exe.clone());
     exe
+}
+
+/// Whether `key` is a variable cargo sets for the crate it builds or runs (not one that
+/// configures cargo itself, such as `CARGO_HOME` or `CARGO_TARGET_DIR`).
+fn set_for_the_test(key: &str) -> bool {
+    const EXACT: [&str; 7] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+    ];
+    EXACT.contains(&key)
+        || key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_BIN_EXE_")
+        || key == "OUT_DIR"
 }
 
 /// The result of running a command to completion.

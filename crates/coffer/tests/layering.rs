@@ -139,9 +139,11 @@ fn crate_rules(all: &[Deps]) -> Vec<String> {
                 &[]
             }
             "coffer-kms" => &["coffer-core"],
-            "coffer-server" => &["coffer-core", "coffer-kms"],
-            "coffer" => &["coffer-core", "coffer-kms", "coffer-server"],
-            "coffer-testkit" => &["coffer-core", "coffer-kms", "coffer-server"],
+            // The versioned keyspace on etcd: the engine's trait below it, tonic for the wire.
+            "coffer-etcd" => &["coffer-core"],
+            "coffer-server" => &["coffer-core", "coffer-kms", "coffer-etcd"],
+            "coffer" => &["coffer-core", "coffer-kms", "coffer-etcd", "coffer-server"],
+            "coffer-testkit" => &["coffer-core", "coffer-kms", "coffer-etcd", "coffer-server"],
             _ if d.dir.starts_with("kms-plugins/") => {
                 for n in ["coffer-server", "coffer"] {
                     if d.linked.contains(n) || d.dev.contains(n) {
@@ -150,9 +152,13 @@ fn crate_rules(all: &[Deps]) -> Vec<String> {
                 }
                 &["coffer-core", "coffer-kms"]
             }
-            _ if d.dir.starts_with("tools/") => {
-                &["coffer-core", "coffer-kms", "coffer-server", "coffer"]
-            }
+            _ if d.dir.starts_with("tools/") => &[
+                "coffer-core",
+                "coffer-kms",
+                "coffer-etcd",
+                "coffer-server",
+                "coffer",
+            ],
             _ => {
                 bad("is not placed in a layer: add it to crate_rules".into());
                 &[]

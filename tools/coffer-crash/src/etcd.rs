@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tonic::transport::Channel;
 
-use crate::RPC_TIMEOUT;
+use crate::rpc::RPC_TIMEOUT;
 
 /// The prefix of every key the door's writers use.
 const PREFIX: &[u8] = b"/crash/";

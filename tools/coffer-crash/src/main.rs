@@ -51,9 +51,9 @@ use tonic::Code;
 
 mod etcd;
 mod lazyfs;
+mod rpc;
 
-/// How long one RPC may take while the server is alive before it counts as a hang.
-const RPC_TIMEOUT: Duration = Duration::from_secs(20);
+use rpc::RPC_TIMEOUT;
 /// How long the server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -12,8 +12,10 @@
 //! A watch stream the server ends is counted by its status code and reopened from the last
 //! resource_version it saw (what a mount agent does). At the end the server is stopped and
 //! `coffer kms status` shows the seeds the records are under (the rotation's new seed among
-//! them). The report gives errors by kind, the RSS after warm-up and at the end, and the fd
-//! counts; the exit code is 1 when any call failed or a watch ended with an error.
+//! them). The report gives errors by kind, the RSS after warm-up and at the end, its slope
+//! after warm-up (least squares over the samples, KiB per minute), and the fd counts; the exit
+//! code is 1 when any call failed, a watch ended with an error, or the RSS slope passed
+//! `--max-rss-slope` (a leak; caches that fill to their bounds do so during the warm-up).
 //!
 //! ```sh
 //! ulimit -n 65536
@@ -76,6 +78,16 @@ pub(crate) struct SoakArgs {
     /// of --duration, at most 60].
     #[arg(long, value_parser = crate::parse_seconds_or_zero, value_name = "SECS")]
     warmup: Option<Duration>,
+    /// The server's `--history-retention`, in seconds (0: no history) [default: the server's,
+    /// 1 h]. Superseded versions kept for that long grow the store, and sled's page cache with
+    /// it, for that long: a leak check wants 0 or a run well past the retention.
+    #[arg(long, value_parser = crate::parse_seconds_or_zero, value_name = "SECS")]
+    history_retention: Option<Duration>,
+    /// Fail the run (exit code 1) when the server's RSS grows faster than this after the
+    /// warm-up, in KiB per minute (least squares over the samples from the end of the warm-up
+    /// to the end of the load).
+    #[arg(long, value_name = "KIB_PER_MIN", value_parser = parse_slope)]
+    max_rss_slope: Option<f64>,
     /// Write the samples here as CSV.
     #[arg(long, value_name = "FILE")]
     csv: Option<PathBuf>,
@@ -95,6 +107,16 @@ pub(crate) struct SoakArgs {
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `--max-rss-slope`: a finite number of KiB per minute, not negative.
+fn parse_slope(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a slope: a number of KiB per minute, 0 or more"
+        )),
+    }
 }
 
 /// A child process killed when dropped.
@@ -303,26 +325,25 @@ async fn soak(
         .map_err(|e| format!("cannot pick a port: {e}"))?
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let server = spawn(
-        coffer,
-        &[
-            "serve".into(),
-            "--data-dir".into(),
-            data.clone(),
-            "--listen".into(),
-            addr.clone(),
-            "--kms".into(),
-            kms_uri.clone(),
-            "--kms-poll-interval".into(),
-            "2s".into(),
-            "--shutdown-grace".into(),
-            "5s".into(),
-            "--token-cleaner-interval".into(),
-            "0".into(),
-        ],
-        &dir.join("coffer.log"),
-        "coffer serve",
-    )?;
+    let mut serve_args: Vec<String> = vec![
+        "serve".into(),
+        "--data-dir".into(),
+        data.clone(),
+        "--listen".into(),
+        addr.clone(),
+        "--kms".into(),
+        kms_uri.clone(),
+        "--kms-poll-interval".into(),
+        "2s".into(),
+        "--shutdown-grace".into(),
+        "5s".into(),
+        "--token-cleaner-interval".into(),
+        "0".into(),
+    ];
+    if let Some(d) = args.history_retention {
+        serve_args.extend(["--history-retention".into(), format!("{}ms", d.as_millis())]);
+    }
+    let server = spawn(coffer, &serve_args, &dir.join("coffer.log"), "coffer serve")?;
     let pid = server.pid()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
@@ -394,11 +415,44 @@ struct Report {
     server_exit: Option<String>,
     /// `coffer kms status -o json` after the run.
     kms_status: serde_json::Value,
+    /// The bound on the RSS slope (`--max-rss-slope`), KiB per minute.
+    max_rss_slope: Option<f64>,
+}
+
+/// The least-squares slope of `(seconds, KiB)` points, in KiB per minute; `None` for fewer
+/// than two distinct times.
+fn slope_per_min(points: impl Iterator<Item = (f64, f64)> + Clone) -> Option<f64> {
+    let (n, sx, sy) = points.clone().fold((0.0, 0.0, 0.0), |(n, sx, sy), (x, y)| {
+        (n + 1.0, sx + x, sy + y)
+    });
+    if n < 2.0 {
+        return None;
+    }
+    let (mx, my) = (sx / n, sy / n);
+    let (sxy, sxx) = points.fold((0.0, 0.0), |(sxy, sxx), (x, y)| {
+        (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx))
+    });
+    (sxx > 0.0).then(|| sxy / sxx * 60.0)
 }
 
 impl Report {
     fn clean(&self) -> bool {
-        self.errors.is_empty() && self.watchers_established == u64::from(self.watchers)
+        self.errors.is_empty()
+            && self.watchers_established == u64::from(self.watchers)
+            && !self.rss_slope_exceeded()
+    }
+
+    /// The server's RSS slope after the warm-up, KiB per minute.
+    fn rss_slope(&self) -> Option<f64> {
+        slope_per_min(self.steady().iter().map(|s| (s.secs, s.rss_kib as f64)))
+    }
+
+    /// Whether the RSS grew faster than `--max-rss-slope` allows.
+    fn rss_slope_exceeded(&self) -> bool {
+        match (self.max_rss_slope, self.rss_slope()) {
+            (Some(max), Some(slope)) => slope > max,
+            _ => false,
+        }
     }
 
     /// Samples from the end of the warm-up to the end of the load (all of them if none).
@@ -454,6 +508,9 @@ impl Report {
             "fds_first_sample": self.samples.first().map(|s| s.fds),
             "fds_after_load": self.samples.last().map(|s| s.fds),
             "rss_kib": stat(|s| s.rss_kib),
+            "rss_slope_kib_per_min": self.rss_slope(),
+            "max_rss_slope_kib_per_min": self.max_rss_slope,
+            "rss_slope_exceeded": self.rss_slope_exceeded(),
             "fds": stat(|s| s.fds),
             "server_exit": self.server_exit,
             "kms_status": self.kms_status,
@@ -495,6 +552,14 @@ impl Report {
                 last.rss_kib as f64 / 1024.0,
                 max_rss as f64 / 1024.0
             );
+            if let Some(slope) = self.rss_slope() {
+                let bound = match self.max_rss_slope {
+                    Some(max) if slope > max => format!(" (over the bound of {max:.0}: a leak?)"),
+                    Some(max) => format!(" (bound {max:.0})"),
+                    None => String::new(),
+                };
+                println!("  server RSS slope after warm-up: {slope:.0} KiB/min{bound}");
+            }
             println!(
                 "  server open fds after warm-up {}, at the end of the load {}, min {min_fd}, max {max_fd}; \
                  {} at the first sample, {} after the load",
@@ -918,5 +983,40 @@ async fn drive(
         samples,
         server_exit: None,
         kms_status: serde_json::Value::Null,
+        max_rss_slope: args.max_rss_slope,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_is_least_squares_in_kib_per_minute() {
+        // 1 KiB a second, with noise that cancels out: 60 KiB a minute.
+        let pts = [
+            (0.0, 100.0),
+            (1.0, 101.5),
+            (2.0, 102.0),
+            (3.0, 103.5),
+            (4.0, 104.0),
+        ];
+        let slope = slope_per_min(pts.iter().copied()).expect("slope");
+        assert!((slope - 60.0).abs() < 1e-9, "{slope}");
+        // Flat, and too few points or one instant only.
+        let flat = [(0.0, 5.0), (10.0, 5.0), (20.0, 5.0)];
+        assert_eq!(slope_per_min(flat.iter().copied()), Some(0.0));
+        assert_eq!(slope_per_min([(1.0, 1.0)].into_iter()), None);
+        assert_eq!(slope_per_min([(1.0, 1.0), (1.0, 9.0)].into_iter()), None);
+    }
+
+    #[test]
+    fn max_rss_slope_must_be_a_number_of_kib_per_minute() {
+        assert_eq!(parse_slope("512"), Ok(512.0));
+        assert_eq!(parse_slope("0"), Ok(0.0));
+        for bad in ["-1", "NaN", "inf", "fast"] {
+            let e = parse_slope(bad).expect_err(bad);
+            assert!(e.contains("KiB per minute"), "{e}");
+        }
+    }
 }

@@ -369,7 +369,22 @@ impl SeedManager {
             inner.stored.insert(id, stored);
         }
         if !bound {
-            upgrade.put(STORE_ID_KEY, store_id.0.to_vec());
+            if recorded.is_none() {
+                // Create-if-absent, before any check value made with it is written: replicas
+                // sharing the storage that start together on an empty store agree on one id,
+                // and a loser loads again, bound to the winner's.
+                match backend.put_if_absent(STORE_ID_KEY, store_id.0.to_vec())? {
+                    Some(lsn) => backend.wait_durable(lsn).await?,
+                    None => {
+                        return Box::pin(Self::load_bound(
+                            kms, backend, policy, outage, store, rebind,
+                        ))
+                        .await;
+                    }
+                }
+            } else {
+                upgrade.put(STORE_ID_KEY, store_id.0.to_vec());
+            }
             let lsn = backend.apply(upgrade)?;
             backend.wait_durable(lsn).await?;
             if !inner.stored.is_empty() {
@@ -628,12 +643,36 @@ impl SeedManager {
         if let Some(s) = self.seed(id) {
             return Ok(Some(s));
         }
-        let Some(stored) = self.read().stored.get(&id).cloned() else {
+        let known = self.read().stored.get(&id).cloned();
+        let stored = match known {
+            Some(s) => s,
+            // Not known here: another process sharing the storage (a replica over the same
+            // etcd) may have created it since this one loaded the seeds.
+            None => match self.load_stored(id)? {
+                Some(s) => s,
+                None => return Ok(None),
+            },
+        };
+        // Verified like any other: a row another replica created (or one put there by someone
+        // who can write the storage) must carry this store's check value for this id.
+        let seed = Arc::new(unwrap(&*self.kms, &stored, id, &self.store_id()).await?);
+        let mut inner = self.write();
+        inner.stored.entry(id).or_insert(stored);
+        inner.unwrapped.insert(id, seed.clone());
+        Ok(Some(seed))
+    }
+
+    /// Reads seed row `id` from the storage (`None`: absent).
+    fn load_stored(&self, id: u32) -> Result<Option<StoredSeed>, SeedError> {
+        let Some(raw) = self.backend.get(&seed_key(id))? else {
             return Ok(None);
         };
-        let seed = Arc::new(unwrap(&*self.kms, &stored, id, &self.store_id()).await?);
-        self.write().unwrapped.insert(id, seed.clone());
-        Ok(Some(seed))
+        StoredSeed::decode(&raw[..])
+            .map(Some)
+            .map_err(|e| SeedError::Corrupt {
+                id,
+                reason: e.to_string(),
+            })
     }
 
     /// The seed for the next write: the current one while it is valid, else a new one (one KMS
@@ -712,6 +751,8 @@ impl SeedManager {
             .keys()
             .next_back()
             .map_or(1, |last| last + 1);
+        // The check value travels in the same create-if-absent row as the wrapped seed, so no
+        // replica ever sees a seed row without it.
         let stored = StoredSeed {
             wrapped: wrapped.ciphertext,
             key_id: wrapped.key_id,
@@ -719,11 +760,31 @@ impl SeedManager {
             created_unix: now_unix(),
             check: seed_check(&seed, &self.store_id(), id).to_vec(),
         };
-        let mut batch = Batch::new();
-        batch.put(seed_key(id), stored.encode_to_vec());
-        let lsn = self.backend.apply(batch)?;
-        self.backend.wait_durable(lsn).await?;
-        tracing::info!(seed = id, key_id = %stored.key_id, "new seed in use for writes");
+        // Create-if-absent: processes sharing the storage (replicas over one etcd) that race
+        // to create the same id agree on one winner, and the others adopt its seed, so no
+        // record is ever sealed under a seed whose row was overwritten.
+        let (id, stored, seed) = match self
+            .backend
+            .put_if_absent(&seed_key(id), stored.encode_to_vec())?
+        {
+            Some(lsn) => {
+                self.backend.wait_durable(lsn).await?;
+                tracing::info!(seed = id, key_id = %stored.key_id, "new seed in use for writes");
+                (id, stored, seed)
+            }
+            None => {
+                let winner = self.load_stored(id)?.ok_or_else(|| SeedError::Corrupt {
+                    id,
+                    reason: "the row another process created is gone".into(),
+                })?;
+                // The winner's seed is verified like any loaded seed (its check value against
+                // this store id and this seed id) before it seals anything here.
+                let seed = unwrap(&*self.kms, &winner, id, &self.store_id()).await?;
+                tracing::info!(seed = id, key_id = %winner.key_id,
+                    "another replica created this seed first; using it for writes");
+                (id, winner, seed)
+            }
+        };
         let seed = Arc::new(seed);
         let mut inner = self.write();
         if inner.kms_key_id.is_none() {

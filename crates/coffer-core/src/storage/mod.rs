@@ -134,6 +134,10 @@ pub enum StorageError {
     /// A request the storage cannot carry out as given.
     #[error("invalid storage request: {0}")]
     Invalid(String),
+    /// A networked storage (etcd) cannot be reached or did not answer in time; nothing is
+    /// known to be broken, so a retry may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// An ordered key-value store with atomic batches and explicit durability.
@@ -175,6 +179,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Makes everything applied so far durable, in any mode (used at shutdown).
     async fn sync(&self) -> Result<(), StorageError>;
+
+    /// Puts `key` = `value` only if `key` is absent: the position to wait on, or `None` when
+    /// the key existed (nothing written). A backend other processes write too (etcd) makes this
+    /// one atomic step, so that processes racing to create a key (a new seed) agree on one
+    /// winner; the default reads then applies, which is atomic for a single writer only.
+    fn put_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Option<Lsn>, StorageError> {
+        if self.get(key)?.is_some() {
+            return Ok(None);
+        }
+        let mut batch = Batch::new();
+        batch.put(key, value);
+        self.apply(batch).map(Some)
+    }
 
     /// Whether a failed write or sync has closed the backend until restart (health reports it).
     fn is_failed(&self) -> bool {

@@ -1551,8 +1551,22 @@ mod tests {
             .collect()
     }
 
+    /// Opens (again) the database in `dir`. A database just dropped in this process may hold
+    /// sled's file lock for a moment more (its flusher thread lets go of it last): a reopen
+    /// retries while the lock is busy.
     fn open(dir: &Path) -> SledBackend {
-        SledBackend::open(SledConfig::new(dir)).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledBackend::open(SledConfig::new(dir)) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     fn put(key: &str, value: &str) -> Batch {

@@ -18,10 +18,14 @@ use super::{
     ChangeEvent, EventKind, SECRET_PREFIX, Store, StoreError, backend_key, check_key_parts,
 };
 use crate::model::{ObjectMeta, Secret};
-use crate::storage::mvcc::{HistoryStats, Version};
+use crate::storage::mvcc::{Change, HistoryStats, Version};
 
 /// The most versions one History call returns.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// How often a shared keyspace's revision is published when no change arrives.
+const FEED_TICK: Duration = Duration::from_millis(50);
+/// The longest [`Store::await_revision`] waits.
+const AWAIT_REVISION: Duration = Duration::from_secs(10);
 
 /// One kept version of a Secret.
 #[derive(Debug)]
@@ -64,6 +68,7 @@ impl Store {
             n => n.min(MAX_HISTORY_LIMIT),
         };
         let key = crate::model::storage_key(namespace, name);
+        self.mvcc.read_barrier().await?;
         // One more than asked: a delete's object is the version just below it.
         let versions = self.mvcc.history(backend_key(&key).as_bytes(), limit + 1)?;
         self.mvcc.wait_durable(self.mvcc.applied()).await?;
@@ -130,48 +135,133 @@ impl Store {
         self.mvcc.wait_durable(self.mvcc.applied()).await?;
         let mut out = Vec::with_capacity(changes.len());
         for change in changes {
-            let revision = change.kv.mod_revision;
-            if revision > until {
+            if change.kv.mod_revision > until {
                 break;
             }
-            let Some(key) = secret_key(&change.kv) else {
-                continue;
-            };
-            // What the version before showed (`None`: nothing, or a value only the etcd door
-            // serves, such as one the API server encrypted itself).
-            let shown_before = match &change.prev {
-                Some(prev) if !prev.is_delete() => self.open_version(&key, prev).await?,
-                _ => None,
-            };
-            let (kind, mut object) = if change.kv.is_delete() {
-                match (shown_before, &change.prev) {
-                    (Some(last), _) => (EventKind::Deleted, last),
-                    // The removed state is compacted away.
-                    (None, None) => (EventKind::Deleted, bare_object(&key)),
-                    // A value only the etcd door served: its delete is not shown.
-                    (None, Some(_)) => continue,
-                }
-            } else {
-                match (self.open_version(&key, &change.kv).await?, shown_before) {
-                    (Some(now), Some(_)) => (EventKind::Modified, now),
-                    (Some(now), None) if change.kv.version == 1 || change.prev.is_some() => {
-                        (EventKind::Added, now)
-                    }
-                    // The version before is compacted away: judge by the version number.
-                    (Some(now), None) => (EventKind::Modified, now),
-                    // Now a value only the door serves: gone from the Secret service's view.
-                    (None, Some(last)) => (EventKind::Deleted, last),
-                    (None, None) => continue,
-                }
-            };
-            object.metadata.resource_version = revision;
-            out.push(ChangeEvent {
-                kind,
-                object,
-                revision,
-            });
+            if let Some(event) = self.change_event(&change).await? {
+                out.push(event);
+            }
         }
         Ok(out)
+    }
+
+    /// A stored change as a watch shows it (`None` for keys that are not Secrets, and for
+    /// changes the Secret service does not show).
+    async fn change_event(&self, change: &Change) -> Result<Option<ChangeEvent>, StoreError> {
+        let revision = change.kv.mod_revision;
+        let Some(key) = secret_key(&change.kv) else {
+            return Ok(None);
+        };
+        // What the version before showed (`None`: nothing, or a value only the etcd door
+        // serves, such as one the API server encrypted itself).
+        let shown_before = match &change.prev {
+            Some(prev) if !prev.is_delete() => self.open_version(&key, prev).await?,
+            _ => None,
+        };
+        let (kind, mut object) = if change.kv.is_delete() {
+            match (shown_before, &change.prev) {
+                (Some(last), _) => (EventKind::Deleted, last),
+                // The removed state is compacted away.
+                (None, None) => (EventKind::Deleted, bare_object(&key)),
+                // A value only the etcd door served: its delete is not shown.
+                (None, Some(_)) => return Ok(None),
+            }
+        } else {
+            match (self.open_version(&key, &change.kv).await?, shown_before) {
+                (Some(now), Some(_)) => (EventKind::Modified, now),
+                (Some(now), None) if change.kv.version == 1 || change.prev.is_some() => {
+                    (EventKind::Added, now)
+                }
+                // The version before is compacted away: judge by the version number.
+                (Some(now), None) => (EventKind::Modified, now),
+                // Now a value only the door serves: gone from the Secret service's view.
+                (None, Some(last)) => (EventKind::Deleted, last),
+                (None, None) => return Ok(None),
+            }
+        };
+        object.metadata.resource_version = revision;
+        Ok(Some(ChangeEvent {
+            kind,
+            object,
+            revision,
+        }))
+    }
+
+    /// On a shared keyspace (replicas over one etcd), publishes every committed change, this
+    /// process's and the others', in revision order, each decrypted once, until `shutdown`:
+    /// what feeds the watch hub and the etcd door's watches. Returns at once on a keyspace
+    /// this store alone writes (its writes publish themselves). A change that cannot be opened
+    /// (its seed unknown to the KMS, say) is logged and skipped.
+    pub async fn run_feed(&self, shutdown: CancellationToken) {
+        let Some(mut feed) = self.feed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        // Writes to keys that are not Secrets (seeds, the election, other programs' keys)
+        // move the storage's revision without a change here: the published revision follows
+        // it on a short tick, so that a watch from such a revision is not refused as too large.
+        let mut tick = tokio::time::interval(FEED_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = feed.recv() => match c {
+                    Some(c) => self.publish_change(c).await,
+                    None => return,
+                },
+                _ = tick.tick() => {}
+            }
+            // Every change at or below the storage's revision read here is already in the
+            // feed (the storage queues changes before it advances): drain them, then publish
+            // the revision.
+            let reached = self.mvcc.revision();
+            while let Ok(c) = feed.try_recv() {
+                self.publish_change(c).await;
+            }
+            self.publish_revision(reached);
+        }
+    }
+
+    async fn publish_change(&self, change: Change) {
+        let revision = change.kv.mod_revision;
+        match self.change_event(&change).await {
+            Ok(Some(event)) => {
+                // No subscribers is fine: the event simply has no audience.
+                let _ = self.events.send(std::sync::Arc::new(event));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(revision, error = %e,
+                "a change from the shared storage cannot be opened; watchers miss it"),
+        }
+        self.publish_revision(revision);
+    }
+
+    fn publish_revision(&self, revision: u64) {
+        self.published.send_if_modified(|r| {
+            let newer = revision > *r;
+            if newer {
+                *r = revision;
+            }
+            newer
+        });
+    }
+
+    /// On a shared keyspace, waits until this store has published every change up to
+    /// `revision`, when the storage has reached it (a client that wrote on one replica and
+    /// watches on another from the revision it got is not refused as too large while this
+    /// replica catches up). At once on a keyspace this store alone writes.
+    pub async fn await_revision(&self, revision: u64) -> Result<(), StoreError> {
+        if !self.shared || revision <= *self.published.borrow() {
+            return Ok(());
+        }
+        self.mvcc.read_barrier().await?;
+        let target = revision.min(self.mvcc.revision());
+        let mut rx = self.published.subscribe();
+        match tokio::time::timeout(AWAIT_REVISION, rx.wait_for(|r| *r >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Unavailable(format!(
+                "this replica has not caught up to revision {target} yet"
+            ))),
+        }
     }
 
     /// Raises the compaction revision to `revision` and removes the versions it makes
@@ -206,8 +296,12 @@ impl Store {
         }
     }
 
-    /// One round of [`Store::run_retention`]: returns the compaction revision after it.
+    /// One round of [`Store::run_retention`]: returns the compaction revision after it. On a
+    /// shared keyspace only the elected replica compacts ([`Store::is_leader`]).
     pub async fn retain_once(&self) -> Result<u64, StoreError> {
+        if !self.mvcc.is_leader() {
+            return Ok(self.mvcc.compact_revision());
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();

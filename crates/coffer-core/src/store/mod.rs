@@ -61,6 +61,9 @@ const SCAN_CHUNK: usize = 256;
 pub const MAX_LIST_LIMIT: usize = 10_000;
 /// The default of [`StoreConfig::list_scan_rows`]: the most records one list call opens.
 pub const MAX_LIST_SCAN_ROWS: usize = 10_000;
+/// How many times a write without a precondition is tried on a shared keyspace when other
+/// processes keep writing the same object in between its read and its commit.
+const SHARED_RETRIES: usize = 16;
 
 /// What changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +231,13 @@ pub struct Store {
     /// held, so a check and the write it admits are one step (a std mutex: never held across an
     /// await).
     quota: std::sync::Mutex<QuotaState>,
+    /// Whether other processes write the keyspace too ([`Mvcc::shared`]: replicas over one
+    /// etcd): revisions come from the storage, and events from its feed ([`Store::run_feed`]).
+    shared: bool,
+    /// A shared keyspace's feed of every committed change, until [`Store::run_feed`] takes it.
+    feed: std::sync::Mutex<
+        Option<tokio::sync::mpsc::UnboundedReceiver<crate::storage::mvcc::Change>>,
+    >,
 }
 
 impl Store {
@@ -335,7 +345,7 @@ impl Store {
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let leases =
             lease_table::Leases::load(mvcc.as_ref(), &[RAW_PREFIX, SECRET_PREFIX.as_bytes()])?;
-        let door_secrets = raw::secrets_prefix(&config.etcd_prefix);
+        let door_secrets = secrets_prefix(&config.etcd_prefix);
         let (published, _) = tokio::sync::watch::channel(mvcc.revision());
         let usage = if config.quotas.is_enabled() {
             scan_usage(mvcc.as_ref())?
@@ -343,7 +353,6 @@ impl Store {
             HashMap::new()
         };
         Ok(Self {
-            mvcc,
             seeds,
             algorithm: config.algorithm,
             sequencer: tokio::sync::Mutex::new(()),
@@ -358,12 +367,21 @@ impl Store {
             opens: AtomicU64::new(0),
             list_scan_rows: config.list_scan_rows.max(1),
             quota: std::sync::Mutex::new(QuotaState::new(config.quotas, usage)),
+            shared: mvcc.shared(),
+            feed: std::sync::Mutex::new(mvcc.take_feed()),
+            mvcc,
         })
     }
 
     /// What `namespace` uses of its quota (always zero when no quota is configured).
     pub fn quota_usage(&self, namespace: &str) -> QuotaUsage {
         self.quota_state().usage(namespace)
+    }
+
+    /// Whether this process does the keyspace-wide upkeep (compaction by retention, the
+    /// bootstrap-token cleaner): always on sled; on etcd storage, the one elected replica.
+    pub fn is_leader(&self) -> bool {
+        self.mvcc.is_leader()
     }
 
     /// The seed manager (for KMS status, rotation checks and `kms status` reports).
@@ -376,9 +394,15 @@ impl Store {
         self.algorithm
     }
 
-    /// The highest revision applied so far.
+    /// The highest revision applied so far. On a shared keyspace: the newest revision whose
+    /// changes this store has published (every change after it is still to come as an event,
+    /// so a subscriber that reads it after subscribing misses nothing).
     pub fn revision(&self) -> u64 {
-        self.mvcc.revision()
+        if self.shared {
+            *self.published.borrow()
+        } else {
+            self.mvcc.revision()
+        }
     }
 
     /// The compaction revision: reads, lists and watches below it are refused with
@@ -408,7 +432,19 @@ impl Store {
     }
 
     /// Creates a Secret. Sets uid, creation timestamp and resource_version.
-    pub async fn create(&self, mut secret: Secret) -> Result<Secret, StoreError> {
+    pub async fn create(&self, secret: Secret) -> Result<Secret, StoreError> {
+        if self.shared {
+            for _ in 1..SHARED_RETRIES {
+                match self.create_once(secret.duplicate()).await {
+                    Err(e) if counter_race(&e) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.create_once(secret).await.map_err(give_up_race)
+    }
+
+    async fn create_once(&self, mut secret: Secret) -> Result<Secret, StoreError> {
         secret.merge_string_data();
         secret.apply_defaults();
         if secret.metadata.resource_version != 0 {
@@ -426,6 +462,7 @@ impl Store {
         // write waiting on the KMS must not hold up every other write. A failure is reported
         // where the write needs the seed, after the checks that come first (exists, ...).
         let seed = self.seeds.for_write().await;
+        self.mvcc.read_barrier().await?;
         let lsn = {
             let _seq = self.sequencer.lock().await;
             if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
@@ -437,7 +474,7 @@ impl Store {
             secret.metadata.uid = uuid::Uuid::new_v4().to_string();
             secret.metadata.creation_timestamp = Some(now_unix());
             let change = Change::Put(&mut secret, EventKind::Added, seed, None);
-            self.write_locked(&key, change, None)?
+            self.write_locked(&key, change, None)?.0
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -454,6 +491,29 @@ impl Store {
     /// Secret) answers the same whether or not the data it sends matches the stored data.
     pub async fn update_with(
         &self,
+        secret: Secret,
+        options: UpdateOptions,
+    ) -> Result<Secret, StoreError> {
+        if self.shared {
+            // A write another process got in between the read and the commit is no conflict
+            // of the caller's when it named no resource_version (nor is a race on the
+            // namespace's quota counter ever): read again and retry.
+            let unconditional = secret.metadata.resource_version == 0;
+            for _ in 1..SHARED_RETRIES {
+                match self.update_once(secret.duplicate(), options).await {
+                    Err(StoreError::Conflict { .. }) if unconditional => continue,
+                    Err(e) if counter_race(&e) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.update_once(secret, options)
+            .await
+            .map_err(give_up_race)
+    }
+
+    async fn update_once(
+        &self,
         mut secret: Secret,
         options: UpdateOptions,
     ) -> Result<Secret, StoreError> {
@@ -463,6 +523,7 @@ impl Store {
         let key = secret.storage_key();
         // KMS calls before the sequencer (see `create`); the stored version's seed too.
         let seed = self.seeds.for_write().await;
+        self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let lsn = {
             let _seq = self.sequencer.lock().await;
@@ -495,7 +556,7 @@ impl Store {
             }
             // A Secret the API server wrote stays in its form, every field kept.
             let change = Change::Put(&mut secret, EventKind::Modified, seed, door_value);
-            self.write_locked(&key, change, Some(&old_version))?
+            self.write_locked(&key, change, Some(&old_version))?.0
         };
         self.finish_write(lsn).await?;
         Ok(secret)
@@ -524,8 +585,31 @@ impl Store {
         name: &str,
         preconditions: &Preconditions,
     ) -> Result<Secret, StoreError> {
+        if self.shared {
+            // As in `update_with`: another process's write in between is no conflict of ours.
+            let unconditional = preconditions.resource_version == 0;
+            for _ in 1..SHARED_RETRIES {
+                match self.delete_once(namespace, name, preconditions).await {
+                    Err(StoreError::Conflict { .. }) if unconditional => continue,
+                    Err(e) if counter_race(&e) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.delete_once(namespace, name, preconditions)
+            .await
+            .map_err(give_up_race)
+    }
+
+    async fn delete_once(
+        &self,
+        namespace: &str,
+        name: &str,
+        preconditions: &Preconditions,
+    ) -> Result<Secret, StoreError> {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
+        self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let (lsn, last) = {
             let _seq = self.sequencer.lock().await;
@@ -547,8 +631,9 @@ impl Store {
                 });
             }
             let mut last = old.duplicate();
-            let lsn = self.write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
-            last.metadata.resource_version = self.mvcc.revision();
+            let (lsn, revision) =
+                self.write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
+            last.metadata.resource_version = revision;
             (lsn, last)
         };
         self.finish_write(lsn).await?;
@@ -572,6 +657,9 @@ impl Store {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
         let at = (revision != 0).then_some(revision);
+        if at.is_none() {
+            self.mvcc.read_barrier().await?;
+        }
         let version = self.mvcc.get(backend_key(&key).as_bytes(), at)?;
         self.mvcc.wait_durable(self.mvcc.applied()).await?;
         let secret = match version {
@@ -618,14 +706,17 @@ impl Store {
         // at a revision (asked for, or named by a continue token) is exact.
         let (revision, at, mut cursor) = if opts.continue_token.is_empty() {
             match opts.resource_version {
-                0 => (self.revision(), None, None),
+                0 => {
+                    self.mvcc.read_barrier().await?;
+                    (self.mvcc.revision(), None, None)
+                }
                 rv => (rv, Some(rv), None),
             }
         } else {
             let (rv, start) = continue_token::decode(&opts.continue_token, &prefix)?;
             // A token names the revision of the list it continues, which cannot be newer than
             // the store: a forged one would report a revision that a watch cannot start from.
-            if rv > self.revision() {
+            if rv > self.mvcc.revision() {
                 return Err(StoreError::BadRequest {
                     field: "continue",
                     message: "invalid continue token: its revision is newer than the store's"
@@ -693,27 +784,57 @@ impl Store {
         })
     }
 
-    /// Seals and commits one write under the sequencing lock; returns its log position.
-    /// `old` is the version it replaces or deletes (`None` for a create: then the key must not
-    /// exist); a put the namespace's quota cannot take fails with [`StoreError::QuotaExceeded`]
-    /// and writes nothing.
+    /// Seals and commits one write under the sequencing lock; returns its log position and
+    /// revision. `old` is the version it replaces or deletes (`None` for a create: then the
+    /// key must not exist); a put the namespace's quota cannot take fails with
+    /// [`StoreError::QuotaExceeded`] and writes nothing.
+    ///
+    /// On a shared keyspace the storage's compare makes the precondition exact across
+    /// processes: a write another process got in first fails as the local check would have
+    /// (`AlreadyExists` for a create, `Conflict` otherwise), and the object takes the revision
+    /// the storage gave the write (its sealed copy names the predicted one, which reads
+    /// replace with the version's own; see [`Store::open_version`]).
     fn write_locked(
         &self,
         key: &str,
         change: Change<'_>,
         old: Option<&Version>,
-    ) -> Result<Lsn, StoreError> {
+    ) -> Result<(Lsn, u64), StoreError> {
         let old_len = old.map(|v| v.value.len() as u64);
         // Only this store writes, one write at a time: the keyspace will give the write the
-        // next revision, and the sealed object carries it.
+        // next revision, and the sealed object carries it (a prediction on a shared keyspace).
         let revision = self.mvcc.revision() + 1;
         let bkey = backend_key(key).into_bytes();
         let condition = Condition {
             key: bkey.clone(),
             mod_revision: old.map_or(0, |v| v.mod_revision),
         };
+        // On a shared keyspace with quotas: the namespace's usage is a counter key that the
+        // write's transaction checks and updates, so that replicas never overshoot together.
+        let counter = if self.shared && self.quota_state().enabled() {
+            let namespace = quota::namespace_of(key);
+            let ckey = format!("{QUOTA_PREFIX}{namespace}").into_bytes();
+            let (usage, revision) = match self.mvcc.get(&ckey, None)? {
+                Some(v) => (decode_usage(&v.value, key)?, v.mod_revision),
+                None => (
+                    scan_usage_prefix(
+                        self.mvcc.as_ref(),
+                        format!("{SECRET_PREFIX}{namespace}/").as_bytes(),
+                    )?,
+                    0,
+                ),
+            };
+            self.quota_state().set(namespace, usage);
+            Some(Condition {
+                key: ckey,
+                mod_revision: revision,
+            })
+        } else {
+            None
+        };
         let quota_after;
-        let (write, kind, object) = match change {
+        let mut put_target = None;
+        let (write, kind, mut object) = match change {
             Change::Put(secret, kind, seed, door_value) => {
                 let (seed_id, seed) = seed?;
                 secret.metadata.resource_version = revision;
@@ -740,7 +861,9 @@ impl Store {
                     value: record,
                     lease: old.map_or(0, |v| v.lease),
                 };
-                (write, kind, secret.duplicate())
+                let object = secret.duplicate();
+                put_target = Some(secret);
+                (write, kind, object)
             }
             Change::Delete(last) => {
                 let mut last = *last;
@@ -751,11 +874,70 @@ impl Store {
                 (Write::Delete { key: bkey }, EventKind::Deleted, last)
             }
         };
-        let committed = self.mvcc.commit(Txn {
-            conditions: vec![condition],
-            writes: vec![write],
+        let mut conditions = vec![condition];
+        let mut writes = vec![write];
+        if let Some(c) = counter {
+            writes.push(Write::Put {
+                key: c.key.clone(),
+                value: encode_usage(quota_after),
+                lease: 0,
+            });
+            conditions.push(c);
+        }
+        let committed = match self.mvcc.commit(Txn {
+            conditions,
+            writes,
             meta: Vec::new(),
-        })?;
+        }) {
+            Ok(c) => c,
+            Err(crate::storage::StorageError::ConditionFailed {
+                key: failed,
+                expected,
+                current,
+            }) if self.shared && failed.starts_with(QUOTA_PREFIX) => {
+                // Another replica wrote in this namespace since the counter was read.
+                return Err(StoreError::Storage(
+                    crate::storage::StorageError::ConditionFailed {
+                        key: failed,
+                        expected,
+                        current,
+                    },
+                ));
+            }
+            Err(crate::storage::StorageError::ConditionFailed { current, .. }) if self.shared => {
+                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+                return Err(match old {
+                    None => StoreError::AlreadyExists {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    },
+                    Some(_) if current == 0 => StoreError::NotFound {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    },
+                    Some(v) => StoreError::Conflict {
+                        name: name.to_owned(),
+                        expected: v.mod_revision,
+                        current,
+                    },
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if self.shared {
+            // The storage chose the revision; the answer and the event carry it.
+            let revision = committed.revision;
+            object.metadata.resource_version = revision;
+            if let Some(secret) = put_target {
+                secret.metadata.resource_version = revision;
+            }
+            let mut quota = self.quota_state();
+            if quota.enabled() {
+                quota.set(&object.metadata.namespace, quota_after);
+            }
+            // Its event comes back through the feed, with every other process's.
+            return Ok((committed.lsn, revision));
+        }
         if committed.revision != revision {
             // Another writer committed to the same keyspace: the sealed object names the wrong
             // revision. Nothing but this store may write to it.
@@ -782,7 +964,7 @@ impl Store {
             revision,
             event: Some(event),
         });
-        Ok(committed.lsn)
+        Ok((committed.lsn, revision))
     }
 
     /// Waits for durability of `lsn`, then publishes every event up to it, in order, and the
@@ -843,7 +1025,11 @@ impl Store {
             return Ok(None);
         };
         let opened = self.open_stored(key, &v.value).await?;
-        Ok(opened.secret.map(|s| (s, v, opened.door_value)))
+        Ok(opened.secret.map(|mut s| {
+            // As in `open_version`: the version's revision is the resource_version.
+            s.metadata.resource_version = v.mod_revision;
+            (s, v, opened.door_value)
+        }))
     }
 
     fn quota_state(&self) -> std::sync::MutexGuard<'_, QuotaState> {
@@ -852,12 +1038,20 @@ impl Store {
 
     /// Opens a stored version of the Secret at storage key `key` (`namespace/name`); `None`
     /// for a value written through the etcd door that is not a Secret Coffer can show.
+    ///
+    /// Its resource_version is the version's revision: the same as the sealed copy's when this
+    /// store is the only writer, and the storage's own on a shared keyspace (where the sealed
+    /// copy names the revision the writer predicted).
     async fn open_version(
         &self,
         key: &str,
         version: &Version,
     ) -> Result<Option<Secret>, StoreError> {
-        Ok(self.open_stored(key, &version.value).await?.secret)
+        let mut shown = self.open_stored(key, &version.value).await?.secret;
+        if let Some(s) = &mut shown {
+            s.metadata.resource_version = version.mod_revision;
+        }
+        Ok(shown)
     }
 
     /// Opens a record of the Secret at storage key `key`: what it shows, and the value as
@@ -950,6 +1144,64 @@ enum Change<'a> {
     Delete(Box<Secret>),
 }
 
+/// The keys of the per-namespace usage counters on a shared keyspace (`q/<namespace>`).
+const QUOTA_PREFIX: &str = "q/";
+
+/// Whether `e` is a lost race on a namespace's usage counter (retried: nothing was written).
+fn counter_race(e: &StoreError) -> bool {
+    matches!(e, StoreError::Storage(crate::storage::StorageError::ConditionFailed { key, .. })
+        if key.starts_with(QUOTA_PREFIX))
+}
+
+/// A counter race still lost after every retry: the namespace is too busy right now.
+fn give_up_race(e: StoreError) -> StoreError {
+    if counter_race(&e) {
+        StoreError::Unavailable(
+            "the namespace's quota counter changed on every try (other replicas write it); retry"
+                .into(),
+        )
+    } else {
+        e
+    }
+}
+
+/// A usage counter's value: count and bytes, big-endian.
+fn encode_usage(u: QuotaUsage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&u.count.to_be_bytes());
+    out.extend_from_slice(&u.bytes.to_be_bytes());
+    out
+}
+
+fn decode_usage(raw: &[u8], key: &str) -> Result<QuotaUsage, StoreError> {
+    let (count, bytes) = raw
+        .split_first_chunk::<8>()
+        .and_then(|(c, rest)| Some((*c, <[u8; 8]>::try_from(rest).ok()?)))
+        .ok_or_else(|| StoreError::data_loss(key, "the namespace's quota counter is damaged"))?;
+    Ok(QuotaUsage {
+        count: u64::from_be_bytes(count),
+        bytes: u64::from_be_bytes(bytes),
+    })
+}
+
+/// One namespace's usage from its current records (`prefix` = `s/<namespace>/`).
+fn scan_usage_prefix(mvcc: &dyn Mvcc, prefix: &[u8]) -> Result<QuotaUsage, StoreError> {
+    let mut usage = QuotaUsage::default();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let rows = mvcc.range(prefix, cursor.as_deref(), None, SCAN_CHUNK)?;
+        let done = rows.len() < SCAN_CHUNK;
+        for v in &rows {
+            usage.count += 1;
+            usage.bytes += v.value.len() as u64;
+        }
+        cursor = rows.into_iter().next_back().map(|v| v.key);
+        if done || cursor.is_none() {
+            return Ok(usage);
+        }
+    }
+}
+
 /// Every namespace's usage, from the current records' keys and lengths (nothing is
 /// decrypted; history does not count).
 fn scan_usage(mvcc: &dyn Mvcc) -> Result<HashMap<String, QuotaUsage>, StoreError> {
@@ -976,6 +1228,19 @@ fn scan_usage(mvcc: &dyn Mvcc) -> Result<HashMap<String, QuotaUsage>, StoreError
             return Ok(usage);
         }
     }
+}
+
+/// The door keys that name Secrets start with this: `<etcd prefix>/secrets/`, the prefix
+/// cleaned as kube-apiserver cleans it (`path.Join("/", prefix)`).
+fn secrets_prefix(etcd_prefix: &str) -> Vec<u8> {
+    let inner: Vec<&str> = etcd_prefix.split('/').filter(|p| !p.is_empty()).collect();
+    let mut p = String::from("/");
+    for part in inner {
+        p.push_str(part);
+        p.push('/');
+    }
+    p.push_str("secrets/");
+    p.into_bytes()
 }
 
 fn backend_key(key: &str) -> String {

@@ -156,19 +156,6 @@ pub(crate) fn raw_aad(backend_key: &[u8]) -> Vec<u8> {
     aad
 }
 
-/// The door keys that name Secrets start with this: `<etcd prefix>/secrets/`, the prefix
-/// cleaned as kube-apiserver cleans it (`path.Join("/", prefix)`).
-pub(crate) fn secrets_prefix(etcd_prefix: &str) -> Vec<u8> {
-    let inner: Vec<&str> = etcd_prefix.split('/').filter(|p| !p.is_empty()).collect();
-    let mut p = String::from("/");
-    for part in inner {
-        p.push_str(part);
-        p.push('/');
-    }
-    p.push_str("secrets/");
-    p.into_bytes()
-}
-
 impl Store {
     /// The Secret storage key (`namespace/name`) a door key names, if it names one.
     fn secret_of(&self, key: &[u8]) -> Option<String> {

@@ -36,6 +36,10 @@ pub(crate) async fn run(store: Arc<Store>, interval: Duration, shutdown: Cancell
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        if !store.is_leader() {
+            // On etcd storage another replica, the elected one, cleans.
+            continue;
+        }
         match clean_once(&store, SystemTime::now()).await {
             Ok(r) if r.deleted > 0 => {
                 tracing::info!(

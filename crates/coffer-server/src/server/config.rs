@@ -25,6 +25,7 @@
 //! bookmark_interval = "1m"
 //! shutdown_grace = "30s"
 //! watch_window = 1000
+//! watch_window_bytes = 67108864
 //! watch_window_age = "5m"
 //! kms = "unix:///run/kms/kms.sock"
 //! kms_timeout = "3s"
@@ -65,6 +66,7 @@ use crate::settings::{self, Merge, merge_fields, parse_duration};
 use coffer_core::crypto::Algorithm;
 use coffer_core::storage::Durability;
 use coffer_core::store::StoreConfig;
+use coffer_etcd::{StorageTls, StorageUrl};
 use coffer_kms::{KmsConfig, KmsEndpoint};
 
 /// The data directory when none is given.
@@ -159,6 +161,21 @@ pub struct StoreArgs {
     /// backup on purpose); the anchor moves back to it.
     #[arg(long)]
     pub accept_rollback: bool,
+    /// Store in an etcd cluster instead of the data directory, so that several replicas share
+    /// it: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix default /coffer). etcd holds only
+    /// ciphertext; every replica needs the same KEK (--kms or --kek-file).
+    #[arg(long, value_name = "etcd://HOST:PORT[,...][/PREFIX]")]
+    #[serde(deserialize_with = "settings::parsed")]
+    pub storage: Option<StorageUrl>,
+    /// The CA that signed the etcd members' certificates (TLS towards etcd).
+    #[arg(long, value_name = "PATH")]
+    pub storage_ca_file: Option<PathBuf>,
+    /// This replica's client certificate for etcd (PEM; with --storage-key-file).
+    #[arg(long, value_name = "PATH")]
+    pub storage_cert_file: Option<PathBuf>,
+    /// The key of --storage-cert-file (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub storage_key_file: Option<PathBuf>,
 }
 
 merge_fields!(StoreArgs {
@@ -169,7 +186,30 @@ merge_fields!(StoreArgs {
     wal_checkpoint_bytes,
     anchor_file,
     accept_rollback,
+    storage,
+    storage_ca_file,
+    storage_cert_file,
+    storage_key_file,
 });
+
+impl StoreArgs {
+    /// The etcd storage, if `--storage` is set; TLS files without it are refused.
+    pub fn resolve_storage(&self) -> Result<Option<(StorageUrl, StorageTls)>, ServeError> {
+        let tls = StorageTls {
+            ca_file: self.storage_ca_file.clone(),
+            cert_file: self.storage_cert_file.clone(),
+            key_file: self.storage_key_file.clone(),
+        };
+        match &self.storage {
+            Some(url) => Ok(Some((url.clone(), tls))),
+            None if tls.enabled() => Err(ServeError::Config(
+                "--storage-ca-file/--storage-cert-file/--storage-key-file need --storage etcd://..."
+                    .into(),
+            )),
+            None => Ok(None),
+        }
+    }
+}
 
 /// Where the server listens.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -244,6 +284,10 @@ pub struct WatchArgs {
     /// How many recent changes are kept for watches to resume from [default: 1000].
     #[arg(long, value_name = "EVENTS")]
     pub watch_window: Option<usize>,
+    /// The most bytes of changes (approximate object sizes) kept in that window
+    /// [default: 67108864, 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub watch_window_bytes: Option<usize>,
     /// How long a change stays in that window at most, e.g. 5m; 0 for no age limit
     /// [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -254,6 +298,7 @@ pub struct WatchArgs {
 merge_fields!(WatchArgs {
     bookmark_interval,
     watch_window,
+    watch_window_bytes,
     watch_window_age,
 });
 
@@ -369,6 +414,10 @@ pub struct KmsArgs {
     /// (SO_PEERCRED) and refuses another [default: not checked].
     #[arg(long, value_name = "UID")]
     pub kms_peer_uid: Option<u32>,
+    /// A local key file (32 bytes, mode 0600) to use as the KEK instead of <data-dir>/kek.key:
+    /// with --storage etcd://, the same file on every replica. It must exist (never created).
+    #[arg(long, value_name = "PATH")]
+    pub kek_file: Option<PathBuf>,
 }
 
 merge_fields!(KmsArgs {
@@ -377,6 +426,7 @@ merge_fields!(KmsArgs {
     kms_grace,
     kms_poll_interval,
     kms_peer_uid,
+    kek_file,
 });
 
 impl KmsArgs {
@@ -385,6 +435,11 @@ impl KmsArgs {
         if self.kms_peer_uid.is_some() && self.kms.is_none() {
             return Err(ServeError::Config(
                 "--kms-peer-uid needs --kms (it checks the plugin's socket)".into(),
+            ));
+        }
+        if self.kek_file.is_some() && self.kms.is_some() {
+            return Err(ServeError::Config(
+                "--kek-file and --kms: choose one KEK (a key file or a KMS v2 plugin)".into(),
             ));
         }
         let mut kms = KmsConfig {
@@ -551,6 +606,10 @@ pub struct ServeConfig {
     pub limits: LimitConfig,
     /// Authentication, authorization, audit, per-connection limits.
     pub security: SecurityConfig,
+    /// `--storage etcd://...` and its TLS files (none: sled under the data directory).
+    pub storage: Option<(StorageUrl, StorageTls)>,
+    /// `--kek-file`: the local KEK's file, instead of `<data_dir>/kek.key`.
+    pub kek_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -604,6 +663,7 @@ impl ServeArgs {
         let WatchArgs {
             bookmark_interval,
             watch_window,
+            watch_window_bytes,
             watch_window_age,
         } = args.watch;
         if let Some(d) = bookmark_interval {
@@ -617,19 +677,62 @@ impl ServeArgs {
             }
             options.watch_window_events = n;
         }
+        if let Some(n) = watch_window_bytes {
+            if n == 0 {
+                return Err(ServeError::Config(
+                    "--watch-window-bytes: must be at least 1".into(),
+                ));
+            }
+            options.watch_window_bytes = n;
+        }
         if let Some(d) = watch_window_age {
             options.watch_window_age = (!d.is_zero()).then_some(d);
         }
         let store = args.store;
+        let storage = store.resolve_storage()?;
+        let kek_file = args.kms.kek_file.clone();
+        if let Some((url, _)) = &storage
+            && args.kms.kms.is_none()
+            && kek_file.is_none()
+        {
+            // A key file made per data directory would give each replica its own KEK, and
+            // none could open the others' records.
+            return Err(ServeError::Config(format!(
+                "--storage {url}: needs a KEK every replica shares: --kms unix:///PATH (a KMS v2 \
+                 plugin) or --kek-file PATH (the same key file on every replica)"
+            )));
+        }
+        if storage.is_some() && !etcd_listen.is_empty() {
+            // The door's transactions compare revisions under this process's lock only, and
+            // its leases live in this process: on a shared keyspace they are not yet safe.
+            return Err(ServeError::Config(
+                "--etcd-listen with --storage etcd://: the etcd door on etcd storage is not \
+                 supported yet (serve the door from a replica on sled, or talk to etcd directly)"
+                    .into(),
+            ));
+        }
+        if storage.is_some() && (store.anchor_file.is_some() || store.accept_rollback) {
+            // The anchor records a data directory's checkpoints; etcd's state digest lives in
+            // etcd itself, and a whole etcd restored from an older snapshot is not detected.
+            return Err(ServeError::Config(
+                "--anchor-file/--accept-rollback with --storage etcd://: the anchor is for a \
+                 data directory only (etcd keeps its state digest in a key of its own)"
+                    .into(),
+            ));
+        }
         let data_dir = store
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        check_anchor_file(
-            &data_dir,
-            store.anchor_file.as_deref(),
-            store.accept_rollback,
-        )?;
+        if storage.is_none() {
+            check_anchor_file(
+                &data_dir,
+                store.anchor_file.as_deref(),
+                store.accept_rollback,
+            )?;
+        }
         Ok(ServeConfig {
+            storage,
+            kek_file,
             data_dir,
             listen,
             aead: store.aead.unwrap_or_default(),
@@ -722,6 +825,60 @@ mod tests {
 
     fn flags(list: &[&str]) -> Result<ServeArgs, clap::Error> {
         Serve::try_parse_from(std::iter::once("serve").chain(list.iter().copied())).map(|s| s.args)
+    }
+
+    #[test]
+    fn etcd_storage_needs_a_shared_kek_and_names_its_flags() {
+        let resolve = |list: &[&str]| {
+            flags(list)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.resolve().map_err(|e| e.to_string()))
+        };
+        let c = resolve(&[
+            "--storage",
+            "etcd://127.0.0.1:2379,127.0.0.1:2380/team",
+            "--kek-file",
+            "/k",
+        ])
+        .expect("with a key file");
+        let (url, tls) = c.storage.expect("storage");
+        assert_eq!(url.endpoints, ["127.0.0.1:2379", "127.0.0.1:2380"]);
+        assert_eq!(url.prefix, "/team");
+        assert!(!tls.enabled());
+        assert_eq!(c.kek_file, Some(PathBuf::from("/k")));
+        assert!(resolve(&["--storage", "etcd://h:1", "--kms", "unix:///run/kms.sock"]).is_ok());
+        assert!(
+            ServeArgs::default()
+                .resolve()
+                .expect("default")
+                .storage
+                .is_none()
+        );
+        for (list, needle) in [
+            (&["--storage", "etcd://h:1"][..], "--kms unix:///PATH"),
+            (&["--storage", "etcd://h:1"][..], "--kek-file PATH"),
+            (&["--storage", "http://h:1"][..], "must start with etcd://"),
+            (&["--storage", "etcd://h"][..], "must be HOST:PORT"),
+            (&["--storage-ca-file", "/ca"][..], "need --storage etcd://"),
+            (
+                &["--kek-file", "/k", "--kms", "unix:///s"][..],
+                "--kek-file and --kms",
+            ),
+            (
+                &[
+                    "--storage",
+                    "etcd://h:1",
+                    "--kek-file",
+                    "/k",
+                    "--etcd-listen",
+                    "127.0.0.1:0",
+                ][..],
+                "the etcd door on etcd storage is not supported yet",
+            ),
+        ] {
+            let e = resolve(list).expect_err(needle);
+            assert!(e.contains(needle), "{list:?}: {e}");
+        }
     }
 
     #[test]
@@ -832,6 +989,21 @@ mod tests {
         assert!(c.store_config().history_retention.is_zero());
         let c = flags(&[]).expect("flags").resolve().expect("resolve");
         assert_eq!(c.history_retention, Duration::from_secs(3600));
+        assert_eq!(
+            c.options.watch_window_bytes,
+            64 << 20,
+            "the README's 64 MiB"
+        );
+        let c = flags(&["--watch-window-bytes", "8388608"])
+            .expect("flags")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(c.options.watch_window_bytes, 8 << 20);
+        let err = flags(&["--watch-window-bytes", "0"])
+            .expect("flags")
+            .resolve()
+            .expect_err("zero");
+        assert!(err.to_string().contains("--watch-window-bytes"), "{err}");
         for flag in [
             "--shutdown-grace",
             "--watch-window-age",
@@ -891,7 +1063,8 @@ mod tests {
             &path,
             "data_dir = \"/from/file\"\nlisten = [\"127.0.0.1:1\", \"unix:///tmp/x.sock\"]\n\
              aead = \"xchacha20-poly1305\"\nrelaxed-durability = true\n\
-             token_cleaner_interval = \"0\"\nbookmark_interval = \"250ms\"\nwatch_window = 7\n",
+             token_cleaner_interval = \"0\"\nbookmark_interval = \"250ms\"\nwatch_window = 7\n\
+             watch_window_bytes = 1048576\n",
         )
         .expect("write");
         let args = ServeArgs {
@@ -910,6 +1083,7 @@ mod tests {
         assert_eq!(c.options.token_cleaner_interval, None);
         assert_eq!(c.options.bookmark_interval, Duration::from_millis(250));
         assert_eq!(c.options.watch_window_events, 7);
+        assert_eq!(c.options.watch_window_bytes, 1 << 20);
         let c = ServeArgs {
             listen: ListenArgs {
                 listen: vec![ListenAddr::Tcp("127.0.0.1:2".into())],

@@ -117,28 +117,70 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let config = args.resolve()?;
     // Before any key is loaded: no core dumps, memory locked.
     coffer_kms::hygiene::apply(&config.limits.hygiene);
-    create_data_dir(&config.data_dir)?;
     let metrics = Metrics::new();
     let store_config = config.store_config();
-    // The local key file, or a KMS v2 plugin (dialed lazily: a plugin that is down at start
-    // leaves the server up but not ready, and the Status poller retries).
-    // A data directory made with a plugin is refused without `--kms` (no key file is made).
-    let kms = config.kms.open(&config.data_dir).map_err(|e| match e {
-        KmsError::WrongKms(why) => ServeError::Config(why),
-        other => StoreError::from(other).into(),
-    })?;
-    let store = Store::open_dir(
-        &config.data_dir,
-        config.durability,
-        store_config,
-        CountingKms::wrap(kms, metrics.clone()),
-    )
-    .await?;
-    tracing::info!(
-        "data directory {} ({:?} durability)",
-        config.data_dir.display(),
-        config.durability
-    );
+    let store = match &config.storage {
+        None => {
+            create_data_dir(&config.data_dir)?;
+            // `--kek-file`, the local key file, or a KMS v2 plugin (dialed lazily: a plugin
+            // that is down at start leaves the server up but not ready, and the Status poller
+            // retries). A data directory made with a plugin is refused without `--kms` (no key
+            // file is made).
+            let kms = match &config.kek_file {
+                Some(path) => open_kek_file(path)?,
+                None => config.kms.open(&config.data_dir).map_err(|e| match e {
+                    KmsError::WrongKms(why) => ServeError::Config(why),
+                    other => StoreError::from(other).into(),
+                })?,
+            };
+            let store = Store::open_dir(
+                &config.data_dir,
+                config.durability,
+                store_config,
+                CountingKms::wrap(kms, metrics.clone()),
+            )
+            .await?;
+            tracing::info!(
+                "data directory {} ({:?} durability)",
+                config.data_dir.display(),
+                config.durability
+            );
+            store
+        }
+        Some((url, tls)) => {
+            // The shared KEK (resolve refused to go on without one).
+            let kms: Arc<dyn coffer_core::kms::Kms> = match (&config.kek_file, &config.kms.endpoint)
+            {
+                (Some(path), _) => open_kek_file(path)?,
+                (None, Some(endpoint)) => Arc::new(
+                    coffer_kms::GrpcKms::with_peer_uid(
+                        endpoint.path(),
+                        config.kms.timeout,
+                        config.kms.peer_uid,
+                    )
+                    .map_err(StoreError::from)?,
+                ),
+                (None, None) => {
+                    return Err(ServeError::Config(format!(
+                        "--storage {url}: needs --kms or --kek-file"
+                    )));
+                }
+            };
+            let client = coffer_etcd::EtcdClient::new(url, tls)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            let mvcc = coffer_etcd::EtcdMvcc::open(client)
+                .await
+                .map_err(StoreError::from)?;
+            let store = Store::open_mvcc(
+                Arc::new(mvcc),
+                CountingKms::wrap(kms, metrics.clone()),
+                store_config,
+            )
+            .await?;
+            tracing::info!("storage {url} (revisions are etcd's; shared with other replicas)");
+            store
+        }
+    };
     let security =
         Security::load(config.security).map_err(|e| ServeError::Config(e.to_string()))?;
     let mut server = Server::new(Arc::new(store))
@@ -154,19 +196,35 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(m) = config.metrics_listen {
         server = server.metrics_listen(m);
     }
+    // Watched from before the listeners are bound: a SIGTERM that arrives while the server
+    // starts (the unix socket accepts as soon as it is bound) stops it cleanly.
+    let stop = StopSignals::install();
     let running = server.start().await?;
     let token = running.shutdown_token();
     tokio::spawn(reload_on_sighup(security, token.clone()));
     tokio::spawn(async move {
         tokio::select! {
             _ = token.cancelled() => {}
-            signal = wait_for_signal() => {
+            signal = stop.wait() => {
                 tracing::info!("{signal} received: shutting down");
                 token.cancel();
             }
         }
     });
     running.wait().await
+}
+
+/// Opens `--kek-file` (never creates it: every replica must hold the same key).
+fn open_kek_file(path: &std::path::Path) -> Result<Arc<dyn coffer_core::kms::Kms>, ServeError> {
+    coffer_core::kms::LocalKek::open_existing(path)
+        .map(|k| Arc::new(k) as Arc<dyn coffer_core::kms::Kms>)
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "--kek-file {}: {e} (it must exist: 32 random bytes, mode 0600, the same file \
+                 on every replica)",
+                path.display()
+            ))
+        })
 }
 
 /// Reloads the token file and the policy (and reopens the audit log) on each SIGHUP, until
@@ -216,26 +274,61 @@ fn create_data_dir(dir: &Path) -> Result<(), ServeError> {
 
 pub use coffer_kms::logging::init_tracing;
 
-async fn wait_for_signal() -> &'static str {
+/// SIGTERM and SIGINT, each watched from the moment it is installed.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let watch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for {name}");
+                    None
+                }
+            };
+            Self {
+                term: watch(SignalKind::terminate(), "SIGTERM"),
+                int: watch(SignalKind::interrupt(), "SIGINT"),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+
+    /// Waits for the first of them; returns its name.
+    async fn wait(self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        if s.recv().await.is_none() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(self.int) => "SIGINT",
+                _ = next(self.term) => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
     }
 }
 
@@ -532,6 +625,8 @@ impl Server {
             background.spawn(cleaner::run(store.clone(), interval, shutdown.clone()));
         }
         background.spawn(retain_history(store.clone(), shutdown.clone()));
+        // On etcd storage: every replica's changes reach this one's hub and door.
+        background.spawn(feed_events(store.clone(), shutdown.clone()));
         if let Some(l) = metrics_listener {
             background.spawn(metrics::serve(
                 l,
@@ -596,6 +691,12 @@ async fn retain_history(store: Arc<Store>, shutdown: CancellationToken) {
         std::time::Duration::from_secs(60),
     );
     store.run_retention(interval, shutdown).await;
+}
+
+/// Publishes the changes of a shared keyspace (etcd storage) as the store's events, until
+/// shutdown; returns at once on sled.
+async fn feed_events(store: Arc<Store>, shutdown: CancellationToken) {
+    store.run_feed(shutdown).await;
 }
 
 /// Runs the KMS Status poller until shutdown.

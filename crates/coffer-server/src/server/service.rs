@@ -245,6 +245,11 @@ impl Secrets for SecretsService {
             .admit(request, Verb::Watch, "watch", Target::of_watch)?;
         let slot = call.watch_stream_slot()?;
         let rv = req.resource_version;
+        // On etcd storage: a revision another replica gave out may not be published here yet.
+        // Wait for it (bounded); if it still is not, the parse below refuses it as too large.
+        if rv != 0 {
+            let _ = self.watch.store.await_revision(rv).await;
+        }
         // The stream's one watch counts against the connection's and the identity's caps.
         let mut watches = call.watch_budget();
         let parsed = if self.watch.shutdown.is_cancelled() {

@@ -7,7 +7,7 @@
 //! | [`StoreError::NotFound`] | `NOT_FOUND` |
 //! | stale resource_version or uid ([`StoreError::Conflict`], [`StoreError::UidMismatch`]) | `ABORTED` |
 //! | over a namespace quota ([`StoreError::QuotaExceeded`]), over a server limit ([`super::limits`]) | `RESOURCE_EXHAUSTED` |
-//! | KMS unusable ([`StoreError::Unavailable`]), storage failed earlier | `UNAVAILABLE` |
+//! | KMS unusable ([`StoreError::Unavailable`]), storage failed earlier or unreachable (etcd) | `UNAVAILABLE` |
 //! | a record that fails to open ([`StoreError::DataLoss`]) | `DATA_LOSS` |
 //! | any other storage error | `INTERNAL` |
 //! | no or bad credentials ([`AuthError::Unauthenticated`]): a bad token, a client certificate that is expired or not from the client CA | `UNAUTHENTICATED` |
@@ -59,7 +59,9 @@ pub fn store_error(e: &StoreError) -> Status {
             status(Code::OutOfRange, e.to_string())
         }
         StoreError::Lease(l) => etcd_lease_error(l).status(),
-        StoreError::Storage(StorageError::Failed(_)) => status(Code::Unavailable, e.to_string()),
+        StoreError::Storage(StorageError::Failed(_) | StorageError::Unavailable(_)) => {
+            status(Code::Unavailable, e.to_string())
+        }
         // Stored bytes that cannot be read back are lost data, whichever layer noticed.
         StoreError::Storage(StorageError::Corrupt(_)) => status(Code::DataLoss, e.to_string()),
         StoreError::Storage(_) => status(Code::Internal, e.to_string()),

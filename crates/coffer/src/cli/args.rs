@@ -23,7 +23,8 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:7070";
 #[command(name = "coffer", version, about, propagate_version = true)]
 pub struct Cli {
     /// The Coffer server: HOST:PORT, http://HOST:PORT, https://HOST:PORT or
-    /// unix:///path/to.sock.
+    /// unix:///path/to.sock; several replicas of one store separated by commas (a connection
+    /// that fails moves on to the next; the mount agent resumes its watches there).
     #[arg(long, global = true, env = "COFFER_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
     /// The credentials presented to the server.

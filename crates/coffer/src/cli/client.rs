@@ -54,6 +54,12 @@ pub struct ServerAddr {
     /// As the user wrote it, for messages.
     pub display: String,
     target: Target,
+    /// More replicas of the same store (`--server a,b,c`): a connection that cannot be made to
+    /// one is tried on the next (etcd storage: every replica serves the same revisions, so a
+    /// watch resumes on any of them).
+    others: Vec<Target>,
+    /// The index (in `target`, then `others`) that last connected: tried first next time.
+    preferred: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The TLS settings of an https:// server (`ClientTlsConfig`'s Debug is not shown: it
     /// would show the client key).
     tls: Option<Tls>,
@@ -80,9 +86,31 @@ enum Target {
 }
 
 impl ServerAddr {
-    /// Parses `HOST:PORT`, `http://HOST:PORT`, `https://HOST:PORT` or `unix:///path/to.sock`;
-    /// no credentials (see [`Self::with_credentials`]).
+    /// Parses `HOST:PORT`, `http://HOST:PORT`, `https://HOST:PORT` or `unix:///path/to.sock`,
+    /// or several of them separated by commas (replicas of one store, tried in turn); no
+    /// credentials (see [`Self::with_credentials`]).
     pub fn parse(s: &str) -> Result<Self, CliError> {
+        if s.contains(',') && s.split(',').any(|p| p.trim().is_empty()) {
+            return Err(CliError::msg(format_args!(
+                "invalid --server {s:?}: an empty address in the list of replicas"
+            )));
+        }
+        let mut parts = s.split(',').map(Self::parse_one);
+        let mut first = parts.next().unwrap_or_else(|| Self::parse_one(s))?;
+        for next in parts {
+            let next = next?;
+            if matches!(next.target, Target::Https(_)) != matches!(first.target, Target::Https(_)) {
+                return Err(CliError::msg(format_args!(
+                    "invalid --server {s:?}: the replicas must all be https:// or none (one set of TLS settings)"
+                )));
+            }
+            first.others.push(next.target);
+        }
+        first.display = s.to_owned();
+        Ok(first)
+    }
+
+    fn parse_one(s: &str) -> Result<Self, CliError> {
         let display = s.to_owned();
         let bad = |why: &str| {
             CliError::msg(format_args!(
@@ -92,6 +120,8 @@ impl ServerAddr {
         let plain = |target| Self {
             display: display.clone(),
             target,
+            others: Vec::new(),
+            preferred: Default::default(),
             tls: None,
             bearer: Bearer::none(),
         };
@@ -180,8 +210,9 @@ impl ServerAddr {
             }
             self.bearer = Bearer::new(&token)
                 .map_err(|e| CliError::msg(format_args!("{e} (from {from})")))?;
-            if let Target::Http(uri) = &self.target
-                && !is_loopback(uri)
+            if std::iter::once(&self.target)
+                .chain(&self.others)
+                .any(|t| matches!(t, Target::Http(uri) if !is_loopback(uri)))
             {
                 eprintln!(
                     "warning: sending a bearer token without TLS to {}; use https:// and --ca-file",
@@ -193,8 +224,28 @@ impl ServerAddr {
     }
 
     /// Opens a channel and returns a Secrets client on it that sends the bearer token, if any.
+    /// With several replicas, the one that connected last is tried first, then the others in
+    /// turn; the error is the last one's.
     pub async fn connect(&self) -> Result<Client, CliError> {
-        let channel = match &self.target {
+        use std::sync::atomic::Ordering;
+        let all: Vec<&Target> = std::iter::once(&self.target).chain(&self.others).collect();
+        let start = self.preferred.load(Ordering::Relaxed) % all.len();
+        let mut last = None;
+        for k in 0..all.len() {
+            let i = (start + k) % all.len();
+            match self.connect_to(all[i]).await {
+                Ok(client) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(client);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| CliError::msg("no --server to connect to")))
+    }
+
+    async fn connect_to(&self, target: &Target) -> Result<Client, CliError> {
+        let channel = match target {
             Target::Http(uri) | Target::Https(uri) => {
                 let mut endpoint = Endpoint::from_shared(uri.clone())
                     .map_err(|e| CliError::connect(&self.display, &e))?
@@ -311,6 +362,46 @@ mod tests {
         ] {
             assert!(ServerAddr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn several_replicas_are_tried_in_turn() {
+        let a = ServerAddr::parse("127.0.0.1:1,127.0.0.1:2,unix:///tmp/c.sock").unwrap();
+        assert_eq!(a.target, Target::Http("http://127.0.0.1:1".into()));
+        assert_eq!(
+            a.others,
+            [
+                Target::Http("http://127.0.0.1:2".into()),
+                Target::Unix("/tmp/c.sock".into())
+            ]
+        );
+        assert_eq!(a.display, "127.0.0.1:1,127.0.0.1:2,unix:///tmp/c.sock");
+        for (bad, why) in [
+            ("127.0.0.1:1,", "an empty address"),
+            ("127.0.0.1:1,localhost", "the port is missing"),
+            ("https://a:1,http://b:2", "all be https:// or none"),
+        ] {
+            let e = ServerAddr::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_moves_on_to_the_next_replica() {
+        // A port nobody listens on, then a live server: the client connects to the second.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let server = coffer_testkit::server::TestServer::start().await;
+        let a = ServerAddr::parse(&format!("{dead_addr},{}", server.addr())).unwrap();
+        let mut c = a.connect().await.expect("fails over");
+        c.list(coffer_server::proto::v1::ListSecretsRequest::default())
+            .await
+            .expect("list on the live replica");
+        assert_eq!(a.preferred.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // All dead: the last replica's error.
+        let b = ServerAddr::parse(&format!("{dead_addr},{dead_addr}")).unwrap();
+        assert!(b.connect().await.is_err());
     }
 
     fn creds(server: &str, args: &CredentialArgs, env: Option<&str>) -> Result<ServerAddr, String> {

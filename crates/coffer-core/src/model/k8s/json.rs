@@ -16,7 +16,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
-use super::NotASecret;
+use super::decoded::NotASecret;
 use crate::model::timestamp::parse_rfc3339;
 use crate::model::{ObjectMeta, Secret, SecretValue};
 
@@ -92,8 +92,9 @@ impl<'a> Object<'a> {
         serde_json::from_str(text).map_err(|_| NotASecret("not a JSON object"))
     }
 
+    /// A member's value; the last one when a key repeats (as Go's decoder reads it).
     fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().find_map(|(k, v)| match v {
+        self.0.iter().rev().find_map(|(k, v)| match v {
             Part::Given(r) if k == key => Some(*r),
             _ => None,
         })
@@ -101,7 +102,7 @@ impl<'a> Object<'a> {
 
     /// Sets (or with `None` removes) a member; a new member goes where Go would write it.
     fn set(&mut self, key: &str, value: Option<Zeroizing<String>>, order: &[&str]) {
-        let at = self.0.iter().position(|(k, _)| k == key);
+        let at = self.0.iter().rposition(|(k, _)| k == key);
         match (at, value) {
             (Some(i), None) => {
                 self.0.remove(i);
@@ -263,7 +264,10 @@ pub(super) fn edit(original: &[u8], new: &Secret) -> Result<Zeroizing<Vec<u8>>, 
     if old.metadata.labels != new.metadata.labels
         || old.metadata.annotations != new.metadata.annotations
     {
-        let given = top.get("metadata").map(RawValue::get).unwrap_or("{}");
+        let given = match top.get("metadata").map(RawValue::get) {
+            None | Some("null") => "{}",
+            Some(m) => m,
+        };
         let mut meta = Object::parse(given)?;
         if old.metadata.labels != new.metadata.labels {
             meta.set("labels", string_map_json(&new.metadata.labels), META_ORDER);

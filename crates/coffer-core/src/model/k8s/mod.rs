@@ -9,6 +9,7 @@
 //! serves them back unchanged; an update through the Secret service [`edit`]s them, rewriting
 //! only the fields Coffer's model carries.
 
+mod decoded;
 mod json;
 mod proto;
 mod wire;
@@ -17,24 +18,11 @@ use zeroize::Zeroizing;
 
 use super::Secret;
 
+pub use decoded::{Decoded, NotASecret};
 pub use proto::MAGIC;
 
 /// The prefix of a value the API server encrypted itself (its own KMS or aescbc provider).
 pub const APISERVER_ENCRYPTED_PREFIX: &[u8] = b"k8s:enc:";
-
-/// Why a value is not a Secret Coffer can show (no content is ever quoted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct NotASecret(pub &'static str);
-
-/// What a stored value is.
-#[derive(Debug)]
-pub enum Decoded {
-    /// A `v1` Secret (namespace and name from its key, `resource_version` unset).
-    Secret(Box<Secret>),
-    /// Anything else: kept and served through the door only.
-    Opaque(NotASecret),
-}
 
 /// Whether the API server encrypted `value` itself.
 pub fn is_apiserver_encrypted(value: &[u8]) -> bool {

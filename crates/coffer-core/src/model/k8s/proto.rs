@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 
 use zeroize::Zeroizing;
 
+use super::decoded::{Decoded, NotASecret};
 use super::wire::{self, WireError, put_bytes, put_map_entry, put_varint};
-use super::{Decoded, NotASecret};
 use crate::model::{ObjectMeta, Secret, SecretValue};
 
 /// The magic in front of every protobuf value.
@@ -210,10 +210,13 @@ pub(super) fn edit(original: &[u8], new: &Secret) -> Result<Zeroizing<Vec<u8>>, 
     let old = parse(&new.metadata.namespace, &new.metadata.name, original)?;
     let body = &original[MAGIC.len()..];
     let outer = wire::fields(body).map_err(wire_error)?;
+    // `raw` is a bytes field: when it appears more than once the last one counts (as for a
+    // decoder), and only that one is edited.
+    let last_raw = outer.iter().rposition(|f| f.tag == tag::UNKNOWN_RAW);
     let mut out = Zeroizing::new(Vec::with_capacity(original.len() + 64));
     out.extend_from_slice(MAGIC);
-    for f in &outer {
-        if f.tag != tag::UNKNOWN_RAW {
+    for (i, f) in outer.iter().enumerate() {
+        if Some(i) != last_raw {
             out.extend_from_slice(f.raw);
             continue;
         }
@@ -228,7 +231,17 @@ fn edit_secret(raw: &[u8], o: &Secret, new: &Secret) -> Result<Zeroizing<Vec<u8>
     let type_changed = o.type_ != new.type_;
     let immutable_changed = o.immutable != new.immutable;
     let mut parts: Vec<(u32, Zeroizing<Vec<u8>>)> = Vec::new();
-    for f in wire::fields(raw).map_err(wire_error)? {
+    let fields = wire::fields(raw).map_err(wire_error)?;
+    if !fields.iter().any(|f| f.tag == tag::SECRET_METADATA) {
+        // No metadata at all: one that carries only what changed.
+        let meta = edit_meta(&[], &o.metadata, &new.metadata)?;
+        if !meta.is_empty() {
+            let mut field = Zeroizing::new(Vec::new());
+            put_bytes(&mut field, tag::SECRET_METADATA, &meta);
+            parts.push((tag::SECRET_METADATA, field));
+        }
+    }
+    for f in fields {
         let replaced = match f.tag {
             tag::SECRET_METADATA => {
                 let meta = edit_meta(f.bytes().map_err(wire_error)?, &o.metadata, &new.metadata)?;

@@ -285,3 +285,46 @@ fn what_is_not_a_secret_stays_opaque() {
         Decoded::Opaque(_)
     ));
 }
+
+#[test]
+fn with_two_raw_fields_the_last_counts_and_only_it_is_edited() {
+    // Found by the k8s_value fuzz target: an earlier `raw` that is not a Secret is ignored by
+    // decoders (a bytes field: the last occurrence wins), so an edit must leave it alone.
+    let mut value = golden();
+    value.extend_from_slice(&ld(2, &cat(&[&ld(1, &ld(1, b"s")), &[0x0b]])));
+    value.extend_from_slice(&ld(2, &ld(3, b"Opaque")));
+    let mut s = decoded(&value);
+    assert!(s.data.is_empty());
+    s.data.insert("k".into(), SecretValue::from("v"));
+    let edited = edit(&value, &s).expect("edit");
+    assert_eq!(decoded(&edited), s);
+    assert!(edited.starts_with(&golden()[..golden().len() - 4]));
+}
+
+#[test]
+fn a_secret_without_metadata_gets_one_for_new_labels() {
+    // Found by the k8s_value fuzz target.
+    let value = cat(&[
+        b"k8s\0",
+        &ld(1, &cat(&[&ld(1, b"v1"), &ld(2, b"Secret")])),
+        &ld(2, &cat(&[&ld(9, b"unknown"), &ld(3, b"Opaque")])),
+    ]);
+    let mut s = decoded(&value);
+    s.metadata.labels.insert("a".into(), "b".into());
+    let edited = edit(&value, &s).expect("edit");
+    assert_eq!(decoded(&edited), s);
+    assert!(contains_bytes(&edited, &ld(9, b"unknown")));
+}
+
+fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_json_secret_with_null_metadata_gets_labels() {
+    let value = br#"{"kind":"Secret","apiVersion":"v1","metadata":null,"type":"Opaque"}"#;
+    let mut s = decoded(value);
+    s.metadata.labels.insert("a".into(), "b".into());
+    let edited = edit(value, &s).expect("edit");
+    assert_eq!(decoded(&edited), s);
+}

@@ -266,4 +266,33 @@ pub trait Mvcc: Send + Sync + std::fmt::Debug + 'static {
 
     /// The ordered key-value backend under this keyspace, for unversioned data (seeds).
     fn backend(&self) -> &std::sync::Arc<dyn Backend>;
+
+    /// Whether other processes commit to this keyspace too (several replicas over one etcd):
+    /// the storage assigns revisions (the engine cannot predict them), a condition may fail
+    /// because of another writer, and changes reach the engine through [`Mvcc::take_feed`].
+    /// Default `false`: the engine is the only writer.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Waits until reads at the latest revision reflect every commit acknowledged (to anyone)
+    /// before the call: what makes a read served from a local copy linearizable. Default:
+    /// nothing to wait for (the only writer sees its own commits at once).
+    async fn read_barrier(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// A shared keyspace's changes: every committed one, in revision order, once (the engine
+    /// takes it at open and publishes them as its events). Default `None`: the engine publishes
+    /// its own writes.
+    fn take_feed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Change>> {
+        None
+    }
+
+    /// Whether this process should do the keyspace-wide upkeep (compaction by retention, the
+    /// bootstrap-token cleaner): on a shared keyspace only one process at a time, elected by
+    /// the storage. Default `true`: the only writer.
+    fn is_leader(&self) -> bool {
+        true
+    }
 }

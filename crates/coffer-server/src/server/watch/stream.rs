@@ -172,6 +172,14 @@ impl Mux {
                 }
                 msg = input.message(), if input_open => match msg {
                     Ok(Some(req)) => {
+                        // On etcd storage: a revision another replica gave out may not be
+                        // published here yet; wait for it (bounded) before the create checks it.
+                        if let Some(pb::watch_many_request::Op::Create(c)) = &req.op
+                            && let Some(w) = &c.watch
+                            && w.resource_version != 0
+                        {
+                            let _ = self.ctx.store.await_revision(w.resource_version).await;
+                        }
                         self.handle(req);
                         self.budget.release_to(self.watches.len());
                     }
