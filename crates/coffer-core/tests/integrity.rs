@@ -172,18 +172,21 @@ async fn a_rolled_back_directory_is_refused_by_its_anchor() {
     let anchor = root.path().join("elsewhere/anchor");
     std::fs::create_dir_all(anchor.parent().expect("parent")).expect("mkdir");
     let backup = root.path().join("backup");
-    {
+    let old = {
         let store = open_anchored(&dir, &anchor, false).await.expect("open");
         store.create(secret("a", "v1")).await.expect("create");
-    }
+        store.revision()
+    };
     assert!(anchor.exists(), "every checkpoint writes the anchor");
     copy_dir(&dir, &backup);
-    {
+    let new = {
         let store = open_anchored(&dir, &anchor, false).await.expect("reopen");
         let mut a = store.get("ns", "a").await.expect("get");
         a.data.insert("password".into(), b"v2".as_ref().into());
         store.update(a).await.expect("update");
-    }
+        store.revision()
+    };
+    assert!(new > old);
     std::fs::remove_dir_all(&dir).expect("rm");
     copy_dir(&backup, &dir);
     // Without the anchor, nothing can tell (the "whole-store rollback").
@@ -194,10 +197,13 @@ async fn a_rolled_back_directory_is_refused_by_its_anchor() {
     eprintln!("rolled back: {error}");
     assert!(error.contains("rolled back"), "{error}");
     assert!(error.contains("--accept-rollback"), "{error}");
+    // Revisions, as operators know them (not log positions).
     assert!(
-        error.contains("is at lsn") && error.contains("records lsn"),
+        error.contains(&format!("is at revision {old},"))
+            && error.contains(&format!("records revision {new} ")),
         "{error}"
     );
+    assert!(!error.contains("lsn"), "{error}");
     {
         let store = open_anchored(&dir, &anchor, true).await.expect("accepted");
         assert_eq!(password(&store, "a").await.as_deref(), Some(&b"v1"[..]));

@@ -32,8 +32,8 @@ const LSN_DOMAIN: &[u8] = b"sled lsn record";
 const INTENT_DOMAIN: &[u8] = b"sled write intent";
 const ANCHOR_DOMAIN: &[u8] = b"anchor";
 const ANCHOR_MAGIC: &[u8; 8] = b"COFFERAN";
-const ANCHOR_VERSION: u32 = 1;
-const ANCHOR_LEN: usize = 8 + 4 + 16 + 8 + DIGEST_BYTES + TAG_LEN;
+const ANCHOR_VERSION: u32 = 2;
+const ANCHOR_LEN: usize = 8 + 4 + 16 + 8 + 8 + DIGEST_BYTES + TAG_LEN;
 /// Length of an authenticated lsn record.
 pub(crate) const LSN_RECORD_LEN: usize = 8 + DIGEST_BYTES + TAG_LEN;
 
@@ -237,11 +237,13 @@ pub(crate) fn decode_intent(
     Ok((lsn, ops))
 }
 
-/// The anchor: the latest (lsn, digest) of a store, kept outside its data directory.
+/// The anchor: the latest (lsn, digest) of a store, kept outside its data directory, with the
+/// store revision at that lsn (what a refusal names: operators know revisions, not lsns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Anchor {
     pub(crate) store_id: StoreId,
     pub(crate) lsn: Lsn,
+    pub(crate) revision: u64,
     pub(crate) digest: StateDigest,
 }
 
@@ -251,6 +253,7 @@ fn anchor_body(a: &Anchor) -> Vec<u8> {
     out.extend_from_slice(&ANCHOR_VERSION.to_be_bytes());
     out.extend_from_slice(&a.store_id.0);
     out.extend_from_slice(&a.lsn.to_be_bytes());
+    out.extend_from_slice(&a.revision.to_be_bytes());
     out.extend_from_slice(&a.digest.to_bytes());
     out
 }
@@ -295,11 +298,14 @@ pub(crate) fn read_anchor(
     }
     let mut lsn = [0u8; 8];
     lsn.copy_from_slice(&bytes[28..36]);
-    let digest = StateDigest::from_bytes(&bytes[36..36 + DIGEST_BYTES])
+    let mut revision = [0u8; 8];
+    revision.copy_from_slice(&bytes[36..44]);
+    let digest = StateDigest::from_bytes(&bytes[44..44 + DIGEST_BYTES])
         .ok_or_else(|| bad("is malformed"))?;
     Ok(Some(Anchor {
         store_id,
         lsn: Lsn::from_be_bytes(lsn),
+        revision: u64::from_be_bytes(revision),
         digest,
     }))
 }
@@ -384,6 +390,7 @@ mod tests {
         let a = Anchor {
             store_id: StoreId([3; 16]),
             lsn: 42,
+            revision: 40,
             digest: StateDigest::EMPTY,
         };
         write_anchor(&path, &k, &a).unwrap();

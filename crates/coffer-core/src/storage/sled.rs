@@ -318,7 +318,13 @@ impl SledBackend {
             (Some(integrity), Some(record @ Record::V2 { .. })) => {
                 let recovered =
                     recover_verified(&config.path, &data, &meta, integrity, record, &wal_path)?;
-                check_anchor(&config, integrity, recovered.lsn, &recovered.authenticated)?;
+                check_anchor(
+                    &config,
+                    integrity,
+                    recovered.lsn,
+                    store_revision(&data),
+                    &recovered.authenticated,
+                )?;
                 (recovered.lsn, recovered.digest, recovered.wal)
             }
             (Some(integrity), _) => adopt(
@@ -928,7 +934,7 @@ fn checkpoint(
 ) -> Result<(), StorageError> {
     db.flush()?;
     sync_tree(sled_dir)?;
-    checkpointer.record(lsn, digest)?;
+    checkpointer.record(lsn, store_revision(db), digest)?;
     wal.truncate()?;
     Ok(())
 }
@@ -943,7 +949,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn record(&self, lsn: Lsn, digest: &StateDigest) -> Result<(), StorageError> {
+    fn record(&self, lsn: Lsn, revision: u64, digest: &StateDigest) -> Result<(), StorageError> {
         let Some(integrity) = &self.integrity else {
             return checkpoint_file::write(&self.path, lsn);
         };
@@ -962,6 +968,7 @@ impl Checkpointer {
                 &Anchor {
                     store_id: integrity.store_id,
                     lsn,
+                    revision,
                     digest: *digest,
                 },
             )?;
@@ -1211,11 +1218,21 @@ fn recover_verified(
     })
 }
 
+/// The store revision the keyspace recorded in sled (`m/revision`; 0 before the first write).
+fn store_revision(data: &sled::Tree) -> u64 {
+    data.get(b"m/revision")
+        .ok()
+        .flatten()
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// A store older than its anchor refuses to open (unless `accept_rollback`).
 fn check_anchor(
     config: &SledConfig,
     integrity: &StoreIntegrity,
     lsn: Lsn,
+    revision: u64,
     authenticated: &StateDigest,
 ) -> Result<(), StorageError> {
     let Some(path) = &config.anchor else {
@@ -1236,12 +1253,14 @@ fn check_anchor(
     if !behind {
         return Ok(());
     }
+    // Compared by lsn (every write moves it, the revision only Secret writes), told in
+    // revisions.
     let message = format!(
-        "the data directory {} is at lsn {lsn}, but its anchor {} records lsn {} ({} records): \
-         the whole data directory was rolled back (an older copy put back)",
+        "the data directory {} is at revision {revision}, but its anchor {} records revision \
+         {} ({} records): the whole data directory was rolled back (an older copy put back)",
         config.path.display(),
         path.display(),
-        anchor.lsn,
+        anchor.revision,
         anchor.digest.count()
     );
     if config.accept_rollback {
@@ -1406,9 +1425,11 @@ pub fn verify_dir(
     if let Some(anchor) = anchor {
         match integ::read_anchor(anchor, keys) {
             Ok(Some(a)) if a.lsn > last => report.mismatches.push(format!(
-                "anchor {}: records lsn {}, the data directory is at lsn {last}: rolled back",
+                "anchor {}: records revision {}, the data directory is at revision {}: rolled \
+                 back (pass --accept-rollback to coffer serve to start from it knowingly)",
                 anchor.display(),
-                a.lsn
+                a.revision,
+                report.revision.unwrap_or(0)
             )),
             Ok(Some(_)) => {}
             Ok(None) => report
