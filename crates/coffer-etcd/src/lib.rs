@@ -13,6 +13,8 @@
 //!   compares, reads at a revision as etcd Range, history and changes as etcd watches.
 //! - `election`: one replica, elected through an etcd lease, runs the work only one should
 //!   (history compaction by retention, the bootstrap-token cleaner).
+//! - [`verify`]: the state digest kept in etcd and `coffer verify --storage` (issue 17);
+//!   `digest` recomputes it from the keys at one revision.
 //! - [`cache`]: the watch-fed copy of the current keys that reads at the latest revision are
 //!   served from once it has caught up with etcd (a linearizable read without a Range).
 //!
@@ -25,10 +27,12 @@
 pub mod backend;
 mod cache;
 pub mod client;
+mod digest;
 mod election;
 pub mod mvcc;
 pub mod proto;
 pub mod url;
+pub mod verify;
 
 pub use self::backend::EtcdBackend;
 pub use self::client::{EtcdClient, EtcdError};

@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Kms, KmsError, SeedError, Wrapped};
+use super::seeds::verify_roundtrip;
+use super::{Kms, SeedError, Wrapped};
 use crate::crypto::integrity::{seed_check, seed_check_ok};
 use crate::crypto::{IntegrityKeys, Seed, StoreId};
 use crate::storage::integrity::{StoreIntegrity, WrappedIntegritySeed};
@@ -129,23 +130,52 @@ pub async fn create(kms: &dyn Kms) -> Result<StoreIntegrity, SeedError> {
     })
 }
 
-/// Unwraps what `Encrypt` just returned and insists on getting `seed` back: a seed is never
-/// used before the KMS has shown it can give it back.
-pub(crate) async fn verify_roundtrip(
+/// The integrity material of a shared keyspace (etcd): unwraps the integrity row, or makes it
+/// when there is none yet. Replicas starting together create it once
+/// (`Backend::put_if_absent`); a loser unwraps the winner's. After a KEK rotation the row is
+/// wrapped again under the current key (any replica may; every wrapping holds the same seed).
+pub async fn unlock_or_create_shared(
+    backend: &dyn crate::storage::Backend,
     kms: &dyn Kms,
-    seed: &Seed,
-    wrapped: &Wrapped,
-) -> Result<(), SeedError> {
-    let back = kms
-        .decrypt(&uuid::Uuid::new_v4().to_string(), wrapped)
-        .await?;
-    if back.as_slice() != seed.expose().as_slice() {
-        return Err(KmsError::InvalidResponse(
-            "Decrypt of a seed just wrapped did not give it back".into(),
-        )
-        .into());
+) -> Result<Arc<StoreIntegrity>, SeedError> {
+    use crate::storage::integrity::{
+        SHARED_INTEGRITY_KEY, decode_shared_integrity, encode_shared_integrity,
+    };
+    for _ in 0..2 {
+        if let Some(row) = backend.get(SHARED_INTEGRITY_KEY)? {
+            let (store_id, wrapped) = decode_shared_integrity(&row)?;
+            let before = wrapped.key_id.clone();
+            let integrity = unlock(kms, store_id, wrapped).await?;
+            if integrity.wrapped.key_id != before {
+                let mut batch = crate::storage::Batch::new();
+                batch.put(
+                    SHARED_INTEGRITY_KEY,
+                    encode_shared_integrity(&integrity.store_id, &integrity.wrapped),
+                );
+                let lsn = backend.apply(batch)?;
+                backend.wait_durable(lsn).await?;
+            }
+            return Ok(Arc::new(integrity));
+        }
+        let made = create(kms).await?;
+        let row = encode_shared_integrity(&made.store_id, &made.wrapped);
+        if let Some(lsn) = backend.put_if_absent(SHARED_INTEGRITY_KEY, row)? {
+            backend.wait_durable(lsn).await?;
+            tracing::info!(store = %made.store_id, "integrity seed made for the shared keyspace");
+            return Ok(Arc::new(made));
+        }
+        // Another replica made it first: use its row.
     }
-    Ok(())
+    Err(SeedError::Corrupt {
+        id: INTEGRITY_SEED_ID,
+        reason: "the integrity row another replica created is gone".into(),
+    })
+}
+
+/// Unwraps and checks a shared keyspace's integrity row (for `coffer verify --storage`).
+pub async fn unlock_shared_row(kms: &dyn Kms, row: &[u8]) -> Result<StoreIntegrity, SeedError> {
+    let (store_id, wrapped) = crate::storage::integrity::decode_shared_integrity(row)?;
+    unlock(kms, store_id, wrapped).await
 }
 
 /// `coffer verify` of a sled data directory (`db_dir`, the server stopped): unwraps the

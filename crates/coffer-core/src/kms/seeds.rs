@@ -744,7 +744,7 @@ impl SeedManager {
             }
         }
         // Before its first use, the KMS must give the seed back.
-        super::integrity::verify_roundtrip(&*self.kms, &seed, &wrapped).await?;
+        verify_roundtrip(&*self.kms, &seed, &wrapped).await?;
         let id = self
             .read()
             .stored
@@ -837,6 +837,17 @@ pub async fn verify_rows(
     rows: &[(Vec<u8>, Vec<u8>)],
     store: &StoreId,
 ) -> Vec<String> {
+    verify_and_unwrap_rows(kms, rows, store).await.1
+}
+
+/// As [`verify_rows`], also giving back the seeds that passed (by id), so that a verifier can
+/// open records with them.
+pub async fn verify_and_unwrap_rows(
+    kms: &dyn Kms,
+    rows: &[(Vec<u8>, Vec<u8>)],
+    store: &StoreId,
+) -> (std::collections::HashMap<u32, Seed>, Vec<String>) {
+    let mut seeds = std::collections::HashMap::new();
     let mut out = Vec::new();
     for (key, value) in rows {
         if key.as_slice() == STORE_ID_KEY {
@@ -862,13 +873,15 @@ pub async fn verify_rows(
                 out.push(format!("seed {id}: has no check value"))
             }
             Ok(stored) => match unwrap(kms, &stored, id, store).await {
-                Ok(_) => {}
+                Ok(seed) => {
+                    seeds.insert(id, seed);
+                }
                 Err(e @ SeedError::Corrupt { .. }) => out.push(e.to_string()),
                 Err(e) => out.push(format!("seed {id}: cannot be checked now: {e}")),
             },
         }
     }
-    out
+    (seeds, out)
 }
 
 /// Unwraps seed `id` and checks that it belongs to store `store` under that id.
@@ -901,4 +914,23 @@ async fn unwrap_unchecked(kms: &dyn Kms, stored: &StoredSeed, id: u32) -> Result
         id,
         reason: format!("KMS returned {} bytes, expected 32", bytes.len()),
     })
+}
+
+/// Unwraps what `Encrypt` just returned and insists on getting `seed` back: a seed is never
+/// used before the KMS has shown it can give it back.
+pub(crate) async fn verify_roundtrip(
+    kms: &dyn Kms,
+    seed: &Seed,
+    wrapped: &Wrapped,
+) -> Result<(), SeedError> {
+    let back = kms
+        .decrypt(&uuid::Uuid::new_v4().to_string(), wrapped)
+        .await?;
+    if back.as_slice() != seed.expose().as_slice() {
+        return Err(KmsError::InvalidResponse(
+            "Decrypt of a seed just wrapped did not give it back".into(),
+        )
+        .into());
+    }
+    Ok(())
 }

@@ -67,6 +67,99 @@ pub struct StoreIntegrity {
     pub wrapped: WrappedIntegritySeed,
 }
 
+/// On a shared keyspace (etcd): the unversioned key of the store's integrity row, `store id (16)
+/// | WrappedIntegritySeed`, created once for all replicas (`Backend::put_if_absent`).
+pub const SHARED_INTEGRITY_KEY: &[u8] = b"k/integrity";
+/// On a shared keyspace: the unversioned key of the state digest, `digest (40) | MAC (32)`,
+/// written in the same transaction as every write of a versioned key.
+pub const SHARED_DIGEST_KEY: &[u8] = b"i/digest";
+const SHARED_DIGEST_DOMAIN: &[u8] = b"shared state digest";
+/// Length of the shared digest key's value.
+pub const SHARED_DIGEST_LEN: usize = DIGEST_BYTES + TAG_LEN;
+
+/// Encodes the integrity row of a shared keyspace.
+pub fn encode_shared_integrity(store_id: &StoreId, wrapped: &WrappedIntegritySeed) -> Vec<u8> {
+    use prost::Message as _;
+    let mut out = store_id.0.to_vec();
+    out.extend_from_slice(&wrapped.encode_to_vec());
+    out
+}
+
+/// Decodes the integrity row of a shared keyspace.
+pub fn decode_shared_integrity(
+    bytes: &[u8],
+) -> Result<(StoreId, WrappedIntegritySeed), StorageError> {
+    use prost::Message as _;
+    let bad = |why: String| StorageError::Corrupt(format!("the integrity row {why}"));
+    let (id, rest) = bytes
+        .split_first_chunk::<16>()
+        .ok_or_else(|| bad("is too short".into()))?;
+    let wrapped = WrappedIntegritySeed::decode(rest).map_err(|e| bad(e.to_string()))?;
+    Ok((StoreId(*id), wrapped))
+}
+
+/// The state digest as a shared keyspace keeps it: MAC'd under the store's keys and bound to
+/// its id, so that a digest key copied from another store (or made up) is refused.
+pub fn encode_shared_digest(
+    keys: &IntegrityKeys,
+    store_id: &StoreId,
+    digest: &StateDigest,
+) -> Vec<u8> {
+    let body = digest.to_bytes();
+    let tag = keys.mac(SHARED_DIGEST_DOMAIN, &[&store_id.0, &body]);
+    let mut out = body.to_vec();
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// Decodes and authenticates a shared keyspace's digest key.
+pub fn decode_shared_digest(
+    keys: &IntegrityKeys,
+    store_id: &StoreId,
+    bytes: &[u8],
+) -> Result<StateDigest, StorageError> {
+    if bytes.len() != SHARED_DIGEST_LEN {
+        return Err(StorageError::Corrupt(format!(
+            "the state digest key holds {} bytes, not {SHARED_DIGEST_LEN}",
+            bytes.len()
+        )));
+    }
+    let (body, tag) = bytes.split_at(DIGEST_BYTES);
+    if !keys.verify(SHARED_DIGEST_DOMAIN, &[&store_id.0, body], tag) {
+        return Err(StorageError::Corrupt(format!(
+            "the state digest key does not authenticate as store {store_id}'s: it was written \
+             by someone without the store's keys, or copied from another store"
+        )));
+    }
+    StateDigest::from_bytes(body)
+        .ok_or_else(|| StorageError::Corrupt("the state digest key is malformed".into()))
+}
+
+/// Whether a versioned key of a shared keyspace counts in its digest: keys under a lease are
+/// left out (the storage deletes them by itself when the lease expires).
+pub fn shared_term_applies(lease: i64) -> bool {
+    lease == 0
+}
+
+/// Adds (`add`) or removes the term of a versioned key of a shared keyspace: its key (below
+/// the keyspace's root), its per-key `version` (known before the write's transaction, unlike
+/// the revision the storage gives it) and the hash of the value as stored.
+pub fn shared_digest_update(
+    digest: &mut StateDigest,
+    keys: &IntegrityKeys,
+    key: &[u8],
+    version: u64,
+    stored: &[u8],
+    add: bool,
+) {
+    let h = value_hash(stored);
+    if add {
+        digest.add(keys, key, version, &h);
+    } else {
+        digest.remove(keys, key, version, &h);
+    }
+}
+
 /// Encodes the authenticated lsn record.
 pub(crate) fn encode_lsn_record(
     keys: &IntegrityKeys,

@@ -333,6 +333,16 @@ impl Store {
         store_id: Option<crate::crypto::StoreId>,
         rebind: bool,
     ) -> Result<Self, StoreError> {
+        let mut store_id = store_id;
+        if mvcc.shared() {
+            // The shared keyspace's integrity keys (its digest key is kept by every commit)
+            // and store id, made once for all replicas.
+            let integrity =
+                crate::kms::integrity::unlock_or_create_shared(mvcc.backend().as_ref(), &*kms)
+                    .await?;
+            store_id = Some(integrity.store_id);
+            mvcc.set_integrity(integrity)?;
+        }
         let seeds = SeedManager::load_bound(
             kms,
             mvcc.backend().clone(),
@@ -847,8 +857,14 @@ impl Store {
                     }
                     None => codec::encode(secret),
                 };
-                let record =
-                    crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
+                // On a shared keyspace the compare on `old` makes the key's next version known
+                // now (the revision is not): the record is sealed for it.
+                let aad = self.secret_aad(
+                    key,
+                    old.map_or(1, |v| v.version + 1),
+                    old.map_or(0, |v| v.create_revision),
+                );
+                let record = crypto::seal(self.algorithm, seed_id, &seed, &aad, &plaintext);
                 quota_after = self.quota_state().admit_put(
                     &secret.metadata.namespace,
                     old_len,
@@ -1024,7 +1040,7 @@ impl Store {
         let Some(v) = self.mvcc.get(backend_key(key).as_bytes(), None)? else {
             return Ok(None);
         };
-        let opened = self.open_stored(key, &v.value).await?;
+        let opened = self.open_stored_version(key, &v).await?;
         Ok(opened.secret.map(|mut s| {
             // As in `open_version`: the version's revision is the resource_version.
             s.metadata.resource_version = v.mod_revision;
@@ -1047,7 +1063,7 @@ impl Store {
         key: &str,
         version: &Version,
     ) -> Result<Option<Secret>, StoreError> {
-        let mut shown = self.open_stored(key, &version.value).await?.secret;
+        let mut shown = self.open_stored_version(key, version).await?.secret;
         if let Some(s) = &mut shown {
             s.metadata.resource_version = version.mod_revision;
         }
@@ -1057,7 +1073,54 @@ impl Store {
     /// Opens a record of the Secret at storage key `key`: what it shows, and the value as
     /// written when it came through the etcd door.
     async fn open_stored(&self, key: &str, record: &[u8]) -> Result<Opened, StoreError> {
-        let plaintext = self.unseal(key, key.as_bytes(), record).await?;
+        self.open_stored_with(key, key.as_bytes(), record).await
+    }
+
+    /// The associated data of a Secret's record under storage key `key`: the key, and on a
+    /// shared keyspace also the per-key version the record is stored at and, from the second
+    /// version on, the key's create_revision. Both are known before the write's transaction
+    /// (its compare on the key's mod_revision fixes them), unlike the revision. A ciphertext
+    /// put back later (etcdctl put of an older value) lands at another version, or another
+    /// create_revision, and no longer opens.
+    fn secret_aad(&self, key: &str, version: u64, create_revision: u64) -> Vec<u8> {
+        if self.shared {
+            shared_secret_aad(key, version, create_revision)
+        } else {
+            key.as_bytes().to_vec()
+        }
+    }
+
+    /// Opens the stored version `v` of the Secret at storage key `key` (see
+    /// [`Store::secret_aad`]). On a shared keyspace a record that does not open at its version
+    /// is logged and answered as data loss naming the version.
+    async fn open_stored_version(&self, key: &str, v: &Version) -> Result<Opened, StoreError> {
+        let aad = self.secret_aad(key, v.version, v.create_revision);
+        match self.open_stored_with(key, &aad, &v.value).await {
+            Err(StoreError::DataLoss { key: k, reason }) if self.shared => {
+                tracing::error!(key = %k, version = v.version, mod_revision = v.mod_revision,
+                    create_revision = v.create_revision, error = %reason,
+                    "a record does not open at its etcd version: an older ciphertext was put \
+                     back (etcdctl put) or the record was altered");
+                Err(StoreError::DataLoss {
+                    key: k,
+                    reason: format!(
+                        "{reason}; the record does not belong at etcd version {} (mod_revision \
+                         {}): an older ciphertext was put back or the record was altered",
+                        v.version, v.mod_revision
+                    ),
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn open_stored_with(
+        &self,
+        key: &str,
+        aad: &[u8],
+        record: &[u8],
+    ) -> Result<Opened, StoreError> {
+        let plaintext = self.unseal(key, aad, record).await?;
         let stored =
             codec::decode_stored(plaintext.expose()).map_err(|e| StoreError::data_loss(key, e))?;
         match stored {
@@ -1111,6 +1174,43 @@ impl Store {
             .open(&seed, aad)
             .map_err(|e| StoreError::open_failed(label, e))
     }
+}
+
+/// The associated data of a Secret's record on a shared keyspace (see `Store::secret_aad`):
+/// `namespace/name`, then `\0etcd version `, the key's version and (from version 2 on) its
+/// create_revision, big-endian. A storage key never holds a NUL, so the binding cannot be
+/// confused with a key.
+pub fn shared_secret_aad(key: &str, version: u64, create_revision: u64) -> Vec<u8> {
+    let mut aad = key.as_bytes().to_vec();
+    aad.extend_from_slice(b"\0etcd version ");
+    aad.extend_from_slice(&version.to_be_bytes());
+    let created = if version <= 1 { 0 } else { create_revision };
+    aad.extend_from_slice(&created.to_be_bytes());
+    aad
+}
+
+/// `coffer verify --storage`: whether the record of the Secret at storage key `key`, stored at
+/// etcd `version` (`create_revision`), opens there with one of `seeds`; the reason if not.
+pub fn check_shared_record(
+    seeds: &HashMap<u32, crate::crypto::Seed>,
+    key: &str,
+    version: u64,
+    create_revision: u64,
+    record: &[u8],
+) -> Result<(), String> {
+    let header = RecordHeader::parse(record).map_err(|e| e.to_string())?;
+    let seed = seeds
+        .get(&header.seed_id)
+        .ok_or_else(|| format!("its seed {} is missing or was refused", header.seed_id))?;
+    header
+        .open(seed, &shared_secret_aad(key, version, create_revision))
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "{e}: it does not open at etcd version {version}: an older ciphertext was put \
+                 back or the record was altered"
+            )
+        })
 }
 
 /// A stored version opened: the Secret it shows (none for a door value that is not a Secret

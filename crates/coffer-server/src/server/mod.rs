@@ -121,6 +121,12 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     coffer_kms::hygiene::apply(&config.limits.hygiene);
     let metrics = Metrics::new();
     let store_config = config.store_config();
+    // How often a store that waits for the KMS tries to open again.
+    let retry = config
+        .kms
+        .outage
+        .healthy_interval
+        .min(config.kms.outage.failing_interval);
     let server = match &config.storage {
         None => {
             create_data_dir(&config.data_dir)?;
@@ -138,6 +144,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             let kms = CountingKms::wrap(kms, metrics.clone());
             let data_dir = config.data_dir.clone();
             let durability = config.durability;
+            tracing::info!(
+                "data directory {} ({:?} durability)",
+                config.data_dir.display(),
+                config.durability
+            );
             let open = move || {
                 Store::open_dir(
                     data_dir.clone(),
@@ -146,31 +157,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
                     kms.clone(),
                 )
             };
-            tracing::info!(
-                "data directory {} ({:?} durability)",
-                config.data_dir.display(),
-                config.durability
-            );
-            match open().await {
-                Ok(store) => Server::new(Arc::new(store)),
-                // The log is authenticated under a key only the KMS unwraps: the store opens
-                // once the KMS answers; meanwhile the server is up but not ready.
-                Err(StoreError::Unavailable(e)) => {
-                    tracing::warn!(error = %e, "the store opens once the KMS answers; \
-                        health NOT_SERVING until then");
-                    let why: OpeningReason = Arc::new(std::sync::Mutex::new(refusal(&e)));
-                    let retry = config
-                        .kms
-                        .outage
-                        .healthy_interval
-                        .min(config.kms.outage.failing_interval);
-                    Server::opening(
-                        Box::pin(open_when_kms_answers(open, retry, why.clone(), e)),
-                        why,
-                    )
-                }
-                Err(e) => return Err(e.into()),
-            }
+            open_or_wait(open, retry).await?
         }
         Some((url, tls)) => {
             // The shared KEK (resolve refused to go on without one).
@@ -193,17 +180,17 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             };
             let client = coffer_etcd::EtcdClient::new(url, tls)
                 .map_err(|e| ServeError::Config(e.to_string()))?;
-            let mvcc = coffer_etcd::EtcdMvcc::open(client)
-                .await
-                .map_err(StoreError::from)?;
-            let store = Store::open_mvcc(
-                Arc::new(mvcc),
-                CountingKms::wrap(kms, metrics.clone()),
-                store_config,
-            )
-            .await?;
+            let kms = CountingKms::wrap(kms, metrics.clone());
             tracing::info!("storage {url} (revisions are etcd's; shared with other replicas)");
-            Server::new(Arc::new(store))
+            let open = move || {
+                let (client, kms, store_config) =
+                    (client.clone(), kms.clone(), store_config.clone());
+                async move {
+                    let mvcc = coffer_etcd::EtcdMvcc::open(client).await?;
+                    Store::open_mvcc(Arc::new(mvcc), kms, store_config).await
+                }
+            };
+            open_or_wait(open, retry).await?
         }
     };
     let security =
@@ -250,6 +237,29 @@ fn open_kek_file(path: &std::path::Path) -> Result<Arc<dyn coffer_core::kms::Kms
                 path.display()
             ))
         })
+}
+
+/// A server over the store `open` opens: at once, or (when it fails for want of the KMS: the
+/// integrity key that authenticates the storage is unwrapped by it) in the background, every
+/// `retry`, the server up but not ready meanwhile. Any other failure is final.
+async fn open_or_wait<F, Fut>(open: F, retry: std::time::Duration) -> Result<Server, ServeError>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Store, StoreError>> + Send + 'static,
+{
+    match open().await {
+        Ok(store) => Ok(Server::new(Arc::new(store))),
+        Err(StoreError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "the store opens once the KMS answers; health NOT_SERVING \
+                until then");
+            let why: OpeningReason = Arc::new(std::sync::Mutex::new(refusal(&e)));
+            Ok(Server::opening(
+                Box::pin(open_when_kms_answers(open, retry, why.clone(), e)),
+                why,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What calls are told while the store waits for the KMS (the KMS error says why; it names no
