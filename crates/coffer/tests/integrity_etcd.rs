@@ -212,3 +212,52 @@ async fn write_a_lot(store: &Store, w: usize) {
         }
     }
 }
+
+/// What `coffer verify --storage` and `coffer serve --storage` refuse, each naming the flag:
+/// no shared KEK, an anchor (a data directory's), etcd flags without `--storage`, and a prefix
+/// no Coffer with integrity has opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_integrity_refusals_name_the_flag() {
+    let etcd = EtcdCluster::start(1).await;
+    let url = etcd.storage_url("/never-opened");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kek = tmp.path().join("kek.key");
+    LocalKek::create_new(&kek).expect("kek");
+    let kek_s = kek.display().to_string();
+    let anchor = tmp.path().join("anchor").display().to_string();
+    run(coffer_bin(), &["verify", "--storage", &url], &[])
+        .fails(1, "--kek-file PATH (the same key file on every replica)");
+    run(
+        coffer_bin(),
+        &[
+            "verify",
+            "--storage",
+            &url,
+            "--kek-file",
+            &kek_s,
+            "--anchor-file",
+            &anchor,
+        ],
+        &[],
+    )
+    .fails(1, "--anchor-file is for a data directory");
+    run(coffer_bin(), &["verify", "--kek-file", &kek_s], &[]).fails(1, "go with --storage etcd://");
+    verify(&url, &kek, &[]).fails(1, "no integrity row");
+    let sock = format!("unix://{}", tmp.path().join("never.sock").display());
+    run(
+        coffer_bin(),
+        &[
+            "serve",
+            "--storage",
+            &url,
+            "--kek-file",
+            &kek_s,
+            "--anchor-file",
+            &anchor,
+            "--listen",
+            &sock,
+        ],
+        &[],
+    )
+    .fails(1, "--anchor-file/--accept-rollback with --storage etcd://");
+}

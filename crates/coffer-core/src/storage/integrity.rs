@@ -15,9 +15,12 @@
 //!   per op, the key and the SHA-256 of the value before and after it, MAC'd. sled may persist
 //!   a prefix of a batch whose log entry never made it to disk (a crash); the intent is what
 //!   lets open accept exactly those states of exactly those keys, and nothing an attacker made.
-//! - The anchor (`--anchor-file`, on another volume): `magic "COFFERAN" | version: u32 (1) |
-//!   store id (16) | lsn: u64 | digest (40) | MAC (32)`, replaced atomically at every
-//!   checkpoint. A store whose state is older than its anchor refuses to start.
+//! - The anchor (`--anchor-file`, on another volume): `magic "COFFERAN" | version: u32 (2) |
+//!   store id (16) | lsn: u64 | store revision: u64 | digest (40) | MAC (32)`, replaced
+//!   atomically at every checkpoint. A store whose state is older than its anchor refuses to
+//!   start (the message names the revisions).
+//! - On a shared keyspace (etcd): the integrity row and the MAC'd state digest key
+//!   ([`SHARED_INTEGRITY_KEY`], [`SHARED_DIGEST_KEY`]), kept by the etcd backend.
 
 use std::collections::HashMap;
 use std::io::Write;
