@@ -581,8 +581,18 @@ impl Mvcc for EtcdMvcc {
                 Err(e) => tracing::error!(error = %e, "the state digest key is refused"),
             },
             None => {
-                // A keyspace from before integrity (or new): its digest key is made from its
-                // records now, once (a replica that made it first wins).
+                // A new keyspace: its digest key is made now, once (a replica that made it
+                // first wins). One that holds records without it had its digest key deleted
+                // (every Coffer write keeps it): said loudly, then made from the records so
+                // that writes go on; what changed outside Coffer before is no longer told.
+                if !snapshot.versioned.is_empty() {
+                    tracing::error!(
+                        records = computed.count(),
+                        revision = snapshot.revision,
+                        "the state digest key is missing although the etcd keyspace holds \
+                         records: it was deleted outside Coffer; made again from the records"
+                    );
+                }
                 let key = self.digest_key();
                 let value = encode_shared_digest(&integrity.keys, &integrity.store_id, &computed);
                 let client = self.client.clone();
