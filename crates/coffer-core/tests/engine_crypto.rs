@@ -111,14 +111,15 @@ async fn restart_reuses_the_seed_with_one_decrypt_and_no_encrypt() {
                 .await
                 .expect("create");
         }
-        // One seed for fifty writes: one Encrypt, no Decrypt.
+        // One seed for fifty writes: one Encrypt, and one Decrypt that checks the new seed
+        // comes back before its first use (issue 17).
         assert_eq!(kms.encrypts.load(Ordering::SeqCst), 1);
-        assert_eq!(kms.decrypts.load(Ordering::SeqCst), 0);
+        assert_eq!(kms.decrypts.load(Ordering::SeqCst), 1);
         assert_eq!(store.revision(), 51, "a new store is at 1; fifty writes");
     }
     let (store, _) = open_store(dir.path(), kms.clone(), StoreConfig::default()).await;
     // One Decrypt at start for the one live seed.
-    assert_eq!(kms.decrypts.load(Ordering::SeqCst), 1);
+    assert_eq!(kms.decrypts.load(Ordering::SeqCst), 2);
     for i in 0..50 {
         let s = store.get("ns", &format!("s{i}")).await.expect("get");
         assert_eq!(s.data["k"].expose(), format!("v{i}").as_bytes());
@@ -302,6 +303,9 @@ async fn a_seed_dated_in_the_future_is_replaced() {
         annotations: std::collections::BTreeMap<String, Vec<u8>>,
         #[prost(int64, tag = "4")]
         created_unix: i64,
+        // The check value binding the seed to its store (issue 17), kept as it is.
+        #[prost(bytes = "vec", tag = "5")]
+        check: Vec<u8>,
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let kms = TestKms::open(dir.path(), 1);

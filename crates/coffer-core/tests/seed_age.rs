@@ -26,6 +26,9 @@ struct StoredSeed {
     annotations: BTreeMap<String, Vec<u8>>,
     #[prost(int64, tag = "4")]
     created_unix: i64,
+    /// The check value binding the seed to its store (issue 17), kept as it is.
+    #[prost(bytes = "vec", tag = "5")]
+    check: Vec<u8>,
 }
 
 const DAY: i64 = 24 * 3600;

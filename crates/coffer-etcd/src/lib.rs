@@ -17,6 +17,8 @@
 //!   (history compaction by retention, the bootstrap-token cleaner).
 //! - `barrier`: etcd's current revision for read barriers, one Range per round shared by every
 //!   reader waiting.
+//! - [`verify`]: the state digest kept in etcd and `coffer verify --storage` (issue 17);
+//!   `digest` recomputes it from the keys at one revision.
 //! - [`cache`]: the watch-fed copy of the current keys that reads at the latest revision are
 //!   served from once it has caught up with etcd (a linearizable read without a Range).
 //!
@@ -30,11 +32,13 @@ pub mod backend;
 mod barrier;
 mod cache;
 pub mod client;
+mod digest;
 mod election;
 mod lease;
 pub mod mvcc;
 pub mod proto;
 pub mod url;
+pub mod verify;
 
 pub use self::backend::EtcdBackend;
 pub use self::client::{EtcdClient, EtcdError};

@@ -19,6 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use coffer_core::crypto::StateDigest;
+use coffer_core::storage::integrity::{
+    StoreIntegrity, decode_shared_digest, encode_shared_digest, shared_digest_update,
+    shared_term_applies,
+};
 use coffer_core::storage::mvcc::{
     Change, Committed, HistoryStats, LeaseService, Mvcc, RangeGuard, Revision, StoredValue, Txn,
     Version, VersionKind, Write,
@@ -59,6 +64,9 @@ pub struct EtcdMvcc {
     campaign: tokio::task::JoinHandle<()>,
     /// The door's leases: etcd's own (see [`crate::lease`]).
     leases: crate::lease::EtcdLeases,
+    /// The store's integrity keys, once the store has unwrapped them: from then on every commit
+    /// keeps the state digest key (see `crate::verify`) in its own Txn.
+    integrity: std::sync::OnceLock<Arc<StoreIntegrity>>,
 }
 
 impl std::fmt::Debug for EtcdMvcc {
@@ -122,6 +130,7 @@ impl EtcdMvcc {
             cache,
             compacted: AtomicU64::new(compacted),
             watch,
+            integrity: std::sync::OnceLock::new(),
         })
     }
 
@@ -262,6 +271,240 @@ impl EtcdMvcc {
     }
 }
 
+impl EtcdMvcc {
+    /// The digest key's etcd key (`PREFIX/u/i/digest`).
+    fn digest_key(&self) -> Vec<u8> {
+        let mut k = format!("{}/u/", self.client.prefix()).into_bytes();
+        k.extend_from_slice(coffer_core::storage::integrity::SHARED_DIGEST_KEY);
+        k
+    }
+
+    /// Reads the digest key and every key `txn` writes at one revision, and plans the digest
+    /// after `txn`: the compares that make the plan exact (the digest key's mod_revision, and
+    /// each written key the engine set no condition on) and the digest key's new value.
+    fn plan_digest(
+        &self,
+        integrity: &StoreIntegrity,
+        txn: &Txn,
+        written: u64,
+    ) -> Result<DigestStep, StorageError> {
+        let dkey = self.digest_key();
+        let mut reads = vec![range_op(dkey.clone())];
+        for w in &txn.writes {
+            reads.push(range_op(self.full(write_key(w))));
+        }
+        let client = self.client.clone();
+        let resp = self.client.block_on(async move {
+            client
+                .read(move |mut kv| {
+                    let req = pb::TxnRequest {
+                        compare: Vec::new(),
+                        success: reads.clone(),
+                        failure: Vec::new(),
+                    };
+                    async move { kv.txn(req).await }
+                })
+                .await
+        })?;
+        let mut found = resp.responses.into_iter().map(|r| match r.response {
+            Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+            _ => None,
+        });
+        let (keys, store) = (&integrity.keys, &integrity.store_id);
+        let current = found.next().flatten();
+        let mut digest = match &current {
+            Some(kv) => decode_shared_digest(keys, store, &kv.value)?,
+            None => StateDigest::EMPTY,
+        };
+        let mut compares = vec![match &current {
+            Some(kv) => mod_compare(dkey.clone(), kv.mod_revision),
+            None => created_compare(dkey.clone()),
+        }];
+        for w in &txn.writes {
+            let key = write_key(w);
+            let prev = found.next().flatten();
+            if let Some(p) = &prev
+                && shared_term_applies(p.lease)
+            {
+                shared_digest_update(&mut digest, keys, key, p.version as u64, &p.value, false);
+            }
+            if !txn.conditions.iter().any(|c| c.key == key) {
+                compares.push(match &prev {
+                    Some(p) => mod_compare(self.full(key), p.mod_revision),
+                    None => created_compare(self.full(key)),
+                });
+            }
+            if let Write::Put { value, lease, .. } = w
+                && shared_term_applies(*lease)
+            {
+                // etcd's per-key version: the compare on the key fixes it before the Txn.
+                let version = prev.as_ref().map_or(1, |p| p.version as u64 + 1);
+                let stored = encode_value(written, value);
+                shared_digest_update(&mut digest, keys, key, version, &stored, true);
+            }
+        }
+        Ok(DigestStep {
+            compares,
+            put: put_op(dkey, encode_shared_digest(keys, store, &digest)),
+        })
+    }
+
+    /// Commits `txn` as one etcd Txn (with the digest `step`'s compares and put, if any, and
+    /// the door's range `guards`), its values stamped `written`. `Ok(None)`: only the digest step's compares failed (another
+    /// replica wrote in between): plan again.
+    fn commit_with(
+        &self,
+        txn: &Txn,
+        written: u64,
+        step: Option<DigestStep>,
+        guards: &[RangeGuard],
+    ) -> Result<Option<Committed>, StorageError> {
+        let mut compare: Vec<pb::Compare> = txn
+            .conditions
+            .iter()
+            .map(|c| {
+                let key = self.full(&c.key);
+                if c.mod_revision == 0 {
+                    pb::Compare {
+                        result: pb::compare::CompareResult::Equal as i32,
+                        target: pb::compare::CompareTarget::Create as i32,
+                        key,
+                        target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+                        ..Default::default()
+                    }
+                } else {
+                    pb::Compare {
+                        result: pb::compare::CompareResult::Equal as i32,
+                        target: pb::compare::CompareTarget::Mod as i32,
+                        key,
+                        target_union: Some(pb::compare::TargetUnion::ModRevision(
+                            c.mod_revision as i64,
+                        )),
+                        ..Default::default()
+                    }
+                }
+            })
+            .collect();
+        let mut success: Vec<pb::RequestOp> = Vec::with_capacity(txn.writes.len());
+        for w in &txn.writes {
+            success.push(match w {
+                Write::Put { key, value, lease } => pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                        key: self.full(key),
+                        value: encode_value(written, value),
+                        lease: *lease,
+                        prev_kv: true,
+                        ..Default::default()
+                    })),
+                },
+                Write::Delete { key } => pb::RequestOp {
+                    request: Some(pb::request_op::Request::RequestDeleteRange(
+                        pb::DeleteRangeRequest {
+                            key: self.full(key),
+                            prev_kv: true,
+                            ..Default::default()
+                        },
+                    )),
+                },
+            });
+        }
+        compare.extend(guards.iter().map(|g| self.guard_compare(g)));
+        let had_step = step.is_some();
+        if let Some(step) = step {
+            compare.extend(step.compares);
+            success.push(step.put);
+        }
+        let meta_root = format!("{}/u/", self.client.prefix()).into_bytes();
+        for op in &txn.meta {
+            let full = |k: &[u8]| {
+                let mut f = meta_root.clone();
+                f.extend_from_slice(k);
+                f
+            };
+            success.push(match op {
+                Op::Put(k, v) => put_op(full(k), v.clone()),
+                Op::Delete(k) => delete_op(full(k)),
+            });
+        }
+        // On a failed compare: read each condition's key, to say which one failed and why.
+        let failure: Vec<pb::RequestOp> = txn
+            .conditions
+            .iter()
+            .map(|c| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: self.full(&c.key),
+                    keys_only: true,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let client = self.client.clone();
+        let resp = self.client.block_on(async move {
+            client
+                .write(move |mut kv| {
+                    let req = pb::TxnRequest {
+                        compare: compare.clone(),
+                        success: success.clone(),
+                        failure: failure.clone(),
+                    };
+                    async move { kv.txn(req).await }
+                })
+                .await
+        })?;
+        let revision = header_revision(resp.header.as_ref());
+        let strip = self.root.len();
+        if !resp.succeeded {
+            for (c, r) in txn.conditions.iter().zip(&resp.responses) {
+                let current = match &r.response {
+                    Some(pb::response_op::Response::ResponseRange(rr)) => {
+                        rr.kvs.first().map_or(0, |kv| kv.mod_revision.max(0) as u64)
+                    }
+                    _ => 0,
+                };
+                if current != c.mod_revision {
+                    return Err(StorageError::ConditionFailed {
+                        key: String::from_utf8_lossy(&c.key).into_owned(),
+                        expected: c.mod_revision,
+                        current,
+                    });
+                }
+            }
+            if had_step && guards.is_empty() {
+                // Every condition of the engine held: the digest step's compares failed.
+                return Ok(None);
+            }
+            // With range guards the failed compare may be a guard's (a key written in a range
+            // the door read): the door evaluates its Txn again, digest included.
+            // The compares failed but every key reads as expected now: it changed and changed
+            // back in between. Report the first.
+            let c = txn.conditions.first();
+            return Err(StorageError::ConditionFailed {
+                key: c.map_or_else(String::new, |c| {
+                    String::from_utf8_lossy(&c.key).into_owned()
+                }),
+                expected: c.map_or(0, |c| c.mod_revision),
+                current: 0,
+            });
+        }
+        let mut prev = Vec::with_capacity(txn.writes.len());
+        for r in resp.responses.into_iter().take(txn.writes.len()) {
+            let kv = match r.response {
+                Some(pb::response_op::Response::ResponsePut(p)) => p.prev_kv,
+                Some(pb::response_op::Response::ResponseDeleteRange(d)) => {
+                    d.prev_kvs.into_iter().next()
+                }
+                _ => None,
+            };
+            prev.push(kv.map(|kv| version_of(kv, strip, 0)).transpose()?);
+        }
+        Ok(Some(Committed {
+            revision,
+            lsn: revision,
+            prev,
+        }))
+    }
+}
+
 #[async_trait]
 impl Mvcc for EtcdMvcc {
     fn revision(&self) -> Revision {
@@ -343,139 +586,76 @@ impl Mvcc for EtcdMvcc {
     }
 
     fn commit_guarded(&self, txn: Txn, guards: &[RangeGuard]) -> Result<Committed, StorageError> {
-        let written = unix_ms();
-        let mut compare: Vec<pb::Compare> = txn
-            .conditions
-            .iter()
-            .map(|c| {
-                let key = self.full(&c.key);
-                if c.mod_revision == 0 {
-                    pb::Compare {
-                        result: pb::compare::CompareResult::Equal as i32,
-                        target: pb::compare::CompareTarget::Create as i32,
-                        key,
-                        target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
-                        ..Default::default()
-                    }
-                } else {
-                    pb::Compare {
-                        result: pb::compare::CompareResult::Equal as i32,
-                        target: pb::compare::CompareTarget::Mod as i32,
-                        key,
-                        target_union: Some(pb::compare::TargetUnion::ModRevision(
-                            c.mod_revision as i64,
-                        )),
-                        ..Default::default()
-                    }
-                }
-            })
-            .collect();
-        compare.extend(guards.iter().map(|g| self.guard_compare(g)));
-        let mut success: Vec<pb::RequestOp> = Vec::with_capacity(txn.writes.len());
-        for w in &txn.writes {
-            success.push(match w {
-                Write::Put { key, value, lease } => pb::RequestOp {
-                    request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                        key: self.full(key),
-                        value: encode_value(written, value),
-                        lease: *lease,
-                        prev_kv: true,
-                        ..Default::default()
-                    })),
-                },
-                Write::Delete { key } => pb::RequestOp {
-                    request: Some(pb::request_op::Request::RequestDeleteRange(
-                        pb::DeleteRangeRequest {
-                            key: self.full(key),
-                            prev_kv: true,
-                            ..Default::default()
-                        },
-                    )),
-                },
-            });
-        }
-        let meta_root = format!("{}/u/", self.client.prefix()).into_bytes();
-        for op in &txn.meta {
-            let full = |k: &[u8]| {
-                let mut f = meta_root.clone();
-                f.extend_from_slice(k);
-                f
-            };
-            success.push(match op {
-                Op::Put(k, v) => put_op(full(k), v.clone()),
-                Op::Delete(k) => delete_op(full(k)),
-            });
-        }
-        // On a failed compare: read each condition's key, to say which one failed and why.
-        let failure: Vec<pb::RequestOp> = txn
-            .conditions
-            .iter()
-            .map(|c| pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
-                    key: self.full(&c.key),
-                    keys_only: true,
-                    ..Default::default()
-                })),
-            })
-            .collect();
-        let client = self.client.clone();
-        let resp = self.client.block_on(async move {
-            client
-                .write(move |mut kv| {
-                    let req = pb::TxnRequest {
-                        compare: compare.clone(),
-                        success: success.clone(),
-                        failure: failure.clone(),
-                    };
-                    async move { kv.txn(req).await }
-                })
-                .await
-        })?;
-        let revision = header_revision(resp.header.as_ref());
-        let strip = self.root.len();
-        if !resp.succeeded {
-            for (c, r) in txn.conditions.iter().zip(&resp.responses) {
-                let current = match &r.response {
-                    Some(pb::response_op::Response::ResponseRange(rr)) => {
-                        rr.kvs.first().map_or(0, |kv| kv.mod_revision.max(0) as u64)
-                    }
-                    _ => 0,
-                };
-                if current != c.mod_revision {
-                    return Err(StorageError::ConditionFailed {
-                        key: String::from_utf8_lossy(&c.key).into_owned(),
-                        expected: c.mod_revision,
-                        current,
-                    });
-                }
+        let Some(integrity) = self.integrity.get().cloned() else {
+            return self
+                .commit_with(&txn, unix_ms(), None)?
+                .ok_or_else(|| StorageError::Unavailable("lost a race with no digest".into()));
+        };
+        // The digest key is compared by mod_revision in the Txn: a write by another replica in
+        // between fails the compare, and the digest is planned again from what it wrote.
+        for _ in 0..DIGEST_TRIES {
+            let written = unix_ms();
+            let step = self.plan_digest(&integrity, &txn, written)?;
+            if let Some(done) = self.commit_with(&txn, written, Some(step), guards)? {
+                return Ok(done);
             }
-            // The compares failed but every key reads as expected now: it changed and changed
-            // back in between. Report the first.
-            let c = txn.conditions.first();
-            return Err(StorageError::ConditionFailed {
-                key: c.map_or_else(String::new, |c| {
-                    String::from_utf8_lossy(&c.key).into_owned()
-                }),
-                expected: c.map_or(0, |c| c.mod_revision),
-                current: 0,
-            });
         }
-        let mut prev = Vec::with_capacity(txn.writes.len());
-        for r in resp.responses.into_iter().take(txn.writes.len()) {
-            let kv = match r.response {
-                Some(pb::response_op::Response::ResponsePut(p)) => p.prev_kv,
-                Some(pb::response_op::Response::ResponseDeleteRange(d)) => {
-                    d.prev_kvs.into_iter().next()
+        Err(StorageError::Unavailable(format!(
+            "the state digest changed on each of {DIGEST_TRIES} tries (other replicas write); retry"
+        )))
+    }
+
+    fn set_integrity(&self, integrity: Arc<StoreIntegrity>) -> Result<(), StorageError> {
+        let integrity = self.integrity.get_or_init(|| integrity).clone();
+        let (c, prefix) = (self.client.clone(), self.client.prefix().to_owned());
+        let snapshot = self
+            .client
+            .block_on(async move { crate::digest::snapshot(&c, &prefix).await })?;
+        let computed = crate::digest::digest_of(&integrity, &snapshot, self.root.len());
+        match &snapshot.digest {
+            Some(kv) => match decode_shared_digest(&integrity.keys, &integrity.store_id, &kv.value)
+            {
+                Ok(recorded) if recorded == computed => {}
+                Ok(recorded) => tracing::error!(
+                    revision = snapshot.revision,
+                    recorded = %recorded.short(), recorded_records = recorded.count(),
+                    computed = %computed.short(), computed_records = computed.count(),
+                    "the state digest of the etcd keyspace does not match its records: records \
+                     were put back, added or removed outside Coffer (run coffer verify --storage)"
+                ),
+                Err(e) => tracing::error!(error = %e, "the state digest key is refused"),
+            },
+            None => {
+                // A new keyspace: its digest key is made now, once (a replica that made it
+                // first wins). One that holds records without it had its digest key deleted
+                // (every Coffer write keeps it): said loudly, then made from the records so
+                // that writes go on; what changed outside Coffer before is no longer told.
+                if !snapshot.versioned.is_empty() {
+                    tracing::error!(
+                        records = computed.count(),
+                        revision = snapshot.revision,
+                        "the state digest key is missing although the etcd keyspace holds \
+                         records: it was deleted outside Coffer; made again from the records"
+                    );
                 }
-                _ => None,
-            };
-            prev.push(kv.map(|kv| version_of(kv, strip, 0)).transpose()?);
+                let key = self.digest_key();
+                let value = encode_shared_digest(&integrity.keys, &integrity.store_id, &computed);
+                let client = self.client.clone();
+                self.client.block_on(async move {
+                    client
+                        .write(move |mut kv| {
+                            let req = pb::TxnRequest {
+                                compare: vec![created_compare(key.clone())],
+                                success: vec![put_op(key.clone(), value.clone())],
+                                failure: Vec::new(),
+                            };
+                            async move { kv.txn(req).await }
+                        })
+                        .await
+                })?;
+            }
         }
-        Ok(Committed {
-            revision,
-            lsn: revision,
-            prev,
-        })
+        Ok(())
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StorageError> {
@@ -604,6 +784,11 @@ impl Mvcc for EtcdMvcc {
     fn leases(&self) -> Option<&dyn LeaseService> {
         Some(&self.leases)
     }
+}
+
+/// The sealed record inside a stored value (`None`: not a value Coffer wrote).
+pub(crate) fn stored_record(value: &[u8]) -> Option<&[u8]> {
+    (value.len() >= VALUE_HEADER && value[0] == VALUE_MAGIC).then(|| &value[VALUE_HEADER..])
 }
 
 /// `0xC6 | written_ms | record`.
@@ -970,5 +1155,53 @@ async fn watch_once(client: &EtcdClient, cache: &Cache, root: &[u8]) -> WatchEnd
             }
         }
         cache.apply(changes, last);
+    }
+}
+
+/// How often a commit plans the digest again after losing a race on the digest key.
+const DIGEST_TRIES: usize = 16;
+
+/// What a commit adds to its Txn to keep the state digest exact.
+struct DigestStep {
+    compares: Vec<pb::Compare>,
+    put: pb::RequestOp,
+}
+
+/// The key a write touches.
+fn write_key(w: &Write) -> &[u8] {
+    match w {
+        Write::Put { key, .. } | Write::Delete { key } => key,
+    }
+}
+
+/// A Range of one key, as a Txn operation.
+fn range_op(key: Vec<u8>) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key,
+            ..Default::default()
+        })),
+    }
+}
+
+/// `key` is at `mod_revision`.
+fn mod_compare(key: Vec<u8>, mod_revision: i64) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Mod as i32,
+        key,
+        target_union: Some(pb::compare::TargetUnion::ModRevision(mod_revision)),
+        ..Default::default()
+    }
+}
+
+/// `key` is absent.
+fn created_compare(key: Vec<u8>) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Create as i32,
+        key,
+        target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+        ..Default::default()
     }
 }

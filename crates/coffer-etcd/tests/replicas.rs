@@ -175,8 +175,8 @@ async fn a_precondition_race_has_exactly_one_winner() {
     assert!(base.metadata.resource_version > 0);
 }
 
-/// One replica's own writes run concurrently (no lock across etcd's round trip), and the
-/// compares still keep them exact: among concurrent conditional updates of one Secret exactly
+/// One replica's concurrent writes (many callers at once, each a Txn with the state digest)
+/// stay exact: among concurrent conditional updates of one Secret exactly
 /// one wins, concurrent unconditional updates are all applied (each a version of its own), and
 /// concurrent creates of one name have one winner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,9 +137,10 @@ async fn the_client_sends_a_fresh_uuid_per_call_and_checks_answers() {
             .await
             .expect("create");
     }
-    // One Encrypt for three writes: one seed.
+    // One Encrypt for three writes: one seed (and one Decrypt that checks it comes back before
+    // its first use, issue 17).
     let seen = uids.lock().unwrap().clone();
-    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
     drop((store, _backend));
     // A restart unwraps the seed with one Decrypt, under another uid.
     let kms = GrpcKms::new(&sock, Duration::from_secs(3)).unwrap();
@@ -149,8 +150,9 @@ async fn the_client_sends_a_fresh_uuid_per_call_and_checks_answers() {
         "s0"
     );
     let seen = uids.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
     assert_ne!(seen[0], seen[1]);
+    assert_ne!(seen[1], seen[2]);
     for u in &seen {
         uuid::Uuid::parse_str(u).unwrap_or_else(|_| panic!("uid {u:?} is not a UUID"));
     }

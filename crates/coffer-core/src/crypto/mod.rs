@@ -6,9 +6,11 @@
 //! data key encrypts exactly one message, so nonce reuse limits never come into play.
 
 mod aead;
+pub mod integrity;
 mod keys;
 pub mod record;
 
 pub use self::aead::{Algorithm, UnknownAlgorithm};
+pub use self::integrity::{IntegrityKeys, StateDigest, StoreId};
 pub use self::keys::{DataKey, Plaintext, SEED_LEN, Seed};
 pub use self::record::{OpenError, RecordHeader, open, seal};

@@ -15,6 +15,7 @@
 //! - Rewriting records still under seeds of a retired key_id (`coffer migrate`) is the store's
 //!   (`store::migrate`), beside `reseal`.
 
+pub mod integrity;
 mod local;
 pub mod poller;
 pub mod seeds;

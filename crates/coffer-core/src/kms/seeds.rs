@@ -13,6 +13,14 @@
 //! (so a returning plugin is noticed at once; writers that queue behind a probe share its
 //! answer) and fails with [`KmsError::Unreachable`] if the plugin still does not answer well.
 //! Reads never wait for the KMS while their seed is in memory.
+//!
+//! Seeds are bound to their store: the store has an id (`k/store`, made with the store, or given
+//! by the data directory's integrity record), and each seed row carries a check value bound to
+//! that id and the seed's id (`crypto::integrity::seed_check`), recomputed after every `Decrypt`
+//! and once right after a seed is made, before its first use. A seed row copied from another
+//! store that shares the KMS unwraps fine but fails its check, and the store refuses to open. A
+//! store from before the binding gets its id and check values on its first start (every seed
+//! must unwrap then); after that a row without a check value is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -23,7 +31,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Kms, KmsError, KmsStatus, Wrapped};
-use crate::crypto::Seed;
+use crate::crypto::integrity::{seed_check, seed_check_ok};
+use crate::crypto::{Seed, StoreId};
 use crate::storage::{Backend, Batch, StorageError};
 
 /// How far ahead of this machine's clock a seed's creation time may be (clocks of replicas
@@ -32,6 +41,8 @@ const MAX_CLOCK_SKEW_SECS: i64 = 3600;
 
 /// The backend key prefix of the seeds table.
 pub const SEED_PREFIX: &[u8] = b"k/seed/";
+/// The backend key of the store id the seeds are bound to.
+pub const STORE_ID_KEY: &[u8] = b"k/store";
 
 /// When the current seed is replaced for new writes (besides a key_id change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +111,9 @@ struct StoredSeed {
     annotations: BTreeMap<String, Vec<u8>>,
     #[prost(int64, tag = "4")]
     created_unix: i64,
+    /// `seed_check(seed, store id, seed id)`; empty in rows from before the binding.
+    #[prost(bytes = "vec", tag = "5")]
+    check: Vec<u8>,
 }
 
 impl StoredSeed {
@@ -127,6 +141,8 @@ struct Inner {
     current_since: Option<Instant>,
     /// The key_id the KMS last reported in a good Status.
     kms_key_id: Option<String>,
+    /// The store the seeds are bound to.
+    store_id: Option<StoreId>,
 }
 
 /// What the seed manager knows about the KMS's health.
@@ -234,7 +250,53 @@ impl SeedManager {
         policy: SeedPolicy,
         outage: OutagePolicy,
     ) -> Result<Self, SeedError> {
+        Self::load_bound(kms, backend, policy, outage, None, false).await
+    }
+
+    /// As [`SeedManager::load_with`], for the store `store` (a sled data directory's id, from
+    /// its integrity record): the seeds table must be bound to it (one from before the binding
+    /// is bound to it now). `None`: the id in the seeds table, or a new one. `rebind`: the data
+    /// directory was adopted by integrity in this very open (its store id is new), so a seeds
+    /// table bound to another id (by the unauthenticated backend path) is bound to `store` now,
+    /// each seed's old check value verified first.
+    pub async fn load_bound(
+        kms: Arc<dyn Kms>,
+        backend: Arc<dyn Backend>,
+        policy: SeedPolicy,
+        outage: OutagePolicy,
+        store: Option<StoreId>,
+        rebind: bool,
+    ) -> Result<Self, SeedError> {
         let mut inner = Inner::default();
+        let recorded = match backend.get(STORE_ID_KEY)? {
+            Some(bytes) => Some(
+                StoreId::from_slice(&bytes).ok_or_else(|| SeedError::Corrupt {
+                    id: 0,
+                    reason: format!("the store id has {} bytes, not 16", bytes.len()),
+                })?,
+            ),
+            None => None,
+        };
+        let mut rebind_from = None;
+        if let (Some(recorded), Some(store)) = (recorded, store)
+            && recorded != store
+        {
+            if rebind {
+                rebind_from = Some(recorded);
+            } else {
+                return Err(SeedError::Corrupt {
+                    id: 0,
+                    reason: format!(
+                        "the seeds table belongs to store {recorded}, but the data directory is \
+                     store {store}: its database was replaced by another store's"
+                    ),
+                });
+            }
+        }
+        let bound = recorded.is_some() && rebind_from.is_none();
+        let store_id = store.or(recorded).unwrap_or_else(StoreId::generate);
+        // Rows from before the binding get their check value now (after a Decrypt).
+        let mut upgrade = Batch::new();
         for (key, value) in backend.scan(SEED_PREFIX, None, usize::MAX)? {
             let id_bytes: [u8; 4] =
                 key[SEED_PREFIX.len()..]
@@ -244,19 +306,93 @@ impl SeedManager {
                         reason: "bad seed key".into(),
                     })?;
             let id = u32::from_be_bytes(id_bytes);
-            let stored = StoredSeed::decode(&value[..]).map_err(|e| SeedError::Corrupt {
+            let mut stored = StoredSeed::decode(&value[..]).map_err(|e| SeedError::Corrupt {
                 id,
                 reason: e.to_string(),
             })?;
-            match unwrap(&*kms, &stored, id).await {
+            if stored.check.is_empty() {
+                if bound {
+                    return Err(SeedError::Corrupt {
+                        id,
+                        reason: format!(
+                            "it has no check value, but the seeds of store {store_id} all have \
+                             one: the row was put in from elsewhere, and is refused"
+                        ),
+                    });
+                }
+                let seed =
+                    unwrap_unchecked(&*kms, &stored, id)
+                        .await
+                        .map_err(|e| SeedError::Corrupt {
+                            id,
+                            reason: format!(
+                                "it must be bound to store {store_id} on this first start after \
+                             the upgrade, which needs the KMS to unwrap it, and that failed: \
+                             {e}. Start again once the KMS is reachable"
+                            ),
+                        })?;
+                stored.check = seed_check(&seed, &store_id, id).to_vec();
+                upgrade.put(key.clone(), stored.encode_to_vec());
+                inner.unwrapped.insert(id, Arc::new(seed));
+                inner.stored.insert(id, stored);
+                continue;
+            }
+            if let Some(old) = rebind_from {
+                // Checked against the id it was bound to, then bound to this store.
+                let seed = unwrap(&*kms, &stored, id, &old)
+                    .await
+                    .map_err(|e| match e {
+                        e @ SeedError::Corrupt { .. } => e,
+                        other => SeedError::Corrupt {
+                            id,
+                            reason: format!(
+                                "it must be bound to store {store_id} on this first authenticated \
+                             start, which needs the KMS to unwrap it, and that failed: {other}. \
+                             Start again once the KMS is reachable"
+                            ),
+                        },
+                    })?;
+                stored.check = seed_check(&seed, &store_id, id).to_vec();
+                upgrade.put(key.clone(), stored.encode_to_vec());
+                inner.unwrapped.insert(id, Arc::new(seed));
+                inner.stored.insert(id, stored);
+                continue;
+            }
+            match unwrap(&*kms, &stored, id, &store_id).await {
                 Ok(seed) => {
                     inner.unwrapped.insert(id, Arc::new(seed));
                 }
+                Err(e @ SeedError::Corrupt { .. }) => return Err(e),
                 Err(e) => tracing::warn!(seed = id, key_id = %stored.key_id, error = %e,
                     "cannot unwrap seed now; records under it will retry"),
             }
             inner.stored.insert(id, stored);
         }
+        if !bound {
+            if recorded.is_none() {
+                // Create-if-absent, before any check value made with it is written: replicas
+                // sharing the storage that start together on an empty store agree on one id,
+                // and a loser loads again, bound to the winner's.
+                match backend.put_if_absent(STORE_ID_KEY, store_id.0.to_vec())? {
+                    Some(lsn) => backend.wait_durable(lsn).await?,
+                    None => {
+                        return Box::pin(Self::load_bound(
+                            kms, backend, policy, outage, store, rebind,
+                        ))
+                        .await;
+                    }
+                }
+            } else {
+                upgrade.put(STORE_ID_KEY, store_id.0.to_vec());
+            }
+            let lsn = backend.apply(upgrade)?;
+            backend.wait_durable(lsn).await?;
+            if !inner.stored.is_empty() {
+                tracing::info!(store = %store_id, seeds = inner.stored.len(),
+                    "seeds bound to the store (check values written)");
+            }
+        }
+        inner.store_id = Some(store_id);
         inner.current = inner
             .stored
             .keys()
@@ -443,7 +579,7 @@ impl SeedManager {
         };
         let mut left = 0;
         for (id, stored) in pending {
-            match unwrap(&*self.kms, &stored, id).await {
+            match unwrap(&*self.kms, &stored, id, &self.store_id()).await {
                 Ok(seed) => {
                     tracing::info!(seed = id, key_id = %stored.key_id, "seed unwrapped");
                     let mut inner = self.write();
@@ -454,6 +590,10 @@ impl SeedManager {
                         inner.current = Some(id);
                         inner.current_since = Some(Instant::now());
                     }
+                }
+                Err(e @ SeedError::Corrupt { .. }) => {
+                    left += 1;
+                    tracing::error!(seed = id, error = %e, "seed refused");
                 }
                 Err(e) => {
                     left += 1;
@@ -513,7 +653,9 @@ impl SeedManager {
                 None => return Ok(None),
             },
         };
-        let seed = Arc::new(unwrap(&*self.kms, &stored, id).await?);
+        // Verified like any other: a row another replica created (or one put there by someone
+        // who can write the storage) must carry this store's check value for this id.
+        let seed = Arc::new(unwrap(&*self.kms, &stored, id, &self.store_id()).await?);
         let mut inner = self.write();
         inner.stored.entry(id).or_insert(stored);
         inner.unwrapped.insert(id, seed.clone());
@@ -601,18 +743,23 @@ impl SeedManager {
                 .into());
             }
         }
-        let stored = StoredSeed {
-            wrapped: wrapped.ciphertext,
-            key_id: wrapped.key_id,
-            annotations: wrapped.annotations,
-            created_unix: now_unix(),
-        };
+        // Before its first use, the KMS must give the seed back.
+        verify_roundtrip(&*self.kms, &seed, &wrapped).await?;
         let id = self
             .read()
             .stored
             .keys()
             .next_back()
             .map_or(1, |last| last + 1);
+        // The check value travels in the same create-if-absent row as the wrapped seed, so no
+        // replica ever sees a seed row without it.
+        let stored = StoredSeed {
+            wrapped: wrapped.ciphertext,
+            key_id: wrapped.key_id,
+            annotations: wrapped.annotations,
+            created_unix: now_unix(),
+            check: seed_check(&seed, &self.store_id(), id).to_vec(),
+        };
         // Create-if-absent: processes sharing the storage (replicas over one etcd) that race
         // to create the same id agree on one winner, and the others adopt its seed, so no
         // record is ever sealed under a seed whose row was overwritten.
@@ -630,7 +777,9 @@ impl SeedManager {
                     id,
                     reason: "the row another process created is gone".into(),
                 })?;
-                let seed = unwrap(&*self.kms, &winner, id).await?;
+                // The winner's seed is verified like any loaded seed (its check value against
+                // this store id and this seed id) before it seals anything here.
+                let seed = unwrap(&*self.kms, &winner, id, &self.store_id()).await?;
                 tracing::info!(seed = id, key_id = %winner.key_id,
                     "another replica created this seed first; using it for writes");
                 (id, winner, seed)
@@ -673,9 +822,91 @@ impl SeedManager {
     pub fn describe_kms(&self) -> String {
         self.kms.describe()
     }
+
+    /// The store the seeds are bound to.
+    pub fn store_id(&self) -> StoreId {
+        // Set by every loader before the manager exists.
+        self.read().store_id.unwrap_or(StoreId([0; 16]))
+    }
 }
 
-async fn unwrap(kms: &dyn Kms, stored: &StoredSeed, id: u32) -> Result<Seed, SeedError> {
+/// Checks the seeds table's rows (`k/seed/<id>` and `k/store`, as a scan returns them) against
+/// store `store`, one KMS `Decrypt` per seed, for `coffer verify`: one line per failed check.
+pub async fn verify_rows(
+    kms: &dyn Kms,
+    rows: &[(Vec<u8>, Vec<u8>)],
+    store: &StoreId,
+) -> Vec<String> {
+    verify_and_unwrap_rows(kms, rows, store).await.1
+}
+
+/// As [`verify_rows`], also giving back the seeds that passed (by id), so that a verifier can
+/// open records with them.
+pub async fn verify_and_unwrap_rows(
+    kms: &dyn Kms,
+    rows: &[(Vec<u8>, Vec<u8>)],
+    store: &StoreId,
+) -> (std::collections::HashMap<u32, Seed>, Vec<String>) {
+    let mut seeds = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (key, value) in rows {
+        if key.as_slice() == STORE_ID_KEY {
+            if value.as_slice() != store.0.as_slice() {
+                out.push(format!(
+                    "seeds: the seeds table is bound to store {}, not {store}",
+                    hex::encode(value)
+                ));
+            }
+            continue;
+        }
+        let Some(id) = key
+            .strip_prefix(SEED_PREFIX)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+        else {
+            out.push("seeds: a row has a malformed key".into());
+            continue;
+        };
+        match StoredSeed::decode(&value[..]) {
+            Err(e) => out.push(format!("seed {id}: does not decode: {e}")),
+            Ok(stored) if stored.check.is_empty() => {
+                out.push(format!("seed {id}: has no check value"))
+            }
+            Ok(stored) => match unwrap(kms, &stored, id, store).await {
+                Ok(seed) => {
+                    seeds.insert(id, seed);
+                }
+                Err(e @ SeedError::Corrupt { .. }) => out.push(e.to_string()),
+                Err(e) => out.push(format!("seed {id}: cannot be checked now: {e}")),
+            },
+        }
+    }
+    (seeds, out)
+}
+
+/// Unwraps seed `id` and checks that it belongs to store `store` under that id.
+async fn unwrap(
+    kms: &dyn Kms,
+    stored: &StoredSeed,
+    id: u32,
+    store: &StoreId,
+) -> Result<Seed, SeedError> {
+    let seed = unwrap_unchecked(kms, stored, id).await?;
+    if !seed_check_ok(&seed, store, id, &stored.check) {
+        return Err(SeedError::Corrupt {
+            id,
+            reason: format!(
+                "its check value does not match store {store} and seed id {id}: the row was \
+                 copied from another store sharing the KMS (or moved to another id), and is \
+                 refused"
+            ),
+        });
+    }
+    Ok(seed)
+}
+
+/// Unwraps seed `id` (length-checked only).
+async fn unwrap_unchecked(kms: &dyn Kms, stored: &StoredSeed, id: u32) -> Result<Seed, SeedError> {
     let bytes = kms
         .decrypt(&uuid::Uuid::new_v4().to_string(), &stored.wrapped())
         .await?;
@@ -683,4 +914,23 @@ async fn unwrap(kms: &dyn Kms, stored: &StoredSeed, id: u32) -> Result<Seed, See
         id,
         reason: format!("KMS returned {} bytes, expected 32", bytes.len()),
     })
+}
+
+/// Unwraps what `Encrypt` just returned and insists on getting `seed` back: a seed is never
+/// used before the KMS has shown it can give it back.
+pub(crate) async fn verify_roundtrip(
+    kms: &dyn Kms,
+    seed: &Seed,
+    wrapped: &Wrapped,
+) -> Result<(), SeedError> {
+    let back = kms
+        .decrypt(&uuid::Uuid::new_v4().to_string(), wrapped)
+        .await?;
+    if back.as_slice() != seed.expose().as_slice() {
+        return Err(KmsError::InvalidResponse(
+            "Decrypt of a seed just wrapped did not give it back".into(),
+        )
+        .into());
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@
 mod checkpoint_file;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod fault;
+pub mod integrity;
 pub mod mvcc;
 pub mod sled;
 mod wal;
@@ -21,7 +22,8 @@ mod wal;
 use async_trait::async_trait;
 
 pub use self::sled::{
-    DEFAULT_WAL_CHECKPOINT_BYTES, Durability, SledBackend, SledConfig, sled_tuning,
+    DEFAULT_WAL_CHECKPOINT_BYTES, Durability, SledBackend, SledConfig, VerifyReport,
+    integrity_seed, sled_tuning, verify_dir,
 };
 pub use self::wal::decode_log as decode_wal;
 
@@ -125,6 +127,10 @@ pub enum StorageError {
         /// The key's mod_revision (0: absent).
         current: u64,
     },
+    /// The data directory is older than its anchor (`--anchor-file`): a whole older copy was
+    /// put back. The message names both positions and `--accept-rollback`.
+    #[error("{0}")]
+    RolledBack(String),
     /// A request the storage cannot carry out as given.
     #[error("invalid storage request: {0}")]
     Invalid(String),

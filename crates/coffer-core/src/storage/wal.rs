@@ -14,6 +14,20 @@
 //!         | 2u8 | key len: u32 | key                                (delete)
 //! ```
 //!
+//! With integrity (every data directory the store opens; see `super::integrity`) an entry also
+//! carries the state digest after its batch and a MAC:
+//!
+//! ```text
+//! entry   = len: u32 | crc: u32 (crc32 of payload and mac) | payload (len bytes) | mac (32 bytes)
+//! payload = lsn: u64 | op count: u32 | op* | digest (40 bytes)
+//! ```
+//!
+//! The crc tells damage, the MAC forgery: an entry whose crc matches but whose MAC does not was
+//! written by someone without the key (an attacker appending entries, say to carry an older
+//! database up to the checkpoint's lsn), wherever it is, and the log is refused. A crash cannot
+//! produce one. A damaged entry at the end (its crc fails) is a torn write; its bytes are moved
+//! aside to `wal.log.damaged-<time>` rather than silently dropped.
+//!
 //! Reading stops at the first entry that is truncated, has a bad checksum or a length too small
 //! to hold a payload (a zero-filled tail looks like that): that is a torn tail, an unacknowledged
 //! write interrupted by a crash, provided no intact entry follows it. A damaged entry followed by
@@ -26,6 +40,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::{Lsn, Op, StorageError};
+use crate::crypto::integrity::{DIGEST_BYTES, TAG_LEN};
+use crate::crypto::{IntegrityKeys, StateDigest};
+
+/// The MAC domain of log entries.
+const MAC_DOMAIN: &[u8] = b"wal entry";
 
 /// Bytes before the payload: length and checksum.
 pub(crate) const HEADER_LEN: usize = 8;
@@ -41,6 +60,8 @@ pub(crate) struct Entry {
     pub(crate) lsn: Lsn,
     /// The batch's writes, in order.
     pub(crate) ops: Vec<Op>,
+    /// The state digest after the batch (authenticated entries only).
+    pub(crate) digest: Option<StateDigest>,
 }
 
 fn len_u32(n: usize, what: &str) -> Result<u32, StorageError> {
@@ -54,17 +75,36 @@ fn len_u32(n: usize, what: &str) -> Result<u32, StorageError> {
 
 /// Appends the encoded entry for (`lsn`, `ops`) to `out`. On error (a key, value or batch larger
 /// than 4 GiB) `out` is left unchanged.
+#[cfg(test)]
 pub(crate) fn encode_entry(lsn: Lsn, ops: &[Op], out: &mut Vec<u8>) -> Result<(), StorageError> {
+    encode_entry_with(lsn, ops, None, out)
+}
+
+/// As [`encode_entry`]; with `auth`, an authenticated entry carrying the digest after the batch.
+pub(crate) fn encode_entry_with(
+    lsn: Lsn,
+    ops: &[Op],
+    auth: Option<(&IntegrityKeys, &StateDigest)>,
+    out: &mut Vec<u8>,
+) -> Result<(), StorageError> {
     let start = out.len();
-    let result = encode_into(lsn, ops, out, start);
+    let result = encode_into(lsn, ops, auth, out, start);
     if result.is_err() {
         out.truncate(start);
     }
     result
 }
 
-fn encode_into(lsn: Lsn, ops: &[Op], out: &mut Vec<u8>, start: usize) -> Result<(), StorageError> {
+fn encode_into(
+    lsn: Lsn,
+    ops: &[Op],
+    auth: Option<(&IntegrityKeys, &StateDigest)>,
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Result<(), StorageError> {
+    let extra = if auth.is_some() { DIGEST_BYTES } else { 0 };
     let payload_len: usize = MIN_PAYLOAD
+        + extra
         + ops
             .iter()
             .map(|op| match op {
@@ -94,7 +134,13 @@ fn encode_into(lsn: Lsn, ops: &[Op], out: &mut Vec<u8>, start: usize) -> Result<
             }
         }
     }
-    debug_assert_eq!(out.len() - start, HEADER_LEN + payload_len);
+    if let Some((keys, digest)) = auth {
+        out.extend_from_slice(&digest.to_bytes());
+        let tag = keys.mac(MAC_DOMAIN, &[&out[start + HEADER_LEN..]]);
+        out.extend_from_slice(&tag);
+    }
+    let tag_len = if auth.is_some() { TAG_LEN } else { 0 };
+    debug_assert_eq!(out.len() - start, HEADER_LEN + payload_len + tag_len);
     let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
     out[start + 4..start + HEADER_LEN].copy_from_slice(&crc.to_be_bytes());
     Ok(())
@@ -135,8 +181,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a payload whose checksum has been verified.
-pub(crate) fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
+/// Decodes a payload whose checksum (and MAC, if `authenticated`) has been verified.
+pub(crate) fn decode_payload(payload: &[u8], authenticated: bool) -> Result<Entry, String> {
+    let (payload, digest) = if authenticated {
+        let split = payload
+            .len()
+            .checked_sub(DIGEST_BYTES)
+            .ok_or("payload too short for a digest")?;
+        let (p, d) = payload.split_at(split);
+        (p, StateDigest::from_bytes(d))
+    } else {
+        (payload, None)
+    };
     let mut r = Reader(payload);
     let lsn = r.u64()?;
     let count = r.u32()? as usize;
@@ -156,7 +212,7 @@ pub(crate) fn decode_payload(payload: &[u8]) -> Result<Entry, String> {
     if !r.0.is_empty() {
         return Err(format!("{} trailing bytes after the last op", r.0.len()));
     }
-    Ok(Entry { lsn, ops })
+    Ok(Entry { lsn, ops, digest })
 }
 
 /// What [`parse`] found in a log's bytes.
@@ -170,9 +226,12 @@ pub(crate) struct Parsed {
     pub(crate) torn: Option<String>,
 }
 
-/// Parses log bytes up to the first torn entry. Fails only on corruption that a torn write cannot
-/// explain (a checksummed payload that does not decode).
-pub(crate) fn parse(data: &[u8]) -> Result<Parsed, StorageError> {
+/// Parses log bytes up to the first torn entry. Fails on corruption that a torn write cannot
+/// explain (a checksummed payload that does not decode, damage followed by an intact entry) and,
+/// with `keys`, on any entry whose checksum matches but whose MAC does not (a forgery).
+pub(crate) fn parse(data: &[u8], keys: Option<&IntegrityKeys>) -> Result<Parsed, StorageError> {
+    let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
+    let min_payload = MIN_PAYLOAD + if keys.is_some() { DIGEST_BYTES } else { 0 };
     let mut entries = Vec::new();
     let mut pos = 0;
     let torn = loop {
@@ -189,30 +248,37 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed, StorageError> {
         let mut crc = [0; 4];
         crc.copy_from_slice(&rest[4..HEADER_LEN]);
         let crc = u32::from_be_bytes(crc);
-        if len < MIN_PAYLOAD {
+        if len < min_payload {
             break Some(format!("entry length {len} is too small"));
         }
-        if rest.len() - HEADER_LEN < len {
+        if rest.len() - HEADER_LEN < len + tag_len {
             break Some(format!(
-                "truncated entry ({} of {len} payload bytes)",
-                rest.len() - HEADER_LEN
+                "truncated entry ({} of {} bytes)",
+                rest.len() - HEADER_LEN,
+                len + tag_len
             ));
         }
-        let payload = &rest[HEADER_LEN..HEADER_LEN + len];
-        if crc32fast::hash(payload) != crc {
+        let body = &rest[HEADER_LEN..HEADER_LEN + len + tag_len];
+        if crc32fast::hash(body) != crc {
             break Some("entry checksum mismatch".to_owned());
         }
-        let entry = decode_payload(payload).map_err(|e| {
+        let payload = &body[..len];
+        if let Some(keys) = keys
+            && !keys.verify(MAC_DOMAIN, &[payload], &body[len..])
+        {
+            return Err(forged(pos));
+        }
+        let entry = decode_payload(payload, keys.is_some()).map_err(|e| {
             StorageError::Corrupt(format!(
                 "write-ahead log entry at offset {pos} has a valid checksum but does not decode: {e}"
             ))
         })?;
         entries.push(entry);
-        pos += HEADER_LEN + len;
+        pos += HEADER_LEN + len + tag_len;
     };
     if torn.is_some() {
         let last = entries.last().map(|e: &Entry| e.lsn);
-        if let Some((at, lsn)) = intact_entry_after(data, pos, last) {
+        if let Some((at, lsn)) = intact_entry_after(data, pos, last, keys)? {
             return Err(StorageError::Corrupt(format!(
                 "write-ahead log entry at offset {pos} is damaged ({}), but an intact entry \
                  (lsn {lsn}) follows at offset {at}: this is not a torn write, and cutting the log \
@@ -229,6 +295,15 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed, StorageError> {
     })
 }
 
+/// The error for an entry whose checksum matches and whose MAC does not.
+fn forged(pos: usize) -> StorageError {
+    StorageError::Corrupt(format!(
+        "write-ahead log entry at offset {pos} fails authentication (its checksum matches, its \
+         MAC does not): it was not written by this store, whose key it lacks. The data \
+         directory has been tampered with; restore it from a backup"
+    ))
+}
+
 /// Decodes a whole log as the backend reads it at open: the batches (position and writes) of
 /// its valid prefix and that prefix's length (what follows it is a torn tail), or the
 /// corruption error. Public so that the WAL fuzz target (`fuzz/fuzz_targets/wal.rs`) reaches the
@@ -238,7 +313,7 @@ pub(crate) fn parse(data: &[u8]) -> Result<Parsed, StorageError> {
     reason = "a plain tuple keeps the crate's one public entry to the log format free of new types"
 )]
 pub fn decode_log(data: &[u8]) -> Result<(Vec<(Lsn, Vec<Op>)>, usize), StorageError> {
-    let parsed = parse(data)?;
+    let parsed = parse(data, None)?;
     let batches = parsed.entries.into_iter().map(|e| (e.lsn, e.ops)).collect();
     Ok((batches, parsed.valid_len))
 }
@@ -249,10 +324,29 @@ pub fn decode_log(data: &[u8]) -> Result<(Vec<(Lsn, Vec<Op>)>, usize), StorageEr
 /// the last good one are searched for as bytes, and each hit is checked as a whole entry (length,
 /// checksum, decode). With no good entry before the damage (so no lsn to search for), every offset
 /// in the next 1 MiB is tried instead.
-fn intact_entry_after(data: &[u8], bad: usize, last: Option<Lsn>) -> Option<(usize, Lsn)> {
+/// An intact entry after the damage is corruption, and so is a forged one (checksum right, MAC
+/// wrong): that is reported as such at once.
+fn intact_entry_after(
+    data: &[u8],
+    bad: usize,
+    last: Option<Lsn>,
+    keys: Option<&IntegrityKeys>,
+) -> Result<Option<(usize, Lsn)>, StorageError> {
+    let check = |at: usize| -> Result<Option<Entry>, StorageError> {
+        match parse_one(&data[at..], keys) {
+            Ok(e) => Ok(Some(e)),
+            Err(One::Forged) => Err(forged(at)),
+            Err(One::Bad) => Ok(None),
+        }
+    };
     let Some(base) = last else {
         let end = data.len().min(bad.saturating_add(1 << 20));
-        return (bad + 1..end).find_map(|at| parse_one(&data[at..]).ok().map(|e| (at, e.lsn)));
+        for at in bad + 1..end {
+            if let Some(e) = check(at)? {
+                return Ok(Some((at, e.lsn)));
+            }
+        }
+        return Ok(None);
     };
     for lsn in (1..=3).filter_map(|d| base.checked_add(d)) {
         let needle = lsn.to_be_bytes();
@@ -262,27 +356,68 @@ fn intact_entry_after(data: &[u8], bad: usize, last: Option<Lsn>) -> Option<(usi
             .and_then(|rest| rest.windows(8).position(|w| w == needle))
         {
             let at = from + i - HEADER_LEN;
-            if parse_one(&data[at..]).is_ok_and(|e| e.lsn == lsn) {
-                return Some((at, lsn));
+            if check(at)?.is_some_and(|e| e.lsn == lsn) {
+                return Ok(Some((at, lsn)));
             }
             from += i + 1;
         }
     }
-    None
+    Ok(None)
 }
 
-/// Parses exactly one whole, checksummed entry at the start of `data`.
-fn parse_one(data: &[u8]) -> Result<Entry, ()> {
-    let header = data.get(..HEADER_LEN).ok_or(())?;
-    let len = u32::from_be_bytes(header[..4].try_into().map_err(|_| ())?) as usize;
-    let crc = u32::from_be_bytes(header[4..].try_into().map_err(|_| ())?);
-    let payload = data
-        .get(HEADER_LEN..HEADER_LEN.checked_add(len).ok_or(())?)
-        .ok_or(())?;
-    if len < MIN_PAYLOAD || crc32fast::hash(payload) != crc {
-        return Err(());
+/// Why [`parse_one`] found no entry.
+enum One {
+    /// Not a whole entry with a matching checksum.
+    Bad,
+    /// A whole entry whose checksum matches but whose MAC does not.
+    Forged,
+}
+
+/// Parses exactly one whole, checksummed (and, with `keys`, authenticated) entry at the start of
+/// `data`.
+fn parse_one(data: &[u8], keys: Option<&IntegrityKeys>) -> Result<Entry, One> {
+    let tag_len = if keys.is_some() { TAG_LEN } else { 0 };
+    let min_payload = MIN_PAYLOAD + if keys.is_some() { DIGEST_BYTES } else { 0 };
+    let header = data.get(..HEADER_LEN).ok_or(One::Bad)?;
+    let len = u32::from_be_bytes(header[..4].try_into().map_err(|_| One::Bad)?) as usize;
+    let crc = u32::from_be_bytes(header[4..].try_into().map_err(|_| One::Bad)?);
+    let end = HEADER_LEN
+        .checked_add(len)
+        .and_then(|e| e.checked_add(tag_len))
+        .ok_or(One::Bad)?;
+    let body = data.get(HEADER_LEN..end).ok_or(One::Bad)?;
+    if len < min_payload || crc32fast::hash(body) != crc {
+        return Err(One::Bad);
     }
-    decode_payload(payload).map_err(|_| ())
+    if let Some(keys) = keys
+        && !keys.verify(MAC_DOMAIN, &[&body[..len]], &body[len..])
+    {
+        return Err(One::Forged);
+    }
+    decode_payload(&body[..len], keys.is_some()).map_err(|_| One::Bad)
+}
+
+/// Writes `tail` (a damaged end of the log) to a new file beside `path`, durably, and returns
+/// its path.
+fn move_aside(path: &Path, tail: &[u8]) -> Result<std::path::PathBuf, StorageError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{now}"));
+    let aside = std::path::PathBuf::from(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&aside)?;
+    file.write_all(tail)?;
+    file.sync_all()?;
+    if let Some(dir) = path.parent() {
+        #[cfg(unix)]
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(aside)
 }
 
 /// The open log file. Writes append; [`Wal::truncate`] empties it after a checkpoint.
@@ -294,8 +429,13 @@ pub(crate) struct Wal {
 
 impl Wal {
     /// Opens (creating if needed) the log at `path`, returns its valid entries, and cuts off a torn
-    /// tail (logging a warning) so that new entries follow the last valid one.
-    pub(crate) fn open(path: &Path) -> Result<(Self, Vec<Entry>), StorageError> {
+    /// tail (logging a warning, and moving any non-zero bytes of it aside to
+    /// `wal.log.damaged-<unix time>` first) so that new entries follow the last valid one. With
+    /// `keys`, the entries are authenticated ones (see the module docs).
+    pub(crate) fn open(
+        path: &Path,
+        keys: Option<&IntegrityKeys>,
+    ) -> Result<(Self, Vec<Entry>), StorageError> {
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -304,8 +444,18 @@ impl Wal {
         let mut data = Vec::new();
         file.seek(SeekFrom::Start(0))?;
         file.read_to_end(&mut data)?;
-        let parsed = parse(&data)?;
+        let parsed = parse(&data, keys)?;
         if let Some(reason) = &parsed.torn {
+            let tail = &data[parsed.valid_len..];
+            if tail.iter().any(|b| *b != 0) {
+                let aside = move_aside(path, tail)?;
+                tracing::warn!(
+                    path = %path.display(),
+                    saved = %aside.display(),
+                    "the write-ahead log's last entry is damaged or incomplete ({reason}); its \
+                     bytes are kept in the saved file"
+                );
+            }
             tracing::warn!(
                 path = %path.display(),
                 valid_bytes = parsed.valid_len,
@@ -359,14 +509,17 @@ mod tests {
             Entry {
                 lsn: 1,
                 ops: vec![put("a", "1"), put("b", "")],
+                digest: None,
             },
             Entry {
                 lsn: 2,
                 ops: vec![Op::Delete(b"a".to_vec())],
+                digest: None,
             },
             Entry {
                 lsn: 3,
                 ops: vec![],
+                digest: None,
             },
         ]
     }
@@ -382,11 +535,11 @@ mod tests {
     #[test]
     fn roundtrip() {
         let data = encode_all(&sample());
-        let parsed = parse(&data).unwrap();
+        let parsed = parse(&data, None).unwrap();
         assert_eq!(parsed.entries, sample());
         assert_eq!(parsed.valid_len, data.len());
         assert!(parsed.torn.is_none());
-        assert!(parse(&[]).unwrap().entries.is_empty());
+        assert!(parse(&[], None).unwrap().entries.is_empty());
     }
 
     #[test]
@@ -399,7 +552,7 @@ mod tests {
         };
         // Every strict prefix that cuts the second entry yields exactly the first.
         for cut in first_len + 1..first_len + 10 {
-            let parsed = parse(&data[..cut]).unwrap();
+            let parsed = parse(&data[..cut], None).unwrap();
             assert_eq!(parsed.entries.len(), 1, "cut at {cut}");
             assert_eq!(parsed.valid_len, first_len);
             assert!(parsed.torn.is_some());
@@ -407,14 +560,14 @@ mod tests {
         // A zero-filled tail (extended size, data never written) is torn, not corrupt.
         let mut zeroed = data.clone();
         zeroed.extend_from_slice(&[0; 64]);
-        let parsed = parse(&zeroed).unwrap();
+        let parsed = parse(&zeroed, None).unwrap();
         assert_eq!(parsed.entries, sample());
         assert_eq!(parsed.valid_len, data.len());
         // A huge length is a torn entry.
         let mut huge = data.clone();
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         huge.extend_from_slice(&[7; 20]);
-        assert_eq!(parse(&huge).unwrap().valid_len, data.len());
+        assert_eq!(parse(&huge, None).unwrap().valid_len, data.len());
     }
 
     #[test]
@@ -424,17 +577,17 @@ mod tests {
         encode_entry(1, &sample()[0].ops, &mut first).unwrap();
         // Flip a byte in the second entry's payload: intact entries follow it.
         data[first.len() + HEADER_LEN + 3] ^= 0xff;
-        let err = parse(&data).unwrap_err();
+        let err = parse(&data, None).unwrap_err();
         assert!(matches!(err, StorageError::Corrupt(_)), "{err}");
         assert!(err.to_string().contains("acknowledged writes"), "{err}");
         // So is a flip in the second entry's length field.
         let mut data = encode_all(&sample());
         data[first.len() + 1] ^= 0x40;
-        assert!(matches!(parse(&data), Err(StorageError::Corrupt(_))));
+        assert!(matches!(parse(&data, None), Err(StorageError::Corrupt(_))));
         // And a flip in the very first entry.
         let mut data = encode_all(&sample());
         data[HEADER_LEN + 2] ^= 0x01;
-        assert!(matches!(parse(&data), Err(StorageError::Corrupt(_))));
+        assert!(matches!(parse(&data, None), Err(StorageError::Corrupt(_))));
     }
 
     #[test]
@@ -442,7 +595,7 @@ mod tests {
         let mut data = encode_all(&sample());
         let n = data.len();
         data[n - 1] ^= 0xff;
-        let parsed = parse(&data).unwrap();
+        let parsed = parse(&data, None).unwrap();
         assert_eq!(parsed.entries.len(), sample().len() - 1);
         assert!(parsed.torn.unwrap().contains("checksum"));
     }
@@ -454,7 +607,7 @@ mod tests {
         data.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         data.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
         data.extend_from_slice(&payload);
-        assert!(matches!(parse(&data), Err(StorageError::Corrupt(_))));
+        assert!(matches!(parse(&data, None), Err(StorageError::Corrupt(_))));
     }
 
     #[test]
@@ -466,7 +619,7 @@ mod tests {
         data.extend_from_slice(&[0, 0, 0, 40, 1, 2]);
         std::fs::write(&path, &data).unwrap();
 
-        let (mut wal, entries) = Wal::open(&path).unwrap();
+        let (mut wal, entries) = Wal::open(&path, None).unwrap();
         assert_eq!(entries, sample()[..2].to_vec());
         assert_eq!(wal.len(), valid as u64);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), valid as u64);
@@ -475,14 +628,91 @@ mod tests {
         encode_entry(3, &[], &mut third).unwrap();
         wal.append_sync(&third).unwrap();
         drop(wal);
-        let (mut wal, entries) = Wal::open(&path).unwrap();
+        let (mut wal, entries) = Wal::open(&path, None).unwrap();
         assert_eq!(entries, sample());
 
         wal.truncate().unwrap();
         wal.append_sync(&third).unwrap();
         drop(wal);
-        let (wal, entries) = Wal::open(&path).unwrap();
+        let (wal, entries) = Wal::open(&path, None).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(wal.len(), third.len() as u64);
+    }
+
+    fn keys(b: u8) -> IntegrityKeys {
+        IntegrityKeys::derive(&crate::crypto::Seed::from_slice(&[b; 32]).unwrap())
+    }
+
+    fn encode_auth(keys: &IntegrityKeys, entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in entries {
+            let d = StateDigest::EMPTY;
+            encode_entry_with(e.lsn, &e.ops, Some((keys, &d)), &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn authenticated_entries_roundtrip_and_refuse_forgeries() {
+        let k = keys(1);
+        let data = encode_auth(&k, &sample());
+        let parsed = parse(&data, Some(&k)).unwrap();
+        assert_eq!(parsed.entries.len(), 3);
+        assert_eq!(parsed.entries[1].ops, sample()[1].ops);
+        assert_eq!(parsed.entries[2].digest, Some(StateDigest::EMPTY));
+        assert_eq!(parsed.valid_len, data.len());
+        // An unauthenticated log is never applied as an authenticated one (it reads as a
+        // damaged tail, which open moves aside).
+        let legacy = parse(&encode_all(&sample()), Some(&k)).unwrap();
+        assert!(legacy.entries.is_empty() && legacy.torn.is_some());
+        // Entries MAC'd under another store's key: forged, wherever they are, even last.
+        let error = parse(&encode_auth(&keys(2), &sample()), Some(&k)).unwrap_err();
+        assert!(
+            error.to_string().contains("fails authentication"),
+            "{error}"
+        );
+        let mut spliced = encode_auth(&k, &sample()[..2]);
+        spliced.extend(encode_auth(&keys(2), &sample()[2..]));
+        let error = parse(&spliced, Some(&k)).unwrap_err();
+        assert!(error.to_string().contains("offset"), "{error}");
+        // A forged entry behind a damaged one is still reported as forged.
+        let mut data2 = encode_auth(&k, &sample()[..1]);
+        let cut = data2.len();
+        data2.extend(encode_auth(&k, &sample()[1..2]));
+        data2[cut + HEADER_LEN + 1] ^= 0xff;
+        data2.extend(encode_auth(&keys(2), &sample()[2..]));
+        assert!(parse(&data2, Some(&k)).is_err());
+    }
+
+    #[test]
+    fn authenticated_torn_tails_are_torn_and_damage_is_moved_aside() {
+        let k = keys(1);
+        let data = encode_auth(&k, &sample());
+        let two = encode_auth(&k, &sample()[..2]).len();
+        for cut in two + 1..data.len() {
+            let parsed = parse(&data[..cut], Some(&k)).unwrap();
+            assert_eq!(parsed.entries.len(), 2, "cut at {cut}");
+            assert_eq!(parsed.valid_len, two);
+        }
+        // A flip in the last entry (its crc fails): torn, and open keeps its bytes aside.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.log");
+        let mut damaged = data.clone();
+        let n = damaged.len();
+        damaged[n - 3] ^= 0x10;
+        std::fs::write(&path, &damaged).unwrap();
+        let (wal, entries) = Wal::open(&path, Some(&k)).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(wal.len(), two as u64);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("wal.log.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&aside[0])).unwrap(),
+            damaged[two..].to_vec()
+        );
     }
 }

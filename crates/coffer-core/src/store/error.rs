@@ -137,6 +137,11 @@ impl From<SeedError> for StoreError {
         match e {
             SeedError::Kms(k) => k.into(),
             SeedError::Storage(s) => StoreError::Storage(s),
+            // A damaged or foreign seed row (its check value names another store) is the
+            // storage's fault, not the KMS's.
+            e @ SeedError::Corrupt { .. } => {
+                StoreError::Storage(StorageError::Corrupt(e.to_string()))
+            }
             other => StoreError::Unavailable(other.to_string()),
         }
     }

@@ -1,8 +1,7 @@
 //! The engine: validate -> seal -> write with a revision -> publish a change event.
 //!
 //! Every mutation runs its read-check-write under one sequencing lock, so preconditions and the
-//! store-wide revision are exact (on a keyspace shared with other replicas, the storage's
-//! compares do that instead: see `Store::sequence`), then waits for durability *outside* the lock so that concurrent
+//! store-wide revision are exact, then waits for durability *outside* the lock so that concurrent
 //! writers share syncs (group commit). Change events are published in revision order, only once
 //! the write they describe is durable.
 //!
@@ -117,6 +116,13 @@ pub struct StoreConfig {
     /// `<prefix>/secrets/<namespace>/<name>` are the Secrets themselves, shared with the Secret
     /// service. Default [`DEFAULT_ETCD_PREFIX`].
     pub etcd_prefix: String,
+    /// For a sled data directory: `--anchor-file`, where every checkpoint also records the
+    /// latest authenticated (lsn, state digest), best on another volume, so that putting back a
+    /// whole older copy of the data directory is refused at start. Default: none.
+    pub anchor_file: Option<PathBuf>,
+    /// `--accept-rollback`: start from a data directory older than its anchor anyway (the
+    /// anchor then moves back to it). Default: false.
+    pub accept_rollback: bool,
 }
 
 impl Default for StoreConfig {
@@ -131,6 +137,8 @@ impl Default for StoreConfig {
             wal_checkpoint_bytes: crate::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
             list_scan_rows: MAX_LIST_SCAN_ROWS,
             etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            anchor_file: None,
+            accept_rollback: false,
         }
     }
 }
@@ -260,11 +268,7 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let data_dir = data_dir.into();
         let kek = LocalKek::open_for_data_dir(&data_dir)?;
-        let mut sled = SledConfig::new(data_dir.join("db"));
-        sled.durability = durability;
-        sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;
-        let backend = SledBackend::open(sled)?;
-        Self::open(Arc::new(backend), wrap_kms(Arc::new(kek)), config).await
+        Self::open_dir(data_dir, durability, config, wrap_kms(Arc::new(kek))).await
     }
 
     /// Opens sled under `data_dir` (as [`Store::open_default`]) with any KMS, such as a KMS v2
@@ -276,10 +280,17 @@ impl Store {
         kms: Arc<dyn Kms>,
     ) -> Result<Self, StoreError> {
         let mut sled = SledConfig::new(data_dir.into().join("db"));
+        // The integrity key authenticates the log the backend replays: unwrapped first.
+        let integrity = crate::kms::integrity::unlock_or_create(&sled.path, &*kms).await?;
+        let store_id = integrity.store_id;
         sled.durability = durability;
         sled.wal_checkpoint_bytes = config.wal_checkpoint_bytes;
+        sled.integrity = Some(integrity);
+        sled.anchor = config.anchor_file.clone();
+        sled.accept_rollback = config.accept_rollback;
         let backend = SledBackend::open(sled)?;
-        Self::open(Arc::new(backend), kms, config).await
+        let adopted = backend.adopted();
+        Self::open_bound(Arc::new(backend), kms, config, Some(store_id), adopted).await
     }
 
     /// Opens a store over any ordered backend and KMS (the versioned keyspace is laid out in
@@ -289,8 +300,19 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
+        Self::open_bound(backend, kms, config, None, false).await
+    }
+
+    /// As [`Store::open`], for the store `store_id` (its seeds must be bound to it).
+    async fn open_bound(
+        backend: Arc<dyn Backend>,
+        kms: Arc<dyn Kms>,
+        config: StoreConfig,
+        store_id: Option<crate::crypto::StoreId>,
+        rebind: bool,
+    ) -> Result<Self, StoreError> {
         let mvcc = Arc::new(KvMvcc::open(backend, !config.history_retention.is_zero())?);
-        let store = Self::open_mvcc(mvcc.clone(), kms, config).await?;
+        let store = Self::open_mvcc_bound(mvcc.clone(), kms, config, store_id, rebind).await?;
         store.upgrade_from_unversioned(&mvcc).await?;
         Ok(store)
     }
@@ -301,11 +323,33 @@ impl Store {
         kms: Arc<dyn Kms>,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
-        let seeds = SeedManager::load_with(
+        Self::open_mvcc_bound(mvcc, kms, config, None, false).await
+    }
+
+    async fn open_mvcc_bound(
+        mvcc: Arc<dyn Mvcc>,
+        kms: Arc<dyn Kms>,
+        config: StoreConfig,
+        store_id: Option<crate::crypto::StoreId>,
+        rebind: bool,
+    ) -> Result<Self, StoreError> {
+        let mut store_id = store_id;
+        if mvcc.shared() {
+            // The shared keyspace's integrity keys (its digest key is kept by every commit)
+            // and store id, made once for all replicas.
+            let integrity =
+                crate::kms::integrity::unlock_or_create_shared(mvcc.backend().as_ref(), &*kms)
+                    .await?;
+            store_id = Some(integrity.store_id);
+            mvcc.set_integrity(integrity)?;
+        }
+        let seeds = SeedManager::load_bound(
             kms,
             mvcc.backend().clone(),
             config.seed_policy,
             config.outage,
+            store_id,
+            rebind,
         )
         .await?;
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
@@ -430,7 +474,7 @@ impl Store {
         let seed = self.seeds.for_write().await;
         self.mvcc.read_barrier().await?;
         let lsn = {
-            let _seq = self.sequence().await;
+            let _seq = self.sequencer.lock().await;
             if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     namespace: secret.metadata.namespace,
@@ -492,7 +536,7 @@ impl Store {
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let lsn = {
-            let _seq = self.sequence().await;
+            let _seq = self.sequencer.lock().await;
             let (old, old_version, door_value) =
                 self.read_locked(&key)
                     .await?
@@ -578,7 +622,7 @@ impl Store {
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let (lsn, last) = {
-            let _seq = self.sequence().await;
+            let _seq = self.sequencer.lock().await;
             let (old, old_version, _) =
                 self.read_locked(&key)
                     .await?
@@ -813,8 +857,14 @@ impl Store {
                     }
                     None => codec::encode(secret),
                 };
-                let record =
-                    crypto::seal(self.algorithm, seed_id, &seed, key.as_bytes(), &plaintext);
+                // On a shared keyspace the compare on `old` makes the key's next version known
+                // now (the revision is not): the record is sealed for it.
+                let aad = self.secret_aad(
+                    key,
+                    old.map_or(1, |v| v.version + 1),
+                    old.map_or(0, |v| v.create_revision),
+                );
+                let record = crypto::seal(self.algorithm, seed_id, &seed, &aad, &plaintext);
                 quota_after = self.quota_state().admit_put(
                     &secret.metadata.namespace,
                     old_len,
@@ -960,19 +1010,6 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the sequencing lock for a Secret write's read-check-write, except on a shared
-    /// keyspace without quotas: there the storage's compare is the precondition, the storage
-    /// gives out the revision and the feed publishes the event, so nothing needs this
-    /// replica's writes one at a time, and holding a lock across the storage's round trip
-    /// would cap a replica at one write per round trip. (With quotas the namespace counter
-    /// would make concurrent writes of one replica race each other: they keep the lock.)
-    async fn sequence(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if self.shared && !self.quota_state().enabled() {
-            return None;
-        }
-        Some(self.sequencer.lock().await)
-    }
-
     fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1003,7 +1040,7 @@ impl Store {
         let Some(v) = self.mvcc.get(backend_key(key).as_bytes(), None)? else {
             return Ok(None);
         };
-        let opened = self.open_stored(key, &v.value).await?;
+        let opened = self.open_stored_version(key, &v).await?;
         Ok(opened.secret.map(|mut s| {
             // As in `open_version`: the version's revision is the resource_version.
             s.metadata.resource_version = v.mod_revision;
@@ -1026,7 +1063,7 @@ impl Store {
         key: &str,
         version: &Version,
     ) -> Result<Option<Secret>, StoreError> {
-        let mut shown = self.open_stored(key, &version.value).await?.secret;
+        let mut shown = self.open_stored_version(key, version).await?.secret;
         if let Some(s) = &mut shown {
             s.metadata.resource_version = version.mod_revision;
         }
@@ -1036,7 +1073,54 @@ impl Store {
     /// Opens a record of the Secret at storage key `key`: what it shows, and the value as
     /// written when it came through the etcd door.
     async fn open_stored(&self, key: &str, record: &[u8]) -> Result<Opened, StoreError> {
-        let plaintext = self.unseal(key, key.as_bytes(), record).await?;
+        self.open_stored_with(key, key.as_bytes(), record).await
+    }
+
+    /// The associated data of a Secret's record under storage key `key`: the key, and on a
+    /// shared keyspace also the per-key version the record is stored at and, from the second
+    /// version on, the key's create_revision. Both are known before the write's transaction
+    /// (its compare on the key's mod_revision fixes them), unlike the revision. A ciphertext
+    /// put back later (etcdctl put of an older value) lands at another version, or another
+    /// create_revision, and no longer opens.
+    fn secret_aad(&self, key: &str, version: u64, create_revision: u64) -> Vec<u8> {
+        if self.shared {
+            shared_secret_aad(key, version, create_revision)
+        } else {
+            key.as_bytes().to_vec()
+        }
+    }
+
+    /// Opens the stored version `v` of the Secret at storage key `key` (see
+    /// [`Store::secret_aad`]). On a shared keyspace a record that does not open at its version
+    /// is logged and answered as data loss naming the version.
+    async fn open_stored_version(&self, key: &str, v: &Version) -> Result<Opened, StoreError> {
+        let aad = self.secret_aad(key, v.version, v.create_revision);
+        match self.open_stored_with(key, &aad, &v.value).await {
+            Err(StoreError::DataLoss { key: k, reason }) if self.shared => {
+                tracing::error!(key = %k, version = v.version, mod_revision = v.mod_revision,
+                    create_revision = v.create_revision, error = %reason,
+                    "a record does not open at its etcd version: an older ciphertext was put \
+                     back (etcdctl put) or the record was altered");
+                Err(StoreError::DataLoss {
+                    key: k,
+                    reason: format!(
+                        "{reason}; the record does not belong at etcd version {} (mod_revision \
+                         {}): an older ciphertext was put back or the record was altered",
+                        v.version, v.mod_revision
+                    ),
+                })
+            }
+            other => other,
+        }
+    }
+
+    async fn open_stored_with(
+        &self,
+        key: &str,
+        aad: &[u8],
+        record: &[u8],
+    ) -> Result<Opened, StoreError> {
+        let plaintext = self.unseal(key, aad, record).await?;
         let stored =
             codec::decode_stored(plaintext.expose()).map_err(|e| StoreError::data_loss(key, e))?;
         match stored {
@@ -1090,6 +1174,43 @@ impl Store {
             .open(&seed, aad)
             .map_err(|e| StoreError::open_failed(label, e))
     }
+}
+
+/// The associated data of a Secret's record on a shared keyspace (see `Store::secret_aad`):
+/// `namespace/name`, then `\0etcd version `, the key's version and (from version 2 on) its
+/// create_revision, big-endian. A storage key never holds a NUL, so the binding cannot be
+/// confused with a key.
+pub fn shared_secret_aad(key: &str, version: u64, create_revision: u64) -> Vec<u8> {
+    let mut aad = key.as_bytes().to_vec();
+    aad.extend_from_slice(b"\0etcd version ");
+    aad.extend_from_slice(&version.to_be_bytes());
+    let created = if version <= 1 { 0 } else { create_revision };
+    aad.extend_from_slice(&created.to_be_bytes());
+    aad
+}
+
+/// `coffer verify --storage`: whether the record of the Secret at storage key `key`, stored at
+/// etcd `version` (`create_revision`), opens there with one of `seeds`; the reason if not.
+pub fn check_shared_record(
+    seeds: &HashMap<u32, crate::crypto::Seed>,
+    key: &str,
+    version: u64,
+    create_revision: u64,
+    record: &[u8],
+) -> Result<(), String> {
+    let header = RecordHeader::parse(record).map_err(|e| e.to_string())?;
+    let seed = seeds
+        .get(&header.seed_id)
+        .ok_or_else(|| format!("its seed {} is missing or was refused", header.seed_id))?;
+    header
+        .open(seed, &shared_secret_aad(key, version, create_revision))
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "{e}: it does not open at etcd version {version}: an older ciphertext was put \
+                 back or the record was altered"
+            )
+        })
 }
 
 /// A stored version opened: the Secret it shows (none for a door value that is not a Secret

@@ -152,6 +152,15 @@ pub struct StoreArgs {
     /// past this many bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub wal_checkpoint_bytes: Option<u64>,
+    /// A file, best on another volume than the data directory, where every checkpoint records
+    /// the store's latest authenticated (position, state digest); a data directory older than
+    /// its anchor (a whole older copy put back) then refuses to start.
+    #[arg(long, value_name = "PATH")]
+    pub anchor_file: Option<PathBuf>,
+    /// Start from a data directory older than its --anchor-file anyway (after restoring a
+    /// backup on purpose); the anchor moves back to it.
+    #[arg(long)]
+    pub accept_rollback: bool,
     /// Store in an etcd cluster instead of the data directory, so that several replicas share
     /// it: etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (prefix default /coffer). etcd holds only
     /// ciphertext; every replica needs the same KEK (--kms or --kek-file).
@@ -175,6 +184,8 @@ merge_fields!(StoreArgs {
     relaxed_durability,
     history_retention,
     wal_checkpoint_bytes,
+    anchor_file,
+    accept_rollback,
     storage,
     storage_ca_file,
     storage_cert_file,
@@ -583,6 +594,10 @@ pub struct ServeConfig {
     pub history_retention: Duration,
     /// The write-ahead log's size between checkpoints.
     pub wal_checkpoint_bytes: u64,
+    /// `--anchor-file`: the latest authenticated state, kept outside the data directory.
+    pub anchor_file: Option<PathBuf>,
+    /// `--accept-rollback`: start from a data directory older than its anchor.
+    pub accept_rollback: bool,
     /// Server tunables.
     pub options: ServerOptions,
     /// The KMS: local key file or KMS v2 plugin, call deadline, outage policy.
@@ -608,6 +623,8 @@ impl ServeConfig {
             history_retention: self.history_retention,
             wal_checkpoint_bytes: self.wal_checkpoint_bytes,
             etcd_prefix: self.options.etcd.prefix.clone(),
+            anchor_file: self.anchor_file.clone(),
+            accept_rollback: self.accept_rollback,
             ..StoreConfig::default()
         }
     }
@@ -685,12 +702,29 @@ impl ServeArgs {
                  plugin) or --kek-file PATH (the same key file on every replica)"
             )));
         }
+        if storage.is_some() && (store.anchor_file.is_some() || store.accept_rollback) {
+            // The anchor records a data directory's checkpoints; etcd's state digest lives in
+            // etcd itself, and a whole etcd restored from an older snapshot is not detected.
+            return Err(ServeError::Config(
+                "--anchor-file/--accept-rollback with --storage etcd://: the anchor is for a \
+                 data directory only (etcd keeps its state digest in a key of its own)"
+                    .into(),
+            ));
+        }
+        let data_dir = store
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if storage.is_none() {
+            check_anchor_file(
+                &data_dir,
+                store.anchor_file.as_deref(),
+                store.accept_rollback,
+            )?;
+        }
         Ok(ServeConfig {
             storage,
             kek_file,
-            data_dir: store
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
             listen,
             aead: store.aead.unwrap_or_default(),
             metrics_listen,
@@ -712,12 +746,49 @@ impl ServeArgs {
                 Some(n) => n,
                 None => coffer_core::storage::DEFAULT_WAL_CHECKPOINT_BYTES,
             },
+            anchor_file: store.anchor_file,
+            accept_rollback: store.accept_rollback,
             options,
             kms: args.kms.resolve()?,
             limits,
             security,
         })
     }
+}
+
+/// An anchor inside the data directory would be put back with it, so it must live elsewhere;
+/// `--accept-rollback` means nothing without one.
+fn check_anchor_file(
+    data_dir: &std::path::Path,
+    anchor: Option<&std::path::Path>,
+    accept_rollback: bool,
+) -> Result<(), ServeError> {
+    let Some(anchor) = anchor else {
+        if accept_rollback {
+            return Err(ServeError::Config(
+                "--accept-rollback: needs --anchor-file (the anchor is what a rollback is \
+                 measured against)"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    };
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    if absolute(anchor).starts_with(absolute(data_dir)) {
+        return Err(ServeError::Config(format!(
+            "--anchor-file: {} is inside the data directory {}; it must be outside it (best on \
+             another volume), or an older copy of the directory would bring its own anchor back",
+            anchor.display(),
+            data_dir.display()
+        )));
+    }
+    if anchor.file_name().is_none() {
+        return Err(ServeError::Config(format!(
+            "--anchor-file: {} names no file",
+            anchor.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the `--config` file: the same settings as the flags.
@@ -814,6 +885,46 @@ mod tests {
             c.options.token_cleaner_interval,
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn anchor_file_and_accept_rollback() {
+        let c = flags(&[
+            "--data-dir",
+            "/srv/coffer",
+            "--anchor-file",
+            "/mnt/other/anchor",
+            "--accept-rollback",
+        ])
+        .expect("flags")
+        .resolve()
+        .expect("resolve");
+        let store = c.store_config();
+        assert_eq!(store.anchor_file, Some(PathBuf::from("/mnt/other/anchor")));
+        assert!(store.accept_rollback);
+        assert!(
+            ServeArgs::default()
+                .resolve()
+                .expect("defaults")
+                .anchor_file
+                .is_none()
+        );
+        let err = flags(&[
+            "--data-dir",
+            "/srv/coffer",
+            "--anchor-file",
+            "/srv/coffer/anchor",
+        ])
+        .expect("flags")
+        .resolve()
+        .expect_err("inside");
+        assert!(err.to_string().contains("--anchor-file"), "{err}");
+        assert!(err.to_string().contains("outside"), "{err}");
+        let err = flags(&["--accept-rollback"])
+            .expect("flags")
+            .resolve()
+            .expect_err("alone");
+        assert!(err.to_string().contains("needs --anchor-file"), "{err}");
     }
 
     #[test]

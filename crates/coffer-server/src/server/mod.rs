@@ -58,6 +58,7 @@ mod health;
 pub mod limits;
 mod listen;
 pub mod metrics;
+mod opening;
 mod preface;
 pub mod service;
 pub mod status;
@@ -66,7 +67,7 @@ mod watch;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +80,7 @@ pub use self::listen::BoundAddr;
 use self::listen::{Bound, Listener, bind_all, tcp_incoming, tls_incoming, unix_incoming};
 use self::metrics::MetricsService;
 pub use self::metrics::{CountingKms, Metrics};
+use self::opening::{Front, OpenFuture, OpeningReason};
 pub use self::preface::PREFACE_TIMEOUT;
 pub use self::service::SecretsService;
 pub use self::watch::MAX_WATCHES_PER_STREAM;
@@ -119,7 +121,13 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     coffer_kms::hygiene::apply(&config.limits.hygiene);
     let metrics = Metrics::new();
     let store_config = config.store_config();
-    let store = match &config.storage {
+    // How often a store that waits for the KMS tries to open again.
+    let retry = config
+        .kms
+        .outage
+        .healthy_interval
+        .min(config.kms.outage.failing_interval);
+    let server = match &config.storage {
         None => {
             create_data_dir(&config.data_dir)?;
             // `--kek-file`, the local key file, or a KMS v2 plugin (dialed lazily: a plugin
@@ -133,19 +141,23 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
                     other => StoreError::from(other).into(),
                 })?,
             };
-            let store = Store::open_dir(
-                &config.data_dir,
-                config.durability,
-                store_config,
-                CountingKms::wrap(kms, metrics.clone()),
-            )
-            .await?;
+            let kms = CountingKms::wrap(kms, metrics.clone());
+            let data_dir = config.data_dir.clone();
+            let durability = config.durability;
             tracing::info!(
                 "data directory {} ({:?} durability)",
                 config.data_dir.display(),
                 config.durability
             );
-            store
+            let open = move || {
+                Store::open_dir(
+                    data_dir.clone(),
+                    durability,
+                    store_config.clone(),
+                    kms.clone(),
+                )
+            };
+            open_or_wait(open, retry).await?
         }
         Some((url, tls)) => {
             // The shared KEK (resolve refused to go on without one).
@@ -168,22 +180,22 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             };
             let client = coffer_etcd::EtcdClient::new(url, tls)
                 .map_err(|e| ServeError::Config(e.to_string()))?;
-            let mvcc = coffer_etcd::EtcdMvcc::open(client)
-                .await
-                .map_err(StoreError::from)?;
-            let store = Store::open_mvcc(
-                Arc::new(mvcc),
-                CountingKms::wrap(kms, metrics.clone()),
-                store_config,
-            )
-            .await?;
+            let kms = CountingKms::wrap(kms, metrics.clone());
             tracing::info!("storage {url} (revisions are etcd's; shared with other replicas)");
-            store
+            let open = move || {
+                let (client, kms, store_config) =
+                    (client.clone(), kms.clone(), store_config.clone());
+                async move {
+                    let mvcc = coffer_etcd::EtcdMvcc::open(client).await?;
+                    Store::open_mvcc(Arc::new(mvcc), kms, store_config).await
+                }
+            };
+            open_or_wait(open, retry).await?
         }
     };
     let security =
         Security::load(config.security).map_err(|e| ServeError::Config(e.to_string()))?;
-    let mut server = Server::new(Arc::new(store))
+    let mut server = server
         .options(config.options)
         .security(security.clone())
         .metrics(metrics);
@@ -225,6 +237,70 @@ fn open_kek_file(path: &std::path::Path) -> Result<Arc<dyn coffer_core::kms::Kms
                 path.display()
             ))
         })
+}
+
+/// A server over the store `open` opens: at once, or (when it fails for want of the KMS: the
+/// integrity key that authenticates the storage is unwrapped by it) in the background, every
+/// `retry`, the server up but not ready meanwhile. Any other failure is final.
+async fn open_or_wait<F, Fut>(open: F, retry: std::time::Duration) -> Result<Server, ServeError>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Store, StoreError>> + Send + 'static,
+{
+    match open().await {
+        Ok(store) => Ok(Server::new(Arc::new(store))),
+        Err(StoreError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "the store opens once the KMS answers; health NOT_SERVING \
+                until then");
+            let why: OpeningReason = Arc::new(std::sync::Mutex::new(refusal(&e)));
+            Ok(Server::opening(
+                Box::pin(open_when_kms_answers(open, retry, why.clone(), e)),
+                why,
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What calls are told while the store waits for the KMS (the KMS error says why; it names no
+/// secret).
+fn refusal(error: &str) -> String {
+    format!("KMS unreachable: the store opens once the KMS answers ({error})")
+}
+
+/// Tries `open` every `retry` while it fails for want of the KMS (logging each new reason,
+/// keeping `why` current); any other failure is final.
+async fn open_when_kms_answers<F, Fut>(
+    open: F,
+    retry: std::time::Duration,
+    why: OpeningReason,
+    mut last: String,
+) -> Result<Arc<Store>, ServeError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Store, StoreError>>,
+{
+    loop {
+        tokio::time::sleep(retry).await;
+        match open().await {
+            Ok(store) => {
+                tracing::info!("KMS answers: store open");
+                return Ok(Arc::new(store));
+            }
+            Err(StoreError::Unavailable(e)) => {
+                if e != last {
+                    tracing::warn!(error = %e, "the store still waits for the KMS");
+                    if let Ok(mut w) = why.lock() {
+                        *w = refusal(&e);
+                    }
+                    last = e;
+                } else {
+                    tracing::debug!(error = %e, "the store still waits for the KMS");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Reloads the token file and the policy (and reopens the audit log) on each SIGHUP, until
@@ -335,7 +411,7 @@ impl StopSignals {
 /// Builds and starts a server over a store.
 #[derive(Debug)]
 pub struct Server {
-    store: Arc<Store>,
+    store: StoreSource,
     listen: Vec<ListenAddr>,
     etcd_listen: Vec<ListenAddr>,
     metrics_listen: Option<String>,
@@ -347,6 +423,17 @@ pub struct Server {
 impl Server {
     /// A server over `store` with the default [`ServerOptions`] and no address yet.
     pub fn new(store: Arc<Store>) -> Self {
+        Self::with_source(StoreSource::Open(store))
+    }
+
+    /// A server whose store `open` opens in the background (`coffer serve` while the KMS does
+    /// not answer yet): the listeners are bound at once, health says NOT_SERVING and every
+    /// other call is refused with `UNAVAILABLE` and the text in `why`, until the store is open.
+    fn opening(open: OpenFuture, why: OpeningReason) -> Self {
+        Self::with_source(StoreSource::Opening { open, why })
+    }
+
+    fn with_source(store: StoreSource) -> Self {
         Self {
             store,
             listen: Vec::new(),
@@ -402,7 +489,7 @@ impl Server {
             return Err(ServeError::Config("no address to listen on".into()));
         }
         let Self {
-            store,
+            store: source,
             mut listen,
             etcd_listen,
             metrics_listen,
@@ -419,7 +506,10 @@ impl Server {
             .map_err(|e| ServeError::Config(e.to_string()))?;
         let shutdown = CancellationToken::new();
 
-        if !etcd_listen.is_empty() && store.history_retention().is_zero() {
+        if let StoreSource::Open(store) = &source
+            && !etcd_listen.is_empty()
+            && store.history_retention().is_zero()
+        {
             return Err(ServeError::Config(
                 "--etcd-listen needs history (the door's watches and reads at a revision are \
                  served from it): set --history-retention above 0"
@@ -456,80 +546,45 @@ impl Server {
             })
             .collect();
 
-        // The services.
-        let hub = Hub::start(
-            &store,
-            metrics.clone(),
-            watch::WindowLimits {
-                events: options.watch_window_events,
-                bytes: options.watch_window_bytes,
-                age: options.watch_window_age,
-            },
-            options.bookmark_interval,
-            shutdown.clone(),
-        );
-        let ctx = WatchContext {
-            store: store.clone(),
-            hub,
-            metrics: metrics.clone(),
-            list_page_bytes: options.list_page_bytes,
-            shutdown: shutdown.clone(),
-        };
-        let secrets = SecretsServer::new(SecretsService::new(ctx, Gate::new(security.clone())))
-            .max_decoding_message_size(options.max_decoding_message_size)
-            .max_encoding_message_size(options.max_encoding_message_size);
-        let limits = limits::Limits::new(options.limits, metrics.limit_counters());
-        // The request rate is charged by the gate once a caller is authenticated.
-        security.set_request_budget(limits.clone());
-        let secrets = limits::LimitedSecrets::new(secrets, limits);
+        // Until the store is open (at once, or once the KMS answers), health says NOT_SERVING
+        // and other calls are refused with the reason.
         let (health, _) = tonic_health::server::health_reporter();
-        health.set_serving::<SecretsServer<SecretsService>>().await;
-        // Not ready while the KMS is unusable for writes (started while the plugin is down, or
-        // an outage past the grace period); the Status poller retries and flips it back.
-        let kms_ready = store.seeds().readiness();
-        let ready_now = *kms_ready.borrow();
-        set_kms_readiness(&health, ready_now).await;
+        set_kms_readiness(&health, false).await;
         let health_service = ShutdownAwareHealth::server(health.clone(), shutdown.clone());
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let why = match &source {
+            StoreSource::Opening { why, .. } => why.clone(),
+            StoreSource::Open(_) => OpeningReason::default(),
         };
-        let reflection_v1 = reflection()
-            .build_v1()
-            .map_err(|e| ServeError::Reflection(e.to_string()))?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(|e| ServeError::Reflection(e.to_string()))?;
-        let routes = Routes::new(secrets)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .prepare();
-        let service = MetricsService::new(routes, metrics.clone());
-        let door = (!etcd_addrs.is_empty()).then(|| {
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            crate::etcd::Door::new(
-                store.clone(),
-                Gate::new(security.clone()),
-                options.etcd.clone(),
-                etcd_addrs
-                    .iter()
-                    .map(|a| format!("{scheme}://{a}"))
-                    .collect(),
-                shutdown.clone(),
-            )
-        });
-        let door_service = door.as_ref().map(|d| {
-            let routes = d
-                .routes()
-                .add_service(ShutdownAwareHealth::server(
-                    health.clone(),
-                    shutdown.clone(),
-                ))
-                .prepare();
-            MetricsService::new(routes, metrics.clone())
-        });
+        let front = Front::new(Routes::new(health_service.clone()).prepare(), why.clone());
+        let door_front = (!etcd_addrs.is_empty())
+            .then(|| Front::new(Routes::new(health_service.clone()).prepare(), why.clone()));
+        let attach = Attach {
+            options: options.clone(),
+            metrics: metrics.clone(),
+            security: security.clone(),
+            health: health.clone(),
+            health_service,
+            shutdown: shutdown.clone(),
+            etcd_addrs: etcd_addrs.clone(),
+            tls: tls.is_some(),
+            front: front.clone(),
+            door_front: door_front.clone(),
+        };
+        let slot: Arc<OnceLock<Arc<Store>>> = Arc::new(OnceLock::new());
+        let opening_failed: Arc<std::sync::Mutex<Option<ServeError>>> = Arc::default();
+        let mut background = JoinSet::new();
+        let opening = match source {
+            StoreSource::Open(store) => {
+                let _ = slot.set(store.clone());
+                attach
+                    .attach(&store, metrics_listener, &mut background)
+                    .await?;
+                None
+            }
+            StoreSource::Opening { open, .. } => Some((open, attach, metrics_listener)),
+        };
+        let service = MetricsService::new(front, metrics.clone());
+        let door_service = door_front.map(|f| MetricsService::new(f, metrics.clone()));
 
         let mut serving = JoinSet::new();
         // Places for TLS handshakes in progress, shared by every TLS listener.
@@ -605,8 +660,194 @@ impl Server {
                 }
             }
         }
-        let mut background = JoinSet::new();
-        if door.is_some() {
+
+        let mut listening = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !etcd_addrs.is_empty() {
+            listening.push_str(&format!(
+                "; etcd v3 door on {}",
+                etcd_addrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        log_security(&security, tls.is_some());
+        let metrics_at = metrics_addr
+            .map(|a| format!("; metrics on http://{a}/metrics"))
+            .unwrap_or_default();
+        match (opening, slot.get()) {
+            (None, Some(store)) => tracing::info!(
+                "coffer listening on {listening}; KMS: {}; AEAD: {}{metrics_at}",
+                store.seeds().describe_kms(),
+                store.algorithm(),
+            ),
+            (Some((open, attach, metrics_listener)), _) => {
+                tracing::info!(
+                    "coffer listening on {listening}; the store opens once the KMS answers \
+                     (health NOT_SERVING until then){metrics_at}"
+                );
+                background.spawn(open_then_attach(
+                    open,
+                    attach,
+                    metrics_listener,
+                    slot.clone(),
+                    opening_failed.clone(),
+                ));
+            }
+            (None, None) => {}
+        }
+
+        let supervisor = tokio::spawn(supervise(Supervised {
+            store: slot.clone(),
+            opening_failed,
+            shutdown: shutdown.clone(),
+            serving,
+            background,
+            health,
+            sockets,
+            grace: options.shutdown_grace,
+        }));
+        Ok(RunningServer {
+            addrs,
+            etcd_addrs,
+            metrics_addr,
+            shutdown,
+            store: slot,
+            metrics,
+            security,
+            done: Some(supervisor),
+        })
+    }
+}
+
+/// Where a [`Server`]'s store comes from.
+enum StoreSource {
+    /// Open already.
+    Open(Arc<Store>),
+    /// Opened in the background (`coffer serve` while the KMS does not answer); `why` is what
+    /// refused calls are told meanwhile.
+    Opening {
+        open: OpenFuture,
+        why: OpeningReason,
+    },
+}
+
+impl std::fmt::Debug for StoreSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSource::Open(store) => f.debug_tuple("Open").field(store).finish(),
+            StoreSource::Opening { .. } => f.write_str("Opening"),
+        }
+    }
+}
+
+/// What serving a store needs, once it is open: the services are built and attached to the
+/// listeners' [`Front`], and the store's background tasks start.
+struct Attach {
+    options: ServerOptions,
+    metrics: Arc<Metrics>,
+    security: Arc<Security>,
+    health: tonic_health::server::HealthReporter,
+    health_service: tonic_health::pb::health_server::HealthServer<ShutdownAwareHealth>,
+    shutdown: CancellationToken,
+    etcd_addrs: Vec<SocketAddr>,
+    tls: bool,
+    front: Front,
+    door_front: Option<Front>,
+}
+
+impl Attach {
+    async fn attach(
+        &self,
+        store: &Arc<Store>,
+        metrics_listener: Option<tokio::net::TcpListener>,
+        background: &mut JoinSet<()>,
+    ) -> Result<(), ServeError> {
+        let Self {
+            options,
+            metrics,
+            security,
+            health,
+            health_service,
+            shutdown,
+            etcd_addrs,
+            tls,
+            front,
+            door_front,
+        } = self;
+        if door_front.is_some() && store.history_retention().is_zero() {
+            return Err(ServeError::Config(
+                "--etcd-listen needs history (the door's watches and reads at a revision are \
+                 served from it): set --history-retention above 0"
+                    .into(),
+            ));
+        }
+        let hub = Hub::start(
+            store,
+            metrics.clone(),
+            watch::WindowLimits {
+                events: options.watch_window_events,
+                bytes: options.watch_window_bytes,
+                age: options.watch_window_age,
+            },
+            options.bookmark_interval,
+            shutdown.clone(),
+        );
+        let ctx = WatchContext {
+            store: store.clone(),
+            hub,
+            metrics: metrics.clone(),
+            list_page_bytes: options.list_page_bytes,
+            shutdown: shutdown.clone(),
+        };
+        let secrets = SecretsServer::new(SecretsService::new(ctx, Gate::new(security.clone())))
+            .max_decoding_message_size(options.max_decoding_message_size)
+            .max_encoding_message_size(options.max_encoding_message_size);
+        let limits = limits::Limits::new(options.limits, metrics.limit_counters());
+        // The request rate is charged by the gate once a caller is authenticated.
+        security.set_request_budget(limits.clone());
+        let secrets = limits::LimitedSecrets::new(secrets, limits);
+        // Not ready while the KMS is unusable for writes (started while the plugin is down, or
+        // an outage past the grace period); the Status poller retries and flips it back.
+        let kms_ready = store.seeds().readiness();
+        let ready_now = *kms_ready.borrow();
+        set_kms_readiness(health, ready_now).await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        front.attach(
+            Routes::new(secrets)
+                .add_service(health_service.clone())
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .prepare(),
+        );
+        if let Some(door_front) = door_front {
+            let scheme = if *tls { "https" } else { "http" };
+            let door = crate::etcd::Door::new(
+                store.clone(),
+                Gate::new(security.clone()),
+                options.etcd.clone(),
+                etcd_addrs
+                    .iter()
+                    .map(|a| format!("{scheme}://{a}"))
+                    .collect(),
+                shutdown.clone(),
+            );
+            door_front.attach(door.routes().add_service(health_service.clone()).prepare());
             background.spawn(crate::etcd::expire_leases(store.clone(), shutdown.clone()));
         }
         background.spawn(poll_kms(store.clone(), shutdown.clone()));
@@ -635,51 +876,51 @@ impl Server {
                 shutdown.clone(),
             ));
         }
+        Ok(())
+    }
+}
 
-        let mut listening = addrs
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        if !etcd_addrs.is_empty() {
-            listening.push_str(&format!(
-                "; etcd v3 door on {}",
-                etcd_addrs
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+/// Waits for the store to open (or shutdown), attaches it, then runs its background tasks until
+/// they end. A store that cannot open for good shuts the server down with that error.
+async fn open_then_attach(
+    open: OpenFuture,
+    attach: Attach,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    slot: Arc<OnceLock<Arc<Store>>>,
+    failed: Arc<std::sync::Mutex<Option<ServeError>>>,
+) {
+    let shutdown = attach.shutdown.clone();
+    let opened = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        opened = open => opened,
+    };
+    let mut tasks = JoinSet::new();
+    let attached = match opened {
+        Ok(store) => {
+            let _ = slot.set(store.clone());
+            attach
+                .attach(&store, metrics_listener, &mut tasks)
+                .await
+                .map(|()| store)
         }
-        log_security(&security, tls.is_some());
-        tracing::info!(
-            "coffer listening on {listening}; KMS: {}; AEAD: {}{}",
-            store.seeds().describe_kms(),
-            store.algorithm(),
-            metrics_addr
-                .map(|a| format!("; metrics on http://{a}/metrics"))
-                .unwrap_or_default()
-        );
-
-        let supervisor = tokio::spawn(supervise(Supervised {
-            store: store.clone(),
-            shutdown: shutdown.clone(),
-            serving,
-            background,
-            health,
-            sockets,
-            grace: options.shutdown_grace,
-        }));
-        Ok(RunningServer {
-            addrs,
-            etcd_addrs,
-            metrics_addr,
-            shutdown,
-            store,
-            metrics,
-            security,
-            done: Some(supervisor),
-        })
+        Err(e) => Err(e),
+    };
+    match attached {
+        Ok(store) => {
+            tracing::info!(
+                "store open; KMS: {}; AEAD: {}",
+                store.seeds().describe_kms(),
+                store.algorithm()
+            );
+            while tasks.join_next().await.is_some() {}
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the store; shutting down");
+            if let Ok(mut f) = failed.lock() {
+                *f = Some(e);
+            }
+            shutdown.cancel();
+        }
     }
 }
 
@@ -869,7 +1110,10 @@ fn log_security(security: &Security, tls: bool) {
 }
 
 struct Supervised {
-    store: Arc<Store>,
+    /// Empty while the store is still being opened.
+    store: Arc<OnceLock<Arc<Store>>>,
+    /// Why the store could not be opened in the background, if so.
+    opening_failed: Arc<std::sync::Mutex<Option<ServeError>>>,
     shutdown: CancellationToken,
     serving: JoinSet<Result<(), tonic::transport::Error>>,
     background: JoinSet<()>,
@@ -922,7 +1166,10 @@ async fn supervise(mut s: Supervised) -> Result<(), ServeError> {
     })
     .await;
     s.background.abort_all();
-    let synced = s.store.sync().await;
+    let synced = match s.store.get() {
+        Some(store) => store.sync().await,
+        None => Ok(()),
+    };
     for path in &s.sockets {
         if let Err(e) = std::fs::remove_file(path)
             && e.kind() != io::ErrorKind::NotFound
@@ -931,7 +1178,10 @@ async fn supervise(mut s: Supervised) -> Result<(), ServeError> {
         }
     }
     synced?;
-    tracing::info!("shut down cleanly");
+    let failure = failure.or_else(|| s.opening_failed.lock().ok().and_then(|mut f| f.take()));
+    if failure.is_none() {
+        tracing::info!("shut down cleanly");
+    }
     failure.map_or(Ok(()), Err)
 }
 
@@ -943,7 +1193,7 @@ pub struct RunningServer {
     etcd_addrs: Vec<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
-    store: Arc<Store>,
+    store: Arc<OnceLock<Arc<Store>>>,
     metrics: Arc<Metrics>,
     security: Arc<Security>,
     done: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
@@ -992,8 +1242,15 @@ impl RunningServer {
     }
 
     /// The store being served.
+    ///
+    /// # Panics
+    ///
+    /// While the store is still being opened (only `coffer serve` starts a server that way;
+    /// [`Server::new`] takes an open store).
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        self.store
+            .get()
+            .expect("the store of a server built by Server::new is open")
     }
 
     /// A token that shuts the server down when cancelled (as SIGTERM does).

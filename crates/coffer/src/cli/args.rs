@@ -65,6 +65,9 @@ pub enum Command {
     /// Rewrite the records still under an old KEK (after a KMS key rotation), so the old KEK
     /// version can be removed (offline: stop the server first).
     Migrate(migrate::MigrateArgs),
+    /// Check a data directory's integrity: record count, revision and every mismatch (offline:
+    /// stop the server first). Exit code 1 on any mismatch.
+    Verify(super::verify::VerifyArgs),
 }
 
 /// `coffer create ...`.

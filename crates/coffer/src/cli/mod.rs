@@ -1,6 +1,7 @@
 //! The `coffer` command line: `coffer serve`, and kubectl-like client commands for Secrets
 //! (`create secret generic|tls|docker-registry`, `get`, `apply -f`, `delete`, `get -w`), and the
-//! offline KMS operations `coffer kms status` and `coffer migrate` (see [`kms`]).
+//! offline KMS operations `coffer kms status` and `coffer migrate` (see [`kms`]), and the
+//! offline integrity check `coffer verify` (see [`verify`]).
 //!
 //! The commands are thin: they parse flags, build a [`Secret`](coffer_core::model::Secret) or a
 //! request, call the gRPC API, and print what kubectl would print. Errors are one line on stderr
@@ -26,6 +27,7 @@ pub mod printer;
 mod rollback;
 mod serve;
 mod tls;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -60,7 +62,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     // limit of 0; its own copy of the values (its environment) is its to protect.
     if matches!(
         cli.command,
-        Command::Kms(_) | Command::Migrate(_) | Command::Mount(_) | Command::Exec(_)
+        Command::Kms(_)
+            | Command::Migrate(_)
+            | Command::Verify(_)
+            | Command::Mount(_)
+            | Command::Exec(_)
     ) {
         coffer_kms::hygiene::apply(&coffer_kms::hygiene::HygieneOptions::default());
     }
@@ -68,6 +74,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => return serve::serve(args).map(|()| ExitCode::SUCCESS),
         Command::Kms(args) => return offline(kms::run(args)),
         Command::Migrate(args) => return offline(migrate::run(args)),
+        Command::Verify(args) => return offline(verify::run(args)),
         Command::Kustomize(args) => return print_kustomization(&args),
         command => Cli { command, ..cli },
     };
@@ -79,9 +86,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         .map_err(|e| CliError::msg(format_args!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(_) | Command::Kms(_) | Command::Migrate(_) | Command::Kustomize(_) => {
-                Ok(ExitCode::SUCCESS)
-            }
+            Command::Serve(_)
+            | Command::Kms(_)
+            | Command::Migrate(_)
+            | Command::Verify(_)
+            | Command::Kustomize(_) => Ok(ExitCode::SUCCESS),
             Command::Create(args) => match args.what {
                 CreateWhat::Secret(s) => self::create_cmd::run(&server, s.flavor).await,
             },

@@ -317,6 +317,17 @@ pub trait Mvcc: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
+    /// Hands a shared keyspace the store's integrity keys (unwrapped through the KMS once the
+    /// store opens), so that every commit from then on keeps the state digest key in its own
+    /// transaction. Default: nothing (sled keeps its digest itself).
+    fn set_integrity(
+        &self,
+        integrity: std::sync::Arc<crate::storage::integrity::StoreIntegrity>,
+    ) -> Result<(), StorageError> {
+        let _ = integrity;
+        Ok(())
+    }
+
     /// Waits until reads at the latest revision reflect every commit acknowledged (to anyone)
     /// before the call: what makes a read served from a local copy linearizable. Default:
     /// nothing to wait for (the only writer sees its own commits at once).

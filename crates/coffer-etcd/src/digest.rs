@@ -1,0 +1,104 @@
+//! The state digest of a store on etcd, recomputed from its keys at one revision (see the
+//! verify module for what it covers and why).
+
+use coffer_core::crypto::StateDigest;
+use coffer_core::storage::StorageError;
+use coffer_core::storage::integrity::{
+    SHARED_DIGEST_KEY, StoreIntegrity, shared_digest_update, shared_term_applies,
+};
+
+use crate::backend::prefix_end;
+use crate::client::{EtcdClient, header_revision};
+use crate::proto::{etcdserverpb as pb, mvccpb};
+
+/// Keys per Range page.
+const PAGE: i64 = 1000;
+
+/// The store's keys at one revision.
+pub(crate) struct Snapshot {
+    /// The revision every key was read at.
+    pub(crate) revision: u64,
+    /// `PREFIX/v/...`, as stored.
+    pub(crate) versioned: Vec<mvccpb::KeyValue>,
+    /// `PREFIX/u/...` (the digest key included).
+    pub(crate) unversioned: Vec<mvccpb::KeyValue>,
+    /// The digest key, if any.
+    pub(crate) digest: Option<mvccpb::KeyValue>,
+}
+
+/// Reads every key under `PREFIX/` at one revision (pages pinned to the first page's).
+pub(crate) async fn snapshot(client: &EtcdClient, prefix: &str) -> Result<Snapshot, StorageError> {
+    let root = format!("{prefix}/").into_bytes();
+    let vroot = format!("{prefix}/v/").into_bytes();
+    let uroot = format!("{prefix}/u/").into_bytes();
+    let mut dkey = uroot.clone();
+    dkey.extend_from_slice(SHARED_DIGEST_KEY);
+    let end = prefix_end(&root);
+    let mut start = root.clone();
+    let mut revision = 0i64;
+    let mut out = Snapshot {
+        revision: 0,
+        versioned: Vec::new(),
+        unversioned: Vec::new(),
+        digest: None,
+    };
+    loop {
+        let (key, range_end) = (start.clone(), end.clone());
+        let resp = client
+            .read(move |mut kv| {
+                let req = pb::RangeRequest {
+                    key: key.clone(),
+                    range_end: range_end.clone(),
+                    limit: PAGE,
+                    revision,
+                    ..Default::default()
+                };
+                async move { kv.range(req).await }
+            })
+            .await?;
+        if revision == 0 {
+            revision = header_revision(resp.header.as_ref()) as i64;
+        }
+        let more = resp.more;
+        for kv in resp.kvs {
+            start = kv.key.clone();
+            start.push(0);
+            if kv.key == dkey {
+                out.digest = Some(kv.clone());
+            }
+            if kv.key.starts_with(&vroot) {
+                out.versioned.push(kv);
+            } else if kv.key.starts_with(&uroot) {
+                out.unversioned.push(kv);
+            }
+        }
+        if !more {
+            out.revision = revision as u64;
+            return Ok(out);
+        }
+    }
+}
+
+/// The state digest recomputed from `snapshot`'s versioned keys (`strip`: the length of
+/// `PREFIX/v/`).
+pub(crate) fn digest_of(
+    integrity: &StoreIntegrity,
+    snapshot: &Snapshot,
+    strip: usize,
+) -> StateDigest {
+    let mut digest = StateDigest::EMPTY;
+    for kv in &snapshot.versioned {
+        if shared_term_applies(kv.lease) {
+            let key = kv.key.get(strip..).unwrap_or_default();
+            shared_digest_update(
+                &mut digest,
+                &integrity.keys,
+                key,
+                kv.version.max(0) as u64,
+                &kv.value,
+                true,
+            );
+        }
+    }
+    digest
+}
