@@ -588,7 +588,7 @@ impl Mvcc for EtcdMvcc {
     fn commit_guarded(&self, txn: Txn, guards: &[RangeGuard]) -> Result<Committed, StorageError> {
         let Some(integrity) = self.integrity.get().cloned() else {
             return self
-                .commit_with(&txn, unix_ms(), None)?
+                .commit_with(&txn, unix_ms(), None, guards)?
                 .ok_or_else(|| StorageError::Unavailable("lost a race with no digest".into()));
         };
         // The digest key is compared by mod_revision in the Txn: a write by another replica in
