@@ -3,8 +3,11 @@
 
 use coffer_core::crypto::StateDigest;
 use coffer_core::storage::StorageError;
+use std::collections::BTreeMap;
+
 use coffer_core::storage::integrity::{
-    SHARED_DIGEST_KEY, StoreIntegrity, shared_digest_update, shared_term_applies,
+    SHARED_DIGEST_SHARDS, StoreIntegrity, shared_digest_key_shard, shared_digest_shard,
+    shared_digest_update, shared_term_applies,
 };
 
 use crate::backend::prefix_end;
@@ -20,10 +23,10 @@ pub(crate) struct Snapshot {
     pub(crate) revision: u64,
     /// `PREFIX/v/...`, as stored.
     pub(crate) versioned: Vec<mvccpb::KeyValue>,
-    /// `PREFIX/u/...` (the digest key included).
+    /// `PREFIX/u/...` (the digest shard keys included).
     pub(crate) unversioned: Vec<mvccpb::KeyValue>,
-    /// The digest key, if any.
-    pub(crate) digest: Option<mvccpb::KeyValue>,
+    /// The digest shard keys there are, by shard.
+    pub(crate) digests: BTreeMap<u8, mvccpb::KeyValue>,
 }
 
 /// Reads every key under `PREFIX/` at one revision (pages pinned to the first page's).
@@ -31,8 +34,6 @@ pub(crate) async fn snapshot(client: &EtcdClient, prefix: &str) -> Result<Snapsh
     let root = format!("{prefix}/").into_bytes();
     let vroot = format!("{prefix}/v/").into_bytes();
     let uroot = format!("{prefix}/u/").into_bytes();
-    let mut dkey = uroot.clone();
-    dkey.extend_from_slice(SHARED_DIGEST_KEY);
     let end = prefix_end(&root);
     let mut start = root.clone();
     let mut revision = 0i64;
@@ -40,7 +41,7 @@ pub(crate) async fn snapshot(client: &EtcdClient, prefix: &str) -> Result<Snapsh
         revision: 0,
         versioned: Vec::new(),
         unversioned: Vec::new(),
-        digest: None,
+        digests: BTreeMap::new(),
     };
     loop {
         let (key, range_end) = (start.clone(), end.clone());
@@ -63,8 +64,12 @@ pub(crate) async fn snapshot(client: &EtcdClient, prefix: &str) -> Result<Snapsh
         for kv in resp.kvs {
             start = kv.key.clone();
             start.push(0);
-            if kv.key == dkey {
-                out.digest = Some(kv.clone());
+            if let Some(shard) = kv
+                .key
+                .strip_prefix(uroot.as_slice())
+                .and_then(shared_digest_key_shard)
+            {
+                out.digests.insert(shard, kv.clone());
             }
             if kv.key.starts_with(&vroot) {
                 out.versioned.push(kv);
@@ -79,19 +84,20 @@ pub(crate) async fn snapshot(client: &EtcdClient, prefix: &str) -> Result<Snapsh
     }
 }
 
-/// The state digest recomputed from `snapshot`'s versioned keys (`strip`: the length of
-/// `PREFIX/v/`).
+/// The state digest's shards recomputed from `snapshot`'s versioned keys (`strip`: the length
+/// of `PREFIX/v/`), indexed by shard.
 pub(crate) fn digest_of(
     integrity: &StoreIntegrity,
     snapshot: &Snapshot,
     strip: usize,
-) -> StateDigest {
-    let mut digest = StateDigest::EMPTY;
+) -> Vec<StateDigest> {
+    let mut shards = vec![StateDigest::EMPTY; usize::from(SHARED_DIGEST_SHARDS)];
     for kv in &snapshot.versioned {
         if shared_term_applies(kv.lease) {
             let key = kv.key.get(strip..).unwrap_or_default();
+            let shard = usize::from(shared_digest_shard(key));
             shared_digest_update(
-                &mut digest,
+                &mut shards[shard],
                 &integrity.keys,
                 key,
                 kv.version.max(0) as u64,
@@ -100,5 +106,5 @@ pub(crate) fn digest_of(
             );
         }
     }
-    digest
+    shards
 }

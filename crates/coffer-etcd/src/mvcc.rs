@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use coffer_core::crypto::StateDigest;
 use coffer_core::storage::integrity::{
-    StoreIntegrity, decode_shared_digest, encode_shared_digest, shared_digest_update,
-    shared_term_applies,
+    SHARED_DIGEST_SHARDS, StoreIntegrity, decode_shared_digest, encode_shared_digest,
+    shared_digest_key, shared_digest_shard, shared_digest_update, shared_term_applies,
 };
 use coffer_core::storage::mvcc::{
     Change, Committed, HistoryStats, LeaseService, Mvcc, RangeGuard, Revision, StoredValue, Txn,
@@ -272,24 +272,32 @@ impl EtcdMvcc {
 }
 
 impl EtcdMvcc {
-    /// The digest key's etcd key (`PREFIX/u/i/digest`).
-    fn digest_key(&self) -> Vec<u8> {
+    /// A digest shard key's etcd key (`PREFIX/u/i/digest/<shard>`).
+    fn digest_key(&self, shard: u8) -> Vec<u8> {
         let mut k = format!("{}/u/", self.client.prefix()).into_bytes();
-        k.extend_from_slice(coffer_core::storage::integrity::SHARED_DIGEST_KEY);
+        k.extend_from_slice(&shared_digest_key(shard));
         k
     }
 
-    /// Reads the digest key and every key `txn` writes at one revision, and plans the digest
-    /// after `txn`: the compares that make the plan exact (the digest key's mod_revision, and
-    /// each written key the engine set no condition on) and the digest key's new value.
+    /// Reads the digest shards of the keys `txn` writes and those keys at one revision, and
+    /// plans the digest after `txn`: the compares that make the plan exact (each shard key's
+    /// mod_revision, and each written key the engine set no condition on) and the shards' new
+    /// values.
     fn plan_digest(
         &self,
         integrity: &StoreIntegrity,
         txn: &Txn,
         written: u64,
     ) -> Result<DigestStep, StorageError> {
-        let dkey = self.digest_key();
-        let mut reads = vec![range_op(dkey.clone())];
+        let shards: std::collections::BTreeSet<u8> = txn
+            .writes
+            .iter()
+            .map(|w| shared_digest_shard(write_key(w)))
+            .collect();
+        let mut reads: Vec<pb::RequestOp> = shards
+            .iter()
+            .map(|s| range_op(self.digest_key(*s)))
+            .collect();
         for w in &txn.writes {
             reads.push(range_op(self.full(write_key(w))));
         }
@@ -311,22 +319,33 @@ impl EtcdMvcc {
             _ => None,
         });
         let (keys, store) = (&integrity.keys, &integrity.store_id);
-        let current = found.next().flatten();
-        let mut digest = match &current {
-            Some(kv) => decode_shared_digest(keys, store, &kv.value)?,
-            None => StateDigest::EMPTY,
-        };
-        let mut compares = vec![match &current {
-            Some(kv) => mod_compare(dkey.clone(), kv.mod_revision),
-            None => created_compare(dkey.clone()),
-        }];
+        let mut digests = std::collections::BTreeMap::new();
+        let mut compares = Vec::new();
+        for shard in &shards {
+            let dkey = self.digest_key(*shard);
+            let current = found.next().flatten();
+            digests.insert(
+                *shard,
+                match &current {
+                    Some(kv) => decode_shared_digest(keys, store, *shard, &kv.value)?,
+                    None => StateDigest::EMPTY,
+                },
+            );
+            compares.push(match &current {
+                Some(kv) => mod_compare(dkey, kv.mod_revision),
+                None => created_compare(dkey),
+            });
+        }
         for w in &txn.writes {
             let key = write_key(w);
             let prev = found.next().flatten();
+            let digest = digests
+                .entry(shared_digest_shard(key))
+                .or_insert(StateDigest::EMPTY);
             if let Some(p) = &prev
                 && shared_term_applies(p.lease)
             {
-                shared_digest_update(&mut digest, keys, key, p.version as u64, &p.value, false);
+                shared_digest_update(digest, keys, key, p.version as u64, &p.value, false);
             }
             if !txn.conditions.iter().any(|c| c.key == key) {
                 compares.push(match &prev {
@@ -340,12 +359,20 @@ impl EtcdMvcc {
                 // etcd's per-key version: the compare on the key fixes it before the Txn.
                 let version = prev.as_ref().map_or(1, |p| p.version as u64 + 1);
                 let stored = encode_value(written, value);
-                shared_digest_update(&mut digest, keys, key, version, &stored, true);
+                shared_digest_update(digest, keys, key, version, &stored, true);
             }
         }
         Ok(DigestStep {
             compares,
-            put: put_op(dkey, encode_shared_digest(keys, store, &digest)),
+            puts: digests
+                .iter()
+                .map(|(shard, d)| {
+                    put_op(
+                        self.digest_key(*shard),
+                        encode_shared_digest(keys, store, *shard, d),
+                    )
+                })
+                .collect(),
         })
     }
 
@@ -412,7 +439,7 @@ impl EtcdMvcc {
         let had_step = step.is_some();
         if let Some(step) = step {
             compare.extend(step.compares);
-            success.push(step.put);
+            success.extend(step.puts);
         }
         let meta_root = format!("{}/u/", self.client.prefix()).into_bytes();
         for op in &txn.meta {
@@ -612,49 +639,66 @@ impl Mvcc for EtcdMvcc {
             .client
             .block_on(async move { crate::digest::snapshot(&c, &prefix).await })?;
         let computed = crate::digest::digest_of(&integrity, &snapshot, self.root.len());
-        match &snapshot.digest {
-            Some(kv) => match decode_shared_digest(&integrity.keys, &integrity.store_id, &kv.value)
-            {
-                Ok(recorded) if recorded == computed => {}
-                Ok(recorded) => tracing::error!(
-                    revision = snapshot.revision,
-                    recorded = %recorded.short(), recorded_records = recorded.count(),
-                    computed = %computed.short(), computed_records = computed.count(),
-                    "the state digest of the etcd keyspace does not match its records: records \
-                     were put back, added or removed outside Coffer (run coffer verify --storage)"
-                ),
-                Err(e) => tracing::error!(error = %e, "the state digest key is refused"),
-            },
-            None => {
-                // A new keyspace: its digest key is made now, once (a replica that made it
-                // first wins). One that holds records without it had its digest key deleted
-                // (every Coffer write keeps it): said loudly, then made from the records so
-                // that writes go on; what changed outside Coffer before is no longer told.
-                if !snapshot.versioned.is_empty() {
-                    tracing::error!(
-                        records = computed.count(),
+        let (keys, store) = (&integrity.keys, &integrity.store_id);
+        let mut missing = Vec::new();
+        for (shard, computed) in (0..SHARED_DIGEST_SHARDS).zip(&computed) {
+            match snapshot.digests.get(&shard) {
+                Some(kv) => match decode_shared_digest(keys, store, shard, &kv.value) {
+                    Ok(recorded) if recorded == *computed => {}
+                    Ok(recorded) => tracing::error!(
                         revision = snapshot.revision,
-                        "the state digest key is missing although the etcd keyspace holds \
-                         records: it was deleted outside Coffer; made again from the records"
-                    );
-                }
-                let key = self.digest_key();
-                let value = encode_shared_digest(&integrity.keys, &integrity.store_id, &computed);
-                let client = self.client.clone();
-                self.client.block_on(async move {
-                    client
-                        .write(move |mut kv| {
-                            let req = pb::TxnRequest {
-                                compare: vec![created_compare(key.clone())],
-                                success: vec![put_op(key.clone(), value.clone())],
-                                failure: Vec::new(),
-                            };
-                            async move { kv.txn(req).await }
-                        })
-                        .await
-                })?;
+                        shard,
+                        recorded = %recorded.short(), recorded_records = recorded.count(),
+                        computed = %computed.short(), computed_records = computed.count(),
+                        "the state digest of the etcd keyspace does not match its records: \
+                         records were put back, added or removed outside Coffer (run coffer \
+                         verify --storage)"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "a state digest key is refused"),
+                },
+                None => missing.push((shard, *computed)),
             }
         }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // A new keyspace: its digest shards are made now, once (a replica that made one first
+        // wins). Shards missing from a keyspace that has others, or whose records exist, were
+        // deleted outside Coffer (every Coffer write keeps them): said loudly, then made from
+        // the records so that writes go on; what changed there before is no longer told.
+        let new_keyspace = snapshot.digests.is_empty() && snapshot.versioned.is_empty();
+        if !new_keyspace {
+            tracing::error!(
+                shards = missing.len(),
+                records = missing.iter().map(|(_, d)| d.count()).sum::<u64>(),
+                revision = snapshot.revision,
+                "state digest keys are missing from an etcd keyspace that had them or holds \
+                 records: they were deleted outside Coffer; made again from the records"
+            );
+        }
+        let (compare, success): (Vec<_>, Vec<_>) = missing
+            .iter()
+            .map(|(shard, d)| {
+                let key = self.digest_key(*shard);
+                (
+                    created_compare(key.clone()),
+                    put_op(key, encode_shared_digest(keys, store, *shard, d)),
+                )
+            })
+            .unzip();
+        let client = self.client.clone();
+        self.client.block_on(async move {
+            client
+                .write(move |mut kv| {
+                    let req = pb::TxnRequest {
+                        compare: compare.clone(),
+                        success: success.clone(),
+                        failure: Vec::new(),
+                    };
+                    async move { kv.txn(req).await }
+                })
+                .await
+        })?;
         Ok(())
     }
 
@@ -1164,7 +1208,8 @@ const DIGEST_TRIES: usize = 16;
 /// What a commit adds to its Txn to keep the state digest exact.
 struct DigestStep {
     compares: Vec<pb::Compare>,
-    put: pb::RequestOp,
+    /// The new value of each digest shard the write touches.
+    puts: Vec<pb::RequestOp>,
 }
 
 /// The key a write touches.

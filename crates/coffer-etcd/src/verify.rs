@@ -6,21 +6,25 @@
 //!   second version on, the key's `create_revision`; see `coffer_core::store::shared_secret_aad`):
 //!   an older ciphertext put back with `etcdctl put` lands at a newer version and no longer
 //!   opens. Replicas answer DATA_LOSS for it; this verifier reports it.
-//! - The state digest key `PREFIX/u/i/digest`: the keyed set hash
+//! - The state digest, kept in 64 shard keys `PREFIX/u/i/digest/<shard>`: the keyed set hash
 //!   (`coffer_core::crypto::StateDigest`) of every versioned key not under a lease, as
-//!   (key, version, SHA-256 of the stored value), MAC'd. Every commit updates it in its own Txn,
-//!   comparing its mod_revision (a lost race is planned again), so it stays exact with several
-//!   replicas writing. A record added, removed or put back outside Coffer makes the digest
-//!   recomputed from etcd differ from the recorded one.
+//!   (key, version, SHA-256 of the stored value), each key's term in the shard its key hashes
+//!   to, each shard MAC'd with its number. Every commit updates the shards of the keys it writes
+//!   in its own Txn, comparing their mod_revision (a lost race is planned again), so they stay
+//!   exact with several replicas writing, which rarely race on one shard. A record added,
+//!   removed or put back outside Coffer makes the digest recomputed from etcd differ from the
+//!   recorded one.
 //!
-//! Not detected: the whole keyspace put back together with its digest key (an etcd snapshot
+//! Not detected: the whole keyspace put back together with its digest keys (an etcd snapshot
 //! restored), and a record deleted then put back at its first version with its first
-//! ciphertext (the digest notices it only if it was not done together with the digest key).
+//! ciphertext (the digest notices it unless its shard's digest key was put back too).
 
 use coffer_core::crypto::StoreId;
 use coffer_core::kms::seeds::{SEED_PREFIX, STORE_ID_KEY, verify_and_unwrap_rows};
 use coffer_core::kms::{Kms, SeedError};
-use coffer_core::storage::integrity::{SHARED_INTEGRITY_KEY, decode_shared_digest};
+use coffer_core::storage::integrity::{
+    SHARED_DIGEST_SHARDS, SHARED_INTEGRITY_KEY, decode_shared_digest,
+};
 
 use crate::client::EtcdClient;
 use crate::digest::{digest_of, snapshot};
@@ -75,23 +79,29 @@ pub async fn verify(client: &EtcdClient, kms: &dyn Kms) -> Result<VerifyReport, 
         ..VerifyReport::default()
     };
     let computed = digest_of(&integrity, &snap, vroot_len);
-    report.records = computed.count();
-    match &snap.digest {
-        None => report
-            .mismatches
-            .push("state digest: the digest key is missing".into()),
-        Some(kv) => match decode_shared_digest(&integrity.keys, &integrity.store_id, &kv.value) {
-            Err(e) => report.mismatches.push(format!("state digest: {e}")),
-            Ok(recorded) if recorded != computed => report.mismatches.push(format!(
-                "state digest: the records give {} ({} records) but the digest key records {} \
-                 ({} records): records were put back, added or removed outside Coffer",
-                computed.short(),
-                computed.count(),
-                recorded.short(),
-                recorded.count()
+    report.records = computed.iter().map(|d| d.count()).sum();
+    for (shard, computed) in (0..SHARED_DIGEST_SHARDS).zip(&computed) {
+        match snap.digests.get(&shard) {
+            None => report.mismatches.push(format!(
+                "state digest shard {shard:02x}: the digest key is missing ({} records there)",
+                computed.count()
             )),
-            Ok(_) => {}
-        },
+            Some(kv) => {
+                match decode_shared_digest(&integrity.keys, &integrity.store_id, shard, &kv.value) {
+                    Err(e) => report.mismatches.push(format!("state digest: {e}")),
+                    Ok(recorded) if recorded != *computed => report.mismatches.push(format!(
+                        "state digest shard {shard:02x}: the records give {} ({} records) but \
+                         the digest key records {} ({} records): records were put back, added \
+                         or removed outside Coffer",
+                        computed.short(),
+                        computed.count(),
+                        recorded.short(),
+                        recorded.count()
+                    )),
+                    Ok(_) => {}
+                }
+            }
+        }
     }
     let rows: Vec<(Vec<u8>, Vec<u8>)> = snap
         .unversioned

@@ -158,8 +158,8 @@ async fn an_etcdctl_replay_is_data_loss_and_verify_reports_it() {
 }
 
 /// Two replicas write the same keys at once (creates that race, updates that conflict): the
-/// digest key, compared by mod_revision in every Txn and planned again on a lost race, ends
-/// exactly the digest of what etcd holds.
+/// digest shards, compared by mod_revision in every Txn and planned again on a lost race, end
+/// exactly the digest of what etcd holds; a shard copied over another or deleted is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_digest_stays_exact_with_two_replicas_writing() {
     let etcd = EtcdCluster::start(1).await;
@@ -184,6 +184,31 @@ async fn the_digest_stays_exact_with_two_replicas_writing() {
     let v: serde_json::Value = serde_json::from_str(&report.stdout).expect("json");
     assert_eq!(v["ok"], true, "{report:?}");
     assert_eq!(v["secrets"], 10, "{v}");
+
+    // The digest lives in shards, each bound to its number: a shard's value copied over
+    // another's is refused, and a deleted shard key is reported.
+    let shard0 = etcd_value(&etcd, "/coffer/u/i/digest/00").await;
+    etcdctl_put(&etcd, "/coffer/u/i/digest/01", &shard0);
+    let mut kv = etcd.clients(0).kv;
+    kv.delete_range(etcdpb::DeleteRangeRequest {
+        key: b"/coffer/u/i/digest/02".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete a shard key");
+    let bad = verify(&url, &kek, &[]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stdout
+            .contains("the state digest key of shard 01 does not authenticate"),
+        "{bad:?}"
+    );
+    assert!(
+        bad.stdout
+            .contains("state digest shard 02: the digest key is missing"),
+        "{bad:?}"
+    );
+    assert!(!bad.stdout.contains("shard 00"), "{bad:?}");
 }
 
 /// Creates `k0..k9` (both writers race for each) and updates each a few times (conflicts

@@ -20,7 +20,7 @@
 //!   atomically at every checkpoint. A store whose state is older than its anchor refuses to
 //!   start (the message names the revisions).
 //! - On a shared keyspace (etcd): the integrity row and the MAC'd state digest key
-//!   ([`SHARED_INTEGRITY_KEY`], [`SHARED_DIGEST_KEY`]), kept by the etcd backend.
+//!   ([`SHARED_INTEGRITY_KEY`], [`SHARED_DIGEST_PREFIX`]), kept by the etcd backend.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -73,12 +73,38 @@ pub struct StoreIntegrity {
 /// On a shared keyspace (etcd): the unversioned key of the store's integrity row, `store id (16)
 /// | WrappedIntegritySeed`, created once for all replicas (`Backend::put_if_absent`).
 pub const SHARED_INTEGRITY_KEY: &[u8] = b"k/integrity";
-/// On a shared keyspace: the unversioned key of the state digest, `digest (40) | MAC (32)`,
-/// written in the same transaction as every write of a versioned key.
-pub const SHARED_DIGEST_KEY: &[u8] = b"i/digest";
-const SHARED_DIGEST_DOMAIN: &[u8] = b"shared state digest";
-/// Length of the shared digest key's value.
+/// On a shared keyspace: how many keys the state digest is kept in. Each versioned key's term
+/// goes to one of them ([`shared_digest_shard`]), and the store's digest is their sum, so a
+/// write's transaction compares and updates only the shards of the keys it writes: replicas
+/// writing different keys rarely race on a shard, where one digest key would make every
+/// write in the cluster race every other.
+pub const SHARED_DIGEST_SHARDS: u8 = 64;
+/// On a shared keyspace: the unversioned keys of the state digest's shards, this prefix and
+/// the shard as two hex digits; each holds `digest (40) | MAC (32)`.
+pub const SHARED_DIGEST_PREFIX: &[u8] = b"i/digest/";
+const SHARED_DIGEST_DOMAIN: &[u8] = b"shared state digest shard";
+/// Length of a digest shard key's value.
 pub const SHARED_DIGEST_LEN: usize = DIGEST_BYTES + TAG_LEN;
+
+/// The digest shard of a versioned key (below the keyspace's root): the first byte of its
+/// SHA-256, modulo [`SHARED_DIGEST_SHARDS`]. Public and stable: it only spreads the writes.
+pub fn shared_digest_shard(key: &[u8]) -> u8 {
+    value_hash(key)[0] % SHARED_DIGEST_SHARDS
+}
+
+/// The unversioned key of digest shard `shard`.
+pub fn shared_digest_key(shard: u8) -> Vec<u8> {
+    let mut key = SHARED_DIGEST_PREFIX.to_vec();
+    key.extend_from_slice(format!("{shard:02x}").as_bytes());
+    key
+}
+
+/// The shard a digest shard key names (`None`: not one).
+pub fn shared_digest_key_shard(key: &[u8]) -> Option<u8> {
+    let hex = key.strip_prefix(SHARED_DIGEST_PREFIX)?;
+    let shard = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+    (hex.len() == 2 && shard < SHARED_DIGEST_SHARDS).then_some(shard)
+}
 
 /// Encodes the integrity row of a shared keyspace.
 pub fn encode_shared_integrity(store_id: &StoreId, wrapped: &WrappedIntegritySeed) -> Vec<u8> {
@@ -101,41 +127,48 @@ pub fn decode_shared_integrity(
     Ok((StoreId(*id), wrapped))
 }
 
-/// The state digest as a shared keyspace keeps it: MAC'd under the store's keys and bound to
-/// its id, so that a digest key copied from another store (or made up) is refused.
+/// A shard of the state digest as a shared keyspace keeps it: MAC'd under the store's keys and
+/// bound to its id and shard, so that a digest key copied from another store or another shard
+/// (or made up) is refused.
 pub fn encode_shared_digest(
     keys: &IntegrityKeys,
     store_id: &StoreId,
+    shard: u8,
     digest: &StateDigest,
 ) -> Vec<u8> {
     let body = digest.to_bytes();
-    let tag = keys.mac(SHARED_DIGEST_DOMAIN, &[&store_id.0, &body]);
+    let tag = keys.mac(SHARED_DIGEST_DOMAIN, &[&store_id.0, &[shard], &body]);
     let mut out = body.to_vec();
     out.extend_from_slice(&tag);
     out
 }
 
-/// Decodes and authenticates a shared keyspace's digest key.
+/// Decodes and authenticates a shared keyspace's digest shard key.
 pub fn decode_shared_digest(
     keys: &IntegrityKeys,
     store_id: &StoreId,
+    shard: u8,
     bytes: &[u8],
 ) -> Result<StateDigest, StorageError> {
     if bytes.len() != SHARED_DIGEST_LEN {
         return Err(StorageError::Corrupt(format!(
-            "the state digest key holds {} bytes, not {SHARED_DIGEST_LEN}",
+            "the state digest key of shard {shard:02x} holds {} bytes, not {SHARED_DIGEST_LEN}",
             bytes.len()
         )));
     }
     let (body, tag) = bytes.split_at(DIGEST_BYTES);
-    if !keys.verify(SHARED_DIGEST_DOMAIN, &[&store_id.0, body], tag) {
+    if !keys.verify(SHARED_DIGEST_DOMAIN, &[&store_id.0, &[shard], body], tag) {
         return Err(StorageError::Corrupt(format!(
-            "the state digest key does not authenticate as store {store_id}'s: it was written \
-             by someone without the store's keys, or copied from another store"
+            "the state digest key of shard {shard:02x} does not authenticate as store \
+             {store_id}'s: it was written by someone without the store's keys, or copied from \
+             another store or shard"
         )));
     }
-    StateDigest::from_bytes(body)
-        .ok_or_else(|| StorageError::Corrupt("the state digest key is malformed".into()))
+    StateDigest::from_bytes(body).ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "the state digest key of shard {shard:02x} is malformed"
+        ))
+    })
 }
 
 /// Whether a versioned key of a shared keyspace counts in its digest: keys under a lease are
@@ -444,6 +477,38 @@ mod tests {
 
     fn keys(b: u8) -> IntegrityKeys {
         IntegrityKeys::derive(&Seed::from_slice(&[b; 32]).unwrap())
+    }
+
+    #[test]
+    fn digest_shard_keys_name_their_shard_and_bind_it() {
+        for shard in 0..SHARED_DIGEST_SHARDS {
+            assert_eq!(
+                shared_digest_key_shard(&shared_digest_key(shard)),
+                Some(shard)
+            );
+        }
+        assert_eq!(shared_digest_key_shard(b"i/digest/40"), None, "shard 64");
+        assert_eq!(shared_digest_key_shard(b"i/digest/0"), None);
+        assert_eq!(shared_digest_key_shard(b"i/digest/zz"), None);
+        assert_eq!(shared_digest_key_shard(b"k/integrity"), None);
+        assert!(shared_digest_shard(b"s/ns/name") < SHARED_DIGEST_SHARDS);
+        let (k, id) = (keys(1), StoreId([7; 16]));
+        let mut d = StateDigest::EMPTY;
+        d.add(&k, b"s/ns/a", 1, &value_hash(b"v"));
+        let v = encode_shared_digest(&k, &id, 3, &d);
+        assert_eq!(decode_shared_digest(&k, &id, 3, &v).unwrap(), d);
+        assert!(
+            decode_shared_digest(&k, &id, 4, &v).is_err(),
+            "another shard"
+        );
+        assert!(
+            decode_shared_digest(&k, &StoreId([8; 16]), 3, &v).is_err(),
+            "another store"
+        );
+        assert!(
+            decode_shared_digest(&keys(2), &id, 3, &v).is_err(),
+            "other keys"
+        );
     }
 
     #[test]

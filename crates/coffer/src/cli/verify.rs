@@ -8,7 +8,7 @@
 //! revision and every mismatch, and exits 1 if there is any: nothing is written.
 //!
 //! `coffer verify --storage etcd://HOST:PORT[/PREFIX] (--kms ...|--kek-file P)` checks a store
-//! on etcd instead, read-only (the replicas may keep running): its state digest key against
+//! on etcd instead, read-only (the replicas may keep running): its state digest keys against
 //! the digest recomputed from every record, every seed's binding, and every Secret's record at
 //! its etcd version (an older ciphertext put back with etcdctl does not open there); see
 //! `coffer_etcd::verify`.
