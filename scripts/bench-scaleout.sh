@@ -37,7 +37,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 cargo build --release -p coffer -p coffer-load --features coffer-load/etcd
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 ulimit -n 65536 2>/dev/null || true
 
 rm -rf "$OUT"

@@ -352,6 +352,28 @@ async fn a_secret_through_one_door_is_read_through_the_other_replicas_secret_ser
     create(&mut ca, secret("ns", "third", &[("k", "v")]))
         .await
         .expect("room again after the door's delete");
+
+    // A value the API server encrypted itself, through A's door, is counted on B (its record
+    // opens at its etcd version there too).
+    let enc = guarded_put(
+        &mut da,
+        b"/registry/secrets/other/enc",
+        0,
+        b"k8s:enc:aescbc:v1:key1:opaque",
+    )
+    .await;
+    assert!(enc.succeeded);
+    let hidden = get(&mut cb, "other", "enc")
+        .await
+        .expect_err("door-only on B");
+    assert_eq!(hidden.code(), tonic::Code::NotFound, "{hidden:?}");
+    assert_eq!(
+        b.store
+            .count_apiserver_encrypted()
+            .await
+            .expect("count on B"),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,7 +224,7 @@ impl Store {
     /// the value decrypted when `with_value`).
     pub async fn open_raw(&self, v: &Version, with_value: bool) -> Result<RawKv, StoreError> {
         let value = if with_value && !v.is_delete() {
-            self.door_value(&v.key, &v.value).await?
+            self.door_value(v).await?
         } else {
             Zeroizing::new(Vec::new())
         };
@@ -240,20 +240,16 @@ impl Store {
 
     /// The value a stored record shows through the door: the bytes written through it, or for
     /// a Secret written through the Secret service the Kubernetes protobuf object.
-    async fn door_value(
-        &self,
-        key: &[u8],
-        record: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    async fn door_value(&self, v: &Version) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let (key, record) = (&v.key, &v.value);
         let Some(secret_key) = self.secret_of(key) else {
             let bkey = backend_key(key);
             let label = String::from_utf8_lossy(&bkey).into_owned();
             let plaintext = self.unseal(&label, &raw_aad(&bkey), record).await?;
             return Ok(plaintext.into_zeroizing());
         };
-        let plaintext = self
-            .unseal(&secret_key, secret_key.as_bytes(), record)
-            .await?;
+        let aad = self.secret_aad(&secret_key, v.version, v.create_revision);
+        let plaintext = self.unseal(&secret_key, &aad, record).await?;
         let stored = codec::decode_stored(plaintext.expose())
             .map_err(|e| StoreError::data_loss(&secret_key, e))?;
         let (namespace, name, value) = match stored {
@@ -440,7 +436,8 @@ impl Store {
             let done = rows.len() < CHUNK;
             for v in &rows {
                 let key = String::from_utf8_lossy(&v.key[SECRET_PREFIX.len()..]).into_owned();
-                let plaintext = self.unseal(&key, key.as_bytes(), &v.value).await?;
+                let aad = self.secret_aad(&key, v.version, v.create_revision);
+                let plaintext = self.unseal(&key, &aad, &v.value).await?;
                 if let Ok(codec::Stored::Door(d)) = codec::decode_stored(plaintext.expose())
                     && k8s::is_apiserver_encrypted(&d.value)
                 {
@@ -922,13 +919,14 @@ impl Store {
                     }
                 };
                 let plaintext = codec::encode_door(&namespace, &name, revision, &value);
-                let record = crypto::seal(
-                    self.algorithm,
-                    *seed_id,
-                    seed,
-                    secret_key.as_bytes(),
-                    &plaintext,
+                // Sealed for the version it will be stored at (on a shared keyspace the
+                // commit's condition on this key's mod_revision fixes it; see `secret_aad`).
+                let aad = self.secret_aad(
+                    &secret_key,
+                    old.as_ref().map_or(1, |v| v.version + 1),
+                    old.as_ref().map_or(0, |v| v.create_revision),
                 );
+                let record = crypto::seal(self.algorithm, *seed_id, seed, &aad, &plaintext);
                 self.seals
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let len = record.len() as u64;
