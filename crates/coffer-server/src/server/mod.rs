@@ -816,7 +816,6 @@ impl Attach {
         // an outage past the grace period); the Status poller retries and flips it back.
         let kms_ready = store.seeds().readiness();
         let ready_now = *kms_ready.borrow();
-        set_kms_readiness(health, ready_now).await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -850,6 +849,9 @@ impl Attach {
             door_front.attach(door.routes().add_service(health_service.clone()).prepare());
             background.spawn(crate::etcd::expire_leases(store.clone(), shutdown.clone()));
         }
+        // Ready only once every call reaches the open store: a client that waits for SERVING
+        // must never meet the opening front's UNAVAILABLE after it.
+        set_kms_readiness(health, ready_now).await;
         background.spawn(poll_kms(store.clone(), shutdown.clone()));
         background.spawn(mirror_kms_readiness(
             kms_ready,
