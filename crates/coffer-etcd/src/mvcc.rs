@@ -67,6 +67,10 @@ pub struct EtcdMvcc {
     /// The store's integrity keys, once the store has unwrapped them: from then on every commit
     /// keeps the state digest key (see `crate::verify`) in its own Txn.
     integrity: std::sync::OnceLock<Arc<StoreIntegrity>>,
+    /// One lock per digest shard: this replica's writes to keys of one shard plan and commit
+    /// one at a time (they would only race on the shard key otherwise); writes to other shards
+    /// go on meanwhile. Taken in shard order, after the engine's own lock where it has one.
+    shard_locks: Vec<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for EtcdMvcc {
@@ -131,6 +135,9 @@ impl EtcdMvcc {
             compacted: AtomicU64::new(compacted),
             watch,
             integrity: std::sync::OnceLock::new(),
+            shard_locks: (0..SHARED_DIGEST_SHARDS)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -618,8 +625,29 @@ impl Mvcc for EtcdMvcc {
                 .commit_with(&txn, unix_ms(), None, guards)?
                 .ok_or_else(|| StorageError::Unavailable("lost a race with no digest".into()));
         };
-        // The digest key is compared by mod_revision in the Txn: a write by another replica in
-        // between fails the compare, and the digest is planned again from what it wrote.
+        // This replica's writes to the same shards wait for each other here (in shard order).
+        let shards: std::collections::BTreeSet<u8> = txn
+            .writes
+            .iter()
+            .map(|w| shared_digest_shard(write_key(w)))
+            .collect();
+        let lock_all = || -> Vec<std::sync::MutexGuard<'_, ()>> {
+            shards
+                .iter()
+                .filter_map(|s| self.shard_locks.get(usize::from(*s)))
+                .map(|l| l.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+                .collect()
+        };
+        // Waiting blocks the thread, as the etcd calls below do: a worker hands its other
+        // tasks over first.
+        let _held = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(lock_all)
+            }
+            _ => lock_all(),
+        };
+        // The digest shards are compared by mod_revision in the Txn: a write by another replica
+        // in between fails the compare, and the digest is planned again from what it wrote.
         for _ in 0..DIGEST_TRIES {
             let written = unix_ms();
             let step = self.plan_digest(&integrity, &txn, written)?;

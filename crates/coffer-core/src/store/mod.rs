@@ -474,7 +474,7 @@ impl Store {
         let seed = self.seeds.for_write().await;
         self.mvcc.read_barrier().await?;
         let lsn = {
-            let _seq = self.sequencer.lock().await;
+            let _seq = self.sequence().await;
             if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
                 return Err(StoreError::AlreadyExists {
                     namespace: secret.metadata.namespace,
@@ -536,7 +536,7 @@ impl Store {
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let lsn = {
-            let _seq = self.sequencer.lock().await;
+            let _seq = self.sequence().await;
             let (old, old_version, door_value) =
                 self.read_locked(&key)
                     .await?
@@ -622,7 +622,7 @@ impl Store {
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
         let (lsn, last) = {
-            let _seq = self.sequencer.lock().await;
+            let _seq = self.sequence().await;
             let (old, old_version, _) =
                 self.read_locked(&key)
                     .await?
@@ -1008,6 +1008,20 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Takes the sequencing lock for a Secret write's read-check-write, except on a shared
+    /// keyspace without quotas: there the storage's compare is the precondition, the storage
+    /// gives out the revision and the feed publishes the event, so nothing needs this
+    /// replica's writes one at a time (the storage orders writes that share a digest shard
+    /// itself), and holding a lock across the storage's round trips would cap a replica at one
+    /// write per round trip. With quotas the namespace counter would make a replica's
+    /// concurrent writes race each other: they keep the lock.
+    async fn sequence(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.shared && !self.quota_state().enabled() {
+            return None;
+        }
+        Some(self.sequencer.lock().await)
     }
 
     fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
