@@ -220,6 +220,46 @@ pub(crate) fn delete_op(key: Vec<u8>) -> pb::RequestOp {
     }
 }
 
+/// Every key under `root` at one revision, read in pages of `page` keys pinned to the first
+/// page's revision (so the pages are one snapshot); the keys and that revision.
+pub(crate) async fn list_pinned(
+    client: &EtcdClient,
+    root: &[u8],
+    page: i64,
+) -> Result<(Vec<crate::proto::mvccpb::KeyValue>, u64), EtcdError> {
+    let end = prefix_end(root);
+    let mut start = root.to_vec();
+    let mut revision = 0i64;
+    let mut out = Vec::new();
+    loop {
+        let (key, range_end) = (start.clone(), end.clone());
+        let resp = client
+            .read(move |mut kv| {
+                let req = pb::RangeRequest {
+                    key: key.clone(),
+                    range_end: range_end.clone(),
+                    limit: page,
+                    revision,
+                    ..Default::default()
+                };
+                async move { kv.range(req).await }
+            })
+            .await?;
+        if revision == 0 {
+            revision = header_revision(resp.header.as_ref()) as i64;
+        }
+        if let Some(last) = resp.kvs.last() {
+            start = last.key.clone();
+            start.push(0);
+        }
+        let more = resp.more;
+        out.extend(resp.kvs);
+        if !more {
+            return Ok((out, revision as u64));
+        }
+    }
+}
+
 /// The end of etcd's range of keys starting with `prefix` (the prefix with its last byte that
 /// is not 0xFF incremented; `\0` for all keys).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {

@@ -10,9 +10,9 @@ use coffer_core::storage::integrity::{
     shared_digest_update, shared_term_applies,
 };
 
-use crate::backend::prefix_end;
-use crate::client::{EtcdClient, header_revision};
-use crate::proto::{etcdserverpb as pb, mvccpb};
+use crate::backend::list_pinned;
+use crate::client::EtcdClient;
+use crate::proto::mvccpb;
 
 /// Keys per Range page.
 const PAGE: i64 = 1000;
@@ -34,54 +34,28 @@ pub(crate) async fn snapshot(client: &EtcdClient, prefix: &str) -> Result<Snapsh
     let root = format!("{prefix}/").into_bytes();
     let vroot = format!("{prefix}/v/").into_bytes();
     let uroot = format!("{prefix}/u/").into_bytes();
-    let end = prefix_end(&root);
-    let mut start = root.clone();
-    let mut revision = 0i64;
+    let (kvs, revision) = list_pinned(client, &root, PAGE).await?;
     let mut out = Snapshot {
-        revision: 0,
+        revision,
         versioned: Vec::new(),
         unversioned: Vec::new(),
         digests: BTreeMap::new(),
     };
-    loop {
-        let (key, range_end) = (start.clone(), end.clone());
-        let resp = client
-            .read(move |mut kv| {
-                let req = pb::RangeRequest {
-                    key: key.clone(),
-                    range_end: range_end.clone(),
-                    limit: PAGE,
-                    revision,
-                    ..Default::default()
-                };
-                async move { kv.range(req).await }
-            })
-            .await?;
-        if revision == 0 {
-            revision = header_revision(resp.header.as_ref()) as i64;
+    for kv in kvs {
+        if let Some(shard) = kv
+            .key
+            .strip_prefix(uroot.as_slice())
+            .and_then(shared_digest_key_shard)
+        {
+            out.digests.insert(shard, kv.clone());
         }
-        let more = resp.more;
-        for kv in resp.kvs {
-            start = kv.key.clone();
-            start.push(0);
-            if let Some(shard) = kv
-                .key
-                .strip_prefix(uroot.as_slice())
-                .and_then(shared_digest_key_shard)
-            {
-                out.digests.insert(shard, kv.clone());
-            }
-            if kv.key.starts_with(&vroot) {
-                out.versioned.push(kv);
-            } else if kv.key.starts_with(&uroot) {
-                out.unversioned.push(kv);
-            }
-        }
-        if !more {
-            out.revision = revision as u64;
-            return Ok(out);
+        if kv.key.starts_with(&vroot) {
+            out.versioned.push(kv);
+        } else if kv.key.starts_with(&uroot) {
+            out.unversioned.push(kv);
         }
     }
+    Ok(out)
 }
 
 /// The state digest's shards recomputed from `snapshot`'s versioned keys (`strip`: the length

@@ -32,7 +32,7 @@ use coffer_core::storage::{Backend, Lsn, Op, StorageError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::backend::{EtcdBackend, delete_op, prefix_end, put_op};
+use crate::backend::{EtcdBackend, delete_op, list_pinned, prefix_end, put_op};
 use crate::barrier::Rounds;
 use crate::cache::{Cache, unix_ms};
 use crate::client::{EtcdClient, EtcdError, header_revision};
@@ -927,37 +927,12 @@ fn change_of(ev: mvccpb::Event, strip: usize) -> Result<Option<Change>, StorageE
 
 /// The whole keyspace under `root` at one revision (pages pinned to the first page's).
 async fn list_all(client: &EtcdClient, root: &[u8]) -> Result<(Vec<Version>, u64), StorageError> {
-    let end = prefix_end(root);
-    let mut start = root.to_vec();
-    let mut revision = 0i64;
-    let mut out = Vec::new();
-    loop {
-        let (key, range_end) = (start.clone(), end.clone());
-        let resp = client
-            .read(move |mut kv| {
-                let req = pb::RangeRequest {
-                    key: key.clone(),
-                    range_end: range_end.clone(),
-                    limit: LIST_PAGE,
-                    revision,
-                    ..Default::default()
-                };
-                async move { kv.range(req).await }
-            })
-            .await?;
-        if revision == 0 {
-            revision = header_revision(resp.header.as_ref()) as i64;
-        }
-        let more = resp.more;
-        for kv in resp.kvs {
-            start = kv.key.clone();
-            start.push(0);
-            out.push(version_of(kv, root.len(), 0)?);
-        }
-        if !more {
-            return Ok((out, revision as u64));
-        }
-    }
+    let (kvs, revision) = list_pinned(client, root, LIST_PAGE).await?;
+    let versions = kvs
+        .into_iter()
+        .map(|kv| version_of(kv, root.len(), 0))
+        .collect::<Result<_, _>>()?;
+    Ok((versions, revision))
 }
 
 /// The compaction revision: the oldest revision etcd still reads (0: never compacted), by
