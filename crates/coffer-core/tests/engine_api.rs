@@ -442,3 +442,183 @@ async fn concurrent_writers_get_unique_gapless_revisions() {
     }
     assert_eq!(wins, 1, "exactly one conditional update wins");
 }
+
+/// Spawns `n` writes while the door's writer holds the sequencer, waits until `seals` of them
+/// are sealed (a delete seals nothing) and all are queued, then lets them go: the group
+/// commit takes them as one group.
+async fn held_back<T: Send + 'static>(
+    store: &Arc<Store>,
+    n: u64,
+    seals: u64,
+    write: impl Fn(Arc<Store>, u64) -> tokio::task::JoinHandle<T>,
+) -> Vec<T> {
+    let writer = store.raw_writer().await;
+    let sealed = store.seal_count();
+    let tasks: Vec<_> = (0..n).map(|i| write(store.clone(), i)).collect();
+    while store.seal_count() < sealed + seals {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Sealing and queueing are one step without an await between them; this covers the
+    // thread that sealed last.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    drop(writer);
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("join"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_waiting_together_commit_as_one_group_in_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kms = TestKms::open(dir.path(), 1);
+    let (store, backend) = open_store(dir.path(), kms, StoreConfig::default()).await;
+    let store = Arc::new(store);
+    // The first write also stores the seed (a batch of its own).
+    store
+        .create(Secret::new("ns", "first"))
+        .await
+        .expect("create");
+    let mut rx = store.subscribe();
+    let base = store.revision();
+    let applied = coffer_core::storage::Backend::applied(backend.as_ref());
+    let created = held_back(&store, 12, 12, |store, i| {
+        tokio::spawn(async move {
+            store
+                .create(Secret::new("ns", format!("g{i}")).with_data("k", format!("v{i}")))
+                .await
+        })
+    })
+    .await;
+    let mut revisions: Vec<u64> = created
+        .iter()
+        .map(|r| r.as_ref().expect("create").metadata.resource_version)
+        .collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, (base + 1..=base + 12).collect::<Vec<_>>());
+    // Twelve writes, one backend batch (one log entry, one sync).
+    assert_eq!(
+        coffer_core::storage::Backend::applied(backend.as_ref()),
+        applied + 1
+    );
+    // Each answer is what a read shows, and events come in revision order.
+    for r in &created {
+        let s = r.as_ref().expect("create");
+        let read = store.get("ns", &s.metadata.name).await.expect("get");
+        assert_eq!(read.metadata.resource_version, s.metadata.resource_version);
+        assert_eq!(read.data["k"].expose(), s.data["k"].expose());
+    }
+    for want in base + 1..=base + 12 {
+        assert_eq!(rx.recv().await.expect("event").revision, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_prepared_against_the_same_version_race_at_the_commit() {
+    let (store, _d) = store().await;
+    let store = Arc::new(store);
+    let first = store
+        .create(Secret::new("ns", "hot").with_data("k", "0"))
+        .await
+        .expect("create");
+    let rv = first.metadata.resource_version;
+    // Two updates that both name the version they read: the first in the group wins, the
+    // second fails its condition at the commit with the conflict it would have met later.
+    let results = held_back(&store, 2, 2, |store, i| {
+        tokio::spawn(async move {
+            let mut s = Secret::new("ns", "hot").with_data("k", format!("conditional{i}"));
+            s.metadata.resource_version = rv;
+            store.update(s).await
+        })
+    })
+    .await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "{results:?}");
+    let lost = results
+        .iter()
+        .find_map(|r| r.as_ref().err())
+        .expect("loser");
+    assert!(
+        matches!(lost, StoreError::Conflict { expected, .. } if *expected == rv),
+        "{lost:?}"
+    );
+    // Unconditional updates prepared against the same version all land: a loser reads again.
+    let before = store.revision();
+    let results = held_back(&store, 6, 6, |store, i| {
+        tokio::spawn(async move {
+            store
+                .update(Secret::new("ns", "hot").with_data("k", format!("blind{i}")))
+                .await
+        })
+    })
+    .await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(store.revision(), before + 6);
+    // A create of a name another create in the same group took is told it exists.
+    let results = held_back(&store, 2, 2, |store, i| {
+        tokio::spawn(async move {
+            store
+                .create(Secret::new("ns", "twin").with_data("k", format!("{i}")))
+                .await
+        })
+    })
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(StoreError::AlreadyExists { .. }))),
+        "{results:?}"
+    );
+    // So is a delete that lost to an update: its precondition no longer holds.
+    let current = store.get("ns", "hot").await.expect("get");
+    let rv = current.metadata.resource_version;
+    let results = held_back(&store, 2, 1, |store, i| {
+        tokio::spawn(async move {
+            if i == 0 {
+                store
+                    .update(Secret::new("ns", "hot").with_data("k", "last"))
+                    .await
+                    .map(|_| ())
+            } else {
+                store.delete("ns", "hot", rv).await.map(|_| ())
+            }
+        })
+    })
+    .await;
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_unconditional_updates_of_one_secret_all_land() {
+    let (store, _d) = store().await;
+    let store = Arc::new(store);
+    store
+        .create(Secret::new("ns", "hot").with_data("k", "0"))
+        .await
+        .expect("create");
+    let before = store.revision();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                store
+                    .update(Secret::new("ns", "hot").with_data("k", format!("{w}-{i}")))
+                    .await
+                    .expect("an unconditional update never conflicts");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+    assert_eq!(store.revision(), before + 80);
+}

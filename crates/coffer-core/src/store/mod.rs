@@ -1,9 +1,12 @@
 //! The engine: validate -> seal -> write with a revision -> publish a change event.
 //!
-//! Every mutation runs its read-check-write under one sequencing lock, so preconditions and the
-//! store-wide revision are exact, then waits for durability *outside* the lock so that concurrent
-//! writers share syncs (group commit). Change events are published in revision order, only once
-//! the write they describe is durable.
+//! A Secret write reads the current version, checks and seals the new one without any lock,
+//! then commits only if the key is still at the version it read (else an unconditional write
+//! reads again; one with a precondition gets its conflict). Commits go through a group commit:
+//! writers that arrive while one commits queue up, and the next group takes them all in one
+//! storage batch under the sequencing lock, each at its own revision. Durability is waited for
+//! *outside* the lock, so one log sync covers many writers. Change events are published in
+//! revision order, only once the write they describe is durable.
 //!
 //! Secrets live in the versioned keyspace ([`crate::storage::mvcc`]) under the keys
 //! `s/<namespace>/<name>`, each version's value a sealed record; the store revision is the
@@ -207,6 +210,9 @@ pub struct Store {
     /// The sequencing lock: one write's read-check-write at a time (the keyspace assigns the
     /// revisions).
     sequencer: tokio::sync::Mutex<()>,
+    /// Writes waiting for the group commit, and whether one of their writers leads it (see
+    /// [`Store::submit`]).
+    queue: std::sync::Mutex<WriteQueue>,
     /// See [`StoreConfig::history_retention`].
     retention: Duration,
     /// Writes applied but not yet published (they wait for durability): their log position,
@@ -366,6 +372,7 @@ impl Store {
             seeds,
             algorithm: config.algorithm,
             sequencer: tokio::sync::Mutex::new(()),
+            queue: std::sync::Mutex::new(WriteQueue::default()),
             retention: config.history_retention,
             pending: std::sync::Mutex::new(VecDeque::new()),
             events,
@@ -473,19 +480,20 @@ impl Store {
         // where the write needs the seed, after the checks that come first (exists, ...).
         let seed = self.seeds.for_write().await;
         self.mvcc.read_barrier().await?;
-        let lsn = {
-            let _seq = self.sequence().await;
-            if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
-                return Err(StoreError::AlreadyExists {
-                    namespace: secret.metadata.namespace,
-                    name: secret.metadata.name,
-                });
-            }
-            secret.metadata.uid = uuid::Uuid::new_v4().to_string();
-            secret.metadata.creation_timestamp = Some(now_unix());
-            let change = Change::Put(&mut secret, EventKind::Added, seed, None);
-            self.write_locked(&key, change, None)?.0
-        };
+        let seq = self.sequence().await;
+        if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
+            return Err(StoreError::AlreadyExists {
+                namespace: secret.metadata.namespace,
+                name: secret.metadata.name,
+            });
+        }
+        secret.metadata.uid = uuid::Uuid::new_v4().to_string();
+        secret.metadata.creation_timestamp = Some(now_unix());
+        let change = Change::Put(&mut secret, EventKind::Added, seed, None);
+        let prepared = self.seal_write(&key, change, None)?;
+        let (lsn, revision) = self.commit_write(prepared, seq.is_some()).await?;
+        drop(seq);
+        secret.metadata.resource_version = revision;
         self.finish_write(lsn).await?;
         Ok(secret)
     }
@@ -504,20 +512,21 @@ impl Store {
         secret: Secret,
         options: UpdateOptions,
     ) -> Result<Secret, StoreError> {
-        if self.shared {
-            // A write another process got in between the read and the commit is no conflict
-            // of the caller's when it named no resource_version (nor is a race on the
-            // namespace's quota counter ever): read again and retry.
-            let unconditional = secret.metadata.resource_version == 0;
-            for _ in 1..SHARED_RETRIES {
-                match self.update_once(secret.duplicate(), options).await {
-                    Err(StoreError::Conflict { .. }) if unconditional => continue,
-                    Err(e) if counter_race(&e) => continue,
-                    other => return other,
-                }
+        // A write that got in between the read and the commit (another caller's here, or
+        // another process's on a shared keyspace) is no conflict of the caller's when it named
+        // no resource_version (nor is a race on the namespace's quota counter ever): read again
+        // and retry. The last try holds the sequencer from the read to the commit, so a hot
+        // Secret cannot starve an unconditional update (one process; on a shared keyspace other
+        // processes can still get in, as before).
+        let unconditional = secret.metadata.resource_version == 0;
+        for _ in 1..SHARED_RETRIES {
+            match self.update_once(secret.duplicate(), options, false).await {
+                Err(StoreError::Conflict { .. }) if unconditional => continue,
+                Err(e) if counter_race(&e) => continue,
+                other => return other,
             }
         }
-        self.update_once(secret, options)
+        self.update_once(secret, options, true)
             .await
             .map_err(give_up_race)
     }
@@ -526,6 +535,7 @@ impl Store {
         &self,
         mut secret: Secret,
         options: UpdateOptions,
+        locked: bool,
     ) -> Result<Secret, StoreError> {
         secret.merge_string_data();
         secret.apply_defaults();
@@ -535,39 +545,44 @@ impl Store {
         let seed = self.seeds.for_write().await;
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
-        let lsn = {
-            let _seq = self.sequence().await;
-            let (old, old_version, door_value) =
-                self.read_locked(&key)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound {
-                        namespace: secret.metadata.namespace.clone(),
-                        name: secret.metadata.name.clone(),
-                    })?;
-            check_precondition(&old, secret.metadata.resource_version)?;
-            if options.blind && old.immutable {
-                // Judged as if the data differed: an immutable Secret refuses a blind update
-                // whatever data it carries, with the error a wrong guess gets.
-                let mut other = old.duplicate();
-                other.data = if secret.data.is_empty() {
-                    std::iter::once((String::new(), crate::model::SecretValue::from(""))).collect()
-                } else {
-                    Default::default()
-                };
-                validation::validate_update(&other, &secret)?;
-            }
-            validation::validate_update(&old, &secret)?;
-            secret.metadata.uid = old.metadata.uid.clone();
-            secret.metadata.creation_timestamp = old.metadata.creation_timestamp;
-            // A blind update always writes (a new resource_version): keeping the old one on a
-            // no-op would tell the caller its guess of the data was right.
-            if !options.blind && unchanged(&old, &secret) {
-                return Ok(old);
-            }
-            // A Secret the API server wrote stays in its form, every field kept.
-            let change = Change::Put(&mut secret, EventKind::Modified, seed, door_value);
-            self.write_locked(&key, change, Some(&old_version))?.0
+        let seq = if locked && !self.shared {
+            Some(self.sequencer.lock().await)
+        } else {
+            self.sequence().await
         };
+        let (old, old_version, door_value) =
+            self.read_current(&key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    namespace: secret.metadata.namespace.clone(),
+                    name: secret.metadata.name.clone(),
+                })?;
+        check_precondition(&old, secret.metadata.resource_version)?;
+        if options.blind && old.immutable {
+            // Judged as if the data differed: an immutable Secret refuses a blind update
+            // whatever data it carries, with the error a wrong guess gets.
+            let mut other = old.duplicate();
+            other.data = if secret.data.is_empty() {
+                std::iter::once((String::new(), crate::model::SecretValue::from(""))).collect()
+            } else {
+                Default::default()
+            };
+            validation::validate_update(&other, &secret)?;
+        }
+        validation::validate_update(&old, &secret)?;
+        secret.metadata.uid = old.metadata.uid.clone();
+        secret.metadata.creation_timestamp = old.metadata.creation_timestamp;
+        // A blind update always writes (a new resource_version): keeping the old one on a
+        // no-op would tell the caller its guess of the data was right.
+        if !options.blind && unchanged(&old, &secret) {
+            return Ok(old);
+        }
+        // A Secret the API server wrote stays in its form, every field kept.
+        let change = Change::Put(&mut secret, EventKind::Modified, seed, door_value);
+        let prepared = self.seal_write(&key, change, Some(&old_version))?;
+        let (lsn, revision) = self.commit_write(prepared, seq.is_some()).await?;
+        drop(seq);
+        secret.metadata.resource_version = revision;
         self.finish_write(lsn).await?;
         Ok(secret)
     }
@@ -595,18 +610,19 @@ impl Store {
         name: &str,
         preconditions: &Preconditions,
     ) -> Result<Secret, StoreError> {
-        if self.shared {
-            // As in `update_with`: another process's write in between is no conflict of ours.
-            let unconditional = preconditions.resource_version == 0;
-            for _ in 1..SHARED_RETRIES {
-                match self.delete_once(namespace, name, preconditions).await {
-                    Err(StoreError::Conflict { .. }) if unconditional => continue,
-                    Err(e) if counter_race(&e) => continue,
-                    other => return other,
-                }
+        // As in `update_with`: another write in between is no conflict of the caller's.
+        let unconditional = preconditions.resource_version == 0;
+        for _ in 1..SHARED_RETRIES {
+            match self
+                .delete_once(namespace, name, preconditions, false)
+                .await
+            {
+                Err(StoreError::Conflict { .. }) if unconditional => continue,
+                Err(e) if counter_race(&e) => continue,
+                other => return other,
             }
         }
-        self.delete_once(namespace, name, preconditions)
+        self.delete_once(namespace, name, preconditions, true)
             .await
             .map_err(give_up_race)
     }
@@ -616,36 +632,39 @@ impl Store {
         namespace: &str,
         name: &str,
         preconditions: &Preconditions,
+        locked: bool,
     ) -> Result<Secret, StoreError> {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
         self.mvcc.read_barrier().await?;
         self.prefetch_seed(&key).await?;
-        let (lsn, last) = {
-            let _seq = self.sequence().await;
-            let (old, old_version, _) =
-                self.read_locked(&key)
-                    .await?
-                    .ok_or_else(|| StoreError::NotFound {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    })?;
-            check_precondition(&old, preconditions.resource_version)?;
-            if let Some(uid) = &preconditions.uid
-                && *uid != old.metadata.uid
-            {
-                return Err(StoreError::UidMismatch {
-                    name: old.metadata.name.clone(),
-                    expected: uid.clone(),
-                    current: old.metadata.uid.clone(),
-                });
-            }
-            let mut last = old.duplicate();
-            let (lsn, revision) =
-                self.write_locked(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
-            last.metadata.resource_version = revision;
-            (lsn, last)
+        let seq = if locked && !self.shared {
+            Some(self.sequencer.lock().await)
+        } else {
+            self.sequence().await
         };
+        let (old, old_version, _) =
+            self.read_current(&key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })?;
+        check_precondition(&old, preconditions.resource_version)?;
+        if let Some(uid) = &preconditions.uid
+            && *uid != old.metadata.uid
+        {
+            return Err(StoreError::UidMismatch {
+                name: old.metadata.name.clone(),
+                expected: uid.clone(),
+                current: old.metadata.uid.clone(),
+            });
+        }
+        let mut last = old.duplicate();
+        let prepared = self.seal_write(&key, Change::Delete(Box::new(old)), Some(&old_version))?;
+        let (lsn, revision) = self.commit_write(prepared, seq.is_some()).await?;
+        drop(seq);
+        last.metadata.resource_version = revision;
         self.finish_write(lsn).await?;
         Ok(last)
     }
@@ -794,38 +813,256 @@ impl Store {
         })
     }
 
-    /// Seals and commits one write under the sequencing lock; returns its log position and
-    /// revision. `old` is the version it replaces or deletes (`None` for a create: then the
-    /// key must not exist); a put the namespace's quota cannot take fails with
-    /// [`StoreError::QuotaExceeded`] and writes nothing.
+    /// Seals one write against `old`, the version it replaces or deletes (`None` for a create:
+    /// then the key must not exist), without any lock: [`Store::commit_write`] then writes it only
+    /// if `old` is still the key's current version.
     ///
-    /// On a shared keyspace the storage's compare makes the precondition exact across
-    /// processes: a write another process got in first fails as the local check would have
-    /// (`AlreadyExists` for a create, `Conflict` otherwise), and the object takes the revision
-    /// the storage gave the write (its sealed copy names the predicted one, which reads
-    /// replace with the version's own; see [`Store::open_version`]).
-    fn write_locked(
+    /// The sealed object carries a predicted revision: the keyspace's next one when sealed.
+    /// Other writes may commit first, so readers take every version's resource_version from
+    /// the version itself (see [`Store::open_version`]), never from the sealed copy.
+    fn seal_write(
         &self,
         key: &str,
         change: Change<'_>,
         old: Option<&Version>,
-    ) -> Result<(Lsn, u64), StoreError> {
-        let old_len = old.map(|v| v.value.len() as u64);
-        // Only this store writes, one write at a time: the keyspace will give the write the
-        // next revision, and the sealed object carries it (a prediction on a shared keyspace).
-        let revision = self.mvcc.revision() + 1;
+    ) -> Result<SealedWrite, StoreError> {
+        let predicted = self.mvcc.revision() + 1;
         let bkey = backend_key(key).into_bytes();
-        let condition = Condition {
-            key: bkey.clone(),
-            mod_revision: old.map_or(0, |v| v.mod_revision),
+        let (write, kind, object, new_len) = match change {
+            Change::Put(secret, kind, seed, door_value) => {
+                let (seed_id, seed) = seed?;
+                secret.metadata.resource_version = predicted;
+                let plaintext = match door_value {
+                    Some(given) => {
+                        let edited = k8s::edit(&given, secret)
+                            .map_err(|e| StoreError::data_loss(key, e.to_string()))?;
+                        let m = &secret.metadata;
+                        codec::encode_door(&m.namespace, &m.name, predicted, &edited)
+                    }
+                    None => codec::encode(secret),
+                };
+                // On a shared keyspace the compare on `old` makes the key's next version known
+                // now (the revision is not): the record is sealed for it.
+                let aad = self.secret_aad(
+                    key,
+                    old.map_or(1, |v| v.version + 1),
+                    old.map_or(0, |v| v.create_revision),
+                );
+                let record = crypto::seal(self.algorithm, seed_id, &seed, &aad, &plaintext);
+                self.seals.fetch_add(1, Ordering::Relaxed);
+                let new_len = record.len() as u64;
+                // A lease attached through the etcd door stays attached.
+                let write = Write::Put {
+                    key: bkey,
+                    value: record,
+                    lease: old.map_or(0, |v| v.lease),
+                };
+                (write, kind, secret.duplicate(), Some(new_len))
+            }
+            Change::Delete(last) => (Write::Delete { key: bkey }, EventKind::Deleted, *last, None),
         };
-        // On a shared keyspace with quotas: the namespace's usage is a counter key that the
-        // write's transaction checks and updates, so that replicas never overshoot together.
-        let counter = if self.shared && self.quota_state().enabled() {
-            let namespace = quota::namespace_of(key);
+        Ok(SealedWrite {
+            key: key.to_owned(),
+            expected: old.map_or(0, |v| v.mod_revision),
+            old_len: old.map(|v| v.value.len() as u64),
+            new_len,
+            write,
+            kind,
+            object,
+        })
+    }
+
+    /// Commits a prepared write; returns its log position and revision. `locked`: the caller
+    /// holds the sequencer (a last try, or quotas on a shared keyspace). Otherwise a local
+    /// store's write joins the group commit ([`Store::submit`]), and a shared keyspace's goes
+    /// straight to the storage, whose compare is the precondition.
+    async fn commit_write(
+        &self,
+        prepared: SealedWrite,
+        locked: bool,
+    ) -> Result<(Lsn, u64), StoreError> {
+        if self.shared {
+            return self.commit_write_shared(prepared);
+        }
+        if locked {
+            let mut results = self.commit_group_locked(vec![prepared]);
+            return results.pop().unwrap_or_else(|| {
+                Err(StoreError::Unavailable(
+                    "the write was not committed".into(),
+                ))
+            });
+        }
+        self.submit(prepared).await
+    }
+
+    /// The group commit: queues a prepared write and waits for its result. The first writer
+    /// to find no leader leads: it takes the sequencer, then every queued write (up to
+    /// [`MAX_GROUP`]), commits them as one storage batch ([`Mvcc::commit_group`]), answers
+    /// each, and hands the lead to the oldest write still queued. The more writers wait, the
+    /// larger the group, so one log write and one sync cover more of them as load grows.
+    async fn submit(&self, prepared: SealedWrite) -> Result<(Lsn, u64), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut queue = self.write_queue();
+            if queue.leading {
+                queue.waiting.push_back((prepared, tx));
+                None
+            } else {
+                queue.leading = true;
+                Some(prepared)
+            }
+        };
+        let own = match lead {
+            Some(own) => own,
+            None => match rx.await {
+                Ok(Turn::Done(result)) => return result,
+                Ok(Turn::Lead(own)) => *own,
+                Err(_) => {
+                    return Err(StoreError::Unavailable(
+                        "the write was dropped before its commit".into(),
+                    ));
+                }
+            },
+        };
+        // From here the lead passes on however this future ends (dropped while waiting for
+        // the sequencer: its own write is simply not made).
+        let _lead = Lead(self);
+        let _seq = self.sequencer.lock().await;
+        // No await from here on: every write taken from the queue is answered.
+        let mut items = vec![own];
+        let mut answer = Vec::new();
+        {
+            let mut queue = self.write_queue();
+            let n = queue.waiting.len().min(MAX_GROUP - 1);
+            for (p, tx) in queue.waiting.drain(..n) {
+                items.push(p);
+                answer.push(tx);
+            }
+        }
+        let mut results = self.commit_group_locked(items).into_iter();
+        let own = results.next().unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
+                "the write was not committed".into(),
+            ))
+        });
+        for (result, tx) in results.zip(answer) {
+            // A caller that stopped waiting: its write is made all the same.
+            let _ = tx.send(Turn::Done(result));
+        }
+        own
+    }
+
+    fn write_queue(&self) -> std::sync::MutexGuard<'_, WriteQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits prepared writes to the local keyspace, in order, each only if its key is still
+    /// at the version it was prepared against, under the sequencer (the caller holds it);
+    /// queues their events. Quotas are checked here, one write after the other.
+    fn commit_group_locked(&self, items: Vec<SealedWrite>) -> Vec<Result<(Lsn, u64), StoreError>> {
+        let mut results: Vec<Option<Result<(Lsn, u64), StoreError>>> =
+            items.iter().map(|_| None).collect();
+        let mut txns = Vec::with_capacity(items.len());
+        let mut admitted = Vec::with_capacity(items.len());
+        for (index, p) in items.into_iter().enumerate() {
+            match self.admit(&p) {
+                Ok(()) => {
+                    txns.push(Txn {
+                        conditions: vec![Condition {
+                            key: p.write.key().to_vec(),
+                            mod_revision: p.expected,
+                        }],
+                        writes: vec![p.write.clone()],
+                        meta: Vec::new(),
+                    });
+                    admitted.push((index, p));
+                }
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        let committed = self.mvcc.commit_group(txns);
+        let mut pending = self.pending_events();
+        for ((index, p), outcome) in admitted.into_iter().zip(committed) {
+            results[index] = Some(match outcome {
+                Ok(c) => {
+                    let mut object = p.object;
+                    object.metadata.resource_version = c.revision;
+                    pending.push_back(Pending {
+                        lsn: c.lsn,
+                        revision: c.revision,
+                        event: Some(Arc::new(ChangeEvent {
+                            kind: p.kind,
+                            object,
+                            revision: c.revision,
+                        })),
+                    });
+                    Ok((c.lsn, c.revision))
+                }
+                Err(e) => Err(condition_error(&p.key, p.expected, e)),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(
+                        "the write was not committed".into(),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Admits a prepared write to its namespace's quota and counts it (quotas on only: the
+    /// key's version is checked here first, since a write that then fails its condition
+    /// must not count; the caller holds the sequencer, so nothing changes it before the
+    /// commit).
+    fn admit(&self, p: &SealedWrite) -> Result<(), StoreError> {
+        let mut quota = self.quota_state();
+        if !quota.enabled() {
+            return Ok(());
+        }
+        let current = self
+            .mvcc
+            .get(p.write.key(), None)?
+            .map_or(0, |v| v.mod_revision);
+        if current != p.expected {
+            return Err(condition_error(
+                &p.key,
+                p.expected,
+                crate::storage::StorageError::ConditionFailed {
+                    key: p.key.clone(),
+                    expected: p.expected,
+                    current,
+                },
+            ));
+        }
+        let namespace = quota::namespace_of(&p.key);
+        let after = match p.new_len {
+            Some(len) => quota.admit_put(namespace, p.old_len, len)?,
+            None => quota.after_delete(namespace, p.old_len.unwrap_or(0)),
+        };
+        quota.set(namespace, after);
+        Ok(())
+    }
+
+    /// Commits a prepared write to a shared keyspace: the storage gives the revision, its
+    /// compare on the key's version is the precondition across processes (a write another
+    /// process got in first fails as the local check would have: `AlreadyExists` for a create,
+    /// `Conflict` otherwise), and the event comes back through the feed. With quotas the
+    /// namespace's usage is a counter key that the transaction checks and updates, so that
+    /// replicas never overshoot together (the caller holds the sequencer then).
+    fn commit_write_shared(&self, p: SealedWrite) -> Result<(Lsn, u64), StoreError> {
+        let bkey = p.write.key().to_vec();
+        let condition = Condition {
+            key: bkey,
+            mod_revision: p.expected,
+        };
+        let counter = if self.quota_state().enabled() {
+            let namespace = quota::namespace_of(&p.key);
             let ckey = format!("{QUOTA_PREFIX}{namespace}").into_bytes();
             let (usage, revision) = match self.mvcc.get(&ckey, None)? {
-                Some(v) => (decode_usage(&v.value, key)?, v.mod_revision),
+                Some(v) => (decode_usage(&v.value, &p.key)?, v.mod_revision),
                 None => (
                     scan_usage_prefix(
                         self.mvcc.as_ref(),
@@ -842,56 +1079,15 @@ impl Store {
         } else {
             None
         };
-        let quota_after;
-        let mut put_target = None;
-        let (write, kind, mut object) = match change {
-            Change::Put(secret, kind, seed, door_value) => {
-                let (seed_id, seed) = seed?;
-                secret.metadata.resource_version = revision;
-                let plaintext = match door_value {
-                    Some(given) => {
-                        let edited = k8s::edit(&given, secret)
-                            .map_err(|e| StoreError::data_loss(key, e.to_string()))?;
-                        let m = &secret.metadata;
-                        codec::encode_door(&m.namespace, &m.name, revision, &edited)
-                    }
-                    None => codec::encode(secret),
-                };
-                // On a shared keyspace the compare on `old` makes the key's next version known
-                // now (the revision is not): the record is sealed for it.
-                let aad = self.secret_aad(
-                    key,
-                    old.map_or(1, |v| v.version + 1),
-                    old.map_or(0, |v| v.create_revision),
-                );
-                let record = crypto::seal(self.algorithm, seed_id, &seed, &aad, &plaintext);
-                quota_after = self.quota_state().admit_put(
-                    &secret.metadata.namespace,
-                    old_len,
-                    record.len() as u64,
-                )?;
-                self.seals.fetch_add(1, Ordering::Relaxed);
-                // A lease attached through the etcd door stays attached.
-                let write = Write::Put {
-                    key: bkey,
-                    value: record,
-                    lease: old.map_or(0, |v| v.lease),
-                };
-                let object = secret.duplicate();
-                put_target = Some(secret);
-                (write, kind, object)
-            }
-            Change::Delete(last) => {
-                let mut last = *last;
-                last.metadata.resource_version = revision;
-                quota_after = self
-                    .quota_state()
-                    .after_delete(&last.metadata.namespace, old_len.unwrap_or(0));
-                (Write::Delete { key: bkey }, EventKind::Deleted, last)
-            }
+        let namespace = quota::namespace_of(&p.key);
+        let quota_after = match p.new_len {
+            Some(len) => self.quota_state().admit_put(namespace, p.old_len, len)?,
+            None => self
+                .quota_state()
+                .after_delete(namespace, p.old_len.unwrap_or(0)),
         };
         let mut conditions = vec![condition];
-        let mut writes = vec![write];
+        let mut writes = vec![p.write];
         if let Some(c) = counter {
             writes.push(Write::Put {
                 key: c.key.clone(),
@@ -910,7 +1106,7 @@ impl Store {
                 key: failed,
                 expected,
                 current,
-            }) if self.shared && failed.starts_with(QUOTA_PREFIX) => {
+            }) if failed.starts_with(QUOTA_PREFIX) => {
                 // Another replica wrote in this namespace since the counter was read.
                 return Err(StoreError::Storage(
                     crate::storage::StorageError::ConditionFailed {
@@ -920,67 +1116,14 @@ impl Store {
                     },
                 ));
             }
-            Err(crate::storage::StorageError::ConditionFailed { current, .. }) if self.shared => {
-                let (namespace, name) = key.split_once('/').unwrap_or(("", key));
-                return Err(match old {
-                    None => StoreError::AlreadyExists {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    },
-                    Some(_) if current == 0 => StoreError::NotFound {
-                        namespace: namespace.to_owned(),
-                        name: name.to_owned(),
-                    },
-                    Some(v) => StoreError::Conflict {
-                        name: name.to_owned(),
-                        expected: v.mod_revision,
-                        current,
-                    },
-                });
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(condition_error(&p.key, p.expected, e)),
         };
-        if self.shared {
-            // The storage chose the revision; the answer and the event carry it.
-            let revision = committed.revision;
-            object.metadata.resource_version = revision;
-            if let Some(secret) = put_target {
-                secret.metadata.resource_version = revision;
-            }
-            let mut quota = self.quota_state();
-            if quota.enabled() {
-                quota.set(&object.metadata.namespace, quota_after);
-            }
-            // Its event comes back through the feed, with every other process's.
-            return Ok((committed.lsn, revision));
+        let mut quota = self.quota_state();
+        if quota.enabled() {
+            quota.set(namespace, quota_after);
         }
-        if committed.revision != revision {
-            // Another writer committed to the same keyspace: the sealed object names the wrong
-            // revision. Nothing but this store may write to it.
-            return Err(StoreError::Storage(crate::storage::StorageError::Invalid(
-                format!(
-                    "revision {} committed where {revision} was sealed: another writer shares this storage",
-                    committed.revision
-                ),
-            )));
-        }
-        {
-            let mut quota = self.quota_state();
-            if quota.enabled() {
-                quota.set(&object.metadata.namespace, quota_after);
-            }
-        }
-        let event = Arc::new(ChangeEvent {
-            kind,
-            object,
-            revision,
-        });
-        self.pending_events().push_back(Pending {
-            lsn: committed.lsn,
-            revision,
-            event: Some(event),
-        });
-        Ok((committed.lsn, revision))
+        // Its event comes back through the feed, with every other process's.
+        Ok((committed.lsn, committed.revision))
     }
 
     /// Waits for durability of `lsn`, then publishes every event up to it, in order, and the
@@ -1010,18 +1153,18 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the sequencing lock for a Secret write's read-check-write, except on a shared
-    /// keyspace without quotas: there the storage's compare is the precondition, the storage
-    /// gives out the revision and the feed publishes the event, so nothing needs this
-    /// replica's writes one at a time (the storage orders writes that share a digest shard
-    /// itself), and holding a lock across the storage's round trips would cap a replica at one
-    /// write per round trip. With quotas the namespace counter would make a replica's
-    /// concurrent writes race each other: they keep the lock.
+    /// Takes the sequencing lock for a Secret write's read-check-write where the write needs
+    /// it: on a shared keyspace with quotas (the namespace counter would make a replica's
+    /// concurrent writes race each other). Elsewhere nothing needs writes one at a time from
+    /// the read on: the commit's condition on the version read is the precondition (a local
+    /// store's group commit checks it under the sequencer; a shared keyspace's storage
+    /// compares it), and holding a lock across the read, the checks and the sealing would
+    /// make every write wait for all of that in every other.
     async fn sequence(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if self.shared && !self.quota_state().enabled() {
-            return None;
+        if self.shared && self.quota_state().enabled() {
+            return Some(self.sequencer.lock().await);
         }
-        Some(self.sequencer.lock().await)
+        None
     }
 
     fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
@@ -1045,9 +1188,10 @@ impl Store {
     }
 
     /// Reads the current object, its stored version and (for a Secret the API server wrote)
-    /// the value as written, under the sequencing lock (no durability wait: the caller's own
-    /// write comes later and is waited for). `None` also for a value only the door serves.
-    async fn read_locked(
+    /// the value as written, for a write to prepare against (no durability wait: the caller's
+    /// own write comes later and is waited for; its commit's condition on the version makes
+    /// sure nothing got in between). `None` also for a value only the door serves.
+    async fn read_current(
         &self,
         key: &str,
     ) -> Result<Option<(Secret, Version, Option<Zeroizing<Vec<u8>>>)>, StoreError> {
@@ -1256,6 +1400,98 @@ enum Change<'a> {
     ),
     /// Remove the object; publish this, its last state.
     Delete(Box<Secret>),
+}
+
+/// The most writes one group commit takes (the rest wait for the next).
+const MAX_GROUP: usize = 256;
+
+/// A write sealed outside the sequencer, with the version it was prepared against.
+struct SealedWrite {
+    /// The storage key (`namespace/name`).
+    key: String,
+    /// The key's `mod_revision` when read (0: absent): the commit's condition.
+    expected: u64,
+    /// The stored record's length before, and after (`None`: a delete), for quotas.
+    old_len: Option<u64>,
+    new_len: Option<u64>,
+    /// What to write.
+    write: Write,
+    /// The event's kind and object (its resource_version set at the commit).
+    kind: EventKind,
+    object: Secret,
+}
+
+/// Writes waiting for the group commit.
+#[derive(Default)]
+struct WriteQueue {
+    waiting: VecDeque<(SealedWrite, tokio::sync::oneshot::Sender<Turn>)>,
+    /// Whether a writer leads (takes the queue next).
+    leading: bool,
+}
+
+impl std::fmt::Debug for WriteQueue {
+    // The queued writes hold sealed records only, but a count says enough.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteQueue")
+            .field("waiting", &self.waiting.len())
+            .field("leading", &self.leading)
+            .finish()
+    }
+}
+
+/// What a queued writer hears back.
+enum Turn {
+    /// Its write's result.
+    Done(Result<(Lsn, u64), StoreError>),
+    /// Its write was not taken: it leads the next group, with this write in it.
+    Lead(Box<SealedWrite>),
+}
+
+/// Held by the group commit's leader: when dropped, the lead passes to the oldest queued
+/// writer still waiting, or lapses when none is.
+struct Lead<'a>(&'a Store);
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.write_queue();
+        while let Some((prepared, tx)) = queue.waiting.pop_front() {
+            match tx.send(Turn::Lead(Box::new(prepared))) {
+                Ok(()) => return,
+                // That writer stopped waiting: its write is not made; try the next.
+                Err(_) => continue,
+            }
+        }
+        queue.leading = false;
+    }
+}
+
+/// The answer to a write whose condition failed: the key changed since the write read it
+/// (`AlreadyExists` for a create, `NotFound` once deleted, `Conflict` otherwise). Other
+/// errors pass through.
+fn condition_error(key: &str, expected: u64, e: crate::storage::StorageError) -> StoreError {
+    match e {
+        crate::storage::StorageError::ConditionFailed { current, .. } => {
+            let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+            if expected == 0 {
+                StoreError::AlreadyExists {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                }
+            } else if current == 0 {
+                StoreError::NotFound {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                }
+            } else {
+                StoreError::Conflict {
+                    name: name.to_owned(),
+                    expected,
+                    current,
+                }
+            }
+        }
+        other => other.into(),
+    }
 }
 
 /// The keys of the per-namespace usage counters on a shared keyspace (`q/<namespace>`).

@@ -250,6 +250,159 @@ impl KvMvcc {
         })
     }
 
+    /// Checks `txn`'s conditions against the applied state and turns it into ops, at
+    /// `revision` when it changes a key (see the module docs for their order).
+    fn stage(&self, txn: Txn, revision: Revision, now: u64) -> Result<Staged, StorageError> {
+        let mut known: Vec<(&[u8], Option<Version>)> = Vec::new();
+        for c in &txn.conditions {
+            let current = self.latest(&c.key)?;
+            let mod_revision = current.as_ref().map_or(0, |v| v.mod_revision);
+            if mod_revision != c.mod_revision {
+                return Err(StorageError::ConditionFailed {
+                    key: String::from_utf8_lossy(&c.key).into_owned(),
+                    expected: c.mod_revision,
+                    current: mod_revision,
+                });
+            }
+            known.push((&c.key, current));
+        }
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = txn.writes.iter().find(|w| !seen.insert(w.key())) {
+            return Err(StorageError::Invalid(format!(
+                "key {:?} is written twice in one transaction",
+                String::from_utf8_lossy(dup.key())
+            )));
+        }
+        let mut staged = Staged::default();
+        let mut finals = Vec::new();
+        for write in &txn.writes {
+            let key = write.key();
+            // A condition on the key read it already.
+            let old = match known.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.take(),
+                None => self.latest(key)?,
+            };
+            let next = match (write, &old) {
+                (Write::Delete { .. }, None) => {
+                    staged.prev.push(None);
+                    continue;
+                }
+                (Write::Put { value, lease, .. }, _) => Version {
+                    key: key.to_vec(),
+                    kind: VersionKind::Put,
+                    create_revision: old.as_ref().map_or(revision, |o| o.create_revision),
+                    mod_revision: revision,
+                    version: old.as_ref().map_or(1, |o| o.version + 1),
+                    lease: *lease,
+                    prev_revision: old.as_ref().map_or(0, |o| o.mod_revision),
+                    written_ms: now,
+                    value: value.clone(),
+                },
+                (Write::Delete { .. }, Some(o)) => Version {
+                    key: key.to_vec(),
+                    kind: VersionKind::Delete,
+                    create_revision: o.create_revision,
+                    mod_revision: revision,
+                    version: 0,
+                    lease: 0,
+                    prev_revision: o.mod_revision,
+                    written_ms: now,
+                    value: Vec::new(),
+                },
+            };
+            if self.keep_history {
+                if let Some(o) = &old {
+                    let encoded = Entry::encode(o);
+                    staged.kept += 1;
+                    staged.kept_bytes += encoded.len() as i64;
+                    staged
+                        .history
+                        .push(Op::Put(layout::history_key(key, o.mod_revision), encoded));
+                }
+                staged.history.push(Op::Put(
+                    layout::change_key(revision, staged.changed),
+                    layout::change_value(now, key),
+                ));
+                if next.is_delete() {
+                    let encoded = Entry::encode(&next);
+                    staged.kept += 1;
+                    staged.kept_bytes += encoded.len() as i64;
+                    staged
+                        .history
+                        .push(Op::Put(layout::history_key(key, revision), encoded));
+                }
+            }
+            staged.changed += 1;
+            finals.push(next);
+            staged.prev.push(old);
+        }
+        for v in finals {
+            staged.current.push(match v.kind {
+                VersionKind::Put => Op::Put(layout::latest_key(&v.key), Entry::encode(&v)),
+                VersionKind::Delete => Op::Delete(layout::latest_key(&v.key)),
+            });
+        }
+        staged.keys = txn
+            .conditions
+            .into_iter()
+            .map(|c| c.key)
+            .chain(txn.writes.iter().map(|w| w.key().to_vec()))
+            .collect();
+        staged.meta = txn.meta;
+        Ok(staged)
+    }
+
+    /// Applies the staged group as one backend batch (the revision first, then every
+    /// transaction's history and change index entries, then the current versions, then the
+    /// unversioned writes) and answers its transactions.
+    fn apply_group(
+        &self,
+        last: &mut Revision,
+        group: &mut Group,
+        results: &mut [Option<Result<Committed, StorageError>>],
+    ) {
+        let group = std::mem::take(group);
+        if group.members.is_empty() {
+            return;
+        }
+        let revision = *last + group.revisions;
+        let mut batch = Batch::new();
+        if group.revisions > 0 {
+            batch.put(layout::REVISION_KEY, revision.to_be_bytes().to_vec());
+        }
+        batch.ops.extend(group.history);
+        batch.ops.extend(group.current);
+        batch.ops.extend(group.meta);
+        let lsn = if batch.ops.is_empty() {
+            Ok(self.raw.applied())
+        } else {
+            self.raw.apply(batch)
+        };
+        match lsn {
+            Ok(lsn) => {
+                *last = revision;
+                self.revision.store(revision, Ordering::Release);
+                self.add_history(group.kept, group.kept_bytes);
+                for (index, taken, prev) in group.members {
+                    results[index] = Some(Ok(Committed {
+                        revision: revision - group.revisions + taken,
+                        lsn,
+                        prev,
+                    }));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let mut first = Some(e);
+                for (index, _, _) in group.members {
+                    results[index] = Some(Err(first
+                        .take()
+                        .unwrap_or_else(|| StorageError::Failed(message.clone()))));
+                }
+            }
+        }
+    }
+
     fn add_history(&self, versions: i64, bytes: i64) {
         if versions >= 0 {
             self.versions.fetch_add(versions as u64, Ordering::Relaxed);
@@ -510,119 +663,52 @@ impl Mvcc for KvMvcc {
     }
 
     fn commit(&self, txn: Txn) -> Result<Committed, StorageError> {
-        let mut last = self.lock_commit();
-        for c in &txn.conditions {
-            let current = self.latest(&c.key)?.map_or(0, |v| v.mod_revision);
-            if current != c.mod_revision {
-                return Err(StorageError::ConditionFailed {
-                    key: String::from_utf8_lossy(&c.key).into_owned(),
-                    expected: c.mod_revision,
-                    current,
-                });
-            }
-        }
-        let mut seen = BTreeSet::new();
-        if let Some(dup) = txn.writes.iter().find(|w| !seen.insert(w.key().to_vec())) {
-            return Err(StorageError::Invalid(format!(
-                "key {:?} is written twice in one transaction",
-                String::from_utf8_lossy(dup.key())
-            )));
-        }
-        let revision = *last + 1;
-        let now = unix_ms();
-        let mut batch = Batch::new();
-        // The revision goes first (see the module docs).
-        batch.put(layout::REVISION_KEY, revision.to_be_bytes().to_vec());
-        let mut prev = Vec::with_capacity(txn.writes.len());
-        let (mut kept, mut kept_bytes, mut changed) = (0i64, 0i64, 0u32);
-        let mut finals = Vec::new();
-        for write in &txn.writes {
-            let key = write.key();
-            let old = self.latest(key)?;
-            let next = match (write, &old) {
-                (Write::Delete { .. }, None) => {
-                    prev.push(None);
-                    continue;
-                }
-                (Write::Put { value, lease, .. }, _) => Version {
-                    key: key.to_vec(),
-                    kind: VersionKind::Put,
-                    create_revision: old.as_ref().map_or(revision, |o| o.create_revision),
-                    mod_revision: revision,
-                    version: old.as_ref().map_or(1, |o| o.version + 1),
-                    lease: *lease,
-                    prev_revision: old.as_ref().map_or(0, |o| o.mod_revision),
-                    written_ms: now,
-                    value: value.clone(),
-                },
-                (Write::Delete { .. }, Some(o)) => Version {
-                    key: key.to_vec(),
-                    kind: VersionKind::Delete,
-                    create_revision: o.create_revision,
-                    mod_revision: revision,
-                    version: 0,
-                    lease: 0,
-                    prev_revision: o.mod_revision,
-                    written_ms: now,
-                    value: Vec::new(),
-                },
-            };
-            if self.keep_history {
-                if let Some(o) = &old {
-                    let encoded = Entry::encode(o);
-                    kept += 1;
-                    kept_bytes += encoded.len() as i64;
-                    batch.put(layout::history_key(key, o.mod_revision), encoded);
-                }
-                batch.put(
-                    layout::change_key(revision, changed),
-                    layout::change_value(now, key),
-                );
-                if next.is_delete() {
-                    let encoded = Entry::encode(&next);
-                    kept += 1;
-                    kept_bytes += encoded.len() as i64;
-                    batch.put(layout::history_key(key, revision), encoded);
-                }
-            }
-            changed += 1;
-            finals.push(next);
-            prev.push(old);
-        }
-        // The current versions last (see the module docs).
-        for v in &finals {
-            match v.kind {
-                VersionKind::Put => batch.put(layout::latest_key(&v.key), Entry::encode(v)),
-                VersionKind::Delete => batch.delete(layout::latest_key(&v.key)),
-            };
-        }
-        if changed == 0 {
-            if txn.meta.is_empty() {
-                return Ok(Committed {
-                    revision: *last,
-                    lsn: self.raw.applied(),
-                    prev,
-                });
-            }
-            let mut meta = Batch::new();
-            meta.ops = txn.meta;
-            let lsn = self.raw.apply(meta)?;
-            return Ok(Committed {
-                revision: *last,
-                lsn,
-                prev,
-            });
-        }
-        batch.ops.extend(txn.meta);
-        let lsn = self.raw.apply(batch)?;
-        *last = revision;
-        self.revision.store(revision, Ordering::Release);
-        self.add_history(kept, kept_bytes);
-        Ok(Committed {
-            revision,
-            lsn,
-            prev,
+        self.commit_group(vec![txn]).pop().unwrap_or_else(|| {
+            Err(StorageError::Invalid(
+                "a group of one transaction returned no result".into(),
+            ))
         })
+    }
+
+    /// One backend batch for the whole group where it can: each transaction still gets its
+    /// own revision and its own conditions, but the revision key, the backend's per-batch
+    /// records (its lsn, the integrity intent and digest) and the log entry are written once.
+    /// A transaction that touches a key an earlier one in the batch writes closes the batch
+    /// first, so that its conditions and the versions it supersedes are read after those
+    /// writes.
+    fn commit_group(&self, txns: Vec<Txn>) -> Vec<Result<Committed, StorageError>> {
+        let mut last = self.lock_commit();
+        let mut results: Vec<Option<Result<Committed, StorageError>>> =
+            txns.iter().map(|_| None).collect();
+        let mut group = Group::default();
+        let now = unix_ms();
+        for (index, txn) in txns.into_iter().enumerate() {
+            let touches_staged = txn
+                .conditions
+                .iter()
+                .map(|c| c.key.as_slice())
+                .chain(txn.writes.iter().map(Write::key))
+                .any(|k| group.keys.contains(k));
+            if touches_staged {
+                self.apply_group(&mut last, &mut group, &mut results);
+            }
+            let revision = *last + group.revisions + 1;
+            match self.stage(txn, revision, now) {
+                Ok(staged) => group.add(index, staged),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        self.apply_group(&mut last, &mut group, &mut results);
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StorageError::Invalid(
+                        "a transaction of the group was not committed".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StorageError> {
@@ -788,6 +874,58 @@ impl Mvcc for KvMvcc {
 }
 
 /// Kept versions and bytes, counted at open.
+/// One transaction of a group, turned into ops.
+#[derive(Default)]
+struct Staged {
+    /// History copies and change index entries.
+    history: Vec<Op>,
+    /// The new current versions.
+    current: Vec<Op>,
+    /// Unversioned writes.
+    meta: Vec<Op>,
+    /// For each write, the version it replaced.
+    prev: Vec<Option<Version>>,
+    /// Versioned keys changed (0: the transaction takes no revision).
+    changed: u32,
+    /// Superseded versions kept, and their bytes.
+    kept: i64,
+    kept_bytes: i64,
+    /// Every key it reads or writes.
+    keys: Vec<Vec<u8>>,
+}
+
+/// The transactions of one backend batch.
+#[derive(Default)]
+struct Group {
+    history: Vec<Op>,
+    current: Vec<Op>,
+    meta: Vec<Op>,
+    /// (index in the group, revision, versions replaced).
+    members: Vec<(usize, Revision, Vec<Option<Version>>)>,
+    /// Revisions taken so far.
+    revisions: u64,
+    kept: i64,
+    kept_bytes: i64,
+    keys: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Group {
+    /// Adds a staged transaction (its revision: the next one, when it changed a key; else the
+    /// revision before it, as for a delete of absent keys).
+    fn add(&mut self, index: usize, staged: Staged) {
+        if staged.changed > 0 {
+            self.revisions += 1;
+        }
+        self.history.extend(staged.history);
+        self.current.extend(staged.current);
+        self.meta.extend(staged.meta);
+        self.kept += staged.kept;
+        self.kept_bytes += staged.kept_bytes;
+        self.keys.extend(staged.keys);
+        self.members.push((index, self.revisions, staged.prev));
+    }
+}
+
 fn count_history(raw: &dyn Backend) -> Result<(u64, u64), StorageError> {
     let (mut versions, mut bytes) = (0u64, 0u64);
     let mut cursor: Option<Vec<u8>> = None;
@@ -845,6 +983,117 @@ mod tests {
         let raw = SledBackend::open(SledConfig::new(dir.path())).expect("sled");
         let m = KvMvcc::open(Arc::new(raw), true).expect("mvcc");
         assert_eq!(m.revision(), 2, "kept across a reopen");
+    }
+
+    fn put_txn(key: &str, value: &str, expected: Option<Revision>) -> Txn {
+        Txn {
+            conditions: expected
+                .map(|mod_revision| super::super::Condition {
+                    key: key.into(),
+                    mod_revision,
+                })
+                .into_iter()
+                .collect(),
+            writes: vec![Write::Put {
+                key: key.into(),
+                value: value.into(),
+                lease: 0,
+            }],
+            ..Txn::default()
+        }
+    }
+
+    #[test]
+    fn a_group_commits_each_transaction_at_its_own_revision_in_one_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        let a = put(&m, "a", "1");
+        let lsn = m.applied();
+        let results = m.commit_group(vec![
+            put_txn("b", "1", Some(0)),
+            // Fails its condition alone: "a" is at `a`, not 5.
+            put_txn("a", "2", Some(5)),
+            put_txn("c", "1", None),
+            // A delete of an absent key takes no revision, as in etcd.
+            Txn {
+                writes: vec![Write::Delete { key: "zz".into() }],
+                ..Txn::default()
+            },
+            put_txn("a", "3", Some(a)),
+        ]);
+        let revisions: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().map(|c| c.revision).map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(revisions[0], Ok(a + 1));
+        assert!(
+            revisions[1]
+                .as_ref()
+                .is_err_and(|e| e.contains("condition failed")),
+            "{revisions:?}"
+        );
+        assert_eq!(revisions[2], Ok(a + 2));
+        assert_eq!(revisions[3], Ok(a + 2));
+        assert_eq!(revisions[4], Ok(a + 3));
+        // One backend batch for all of them.
+        assert_eq!(m.applied(), lsn + 1);
+        for r in results.iter().flatten() {
+            assert_eq!(r.lsn, lsn + 1);
+        }
+        assert_eq!(m.revision(), a + 3);
+        assert_eq!(value_at(&m, "a", None).as_deref(), Some("3"));
+        assert_eq!(value_at(&m, "a", Some(a + 2)).as_deref(), Some("1"));
+        assert_eq!(value_at(&m, "c", Some(a + 2)).as_deref(), Some("1"));
+        assert_eq!(value_at(&m, "b", Some(a)), None);
+        // Every change of the group replays in revision order.
+        let changes: Vec<_> = m
+            .changes(a, 10)
+            .expect("changes")
+            .into_iter()
+            .map(|c| {
+                (
+                    String::from_utf8_lossy(&c.kv.key).into_owned(),
+                    c.kv.mod_revision,
+                )
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("b".into(), a + 1),
+                ("c".into(), a + 2),
+                ("a".into(), a + 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_group_starts_a_new_batch_where_a_transaction_reads_a_key_written_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        let base = m.revision();
+        let lsn = m.applied();
+        let results = m.commit_group(vec![
+            put_txn("k", "1", Some(0)),
+            put_txn("other", "1", None),
+            // Sees the first write (the batch before it was applied first).
+            put_txn("k", "2", Some(base + 1)),
+            put_txn("k", "stale", Some(base + 1)),
+        ]);
+        assert_eq!(results[0].as_ref().map(|c| c.lsn).ok(), Some(lsn + 1));
+        assert_eq!(results[1].as_ref().map(|c| c.lsn).ok(), Some(lsn + 1));
+        let third = results[2].as_ref().expect("third");
+        assert_eq!((third.revision, third.lsn), (base + 3, lsn + 2));
+        assert_eq!(
+            third.prev[0].as_ref().map(|v| v.value.clone()),
+            Some(b"1".to_vec())
+        );
+        assert!(matches!(
+            results[3],
+            Err(StorageError::ConditionFailed { current, .. }) if current == base + 3
+        ));
+        assert_eq!(value_at(&m, "k", None).as_deref(), Some("2"));
+        assert_eq!(m.revision(), base + 3);
     }
 
     fn put(m: &KvMvcc, key: &str, value: &str) -> Revision {

@@ -268,6 +268,14 @@ pub trait Mvcc: Send + Sync + std::fmt::Debug + 'static {
     /// Commits `txn` at the next revision (see [`Committed`]). Durability is not awaited.
     fn commit(&self, txn: Txn) -> Result<Committed, StorageError>;
 
+    /// Commits each transaction as [`Mvcc::commit`] would, in order, each at its own revision
+    /// and with its own result (a failed condition fails only its transaction); a keyspace
+    /// that can write several at once in one step of its storage does (group commit).
+    /// Default: one commit each.
+    fn commit_group(&self, txns: Vec<Txn>) -> Vec<Result<Committed, StorageError>> {
+        txns.into_iter().map(|t| self.commit(t)).collect()
+    }
+
     /// Raises the compaction revision to `revision` (durably), then removes every version
     /// superseded at or before it, in bounded batches that never hold writers up.
     async fn compact(&self, revision: Revision) -> Result<(), StorageError>;
