@@ -481,7 +481,11 @@ impl Store {
         let seed = self.seeds.for_write().await;
         self.mvcc.read_barrier().await?;
         let seq = self.sequence().await;
-        if self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
+        // On a local store the commit's condition (the key absent) answers the same; the read
+        // is kept where it is cheaper than a failed commit (a shared keyspace's round trip)
+        // or where it comes first (no seed for the write: exists is reported before that).
+        let check_first = self.shared || seed.is_err();
+        if check_first && self.mvcc.get(backend_key(&key).as_bytes(), None)?.is_some() {
             return Err(StoreError::AlreadyExists {
                 namespace: secret.metadata.namespace,
                 name: secret.metadata.name,
@@ -544,12 +548,7 @@ impl Store {
         // KMS calls before the sequencer (see `create`); the stored version's seed too.
         let seed = self.seeds.for_write().await;
         self.mvcc.read_barrier().await?;
-        self.prefetch_seed(&key).await?;
-        let seq = if locked && !self.shared {
-            Some(self.sequencer.lock().await)
-        } else {
-            self.sequence().await
-        };
+        let seq = self.sequence_read(&key, locked).await?;
         let (old, old_version, door_value) =
             self.read_current(&key)
                 .await?
@@ -637,12 +636,7 @@ impl Store {
         check_key_parts(namespace, name)?;
         let key = crate::model::storage_key(namespace, name);
         self.mvcc.read_barrier().await?;
-        self.prefetch_seed(&key).await?;
-        let seq = if locked && !self.shared {
-            Some(self.sequencer.lock().await)
-        } else {
-            self.sequence().await
-        };
+        let seq = self.sequence_read(&key, locked).await?;
         let (old, old_version, _) =
             self.read_current(&key)
                 .await?
@@ -1167,6 +1161,24 @@ impl Store {
         None
     }
 
+    /// For a write that reads `key`'s stored version first: the sequencer when the write
+    /// holds it from the read on (`locked`: a last try on a local store; or see
+    /// [`Store::sequence`]), taken once the stored version's seed is in memory.
+    async fn sequence_read(
+        &self,
+        key: &str,
+        locked: bool,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, StoreError> {
+        if locked && !self.shared {
+            self.prefetch_seed(key).await?;
+            return Ok(Some(self.sequencer.lock().await));
+        }
+        if self.shared && self.quota_state().enabled() {
+            self.prefetch_seed(key).await?;
+        }
+        Ok(self.sequence().await)
+    }
+
     fn pending_events(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1174,7 +1186,8 @@ impl Store {
     /// Makes sure the seed of the stored version of `key` is in memory, unwrapping it through
     /// the KMS if needed, before the caller takes the sequencer (a seed the KMS could not unwrap
     /// at start would otherwise be unwrapped, up to the KMS deadline, while every write waits).
-    /// A record that does not parse is left to the locked read, which reports it.
+    /// A record that does not parse is left to the locked read, which reports it. A write that
+    /// takes no lock needs none of this: its read unwraps the seed while nobody waits.
     async fn prefetch_seed(&self, key: &str) -> Result<(), StoreError> {
         let Some(v) = self.mvcc.get(backend_key(key).as_bytes(), None)? else {
             return Ok(());
