@@ -89,6 +89,9 @@ done
   echo "etcd: $(etcd --version | head -1)"
   echo "coffer: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "disk of the data dirs: $(df -h "$OUT" | tail -1)"
+  # A benchmark is only as good as the machine is quiet: what else ran is stated with it.
+  echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "busiest other processes: $(ps -eo pcpu=,comm= --sort=-pcpu | grep -v -e ' etcd$' -e ' coffer$' -e ' ps$' | head -3 | tr -s ' ' | paste -sd ';')"
   echo "settings: DURATION=$DURATION WARMUP=$WARMUP CALLERS='$CALLERS' WATCHERS=$WATCHERS WATCH_KEYS=$WATCH_KEYS WATCH_CONNECTIONS=$WATCH_CONNECTIONS WATCH_UPDATES_PER_SEC=$WATCH_UPDATES_PER_SEC WATCH_SECS=$WATCH_SECS"
 } | tee "$OUT/env.txt"
 
@@ -129,6 +132,7 @@ for run in coffer etcd door; do
     >"$OUT/results/watch-$run.json" || { echo "watch $run: not every event delivered or errors"; status=1; }
 done
 
+echo "load average at the end (the run's own load included): $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/env.txt"
 cleanup; pids=()
 # The door's runs, labelled "coffer" beside etcd's for the second table and chart.
 for f in "$OUT"/results/*-door*.json; do
