@@ -8,7 +8,9 @@
 #
 # Settings (environment): OP (create|update|get, create), CALLERS (64), CONNECTIONS (4),
 # DURATION (seconds sampled, 6), FREQ (samples per second, 250), OUT (target/flamegraph),
-# SVG (docs/bench/flame-$OP.svg), PORT (27090).
+# SVG (docs/bench/flame-$OP.svg), PORT (27090), COFFER (the server binary to profile, default
+# the release build: set it to profile another build, such as an older commit's, with the same
+# load).
 #
 # Needs perf (Debian's linux-perf) and inferno (`cargo install inferno`); installs what is
 # missing. perf needs root or kernel.perf_event_paranoid <= 1.
@@ -31,10 +33,11 @@ command -v perf >/dev/null 2>&1 || {
 command -v inferno-flamegraph >/dev/null 2>&1 || cargo install inferno --locked
 cargo build --release -p coffer -p coffer-load
 BIN=${CARGO_TARGET_DIR:-target}/release
+COFFER=${COFFER:-$BIN/coffer}
 
 rm -rf "$OUT"
 mkdir -p "$OUT" "$(dirname "$SVG")"
-"$BIN/coffer" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" \
+"$COFFER" serve --data-dir "$OUT/data" --listen "127.0.0.1:$PORT" \
   --token-cleaner-interval 0 >"$OUT/coffer.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT

@@ -518,12 +518,14 @@ impl Wal {
     /// their data only.
     fn grow(&mut self, end: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt as _;
+        // Zeros from a static block: a large heap buffer, freed again, would raise glibc's
+        // mmap threshold and leave later large allocations (log rounds, values) on the heap.
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
         let target = end.div_ceil(PREALLOCATE) * PREALLOCATE;
-        let zeros = vec![0u8; 1 << 20];
         let mut at = self.allocated;
         while at < target {
-            let n = (target - at).min(zeros.len() as u64);
-            self.file.write_all_at(&zeros[..n as usize], at)?;
+            let n = (target - at).min(ZEROS.len() as u64);
+            self.file.write_all_at(&ZEROS[..n as usize], at)?;
             at += n;
         }
         self.file.sync_all()?;
