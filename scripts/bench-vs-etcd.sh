@@ -134,6 +134,8 @@ done
 
 echo "load average at the end (the run's own load included): $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/env.txt"
 cleanup; pids=()
+# The data directories are not results (and run to gigabytes): OUT may be under docs/.
+rm -rf "$OUT/etcd-data" "$OUT/coffer-data"
 # The door's runs, labelled "coffer" beside etcd's for the second table and chart.
 for f in "$OUT"/results/*-door*.json; do
   base=$(basename "$f"); base=${base/-door/-coffer}
