@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Before and after in one run: two `coffer` server binaries (A, B) and etcd side by side on
+# this machine, driven by the same coffer-load, alternating per phase (etcd, A, B), so that
+# background load hits all three alike. Prints ops/s per phase and the server's CPU per op
+# (user + system time from /proc/<pid>/stat over the phase, divided by the calls; for get and
+# update that includes the server side of the unmeasured Creates they pick from).
+#
+#   scripts/bench-ab.sh OLD/coffer target/release/coffer
+#   CALLERS="16 64" OPS="create update" ROUNDS=3 scripts/bench-ab.sh A B
+#
+# Settings (environment): CALLERS ("1 16 64"), OPS ("create update get"), ROUNDS (2),
+# DURATION (seconds per phase, 4), NOETCD (set: A and B only), OUT (target/bench-ab).
+# Needs etcd (Debian's etcd-server) unless NOETCD, and coffer-load built with its `etcd`
+# feature (`cargo build --release -p coffer-load --features etcd`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=$1
+B=$2
+CALLERS=${CALLERS:-"1 16 64"}
+OPS=${OPS:-"create update get"}
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-4}
+OUT=${OUT:-target/bench-ab}
+LOAD=${CARGO_TARGET_DIR:-target}/release/coffer-load
+TICK=$(getconf CLK_TCK)
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait' EXIT
+if [ -z "${NOETCD:-}" ]; then
+  etcd --name ab --data-dir "$OUT/etcd" --listen-client-urls http://127.0.0.1:23790 \
+    --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800 \
+    --initial-advertise-peer-urls http://127.0.0.1:23800 \
+    --initial-cluster ab=http://127.0.0.1:23800 --log-level warn >"$OUT/etcd.log" 2>&1 &
+  ETCD=$!; pids+=("$ETCD")
+fi
+"$A" serve --data-dir "$OUT/a" --listen 127.0.0.1:27071 --token-cleaner-interval 0 >"$OUT/a.log" 2>&1 &
+SA=$!; pids+=("$SA")
+"$B" serve --data-dir "$OUT/b" --listen 127.0.0.1:27072 --token-cleaner-interval 0 >"$OUT/b.log" 2>&1 &
+SB=$!; pids+=("$SB")
+for port in 27071 27072 ${ETCD:+23790}; do
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+done
+
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+phase() { # label target server pid callers op namespace
+  local before after conns=$(( $5 < 4 ? $5 : 4 ))
+  before=$(cpu "$4")
+  "$LOAD" unary --target "$2" --server "$3" --namespace "$7" --concurrency "$5" \
+    --connections "$conns" --value-size 1024 --duration "$DURATION" --phase-warmup 0 \
+    --ops "$6" --json >"$OUT/$7.json"
+  after=$(cpu "$4")
+  python3 - "$OUT/$7.json" "$before" "$after" "$TICK" "$1" "$5" "$6" <<'PY'
+import json, sys
+phases = json.load(open(sys.argv[1]))["phases"]
+ok = sum(p["ok"] for p in phases)
+secs = sum(p["elapsed_secs"] for p in phases)
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4])
+print(f"{sys.argv[5]:5} {sys.argv[7]:7} {sys.argv[6]:>3} callers {ok / secs:9.0f} ops/s"
+      f"  server {cpu / ok * 1e6:6.1f} us/op")
+PY
+}
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+for r in $(seq "$ROUNDS"); do
+  for c in $CALLERS; do
+    for op in $OPS; do
+      [ -n "${ETCD:-}" ] && phase etcd etcd 127.0.0.1:23790 "$ETCD" "$c" "$op" "e$r-$op-$c"
+      phase A coffer 127.0.0.1:27071 "$SA" "$c" "$op" "a$r-$op-$c"
+      phase B coffer 127.0.0.1:27072 "$SB" "$c" "$op" "b$r-$op-$c"
+    done
+  done
+done
