@@ -958,15 +958,17 @@ impl Store {
             items.iter().map(|_| None).collect();
         let mut txns = Vec::with_capacity(items.len());
         let mut admitted = Vec::with_capacity(items.len());
-        for (index, p) in items.into_iter().enumerate() {
+        for (index, mut p) in items.into_iter().enumerate() {
             match self.admit(&p) {
                 Ok(()) => {
+                    // The sealed record moves into the transaction (no copy on the hot path).
+                    let write = std::mem::replace(&mut p.write, Write::Delete { key: Vec::new() });
                     txns.push(Txn {
                         conditions: vec![Condition {
-                            key: p.write.key().to_vec(),
+                            key: write.key().to_vec(),
                             mod_revision: p.expected,
                         }],
-                        writes: vec![p.write.clone()],
+                        writes: vec![write],
                         meta: Vec::new(),
                     });
                     admitted.push((index, p));
