@@ -133,7 +133,7 @@ impl Backend for EtcdBackend {
             .ops
             .into_iter()
             .map(|op| match op {
-                Op::Put(k, v) => put_op(self.full(&k), v),
+                Op::Put(k, v) | Op::PutOver(k, v, _) => put_op(self.full(&k), v),
                 Op::Delete(k) => delete_op(self.full(&k)),
             })
             .collect();

@@ -456,7 +456,7 @@ impl EtcdMvcc {
                 f
             };
             success.push(match op {
-                Op::Put(k, v) => put_op(full(k), v.clone()),
+                Op::Put(k, v) | Op::PutOver(k, v, _) => put_op(full(k), v.clone()),
                 Op::Delete(k) => delete_op(full(k)),
             });
         }

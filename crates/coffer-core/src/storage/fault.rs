@@ -194,6 +194,10 @@ impl Backend for FaultyBackend {
         FaultyBackend::is_failed(self)
     }
 
+    fn digests_values(&self) -> bool {
+        self.inner.digests_values()
+    }
+
     async fn sync(&self) -> Result<(), StorageError> {
         self.gate()?;
         if self.hit(FaultOp::Sync) {

@@ -259,14 +259,27 @@ pub(crate) fn plan(
     let mut first: Vec<(&[u8], Option<[u8; 32]>)> = Vec::new();
     let mut planned = Vec::with_capacity(ops.len());
     for op in ops {
-        let (key, after) = match op {
-            Op::Put(k, v) => (k.as_slice(), Some(value_hash(v))),
-            Op::Delete(k) => (k.as_slice(), None),
+        let (key, after, known) = match op {
+            Op::Put(k, v) => (k.as_slice(), Some(value_hash(v)), None),
+            Op::PutOver(k, v, prior) => (k.as_slice(), Some(value_hash(v)), Some(*prior)),
+            Op::Delete(k) => (k.as_slice(), None, None),
         };
         let before = match current.get(key) {
             Some(h) => *h,
             None => {
-                let h = data.get(key)?.map(|v| value_hash(&v));
+                let h = match known {
+                    // The writer read the value under the lock it writes under: no second
+                    // read. Debug builds (every test) check that it was right.
+                    Some(prior) => {
+                        debug_assert_eq!(
+                            data.get(key)?.map(|v| value_hash(&v)),
+                            prior,
+                            "the prior value hash of an Op::PutOver"
+                        );
+                        prior
+                    }
+                    None => data.get(key)?.map(|v| value_hash(&v)),
+                };
                 first.push((key, h));
                 h
             }
@@ -477,6 +490,44 @@ mod tests {
 
     fn keys(b: u8) -> IntegrityKeys {
         IntegrityKeys::derive(&Seed::from_slice(&[b; 32]).unwrap())
+    }
+
+    /// An `Op::PutOver` plans as the `Op::Put` it stands for when its prior hash is right
+    /// (without reading the key), and a wrong one is caught in debug builds.
+    #[test]
+    fn a_put_over_plans_as_a_put_and_a_wrong_prior_is_caught_in_debug_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .temporary(true)
+            .open()
+            .unwrap();
+        db.insert(b"a", b"old".as_slice()).unwrap();
+        let k = keys(2);
+        let mut digest = StateDigest::EMPTY;
+        digest.add(&k, b"a", 0, &value_hash(b"old"));
+        let put = [
+            Op::Put(b"a".to_vec(), b"new".to_vec()),
+            Op::Put(b"b".to_vec(), b"1".to_vec()),
+        ];
+        let over = [
+            Op::PutOver(b"a".to_vec(), b"new".to_vec(), Some(value_hash(b"old"))),
+            Op::PutOver(b"b".to_vec(), b"1".to_vec(), None),
+        ];
+        let (p, o) = (
+            plan(&db, &k, &digest, &put).unwrap(),
+            plan(&db, &k, &digest, &over).unwrap(),
+        );
+        assert_eq!(p.digest_after, o.digest_after);
+        assert_eq!(p.ops.len(), o.ops.len());
+        for (p, o) in p.ops.iter().zip(&o.ops) {
+            assert_eq!((&p.key, p.before, p.after), (&o.key, o.before, o.after));
+        }
+        let wrong = [Op::PutOver(b"a".to_vec(), b"new".to_vec(), None)];
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            plan(&db, &k, &digest, &wrong)
+        }));
+        assert_eq!(caught.is_err(), cfg!(debug_assertions));
     }
 
     #[test]

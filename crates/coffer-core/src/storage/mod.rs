@@ -40,13 +40,29 @@ pub enum Op {
     Put(Vec<u8>, Vec<u8>),
     /// Remove `key` (a no-op when absent).
     Delete(Vec<u8>),
+    /// Set `key` to `value`, from a writer that read the key's stored value under the lock it
+    /// writes under: `prior` is the [`crate::crypto::integrity::value_hash`] of that value
+    /// (`None`: the key was absent). A backend that keeps a digest of its values
+    /// ([`Backend::digests_values`]) takes the old value's hash from here instead of reading
+    /// the key again; to every other backend, and in the write-ahead log, it is an
+    /// [`Op::Put`].
+    PutOver(Vec<u8>, Vec<u8>, Option<[u8; 32]>),
+}
+
+impl Op {
+    /// The key the op writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) | Op::PutOver(k, _, _) => k,
+        }
+    }
 }
 
 impl std::fmt::Debug for Op {
     // Values are ciphertext, but there is no reason to print them either.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Op::Put(k, v) => write!(
+            Op::Put(k, v) | Op::PutOver(k, v, _) => write!(
                 f,
                 "Put({:?}, {} bytes)",
                 String::from_utf8_lossy(k),
@@ -201,5 +217,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// The bytes the backend occupies on disk (0 when unknown), for status reports.
     fn size_on_disk(&self) -> u64 {
         0
+    }
+
+    /// Whether the backend keeps a digest of its values (sled with integrity), and so has a use
+    /// for the old value's hash an [`Op::PutOver`] carries.
+    fn digests_values(&self) -> bool {
+        false
     }
 }

@@ -634,6 +634,10 @@ impl Backend for SledBackend {
         self._db.size_on_disk().unwrap_or(0)
     }
 
+    fn digests_values(&self) -> bool {
+        self.integrity.is_some()
+    }
+
     async fn sync(&self) -> Result<(), StorageError> {
         let target = {
             let mut st = self.shared.lock();
@@ -851,7 +855,7 @@ fn apply_to_sled(
     }
     for op in ops {
         match op {
-            Op::Put(key, value) => {
+            Op::Put(key, value) | Op::PutOver(key, value, _) => {
                 data.insert(key, value)?;
             }
             Op::Delete(key) => {

@@ -119,7 +119,7 @@ fn encode_into(
         + ops
             .iter()
             .map(|op| match op {
-                Op::Put(k, v) => 1 + 4 + k.len() + 4 + v.len(),
+                Op::Put(k, v) | Op::PutOver(k, v, _) => 1 + 4 + k.len() + 4 + v.len(),
                 Op::Delete(k) => 1 + 4 + k.len(),
             })
             .sum::<usize>();
@@ -131,7 +131,7 @@ fn encode_into(
     out.extend_from_slice(&len_u32(ops.len(), "an op count")?.to_be_bytes());
     for op in ops {
         match op {
-            Op::Put(k, v) => {
+            Op::Put(k, v) | Op::PutOver(k, v, _) => {
                 out.push(KIND_PUT);
                 out.extend_from_slice(&len_u32(k.len(), "a key")?.to_be_bytes());
                 out.extend_from_slice(k);
