@@ -1586,22 +1586,32 @@ mod tests {
             .collect()
     }
 
-    /// Opens (again) the database in `dir`. A database just dropped in this process may hold
-    /// sled's file lock for a moment more (its flusher thread lets go of it last): a reopen
-    /// retries while the lock is busy.
-    fn open(dir: &Path) -> SledBackend {
+    /// Retries `open` while sled's file lock is busy. A database just closed or dropped in
+    /// this process may hold that lock for a moment more (sled's background threads let go of
+    /// it last); a process that exits has no such window.
+    fn retry_busy<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match SledBackend::open(SledConfig::new(dir)) {
+            match open() {
                 Err(e)
                     if e.to_string().contains("could not acquire lock")
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => return other.unwrap(),
+                other => return other,
             }
         }
+    }
+
+    /// Opens (again) a database with `config`, waiting out a lock a closed one still holds.
+    fn open_with(config: SledConfig) -> Result<SledBackend, StorageError> {
+        retry_busy(|| SledBackend::open(config.clone()))
+    }
+
+    /// Opens (again) the database in `dir`.
+    fn open(dir: &Path) -> SledBackend {
+        open_with(SledConfig::new(dir)).unwrap()
     }
 
     fn put(key: &str, value: &str) -> Batch {
@@ -1827,7 +1837,7 @@ mod tests {
         append_wal(dir.path(), &log);
 
         // Cutting the log at entry 2 would silently drop entry 3, an acknowledged write.
-        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        let error = open_with(SledConfig::new(dir.path())).unwrap_err();
         assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
         assert!(error.to_string().contains("offset"), "{error}");
     }
@@ -1837,7 +1847,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         open(dir.path()).close().unwrap();
         append_wal(dir.path(), &entry(5, &[put_op("a", "1")]));
-        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        let error = open_with(SledConfig::new(dir.path())).unwrap_err();
         assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
 
         let dir = tempfile::tempdir().unwrap();
@@ -1845,7 +1855,7 @@ mod tests {
         let mut log = entry(1, &[]);
         log.extend(entry(3, &[]));
         append_wal(dir.path(), &log);
-        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        let error = open_with(SledConfig::new(dir.path())).unwrap_err();
         assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
     }
 
@@ -1888,7 +1898,7 @@ mod tests {
 
         std::fs::remove_dir_all(dir.path().join(SLED_DIR)).unwrap();
         copy_tree(old.path(), &dir.path().join(SLED_DIR));
-        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        let error = open_with(SledConfig::new(dir.path())).unwrap_err();
         assert!(matches!(error, StorageError::Corrupt(_)), "{error}");
         let message = error.to_string();
         assert!(message.contains("ends at lsn 1"), "{message}");
@@ -1899,7 +1909,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[15] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        let error = open_with(SledConfig::new(dir.path())).unwrap_err();
         assert!(error.to_string().contains("checkpoint record"), "{error}");
     }
 
@@ -1910,7 +1920,7 @@ mod tests {
             durability: Durability::Relaxed,
             ..SledConfig::new(dir.path())
         };
-        let db = SledBackend::open(config.clone()).unwrap();
+        let db = open_with(config.clone()).unwrap();
         let lsn = db.apply(put("a", "1")).unwrap();
         // Resolves at once, before any sync.
         db.wait_durable(lsn).await.unwrap();
@@ -1932,7 +1942,7 @@ mod tests {
         db.sync().await.unwrap();
         drop(db);
 
-        let db = SledBackend::open(config).unwrap();
+        let db = open_with(config).unwrap();
         assert_eq!(db.applied(), 11);
         assert_eq!(db.scan(b"k", None, 100).unwrap().len(), 10);
     }
@@ -1959,7 +1969,7 @@ mod tests {
             wal_checkpoint_bytes: 100,
             ..SledConfig::new(dir.path())
         };
-        let db = SledBackend::open(config.clone()).unwrap();
+        let db = open_with(config.clone()).unwrap();
         assert_eq!(db.checkpoints(), 1);
         let value = "v".repeat(200);
         for i in 0..5 {
@@ -1974,7 +1984,7 @@ mod tests {
         }
         drop(db);
 
-        let db = SledBackend::open(config).unwrap();
+        let db = open_with(config).unwrap();
         assert_eq!(db.applied(), 5);
         for i in 0..5 {
             assert_eq!(
@@ -2024,7 +2034,7 @@ mod tests {
             durability: Durability::Relaxed,
             ..SledConfig::new(dir.path())
         };
-        let db = SledBackend::open(config).unwrap();
+        let db = open_with(config).unwrap();
         db.inject_log_write_failure();
         db.apply(put("a", "1")).unwrap();
         assert!(matches!(db.sync().await, Err(StorageError::Failed(_))));
@@ -2048,7 +2058,7 @@ mod tests {
     }
 
     fn open_auth(dir: &Path, integrity: &Arc<StoreIntegrity>) -> Result<SledBackend, StorageError> {
-        SledBackend::open(SledConfig {
+        open_with(SledConfig {
             integrity: Some(integrity.clone()),
             ..SledConfig::new(dir)
         })
@@ -2067,9 +2077,10 @@ mod tests {
             db.close().unwrap();
             {
                 // The crash image: the intent for lsn 2, then its first op only.
-                let raw = sled_tuning(sled::Config::new().path(dir.path().join(SLED_DIR)))
-                    .open()
-                    .unwrap();
+                let raw = retry_busy(|| {
+                    sled_tuning(sled::Config::new().path(dir.path().join(SLED_DIR))).open()
+                })
+                .unwrap();
                 let ops = vec![put_op("a", "2"), put_op("b", "2")];
                 let planned = integ::plan(&raw, &integ.keys, &StateDigest::EMPTY, &ops).unwrap();
                 raw.insert(
@@ -2124,7 +2135,7 @@ mod tests {
         assert_eq!(db.applied(), 5);
         assert_eq!(db.scan(b"k", None, 10).unwrap().len(), 5);
         drop(db);
-        let error = SledBackend::open(SledConfig::new(dir.path())).unwrap_err();
+        let error = open_with(SledConfig::new(dir.path())).unwrap_err();
         assert!(error.to_string().contains("authenticated"), "{error}");
         let other = Arc::new(StoreIntegrity {
             store_id: StoreId([1; 16]),
