@@ -8,6 +8,9 @@
 //! - `today`: the superseded version's copy `h/<key><old rev>` (1,100 bytes, a new key in a
 //!   random place), the change index row `r/<rev>` (60 bytes, appended) and the new current
 //!   version `l/<key>` (1,100 bytes, replaced in place). This is `KvMvcc`'s layout.
+//! - `index_and_by_revision`: as today, but the superseded version's `h/<key><old rev>` row is
+//!   an empty index entry; the version itself went once, when it was written, into its change
+//!   row `r/<rev>` (1,100 bytes, appended), and the current version is replaced in place.
 //! - `current_and_by_revision`: the current version replaced in place (`l/<key>`, so that a
 //!   Get stays one read) and each new version appended once under its revision (`r/<rev>`,
 //!   1,100 bytes, in place of both the history copy and the change index row).
@@ -24,6 +27,7 @@ const SMALL: usize = 60;
 #[derive(Clone, Copy)]
 enum Layout {
     Today,
+    IndexAndByRevision,
     CurrentAndByRevision,
     ByRevisionWithPointer,
     ByRevision,
@@ -94,6 +98,17 @@ impl Keyspace {
                     .insert(row(b"l/", &key, None), value)
                     .expect("insert");
             }
+            Layout::IndexAndByRevision => {
+                if update {
+                    let old = row(b"h/", &key, Some(self.current[k as usize]));
+                    self.db.insert(old, Vec::new()).expect("insert");
+                }
+                let version = revision_row(self.revision);
+                self.db.insert(version, value.clone()).expect("insert");
+                self.db
+                    .insert(row(b"l/", &key, None), value)
+                    .expect("insert");
+            }
             Layout::CurrentAndByRevision => {
                 let version = revision_row(self.revision);
                 self.db.insert(version, value.clone()).expect("insert");
@@ -131,6 +146,7 @@ fn update_rows(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (name, layout) in [
         ("today", Layout::Today),
+        ("index_and_by_revision", Layout::IndexAndByRevision),
         ("current_and_by_revision", Layout::CurrentAndByRevision),
         ("by_revision_with_pointer", Layout::ByRevisionWithPointer),
         ("by_revision", Layout::ByRevision),
