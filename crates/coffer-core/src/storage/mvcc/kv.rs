@@ -1,27 +1,36 @@
 //! [`KvMvcc`]: the versioned keyspace over an ordered key-value [`Backend`] (the layout is in
 //! the `layout` module).
 //!
+//! Each version is written once, into the change row of the revision that wrote it, and the
+//! current version of each key is also kept in place (`l/<key>`), so that a read at the latest
+//! revision is one get. Superseding a version writes nothing for it: an in-memory index
+//! (`super::index`, as etcd keeps its key index) says which change rows hold a key's older
+//! versions. A version whose change row is gone (compaction found it current, or the layout
+//! before wrote it) is copied under `h/` when it is superseded, as every version was before.
+//!
 //! A commit is one backend batch, ordered so that any prefix a crash could keep of an
-//! unacknowledged batch is harmless: the revision first, then the copy of the version being
-//! superseded into history, then the change index entry, then the new current version. A change
-//! index entry whose version never landed is skipped on replay; a history copy of a version that
-//! is still current is ignored by every read.
+//! unacknowledged batch is harmless: the revision first, then the change rows and copies, then
+//! the new current versions. A change row whose version never became current is such a batch's
+//! leftover: open removes it (and indexes nothing for it), so it is never served, and a copy of
+//! a version that is still current is ignored by every read.
 //!
 //! Compaction first raises the compaction revision durably (so no reader relies on what is about
-//! to go), then walks the change index up to it in bounded batches, removing for each key it
+//! to go), then walks the change rows up to it in bounded batches, removing for each key it
 //! names every version older than the one that was current at the compaction revision (and that
-//! one too when it is a tombstone). Writers only ever add versions above the current revision,
-//! so compaction needs no writer lock; resealing (`replace_values`) and compaction exclude each
-//! other with the maintenance lock, so a resealed value is never written back over a version
-//! compaction just removed.
+//! one too when it is a tombstone), and the change row of a version that is still current (its
+//! `l/` row has it). Each batch holds the commit lock: a writer decides from the same index
+//! whether the version it supersedes needs a copy. Resealing (`replace_values`) and compaction
+//! exclude each other with the maintenance lock, so a resealed value is never written back over
+//! a version compaction just removed.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use super::index::{KeyIndex, Place, Row};
 use super::layout::{self, Entry};
 use super::{
     Change, Committed, HistoryStats, Mvcc, Revision, StoredValue, Txn, Version, VersionKind, Write,
@@ -44,6 +53,9 @@ pub struct KvMvcc {
     keep_history: bool,
     /// Serialises commits; holds the last committed revision and the live keys.
     commit: Mutex<Committer>,
+    /// Which rows hold each key's versions other than its current one. Written under the
+    /// commit lock (after the backend has the rows, before the revision is published).
+    index: RwLock<KeyIndex>,
     /// The latest committed revision, for readers.
     revision: AtomicU64,
     compact: AtomicU64,
@@ -91,8 +103,8 @@ impl KvMvcc {
             }
             raw.apply(batch)?;
         }
-        let (versions, bytes) = count_history(raw.as_ref())?;
         let live = live_keys(raw.as_ref())?;
+        let (index, versions, bytes) = build_index(raw.as_ref(), &live)?;
         let hash_prior = raw.digests_values();
         Ok(Self {
             raw,
@@ -101,6 +113,7 @@ impl KvMvcc {
                 last: revision,
                 live,
             }),
+            index: RwLock::new(index),
             revision: AtomicU64::new(revision),
             compact: AtomicU64::new(compact),
             versions: AtomicU64::new(versions),
@@ -169,6 +182,46 @@ impl KvMvcc {
         self.maintenance.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn read_index(&self) -> RwLockReadGuard<'_, KeyIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_index(&self) -> RwLockWriteGuard<'_, KeyIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The version `row` holds for `key` (`None` when compaction removed it meanwhile).
+    fn read_row(&self, key: &[u8], row: Row) -> Result<Option<Version>, StorageError> {
+        match row.place {
+            Place::History => self
+                .raw
+                .get(&layout::history_key(key, row.revision))?
+                .map(|raw| Entry::decode(key, &raw))
+                .transpose(),
+            Place::Change(idx) => {
+                let Some(raw) = self.raw.get(&layout::change_key(row.revision, idx))? else {
+                    return Ok(None);
+                };
+                let change = layout::parse_change_value(&raw)?;
+                if change.key != key {
+                    return Err(StorageError::Corrupt(
+                        "a change row holds another key than its index says".into(),
+                    ));
+                }
+                change.version()
+            }
+        }
+    }
+
+    /// `key`'s version written at exactly `revision`, if one is stored.
+    fn version_at(&self, key: &[u8], revision: Revision) -> Result<Option<Version>, StorageError> {
+        let row = self.read_index().exact(key, revision);
+        match row {
+            Some(row) => self.read_row(key, row),
+            None => Ok(self.latest(key)?.filter(|v| v.mod_revision == revision)),
+        }
+    }
+
     fn latest(&self, key: &[u8]) -> Result<Option<Version>, StorageError> {
         self.raw
             .get(&layout::latest_key(key))?
@@ -203,6 +256,29 @@ impl KvMvcc {
         Ok((None, self.hash_prior.then_some(None)))
     }
 
+    /// The version a stored row `k` holds, for resealing, and whether it is current; `None` for
+    /// a row that holds no version of its own (a change row of the layout before, a current
+    /// version's change row, a cut-short write's).
+    fn stored_at(&self, k: &[u8], raw: &[u8]) -> Result<Option<(Version, bool)>, StorageError> {
+        if k.starts_with(layout::HISTORY) {
+            let (key, _) = layout::parse_history_key(k)?;
+            return Ok(Some((Entry::decode(&key, raw)?, false)));
+        }
+        if let Some(key) = k.strip_prefix(layout::LATEST) {
+            return Ok(Some((Entry::decode(key, raw)?, true)));
+        }
+        let revision = layout::parse_change_key(k)?;
+        let change = layout::parse_change_value(raw)?;
+        let Some(version) = change.version()? else {
+            return Ok(None);
+        };
+        let indexed = self.read_index().exact(change.key, revision).is_some();
+        let current = self
+            .latest(change.key)?
+            .is_some_and(|v| v.mod_revision == revision);
+        Ok((indexed && !current).then_some((version, false)))
+    }
+
     /// The version of `key` current at `at` (a tombstone when it was deleted then).
     fn floor(&self, key: &[u8], at: Revision) -> Result<Option<Version>, StorageError> {
         if let Some(v) = self.latest(key)?
@@ -210,13 +286,11 @@ impl KvMvcc {
         {
             return Ok(Some(v));
         }
-        let range = layout::history_range(key);
-        let before = at.checked_add(1).map(|next| layout::history_key(key, next));
-        let rows = self.raw.scan_rev(&range, before.as_deref(), 1)?;
-        rows.into_iter()
-            .next()
-            .map(|(_, raw)| Entry::decode(key, &raw))
-            .transpose()
+        let row = self.read_index().floor(key, at);
+        match row {
+            Some(row) => self.read_row(key, row),
+            None => Ok(None),
+        }
     }
 
     /// Checks that `at` can be read (see [`StorageError::Compacted`] and
@@ -267,21 +341,7 @@ impl KvMvcc {
             .into_iter()
             .next()
             .map(|(k, _)| k[layout::LATEST.len()..].to_vec());
-        let history_prefix = layout::history_prefix(prefix);
-        let history_after = cursor.map(|c| {
-            let mut k = layout::history_range(c);
-            k.extend_from_slice(&[0xFF; 8]);
-            k
-        });
-        let old = match self
-            .raw
-            .scan(&history_prefix, history_after.as_deref(), 1)?
-            .into_iter()
-            .next()
-        {
-            Some((k, _)) => Some(layout::parse_history_key(&k)?.0),
-            None => None,
-        };
+        let old = self.read_index().next_key(prefix, cursor);
         Ok(match (live, old) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -354,38 +414,62 @@ impl KvMvcc {
                     value: Vec::new(),
                 },
             };
+            let entry = Entry::encode(&next);
             if self.keep_history {
                 if let Some(o) = &old {
-                    let encoded = Entry::encode(o);
+                    // The superseded version stays where it is, in its change row; only one
+                    // without a row (compaction took it while it was current, or the layout
+                    // before wrote it) is copied.
+                    let row = self.read_index().exact(key, o.mod_revision);
+                    let bytes = match row {
+                        Some(row) => row.bytes,
+                        None => {
+                            let copy = Entry::encode(o);
+                            let bytes = copy.len() as u32;
+                            staged
+                                .history
+                                .push(Op::Put(layout::history_key(key, o.mod_revision), copy));
+                            staged.indexed.push((
+                                key.to_vec(),
+                                Row {
+                                    revision: o.mod_revision,
+                                    place: Place::History,
+                                    bytes,
+                                },
+                            ));
+                            bytes
+                        }
+                    };
                     staged.kept += 1;
-                    staged.kept_bytes += encoded.len() as i64;
-                    staged
-                        .history
-                        .push(Op::Put(layout::history_key(key, o.mod_revision), encoded));
+                    staged.kept_bytes += i64::from(bytes);
+                }
+                if next.is_delete() {
+                    staged.kept += 1;
+                    staged.kept_bytes += entry.len() as i64;
                 }
                 staged.history.push(Op::Put(
                     layout::change_key(revision, staged.changed),
-                    layout::change_value(now, key),
+                    layout::change_value_with(now, key, &entry),
                 ));
-                if next.is_delete() {
-                    let encoded = Entry::encode(&next);
-                    staged.kept += 1;
-                    staged.kept_bytes += encoded.len() as i64;
-                    staged
-                        .history
-                        .push(Op::Put(layout::history_key(key, revision), encoded));
-                }
+                staged.indexed.push((
+                    key.to_vec(),
+                    Row {
+                        revision,
+                        place: Place::Change(staged.changed),
+                        bytes: entry.len() as u32,
+                    },
+                ));
             }
             staged.changed += 1;
-            finals.push((next, prior));
+            finals.push((next, prior, entry));
             staged.prev.push(old);
         }
-        for (v, prior) in finals {
+        for (v, prior, entry) in finals {
             staged.live.push((v.key.clone(), !v.is_delete()));
             let key = layout::latest_key(&v.key);
             staged.current.push(match (v.kind, prior) {
-                (VersionKind::Put, Some(prior)) => Op::PutOver(key, Entry::encode(&v), prior),
-                (VersionKind::Put, None) => Op::Put(key, Entry::encode(&v)),
+                (VersionKind::Put, Some(prior)) => Op::PutOver(key, entry, prior),
+                (VersionKind::Put, None) => Op::Put(key, entry),
                 (VersionKind::Delete, _) => Op::Delete(key),
             });
         }
@@ -428,6 +512,12 @@ impl KvMvcc {
         match lsn {
             Ok(lsn) => {
                 commit.last = revision;
+                if !group.indexed.is_empty() {
+                    let mut index = self.write_index();
+                    for (key, row) in &group.indexed {
+                        index.insert(key, *row);
+                    }
+                }
                 for (key, live) in group.live {
                     if live {
                         commit.live.insert(key.into_boxed_slice());
@@ -486,7 +576,11 @@ impl KvMvcc {
     }
 
     /// One batch of [`Self::remove_compacted`]; true once nothing is left up to `to`.
+    ///
+    /// It holds the commit lock: whether a version keeps its change row is decided here and
+    /// read by a writer superseding that version (see the module docs).
     fn compact_step(&self, to: Revision) -> Result<bool, StorageError> {
+        let _commit = self.lock_commit();
         let from = layout::parse_u64(self.raw.get(layout::COMPACTED_KEY)?, "m/compacted")?;
         if from >= to {
             return Ok(true);
@@ -495,74 +589,92 @@ impl KvMvcc {
         // in etcd), so the next compaction starts with them.
         let after = layout::change_key(from.saturating_sub(1), u32::MAX);
         let rows = self.raw.scan(layout::CHANGES, Some(&after), CHUNK)?;
-        let mut batch = Batch::new();
         let mut keys = BTreeSet::new();
+        // Change rows below `to`: each goes unless it holds a version a read at `to` needs.
+        let mut below = Vec::new();
         let mut reached = from;
         let mut finished = rows.len() < CHUNK;
-        for (k, v) in &rows {
-            let rev = layout::parse_change_key(k)?;
+        for (k, v) in rows {
+            let rev = layout::parse_change_key(&k)?;
             if rev > to {
                 finished = true;
                 break;
             }
-            let (_, key) = layout::parse_change_value(v)?;
-            // The key's versions superseded at or before `to` go; the index entries of `to`
-            // itself stay (a watch may start at the compaction revision).
-            keys.insert(key.to_vec());
+            keys.insert(layout::parse_change_value(&v)?.key.to_vec());
             if rev < to {
-                batch.delete(k.clone());
+                below.push(k);
             }
             reached = rev;
         }
         if finished {
             reached = to;
         }
+        let mut batch = Batch::new();
+        let mut keep = HashSet::new();
+        let mut forget = Vec::new();
         let (mut removed, mut removed_bytes) = (0i64, 0i64);
         for key in keys {
-            let keep_from = match self.floor(&key, to)? {
+            let current = self.latest(&key)?.map(|v| v.mod_revision);
+            let (keep_from, kept_version) = match self.floor(&key, to)? {
                 // A key deleted at or before `to` needs none of its versions any more.
-                Some(v) if v.is_delete() => v.mod_revision + 1,
-                Some(v) => v.mod_revision,
-                None => to + 1,
+                Some(v) if v.is_delete() => (v.mod_revision + 1, None),
+                Some(v) => (v.mod_revision, Some(v.mod_revision)),
+                None => (to + 1, None),
             };
-            let range = layout::history_range(&key);
-            let end = layout::history_key(&key, keep_from);
-            let mut cursor: Option<Vec<u8>> = None;
-            loop {
-                let rows = self.raw.scan(&range, cursor.as_deref(), CHUNK)?;
-                let last_round = rows.len() < CHUNK;
-                for (k, v) in &rows {
-                    if k.as_slice() >= end.as_slice() {
-                        break;
+            let rows = self.read_index().newest_first(&key);
+            for row in rows {
+                let is_current = Some(row.revision) == current;
+                // The version current at `to` keeps its row unless it is still current (its
+                // `l/` row has it; a writer superseding it copies it then).
+                let stays = Some(row.revision) == kept_version && !is_current;
+                if row.revision >= keep_from && (row.revision > keep_from || stays) {
+                    if let Place::Change(idx) = row.place {
+                        keep.insert(layout::change_key(row.revision, idx));
                     }
-                    batch.delete(k.clone());
+                    continue;
+                }
+                if row.revision == keep_from && is_current && row.revision >= to {
+                    // At `to` itself: the next compaction sees it again.
+                    continue;
+                }
+                batch.delete(match row.place {
+                    Place::Change(idx) => layout::change_key(row.revision, idx),
+                    Place::History => layout::history_key(&key, row.revision),
+                });
+                if !is_current {
                     removed += 1;
-                    removed_bytes += v.len() as i64;
+                    removed_bytes += i64::from(row.bytes);
                 }
-                if last_round
-                    || rows
-                        .last()
-                        .is_some_and(|(k, _)| k.as_slice() >= end.as_slice())
-                {
-                    break;
-                }
-                cursor = rows.into_iter().next_back().map(|(k, _)| k);
+                forget.push((key.clone(), row.revision));
                 if batch.ops.len() >= COMPACT_BATCH_OPS {
-                    // A hot key's history: flush what is gathered and go on (its change index
-                    // entries go with the last batch, so a crash redoes this key).
-                    let (index, versions): (Vec<_>, Vec<_>) = batch.ops.drain(..).partition(
-                        |op| matches!(op, Op::Delete(k) if k.starts_with(layout::CHANGES)),
-                    );
-                    batch.ops = index;
-                    let partial = Batch { ops: versions };
-                    self.raw.apply(partial)?;
+                    // A hot key's history: apply what is gathered and go on (the change rows
+                    // below `to` and the progress go with the last batch, so a crash redoes
+                    // this step).
+                    self.raw.apply(std::mem::take(&mut batch))?;
+                    self.forget(std::mem::take(&mut forget));
                 }
+            }
+        }
+        // What is left below `to`: the removed versions' rows (already in the batch), change
+        // rows of the layout before, and rows of a batch a crash cut short.
+        for k in below {
+            if !keep.contains(&k) {
+                batch.delete(k);
             }
         }
         batch.put(layout::COMPACTED_KEY, reached.to_be_bytes().to_vec());
         self.raw.apply(batch)?;
+        self.forget(forget);
         self.add_history(-removed, -removed_bytes);
         Ok(reached >= to)
+    }
+
+    /// Drops removed rows from the index.
+    fn forget(&self, rows: Vec<(Vec<u8>, Revision)>) {
+        let mut index = self.write_index();
+        for (key, revision) in rows {
+            index.remove(&key, revision);
+        }
     }
 }
 
@@ -639,22 +751,19 @@ impl Mvcc for KvMvcc {
         let current = self.latest(key)?;
         let current_rev = current.as_ref().map(|v| v.mod_revision);
         out.extend(current);
-        let range = layout::history_range(key);
-        let mut cursor: Option<Vec<u8>> = None;
-        while out.len() < limit {
-            let rows = self.raw.scan_rev(&range, cursor.as_deref(), CHUNK)?;
-            let last_round = rows.len() < CHUNK;
-            for (_, raw) in &rows {
-                let v = Entry::decode(key, raw)?;
-                // A history copy of the current version (a crash kept part of a write).
-                if Some(v.mod_revision) != current_rev {
-                    out.push(v);
-                }
-            }
-            if last_round {
+        let rows = self.read_index().newest_first(key);
+        for row in rows {
+            if out.len() >= limit {
                 break;
             }
-            cursor = rows.into_iter().next_back().map(|(k, _)| k);
+            // The current version's own change row, or a copy of it a crash left.
+            if Some(row.revision) == current_rev {
+                continue;
+            }
+            // `None`: compaction removed it meanwhile.
+            if let Some(v) = self.read_row(key, row)? {
+                out.push(v);
+            }
         }
         out.truncate(limit);
         Ok(out)
@@ -673,31 +782,32 @@ impl Mvcc for KvMvcc {
             }
         };
         check(self.compact_revision())?;
+        // Rows above the published revision belong to a commit still in progress: its index
+        // entries may not be there yet.
+        let upto = self.revision();
         let mut out = Vec::new();
         let mut cursor = layout::change_key(after, u32::MAX);
-        while out.len() < limit {
+        'scan: while out.len() < limit {
             let rows = self.raw.scan(layout::CHANGES, Some(&cursor), CHUNK)?;
             let last_round = rows.len() < CHUNK;
             for (k, v) in &rows {
                 let rev = layout::parse_change_key(k)?;
-                let (_, key) = layout::parse_change_value(v)?;
-                let kv = match self.latest(key)? {
-                    Some(v) if v.mod_revision == rev => Some(v),
-                    _ => self
-                        .raw
-                        .get(&layout::history_key(key, rev))?
-                        .map(|raw| Entry::decode(key, &raw))
-                        .transpose()?,
+                if rev > upto {
+                    break 'scan;
+                }
+                let change = layout::parse_change_value(v)?;
+                let key = change.key;
+                let kv = match change.version()? {
+                    // Indexed unless a crash cut its write short (never acknowledged).
+                    Some(v) if self.read_index().exact(key, rev).is_some() => Some(v),
+                    Some(_) => None,
+                    // A row of the layout before: the version is in `l/` or `h/`.
+                    None => self.version_at(key, rev)?,
                 };
-                // No version at `rev`: a write a crash cut short (never acknowledged).
                 let Some(kv) = kv else { continue };
                 let prev = match kv.prev_revision {
                     0 => None,
-                    p => self
-                        .raw
-                        .get(&layout::history_key(key, p))?
-                        .map(|raw| Entry::decode(key, &raw))
-                        .transpose()?,
+                    p => self.version_at(key, p)?,
                 };
                 out.push(Change { kv, prev });
                 if out.len() == limit {
@@ -806,7 +916,7 @@ impl Mvcc for KvMvcc {
             let rows = self.raw.scan(layout::CHANGES, Some(&cursor), CHUNK)?;
             let last_round = rows.len() < CHUNK;
             for (k, v) in &rows {
-                let (time, _) = layout::parse_change_value(v)?;
+                let time = layout::parse_change_value(v)?.time;
                 if time > unix_ms {
                     return Ok(found);
                 }
@@ -832,10 +942,12 @@ impl Mvcc for KvMvcc {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<StoredValue>, StorageError> {
-        // `h/` sorts before `l/`: history first, then the current versions.
+        // In key order: the copies under `h/`, the current versions under `l/`, then the
+        // superseded versions in their change rows under `r/` (a current version's change row
+        // is replaced with its `l/` row, not listed twice).
         let mut out = Vec::new();
         let mut cursor = after.map(<[u8]>::to_vec);
-        for prefix in [layout::HISTORY, layout::LATEST] {
+        for prefix in [layout::HISTORY, layout::LATEST, layout::CHANGES] {
             if cursor
                 .as_deref()
                 .is_some_and(|c| c > prefix && !c.starts_with(prefix))
@@ -851,12 +963,9 @@ impl Mvcc for KvMvcc {
                 let rows = self.raw.scan(prefix, start, want)?;
                 let last_round = rows.len() < want;
                 for (k, raw) in &rows {
-                    let (key, current) = if prefix == layout::HISTORY {
-                        (layout::parse_history_key(k)?.0, false)
-                    } else {
-                        (k[layout::LATEST.len()..].to_vec(), true)
+                    let Some((version, current)) = self.stored_at(k, raw)? else {
+                        continue;
                     };
-                    let version = Entry::decode(&key, raw)?;
                     if !version.is_delete() {
                         out.push(StoredValue {
                             position: k.clone(),
@@ -882,28 +991,94 @@ impl Mvcc for KvMvcc {
         let _commit = self.lock_commit();
         let mut batch = Batch::new();
         let mut delta = 0i64;
+        let mut replaced = 0usize;
+        // Rows whose entry length changed, for the index's byte counts.
+        let mut reindexed = Vec::new();
         for (stored, value) in replacements {
             let Some(raw) = self.raw.get(&stored.position)? else {
                 continue;
             };
-            let mut v = Entry::decode(&stored.version.key, &raw)?;
-            if v.mod_revision != stored.version.mod_revision || v.value != stored.version.value {
+            let key = &stored.version.key;
+            let unchanged = |v: &Version| {
+                v.mod_revision == stored.version.mod_revision && v.value == stored.version.value
+            };
+            if stored.position.starts_with(layout::CHANGES) {
+                let change = layout::parse_change_value(&raw)?;
+                let Some(mut v) = change.version()?.filter(|v| unchanged(v)) else {
+                    continue;
+                };
+                v.value = value;
+                let entry = Entry::encode(&v);
+                let row = layout::change_value_with(change.time, key, &entry);
+                delta += row.len() as i64 - raw.len() as i64;
+                if let Some(idx) = layout::parse_change_index(&stored.position).ok() {
+                    reindexed.push((
+                        key.clone(),
+                        Row {
+                            revision: v.mod_revision,
+                            place: Place::Change(idx),
+                            bytes: entry.len() as u32,
+                        },
+                    ));
+                }
+                batch.put(stored.position, row);
+                replaced += 1;
+                continue;
+            }
+            let mut v = Entry::decode(key, &raw)?;
+            if !unchanged(&v) {
                 continue;
             }
             v.value = value;
             let encoded = Entry::encode(&v);
-            if !stored.current {
+            if stored.current {
+                // The current version's change row holds the same value.
+                if let Some(Row {
+                    place: Place::Change(idx),
+                    ..
+                }) = self.read_index().exact(key, v.mod_revision)
+                {
+                    let position = layout::change_key(v.mod_revision, idx);
+                    if let Some(raw) = self.raw.get(&position)? {
+                        let change = layout::parse_change_value(&raw)?;
+                        if change.version()?.is_some_and(|old| unchanged(&old)) {
+                            batch.put(
+                                position,
+                                layout::change_value_with(change.time, key, &encoded),
+                            );
+                        }
+                    }
+                }
+            } else {
                 delta += encoded.len() as i64 - raw.len() as i64;
+                reindexed.push((
+                    key.clone(),
+                    Row {
+                        revision: v.mod_revision,
+                        place: Place::History,
+                        bytes: encoded.len() as u32,
+                    },
+                ));
             }
             batch.put(stored.position, encoded);
+            replaced += 1;
         }
-        let n = batch.ops.len();
-        if n == 0 {
+        if replaced == 0 {
             return Ok((0, self.raw.applied()));
         }
         let lsn = self.raw.apply(batch)?;
+        let mut index = self.write_index();
+        for (key, row) in reindexed {
+            if index
+                .exact(&key, row.revision)
+                .is_some_and(|r| r.place == row.place)
+            {
+                index.insert(&key, row);
+            }
+        }
+        drop(index);
         self.add_history(0, delta);
-        Ok((n, lsn))
+        Ok((replaced, lsn))
     }
 
     fn applied(&self) -> Lsn {
@@ -961,6 +1136,8 @@ struct Staged {
     keys: Vec<Vec<u8>>,
     /// Keys that get a current version (`true`) or lose theirs (`false`).
     live: Vec<(Vec<u8>, bool)>,
+    /// Rows that hold a version, for the index once the batch is applied.
+    indexed: Vec<(Vec<u8>, Row)>,
 }
 
 /// What a commit knows of a key's stored current entry, for [`Op::PutOver`]: `None` when the
@@ -981,6 +1158,7 @@ struct Group {
     kept_bytes: i64,
     keys: HashSet<Vec<u8>>,
     live: Vec<(Vec<u8>, bool)>,
+    indexed: Vec<(Vec<u8>, Row)>,
 }
 
 impl Group {
@@ -997,6 +1175,7 @@ impl Group {
         self.kept_bytes += staged.kept_bytes;
         self.keys.extend(staged.keys);
         self.live.extend(staged.live);
+        self.indexed.extend(staged.indexed);
         self.members.push((index, self.revisions, staged.prev));
     }
 }
@@ -1019,19 +1198,101 @@ fn live_keys(raw: &dyn Backend) -> Result<HashSet<Box<[u8]>>, StorageError> {
     }
 }
 
-fn count_history(raw: &dyn Backend) -> Result<(u64, u64), StorageError> {
+/// Builds the index of stored versions from the rows (`h/` copies, then the change rows that
+/// hold versions), with the count and bytes of the superseded ones. A change row whose version
+/// never became current (a batch a crash cut short: its `l/` row is older, or absent after a
+/// put) is removed here, so that it is never served or indexed.
+fn build_index(
+    raw: &dyn Backend,
+    live: &HashSet<Box<[u8]>>,
+) -> Result<(KeyIndex, u64, u64), StorageError> {
+    let mut index = KeyIndex::default();
     let (mut versions, mut bytes) = (0u64, 0u64);
+    scan_all(raw, layout::HISTORY, |k, v| {
+        let (key, revision) = layout::parse_history_key(k)?;
+        index.insert(
+            &key,
+            Row {
+                revision,
+                place: Place::History,
+                bytes: v.len() as u32,
+            },
+        );
+        versions += 1;
+        bytes += v.len() as u64;
+        Ok(())
+    })?;
+    // Per key, its change rows that hold versions: (revision, idx, entry length, tombstone).
+    let mut changes: HashMap<Vec<u8>, Vec<(Revision, u32, u32, bool)>> = HashMap::new();
+    scan_all(raw, layout::CHANGES, |k, v| {
+        let change = layout::parse_change_value(v)?;
+        if let Some(version) = change.version()? {
+            changes.entry(change.key.to_vec()).or_default().push((
+                layout::parse_change_key(k)?,
+                layout::parse_change_index(k)?,
+                layout::entry_len_in_change(v.len(), change.key) as u32,
+                version.is_delete(),
+            ));
+        }
+        Ok(())
+    })?;
+    let mut cut_short = Batch::new();
+    for (key, rows) in changes {
+        let current = if live.contains(key.as_slice()) {
+            match raw.get(&layout::latest_key(&key))? {
+                Some(raw) => Some(Entry::decode(&key, &raw)?.mod_revision),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let newest = rows.iter().map(|r| r.0).max();
+        for (revision, idx, len, tombstone) in rows {
+            let never_current = match current {
+                Some(current) => revision > current,
+                // A deleted key's newest row is its tombstone; a put there never landed.
+                None => Some(revision) == newest && !tombstone,
+            };
+            if never_current {
+                cut_short.delete(layout::change_key(revision, idx));
+                continue;
+            }
+            index.insert(
+                &key,
+                Row {
+                    revision,
+                    place: Place::Change(idx),
+                    bytes: len,
+                },
+            );
+            if Some(revision) != current {
+                versions += 1;
+                bytes += u64::from(len);
+            }
+        }
+    }
+    if !cut_short.ops.is_empty() {
+        raw.apply(cut_short)?;
+    }
+    Ok((index, versions, bytes))
+}
+
+/// Calls `each` for every row under `prefix`, in bounded rounds.
+fn scan_all(
+    raw: &dyn Backend,
+    prefix: &[u8],
+    mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
     let mut cursor: Option<Vec<u8>> = None;
     loop {
-        let rows = raw.scan(layout::HISTORY, cursor.as_deref(), 1024)?;
+        let rows = raw.scan(prefix, cursor.as_deref(), 1024)?;
         let last_round = rows.len() < 1024;
-        for (_, v) in &rows {
-            versions += 1;
-            bytes += v.len() as u64;
+        for (k, v) in &rows {
+            each(k, v)?;
         }
         cursor = rows.into_iter().next_back().map(|(k, _)| k);
         if last_round || cursor.is_none() {
-            return Ok((versions, bytes));
+            return Ok(());
         }
     }
 }
@@ -1054,7 +1315,19 @@ mod tests {
     use crate::storage::{SledBackend, SledConfig};
 
     fn open(dir: &std::path::Path, keep_history: bool) -> KvMvcc {
-        let raw = SledBackend::open(SledConfig::new(dir)).expect("sled");
+        // A database just dropped may hold sled's file lock for a moment more.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let raw = loop {
+            match SledBackend::open(SledConfig::new(dir)) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.expect("sled"),
+            }
+        };
         // These tests count revisions from 0: a keyspace over a backend that already holds
         // unversioned data (from before history) starts there. A new one starts at 1 (below).
         if raw.get(layout::REVISION_KEY).expect("get").is_none() {
@@ -1593,23 +1866,264 @@ mod tests {
         put(&m, "a", "new");
         del(&m, "gone-never-existed");
         let all = m.stored_values(None, 100).expect("values");
-        assert_eq!(all.len(), 2);
-        assert!(!all[0].current && all[1].current);
+        assert_eq!(all.len(), 2, "the current version once, not also its change row");
+        assert!(all[0].current && !all[1].current, "{all:?}");
+        let superseded = all[1].clone();
         let first = m.stored_values(None, 1).expect("values");
         let rest = m
             .stored_values(Some(&first[0].position), 100)
             .expect("values");
         assert_eq!(rest.len(), 1);
         let (n, _) = m
-            .replace_values(vec![(all[0].clone(), b"OLD".to_vec())])
+            .replace_values(vec![(superseded.clone(), b"OLD".to_vec())])
             .expect("replace");
         assert_eq!(n, 1);
         assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("OLD"));
         // A value that changed since it was read is left alone.
         let (n, _) = m
-            .replace_values(vec![(all[0].clone(), b"again".to_vec())])
+            .replace_values(vec![(superseded, b"again".to_vec())])
             .expect("replace");
         assert_eq!(n, 0);
         assert_eq!(m.revision(), 2, "replacing values is not a write");
+    }
+
+    fn rows(m: &KvMvcc, prefix: &[u8]) -> Vec<Vec<u8>> {
+        m.raw
+            .scan(prefix, None, 1000)
+            .expect("scan")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    fn changes_of(m: &KvMvcc, after: Revision) -> Vec<(Revision, String, Option<Revision>)> {
+        m.changes(after, 100)
+            .expect("changes")
+            .into_iter()
+            .map(|c| {
+                (
+                    c.kv.mod_revision,
+                    String::from_utf8_lossy(&c.kv.value).into_owned(),
+                    c.prev.map(|p| p.mod_revision),
+                )
+            })
+            .collect()
+    }
+
+    /// An update writes the new version once, into its change row, and nothing for the one it
+    /// supersedes; reads at every revision find the old versions again after a reopen (the
+    /// index is rebuilt from the change rows).
+    #[test]
+    fn each_version_is_written_once_into_its_change_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let m = open(dir.path(), true);
+            assert_eq!(put(&m, "a", "a1"), 1);
+            assert_eq!(put(&m, "a", "a2"), 2);
+            assert_eq!(del(&m, "a"), 3);
+            assert_eq!(put(&m, "a", "a3"), 4);
+            assert!(rows(&m, layout::HISTORY).is_empty(), "no copies");
+            assert_eq!(rows(&m, layout::CHANGES).len(), 4);
+            assert_eq!(m.stats().versions, 3, "a1, a2 and the tombstone");
+        }
+        let m = open(dir.path(), true);
+        assert_eq!(m.stats().versions, 3);
+        assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("a1"));
+        assert_eq!(value_at(&m, "a", Some(2)).as_deref(), Some("a2"));
+        assert_eq!(value_at(&m, "a", Some(3)), None);
+        assert_eq!(value_at(&m, "a", Some(4)).as_deref(), Some("a3"));
+        assert_eq!(
+            changes_of(&m, 0),
+            vec![
+                (1, "a1".into(), None),
+                (2, "a2".into(), Some(1)),
+                (3, String::new(), Some(2)),
+                (4, "a3".into(), None),
+            ]
+        );
+        let history: Vec<_> = m
+            .history(b"a", 10)
+            .expect("history")
+            .into_iter()
+            .map(|v| v.mod_revision)
+            .collect();
+        assert_eq!(history, vec![4, 3, 2, 1]);
+        assert_eq!(keys_at(&m, "", Some(2)), vec!["a=a2"]);
+        assert!(keys_at(&m, "", Some(3)).is_empty());
+    }
+
+    /// A batch a crash cut short can leave change rows whose versions never became current
+    /// (the `l/` rows come last in a batch): open removes them, and they are never served.
+    #[test]
+    fn a_change_row_whose_version_never_landed_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let m = open(dir.path(), true);
+            assert_eq!(put(&m, "a", "a1"), 1);
+            // The crash image: revision 2 updated "a" and created "c", and only the revision
+            // and the change rows reached the disk.
+            let ghost = |key: &str, value: &str, create: Revision| {
+                let v = Version {
+                    key: key.into(),
+                    kind: VersionKind::Put,
+                    create_revision: create,
+                    mod_revision: 2,
+                    version: 1,
+                    lease: 0,
+                    prev_revision: 0,
+                    written_ms: 0,
+                    value: value.into(),
+                };
+                layout::change_value_with(0, key.as_bytes(), &Entry::encode(&v))
+            };
+            let mut batch = Batch::new();
+            batch.put(layout::REVISION_KEY, 2u64.to_be_bytes().to_vec());
+            batch.put(layout::change_key(2, 0), ghost("a", "ghost", 1));
+            batch.put(layout::change_key(2, 1), ghost("c", "ghost", 2));
+            m.raw.apply(batch).expect("apply");
+        }
+        let m = open(dir.path(), true);
+        assert_eq!(rows(&m, layout::CHANGES), vec![layout::change_key(1, 0)]);
+        assert_eq!(changes_of(&m, 0), vec![(1, "a1".into(), None)]);
+        assert_eq!(value_at(&m, "a", Some(2)).as_deref(), Some("a1"));
+        assert_eq!(value_at(&m, "c", Some(2)), None);
+        assert_eq!(put(&m, "a", "a3"), 3);
+        assert_eq!(value_at(&m, "a", Some(2)).as_deref(), Some("a1"));
+        assert_eq!(m.history(b"a", 10).expect("history").len(), 2);
+    }
+
+    /// A data directory written by the layout before (a copy of every superseded version and
+    /// tombstone under `h/`, change rows of time and key only) reads the same at every
+    /// revision, takes new writes, and loses its old rows to compaction.
+    #[tokio::test]
+    async fn a_data_directory_of_the_layout_before_reads_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let m = open(dir.path(), true);
+            let version = |key: &str, value: &str, kind, rev, create, n, prev| Version {
+                key: key.into(),
+                kind,
+                create_revision: create,
+                mod_revision: rev,
+                version: n,
+                lease: 0,
+                prev_revision: prev,
+                written_ms: rev * 1000,
+                value: value.into(),
+            };
+            let (put_, del_) = (VersionKind::Put, VersionKind::Delete);
+            let a1 = version("a", "a1", put_, 1, 1, 1, 0);
+            let a2 = version("a", "a2", put_, 2, 1, 2, 1);
+            let b3 = version("b", "b3", put_, 3, 3, 1, 0);
+            let b4 = version("b", "", del_, 4, 3, 0, 3);
+            let mut batch = Batch::new();
+            batch.put(layout::REVISION_KEY, 4u64.to_be_bytes().to_vec());
+            for (rev, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
+                batch.put(
+                    layout::change_key(rev, 0),
+                    layout::change_value_before(rev * 1000, key.as_bytes()),
+                );
+            }
+            for v in [&a1, &b3, &b4] {
+                batch.put(
+                    layout::history_key(&v.key, v.mod_revision),
+                    Entry::encode(v),
+                );
+            }
+            batch.put(layout::latest_key(b"a"), Entry::encode(&a2));
+            m.raw.apply(batch).expect("apply");
+        }
+        let m = open(dir.path(), true);
+        assert_eq!(m.revision(), 4);
+        assert_eq!(m.stats().versions, 3);
+        assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("a1"));
+        assert_eq!(value_at(&m, "a", Some(3)).as_deref(), Some("a2"));
+        assert_eq!(value_at(&m, "b", Some(3)).as_deref(), Some("b3"));
+        assert_eq!(value_at(&m, "b", Some(4)), None);
+        assert_eq!(keys_at(&m, "", Some(3)), vec!["a=a2", "b=b3"]);
+        assert_eq!(
+            changes_of(&m, 0),
+            vec![
+                (1, "a1".into(), None),
+                (2, "a2".into(), Some(1)),
+                (3, "b3".into(), None),
+                (4, String::new(), Some(3)),
+            ]
+        );
+        assert_eq!(m.revision_at_time(2500).expect("time"), 2);
+        // The current version of the layout before has no change row that holds it: the
+        // update that supersedes it copies it, as before.
+        assert_eq!(put(&m, "a", "a5"), 5);
+        assert_eq!(value_at(&m, "a", Some(4)).as_deref(), Some("a2"));
+        assert_eq!(
+            rows(&m, layout::HISTORY).len(),
+            4,
+            "a1, b3, b4 and the copy of a2"
+        );
+        m.compact(5).await.expect("compact");
+        assert!(rows(&m, layout::HISTORY).is_empty(), "all below a5 went");
+        assert_eq!(
+            rows(&m, layout::CHANGES),
+            vec![layout::change_key(5, 0)],
+            "the compaction revision's own change stays"
+        );
+        assert_eq!(m.stats().versions, 0);
+        assert_eq!(value_at(&m, "a", Some(5)).as_deref(), Some("a5"));
+    }
+
+    /// Compaction removes the change row of a version that is still current (its `l/` row
+    /// has it), keeps the row of one superseded after the compaction revision, and the write
+    /// that later supersedes the current one copies it.
+    #[tokio::test]
+    async fn compaction_keeps_a_version_once_and_a_later_update_copies_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        assert_eq!(put(&m, "quiet", "q1"), 1);
+        assert_eq!(put(&m, "hot", "h1"), 2);
+        assert_eq!(put(&m, "x", "x"), 3);
+        assert_eq!(put(&m, "hot", "h2"), 4);
+        m.compact(3).await.expect("compact");
+        // quiet@1 is current: its change row went. hot@2 was current at 3 and is superseded:
+        // its row stays. x@3 is the compaction revision's own change.
+        assert_eq!(
+            rows(&m, layout::CHANGES),
+            vec![
+                layout::change_key(2, 0),
+                layout::change_key(3, 0),
+                layout::change_key(4, 0)
+            ]
+        );
+        assert_eq!(value_at(&m, "hot", Some(3)).as_deref(), Some("h1"));
+        assert_eq!(value_at(&m, "quiet", Some(3)).as_deref(), Some("q1"));
+        assert_eq!(put(&m, "quiet", "q5"), 5);
+        assert_eq!(
+            rows(&m, layout::HISTORY),
+            vec![layout::history_key(b"quiet", 1)]
+        );
+        assert_eq!(value_at(&m, "quiet", Some(4)).as_deref(), Some("q1"));
+        assert_eq!(m.stats().versions, 2, "hot@2 and quiet@1");
+        m.compact(5).await.expect("compact");
+        assert!(rows(&m, layout::HISTORY).is_empty());
+        assert_eq!(m.stats().versions, 0);
+        assert_eq!(value_at(&m, "hot", Some(5)).as_deref(), Some("h2"));
+        assert_eq!(value_at(&m, "quiet", Some(5)).as_deref(), Some("q5"));
+    }
+
+    /// Resealing a current version rewrites its change row too, so that the value a later
+    /// read at its revision finds is the resealed one.
+    #[test]
+    fn resealing_a_current_version_rewrites_its_change_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = open(dir.path(), true);
+        assert_eq!(put(&m, "a", "sealed-by-old"), 1);
+        let all = m.stored_values(None, 10).expect("values");
+        assert_eq!(all.len(), 1);
+        let (n, _) = m
+            .replace_values(vec![(all[0].clone(), b"sealed-by-new".to_vec())])
+            .expect("replace");
+        assert_eq!(n, 1);
+        assert_eq!(put(&m, "a", "next"), 2);
+        assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("sealed-by-new"));
+        assert_eq!(changes_of(&m, 0)[0].1, "sealed-by-new");
     }
 }

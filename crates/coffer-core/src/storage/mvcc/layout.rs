@@ -3,12 +3,19 @@
 //!
 //! - `l/<key>`: the current version of each live key (an [`Entry`]). Reads at the latest revision
 //!   touch only these, so they cost what they cost before history existed.
-//! - `h/<esc(key)>\0\x01<rev>`: every superseded version and every delete tombstone, under the
-//!   revision that wrote it. `esc` doubles as an order- and prefix-preserving escape (`0x00` ->
-//!   `0x00 0xFF`, then the terminator `0x00 0x01`), so one key's versions are one contiguous
-//!   range, in revision order, and no key's range contains another's.
-//! - `r/<rev><idx>`: the change index: which key the `idx`-th write of revision `rev` touched,
-//!   and when (unix milliseconds). Watches replay from it; retention reads its times.
+//! - `r/<rev><idx>`: the `idx`-th write of revision `rev`: when (unix milliseconds), which key,
+//!   and the version it wrote (a put's, or a delete's tombstone). Each version is written once,
+//!   here, appended in revision order, and stays when a later one supersedes it; an in-memory
+//!   index (`super::index`) says which rows hold a key's versions. Watches replay from these
+//!   rows; retention reads their times. Rows written by the layout before (time and key only)
+//!   are told apart by their first byte.
+//! - `h/<esc(key)>\0\x01<rev>`: a copy of a superseded version, for the versions whose change
+//!   row is gone or never held them: those written by the layout before (which copied every
+//!   superseded version and tombstone here), and a version compaction found current (its change
+//!   row goes; the write that supersedes it copies it here). `esc` doubles as an order- and
+//!   prefix-preserving escape (`0x00` -> `0x00 0xFF`, then the terminator `0x00 0x01`), so one
+//!   key's versions are one contiguous range, in revision order, and no key's range contains
+//!   another's.
 //! - `m/revision`, `m/compact`, `m/compacted`: the store revision, the compaction revision, and
 //!   how far compaction has physically removed what it may.
 //!
@@ -22,9 +29,9 @@ use crate::storage::StorageError;
 
 /// The prefix of current versions.
 pub(super) const LATEST: &[u8] = b"l/";
-/// The prefix of superseded versions and tombstones.
+/// The prefix of copied superseded versions (and the layout before's tombstones).
 pub(super) const HISTORY: &[u8] = b"h/";
-/// The prefix of the change index.
+/// The prefix of the change rows, which hold the versions.
 pub(super) const CHANGES: &[u8] = b"r/";
 /// The store revision (big-endian u64).
 pub(super) const REVISION_KEY: &[u8] = b"m/revision";
@@ -136,20 +143,90 @@ pub(super) fn parse_change_key(raw: &[u8]) -> Result<Revision, StorageError> {
         .ok_or_else(|| corrupt("change index key of a bad length"))
 }
 
-/// A change index value: when, and which key.
-pub(super) fn change_value(unix_ms: u64, key: &[u8]) -> Vec<u8> {
+/// The first byte of a change row that holds its version (the layout before wrote a
+/// big-endian time first, whose first byte is 0 for the next two million years).
+const CHANGE_WITH_VERSION: u8 = 0xC6;
+
+/// A change row's value: when, which key, and the version written (its encoded [`Entry`]).
+pub(super) fn change_value_with(unix_ms: u64, key: &[u8], entry: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 8 + 4 + key.len() + entry.len());
+    out.push(CHANGE_WITH_VERSION);
+    out.extend_from_slice(&unix_ms.to_be_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(entry);
+    out
+}
+
+/// A parsed change row.
+pub(super) struct ChangeRow<'a> {
+    /// When it was written (unix milliseconds).
+    pub time: u64,
+    /// Which key.
+    pub key: &'a [u8],
+    /// The version's encoded [`Entry`] (`None` in a row of the layout before).
+    pub entry: Option<&'a [u8]>,
+}
+
+impl ChangeRow<'_> {
+    /// The version the row holds, if it holds one.
+    pub(super) fn version(&self) -> Result<Option<Version>, StorageError> {
+        self.entry.map(|e| Entry::decode(self.key, e)).transpose()
+    }
+}
+
+/// Parses a change row's value, in either form.
+pub(super) fn parse_change_value(raw: &[u8]) -> Result<ChangeRow<'_>, StorageError> {
+    if raw.first() == Some(&CHANGE_WITH_VERSION) {
+        let body = &raw[1..];
+        let (time, body) = body
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("change row too short"))?;
+        let (len, body) = body
+            .split_first_chunk::<4>()
+            .ok_or_else(|| corrupt("change row too short"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if body.len() < len {
+            return Err(corrupt("change row with a key longer than the row"));
+        }
+        let (key, entry) = body.split_at(len);
+        return Ok(ChangeRow {
+            time: u64::from_be_bytes(*time),
+            key,
+            entry: Some(entry),
+        });
+    }
+    let (time, key) = raw
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("change index value too short"))?;
+    Ok(ChangeRow {
+        time: u64::from_be_bytes(*time),
+        key,
+        entry: None,
+    })
+}
+
+/// The index within its revision of a `r/` key.
+pub(super) fn parse_change_index(raw: &[u8]) -> Result<u32, StorageError> {
+    raw.strip_prefix(CHANGES)
+        .and_then(|r| r.get(8..))
+        .and_then(|r| <[u8; 4]>::try_from(r).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| corrupt("change index key of a bad length"))
+}
+
+/// A change row's value in the layout before (time and key), for tests of the upgrade.
+#[cfg(test)]
+pub(super) fn change_value_before(unix_ms: u64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
     out.extend_from_slice(&unix_ms.to_be_bytes());
     out.extend_from_slice(key);
     out
 }
 
-/// The time and key of a change index value.
-pub(super) fn parse_change_value(raw: &[u8]) -> Result<(u64, &[u8]), StorageError> {
-    let (time, key) = raw
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("change index value too short"))?;
-    Ok((u64::from_be_bytes(*time), key))
+/// The length of the entry inside a change row of `key` whose value is `row_len` bytes.
+pub(super) fn entry_len_in_change(row_len: usize, key: &[u8]) -> usize {
+    row_len.saturating_sub(1 + 8 + 4 + key.len())
 }
 
 /// A big-endian u64 meta value (absent: 0).
@@ -268,12 +345,35 @@ mod tests {
     fn change_index_round_trips() {
         let k = change_key(42, 3);
         assert_eq!(parse_change_key(&k).expect("rev"), 42);
+        assert_eq!(parse_change_index(&k).expect("idx"), 3);
         assert!(change_key(9, 0) < change_key(10, 0));
-        let v = change_value(1_700_000_000_000, b"s/ns/name");
-        assert_eq!(
-            parse_change_value(&v).expect("value"),
-            (1_700_000_000_000, &b"s/ns/name"[..])
-        );
+        let before = change_value_before(1_700_000_000_000, b"s/ns/name");
+        let row = parse_change_value(&before).expect("value");
+        assert_eq!((row.time, row.key), (1_700_000_000_000, &b"s/ns/name"[..]));
+        assert!(row.version().expect("none").is_none());
         assert!(parse_change_value(b"short").is_err());
+        let v = Version {
+            key: b"s/ns/name".to_vec(),
+            kind: VersionKind::Put,
+            create_revision: 3,
+            mod_revision: 42,
+            version: 2,
+            lease: 0,
+            prev_revision: 3,
+            written_ms: 1_700_000_000_000,
+            value: b"sealed".to_vec(),
+        };
+        let raw = change_value_with(1_700_000_000_000, &v.key, &Entry::encode(&v));
+        let row = parse_change_value(&raw).expect("value");
+        assert_eq!((row.time, row.key), (1_700_000_000_000, &b"s/ns/name"[..]));
+        assert_eq!(row.version().expect("decode"), Some(v.clone()));
+        assert_eq!(
+            entry_len_in_change(raw.len(), &v.key),
+            Entry::encode(&v).len()
+        );
+        assert!(parse_change_value(&raw[..5]).is_err());
+        let mut long_key = raw.clone();
+        long_key[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_change_value(&long_key).is_err());
     }
 }

@@ -16,6 +16,7 @@
 //! directly on etcd's own Range-at-revision, `prev_kv`, watch and Compact, so that Coffer's
 //! revisions are etcd's.
 
+mod index;
 mod kv;
 pub mod layout;
 
