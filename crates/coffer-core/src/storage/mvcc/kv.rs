@@ -504,6 +504,16 @@ impl KvMvcc {
         batch.ops.extend(group.history);
         batch.ops.extend(group.current);
         batch.ops.extend(group.meta);
+        // The rows go into the index before the batch is applied: a reader that finds the new
+        // current version must find the copy of the one it superseded. Until then the old
+        // version is still current, read from `l/`, and the new rows are above every
+        // published revision, which no read selects.
+        if !group.indexed.is_empty() {
+            let mut index = self.write_index();
+            for (key, row) in &group.indexed {
+                index.insert(key, *row);
+            }
+        }
         let lsn = if batch.ops.is_empty() {
             Ok(self.raw.applied())
         } else {
@@ -512,12 +522,6 @@ impl KvMvcc {
         match lsn {
             Ok(lsn) => {
                 commit.last = revision;
-                if !group.indexed.is_empty() {
-                    let mut index = self.write_index();
-                    for (key, row) in &group.indexed {
-                        index.insert(key, *row);
-                    }
-                }
                 for (key, live) in group.live {
                     if live {
                         commit.live.insert(key.into_boxed_slice());
@@ -536,6 +540,13 @@ impl KvMvcc {
                 }
             }
             Err(e) => {
+                self.forget(
+                    group
+                        .indexed
+                        .into_iter()
+                        .map(|(key, row)| (key, row.revision))
+                        .collect(),
+                );
                 let message = e.to_string();
                 let mut first = Some(e);
                 for (index, _, _) in group.members {
@@ -1136,7 +1147,7 @@ struct Staged {
     keys: Vec<Vec<u8>>,
     /// Keys that get a current version (`true`) or lose theirs (`false`).
     live: Vec<(Vec<u8>, bool)>,
-    /// Rows that hold a version, for the index once the batch is applied.
+    /// Rows that hold a version, for the index (entered before the batch is applied).
     indexed: Vec<(Vec<u8>, Row)>,
 }
 
@@ -1866,7 +1877,11 @@ mod tests {
         put(&m, "a", "new");
         del(&m, "gone-never-existed");
         let all = m.stored_values(None, 100).expect("values");
-        assert_eq!(all.len(), 2, "the current version once, not also its change row");
+        assert_eq!(
+            all.len(),
+            2,
+            "the current version once, not also its change row"
+        );
         assert!(all[0].current && !all[1].current, "{all:?}");
         let superseded = all[1].clone();
         let first = m.stored_values(None, 1).expect("values");
@@ -2125,5 +2140,49 @@ mod tests {
         assert_eq!(put(&m, "a", "next"), 2);
         assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("sealed-by-new"));
         assert_eq!(changes_of(&m, 0)[0].1, "sealed-by-new");
+    }
+
+    /// A read at an old revision, racing the writes that supersede versions whose change rows
+    /// compaction removed (each write copies its version then), always finds the version.
+    #[tokio::test]
+    async fn reads_at_an_old_revision_never_miss_a_version_being_copied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = Arc::new(open(dir.path(), true));
+        const KEYS: usize = 200;
+        for i in 0..KEYS {
+            put(&m, &format!("k{i:03}"), "old");
+        }
+        let base = m.revision();
+        m.compact(base).await.expect("compact");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (m, stop) = (m.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0usize;
+                while !stop.load(Ordering::Relaxed) || reads == 0 {
+                    for i in 0..KEYS {
+                        let key = format!("k{i:03}");
+                        assert_eq!(
+                            value_at(&m, &key, Some(base)).as_deref(),
+                            Some("old"),
+                            "{key} at {base}"
+                        );
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        };
+        for i in 0..KEYS {
+            put(&m, &format!("k{i:03}"), "new");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(reader.join().expect("reader") > 0);
+        // The last key was written at the compaction revision itself, whose change rows stay.
+        assert_eq!(
+            rows(&m, layout::HISTORY).len(),
+            KEYS - 1,
+            "each old version without a change row copied once"
+        );
     }
 }
