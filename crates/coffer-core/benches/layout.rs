@@ -11,6 +11,10 @@
 //! - `index_and_by_revision`: as today, but the superseded version's `h/<key><old rev>` row is
 //!   an empty index entry; the version itself went once, when it was written, into its change
 //!   row `r/<rev>` (1,100 bytes, appended), and the current version is replaced in place.
+//! - `current_and_filled_on_supersede`: the current version in place (`l/<key>`), a 60-byte
+//!   change row appended for each write, and the superseded version's change row rewritten
+//!   in place to hold it (1,100 bytes): each version is written once while current and once
+//!   when superseded, and a create writes no more than today.
 //! - `current_and_by_revision`: the current version replaced in place (`l/<key>`, so that a
 //!   Get stays one read) and each new version appended once under its revision (`r/<rev>`,
 //!   1,100 bytes, in place of both the history copy and the change index row).
@@ -28,6 +32,7 @@ const SMALL: usize = 60;
 enum Layout {
     Today,
     IndexAndByRevision,
+    CurrentAndFilledOnSupersede,
     CurrentAndByRevision,
     ByRevisionWithPointer,
     ByRevision,
@@ -109,6 +114,17 @@ impl Keyspace {
                     .insert(row(b"l/", &key, None), value)
                     .expect("insert");
             }
+            Layout::CurrentAndFilledOnSupersede => {
+                if update {
+                    let old = revision_row(self.current[k as usize]);
+                    self.db.insert(old, value.clone()).expect("insert");
+                }
+                let change = revision_row(self.revision);
+                self.db.insert(change, vec![0x17u8; SMALL]).expect("insert");
+                self.db
+                    .insert(row(b"l/", &key, None), value)
+                    .expect("insert");
+            }
             Layout::CurrentAndByRevision => {
                 let version = revision_row(self.revision);
                 self.db.insert(version, value.clone()).expect("insert");
@@ -147,6 +163,10 @@ fn update_rows(c: &mut Criterion) {
     for (name, layout) in [
         ("today", Layout::Today),
         ("index_and_by_revision", Layout::IndexAndByRevision),
+        (
+            "current_and_filled_on_supersede",
+            Layout::CurrentAndFilledOnSupersede,
+        ),
         ("current_and_by_revision", Layout::CurrentAndByRevision),
         ("by_revision_with_pointer", Layout::ByRevisionWithPointer),
         ("by_revision", Layout::ByRevision),

@@ -1,27 +1,31 @@
 //! [`KvMvcc`]: the versioned keyspace over an ordered key-value [`Backend`] (the layout is in
 //! the `layout` module).
 //!
-//! Each version is written once, into the change row of the revision that wrote it, and the
-//! current version of each key is also kept in place (`l/<key>`), so that a read at the latest
-//! revision is one get. Superseding a version writes nothing for it: an in-memory index
-//! (`super::index`, as etcd keeps its key index) says which change rows hold a key's older
-//! versions. A version whose change row is gone (compaction found it current, or the layout
-//! before wrote it) is copied under `h/` when it is superseded, as every version was before.
+//! The current version of each key is kept in place (`l/<key>`), so that a read at the latest
+//! revision is one get, and each write appends a small change row (`r/<rev><idx>`). The write
+//! that supersedes a version rewrites that version's change row in place to hold it: a
+//! replace of a row that exists, where a copy under its own key (`h/<key><rev>`, as the layout
+//! before wrote) was a new key at a random place in key order, two thirds of what an update's
+//! rows cost sled (README, "The write path"). An in-memory index (`super::index`, as etcd keeps
+//! its key index) says which rows hold a key's versions. A version whose change row is gone
+//! (written by the layout before, whose compaction removed every change row below it) is still
+//! copied under `h/` when it is superseded.
 //!
 //! A commit is one backend batch, ordered so that any prefix a crash could keep of an
-//! unacknowledged batch is harmless: the revision first, then the change rows and copies, then
-//! the new current versions. A change row whose version never became current is such a batch's
-//! leftover: open removes it (and indexes nothing for it), so it is never served, and a copy of
-//! a version that is still current is ignored by every read.
+//! unacknowledged batch is harmless: the revision first, then the change rows (a superseded
+//! version's, filled; the new one's) and copies, then the new current versions. A change row
+//! whose version never became current is such a batch's leftover: open removes it (and indexes
+//! nothing for it), so it is never served; a filled row or a copy of a version that is still
+//! current holds what its `l/` row holds.
 //!
 //! Compaction first raises the compaction revision durably (so no reader relies on what is about
 //! to go), then walks the change rows up to it in bounded batches, removing for each key it
 //! names every version older than the one that was current at the compaction revision (and that
-//! one too when it is a tombstone), and the change row of a version that is still current (its
-//! `l/` row has it). Each batch holds the commit lock: a writer decides from the same index
-//! whether the version it supersedes needs a copy. Resealing (`replace_values`) and compaction
-//! exclude each other with the maintenance lock, so a resealed value is never written back over
-//! a version compaction just removed.
+//! one too when it is a tombstone). The current version's small row stays, for the write that
+//! will fill it. Each batch holds the commit lock: a writer decides from the same index which
+//! row to fill. Resealing (`replace_values`) and compaction exclude each other with the
+//! maintenance lock, so a resealed value is never written back over a version compaction just
+//! removed.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -208,7 +212,11 @@ impl KvMvcc {
                         "a change row holds another key than its index says".into(),
                     ));
                 }
-                change.version()
+                match change.version()? {
+                    Some(v) => Ok(Some(v)),
+                    // A small row: its version is still current.
+                    None => Ok(self.latest(key)?.filter(|v| v.mod_revision == row.revision)),
+                }
             }
         }
     }
@@ -257,8 +265,7 @@ impl KvMvcc {
     }
 
     /// The version a stored row `k` holds, for resealing, and whether it is current; `None` for
-    /// a row that holds no version of its own (a change row of the layout before, a current
-    /// version's change row, a cut-short write's).
+    /// a small change row (its version is the current one, in `l/`).
     fn stored_at(&self, k: &[u8], raw: &[u8]) -> Result<Option<(Version, bool)>, StorageError> {
         if k.starts_with(layout::HISTORY) {
             let (key, _) = layout::parse_history_key(k)?;
@@ -267,16 +274,8 @@ impl KvMvcc {
         if let Some(key) = k.strip_prefix(layout::LATEST) {
             return Ok(Some((Entry::decode(key, raw)?, true)));
         }
-        let revision = layout::parse_change_key(k)?;
         let change = layout::parse_change_value(raw)?;
-        let Some(version) = change.version()? else {
-            return Ok(None);
-        };
-        let indexed = self.read_index().exact(change.key, revision).is_some();
-        let current = self
-            .latest(change.key)?
-            .is_some_and(|v| v.mod_revision == revision);
-        Ok((indexed && !current).then_some((version, false)))
+        Ok(change.version()?.map(|v| (v, false)))
     }
 
     /// The version of `key` current at `at` (a tombstone when it was deleted then).
@@ -417,46 +416,29 @@ impl KvMvcc {
             let entry = Entry::encode(&next);
             if self.keep_history {
                 if let Some(o) = &old {
-                    // The superseded version stays where it is, in its change row; only one
-                    // without a row (compaction took it while it was current, or the layout
-                    // before wrote it) is copied.
-                    let row = self.read_index().exact(key, o.mod_revision);
-                    let bytes = match row {
-                        Some(row) => row.bytes,
-                        None => {
-                            let copy = Entry::encode(o);
-                            let bytes = copy.len() as u32;
-                            staged
-                                .history
-                                .push(Op::Put(layout::history_key(key, o.mod_revision), copy));
-                            staged.indexed.push((
-                                key.to_vec(),
-                                Row {
-                                    revision: o.mod_revision,
-                                    place: Place::History,
-                                    bytes,
-                                },
-                            ));
-                            bytes
-                        }
-                    };
                     staged.kept += 1;
-                    staged.kept_bytes += i64::from(bytes);
+                    staged.kept_bytes += self.keep_superseded(key, o, &mut staged);
                 }
-                if next.is_delete() {
+                let (value, bytes) = if next.is_delete() {
+                    // The tombstone lives in its change row from the start.
                     staged.kept += 1;
                     staged.kept_bytes += entry.len() as i64;
-                }
-                staged.history.push(Op::Put(
-                    layout::change_key(revision, staged.changed),
-                    layout::change_value_with(now, key, &entry),
-                ));
+                    (
+                        layout::change_value_with(now, key, &entry),
+                        entry.len() as u32,
+                    )
+                } else {
+                    (layout::change_value(now, key), 0)
+                };
+                staged
+                    .history
+                    .push(Op::Put(layout::change_key(revision, staged.changed), value));
                 staged.indexed.push((
                     key.to_vec(),
                     Row {
                         revision,
                         place: Place::Change(staged.changed),
-                        bytes: entry.len() as u32,
+                        bytes,
                     },
                 ));
             }
@@ -481,6 +463,39 @@ impl KvMvcc {
             .collect();
         staged.meta = txn.meta;
         Ok(staged)
+    }
+
+    /// Keeps `o`, the version of `key` a write supersedes: its change row is rewritten in place
+    /// to hold it, or, without one, it is copied under `h/`. Returns the bytes kept.
+    fn keep_superseded(&self, key: &[u8], o: &Version, staged: &mut Staged) -> i64 {
+        let entry = Entry::encode(o);
+        let bytes = entry.len() as u32;
+        let row = self.read_index().exact(key, o.mod_revision);
+        let place = match row.map(|r| r.place) {
+            Some(Place::History) => return i64::from(bytes),
+            Some(Place::Change(idx)) => {
+                staged.history.push(Op::Put(
+                    layout::change_key(o.mod_revision, idx),
+                    layout::change_value_with(o.written_ms, key, &entry),
+                ));
+                Place::Change(idx)
+            }
+            None => {
+                staged
+                    .history
+                    .push(Op::Put(layout::history_key(key, o.mod_revision), entry));
+                Place::History
+            }
+        };
+        staged.indexed.push((
+            key.to_vec(),
+            Row {
+                revision: o.mod_revision,
+                place,
+                bytes,
+            },
+        ));
+        i64::from(bytes)
     }
 
     /// Applies the staged group as one backend batch (the revision first, then every
@@ -625,37 +640,27 @@ impl KvMvcc {
         let mut forget = Vec::new();
         let (mut removed, mut removed_bytes) = (0i64, 0i64);
         for key in keys {
-            let current = self.latest(&key)?.map(|v| v.mod_revision);
-            let (keep_from, kept_version) = match self.floor(&key, to)? {
+            let keep_from = match self.floor(&key, to)? {
                 // A key deleted at or before `to` needs none of its versions any more.
-                Some(v) if v.is_delete() => (v.mod_revision + 1, None),
-                Some(v) => (v.mod_revision, Some(v.mod_revision)),
-                None => (to + 1, None),
+                Some(v) if v.is_delete() => v.mod_revision + 1,
+                Some(v) => v.mod_revision,
+                None => to + 1,
             };
             let rows = self.read_index().newest_first(&key);
             for row in rows {
-                let is_current = Some(row.revision) == current;
-                // The version current at `to` keeps its row unless it is still current (its
-                // `l/` row has it; a writer superseding it copies it then).
-                let stays = Some(row.revision) == kept_version && !is_current;
-                if row.revision >= keep_from && (row.revision > keep_from || stays) {
+                if row.revision >= keep_from {
+                    // Readable at `to` or later (or, still current, to be filled).
                     if let Place::Change(idx) = row.place {
                         keep.insert(layout::change_key(row.revision, idx));
                     }
-                    continue;
-                }
-                if row.revision == keep_from && is_current && row.revision >= to {
-                    // At `to` itself: the next compaction sees it again.
                     continue;
                 }
                 batch.delete(match row.place {
                     Place::Change(idx) => layout::change_key(row.revision, idx),
                     Place::History => layout::history_key(&key, row.revision),
                 });
-                if !is_current {
-                    removed += 1;
-                    removed_bytes += i64::from(row.bytes);
-                }
+                removed += 1;
+                removed_bytes += i64::from(row.bytes);
                 forget.push((key.clone(), row.revision));
                 if batch.ops.len() >= COMPACT_BATCH_OPS {
                     // A hot key's history: apply what is gathered and go on (the change rows
@@ -666,8 +671,8 @@ impl KvMvcc {
                 }
             }
         }
-        // What is left below `to`: the removed versions' rows (already in the batch), change
-        // rows of the layout before, and rows of a batch a crash cut short.
+        // What is left below `to`: the removed versions' rows (already in the batch), and
+        // change rows of the layout before, whose versions it copied under `h/`.
         for k in below {
             if !keep.contains(&k) {
                 batch.delete(k);
@@ -809,10 +814,10 @@ impl Mvcc for KvMvcc {
                 let change = layout::parse_change_value(v)?;
                 let key = change.key;
                 let kv = match change.version()? {
-                    // Indexed unless a crash cut its write short (never acknowledged).
-                    Some(v) if self.read_index().exact(key, rev).is_some() => Some(v),
-                    Some(_) => None,
-                    // A row of the layout before: the version is in `l/` or `h/`.
+                    Some(v) => Some(v),
+                    // A small row: the version is current, or (the layout before) copied
+                    // under `h/`. `None` only when compaction removed it meanwhile, which the
+                    // check below reports.
                     None => self.version_at(key, rev)?,
                 };
                 let Some(kv) = kv else { continue };
@@ -954,8 +959,8 @@ impl Mvcc for KvMvcc {
         limit: usize,
     ) -> Result<Vec<StoredValue>, StorageError> {
         // In key order: the copies under `h/`, the current versions under `l/`, then the
-        // superseded versions in their change rows under `r/` (a current version's change row
-        // is replaced with its `l/` row, not listed twice).
+        // superseded versions in their change rows under `r/` (a current version's row is
+        // small: its value is the `l/` row's).
         let mut out = Vec::new();
         let mut cursor = after.map(<[u8]>::to_vec);
         for prefix in [layout::HISTORY, layout::LATEST, layout::CHANGES] {
@@ -1022,7 +1027,7 @@ impl Mvcc for KvMvcc {
                 let entry = Entry::encode(&v);
                 let row = layout::change_value_with(change.time, key, &entry);
                 delta += row.len() as i64 - raw.len() as i64;
-                if let Some(idx) = layout::parse_change_index(&stored.position).ok() {
+                if let Ok(idx) = layout::parse_change_index(&stored.position) {
                     reindexed.push((
                         key.clone(),
                         Row {
@@ -1042,25 +1047,7 @@ impl Mvcc for KvMvcc {
             }
             v.value = value;
             let encoded = Entry::encode(&v);
-            if stored.current {
-                // The current version's change row holds the same value.
-                if let Some(Row {
-                    place: Place::Change(idx),
-                    ..
-                }) = self.read_index().exact(key, v.mod_revision)
-                {
-                    let position = layout::change_key(v.mod_revision, idx);
-                    if let Some(raw) = self.raw.get(&position)? {
-                        let change = layout::parse_change_value(&raw)?;
-                        if change.version()?.is_some_and(|old| unchanged(&old)) {
-                            batch.put(
-                                position,
-                                layout::change_value_with(change.time, key, &encoded),
-                            );
-                        }
-                    }
-                }
-            } else {
+            if !stored.current {
                 delta += encoded.len() as i64 - raw.len() as i64;
                 reindexed.push((
                     key.clone(),
@@ -1209,10 +1196,10 @@ fn live_keys(raw: &dyn Backend) -> Result<HashSet<Box<[u8]>>, StorageError> {
     }
 }
 
-/// Builds the index of stored versions from the rows (`h/` copies, then the change rows that
-/// hold versions), with the count and bytes of the superseded ones. A change row whose version
-/// never became current (a batch a crash cut short: its `l/` row is older, or absent after a
-/// put) is removed here, so that it is never served or indexed.
+/// Builds the index of stored versions from the rows (`h/` copies, then the change rows), with
+/// the count and bytes of the superseded ones. A change row whose version never became current
+/// (a batch a crash cut short: the key's `l/` row is older, or absent after a put) is removed
+/// here, so that it is never served, indexed or filled.
 fn build_index(
     raw: &dyn Backend,
     live: &HashSet<Box<[u8]>>,
@@ -1233,18 +1220,26 @@ fn build_index(
         bytes += v.len() as u64;
         Ok(())
     })?;
-    // Per key, its change rows that hold versions: (revision, idx, entry length, tombstone).
-    let mut changes: HashMap<Vec<u8>, Vec<(Revision, u32, u32, bool)>> = HashMap::new();
+    /// A change row as open finds it.
+    struct Found {
+        revision: Revision,
+        idx: u32,
+        /// The length of the entry it holds (0: a small row).
+        entry: u32,
+        tombstone: bool,
+    }
+    let mut changes: HashMap<Vec<u8>, Vec<Found>> = HashMap::new();
     scan_all(raw, layout::CHANGES, |k, v| {
         let change = layout::parse_change_value(v)?;
-        if let Some(version) = change.version()? {
-            changes.entry(change.key.to_vec()).or_default().push((
-                layout::parse_change_key(k)?,
-                layout::parse_change_index(k)?,
-                layout::entry_len_in_change(v.len(), change.key) as u32,
-                version.is_delete(),
-            ));
-        }
+        let version = change.version()?;
+        changes.entry(change.key.to_vec()).or_default().push(Found {
+            revision: layout::parse_change_key(k)?,
+            idx: layout::parse_change_index(k)?,
+            entry: version.as_ref().map_or(0, |_| {
+                layout::entry_len_in_change(v.len(), change.key) as u32
+            }),
+            tombstone: version.is_some_and(|v| v.is_delete()),
+        });
         Ok(())
     })?;
     let mut cut_short = Batch::new();
@@ -1257,28 +1252,38 @@ fn build_index(
         } else {
             None
         };
-        let newest = rows.iter().map(|r| r.0).max();
-        for (revision, idx, len, tombstone) in rows {
+        let newest = rows.iter().map(|r| r.revision).max();
+        for row in rows {
             let never_current = match current {
-                Some(current) => revision > current,
-                // A deleted key's newest row is its tombstone; a put there never landed.
-                None => Some(revision) == newest && !tombstone,
+                Some(current) => row.revision > current,
+                // A deleted key's newest row is its tombstone (in the layout before, copied
+                // under `h/`); a put there never landed.
+                None => {
+                    Some(row.revision) == newest
+                        && !row.tombstone
+                        && index.exact(&key, row.revision).is_none()
+                }
             };
             if never_current {
-                cut_short.delete(layout::change_key(revision, idx));
+                cut_short.delete(layout::change_key(row.revision, row.idx));
+                continue;
+            }
+            let is_current = Some(row.revision) == current;
+            if row.entry == 0 && !is_current {
+                // A small row of the layout before: its version was copied under `h/`.
                 continue;
             }
             index.insert(
                 &key,
                 Row {
-                    revision,
-                    place: Place::Change(idx),
-                    bytes: len,
+                    revision: row.revision,
+                    place: Place::Change(row.idx),
+                    bytes: row.entry,
                 },
             );
-            if Some(revision) != current {
+            if !is_current {
                 versions += 1;
-                bytes += u64::from(len);
+                bytes += u64::from(row.entry);
             }
         }
     }
@@ -1925,11 +1930,11 @@ mod tests {
             .collect()
     }
 
-    /// An update writes the new version once, into its change row, and nothing for the one it
-    /// supersedes; reads at every revision find the old versions again after a reopen (the
-    /// index is rebuilt from the change rows).
+    /// An update fills the superseded version's change row in place and copies nothing; reads
+    /// at every revision find the old versions again after a reopen (the index is rebuilt
+    /// from the change rows).
     #[test]
-    fn each_version_is_written_once_into_its_change_row() {
+    fn an_update_fills_the_superseded_versions_change_row() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let m = open(dir.path(), true);
@@ -1977,24 +1982,10 @@ mod tests {
             assert_eq!(put(&m, "a", "a1"), 1);
             // The crash image: revision 2 updated "a" and created "c", and only the revision
             // and the change rows reached the disk.
-            let ghost = |key: &str, value: &str, create: Revision| {
-                let v = Version {
-                    key: key.into(),
-                    kind: VersionKind::Put,
-                    create_revision: create,
-                    mod_revision: 2,
-                    version: 1,
-                    lease: 0,
-                    prev_revision: 0,
-                    written_ms: 0,
-                    value: value.into(),
-                };
-                layout::change_value_with(0, key.as_bytes(), &Entry::encode(&v))
-            };
             let mut batch = Batch::new();
             batch.put(layout::REVISION_KEY, 2u64.to_be_bytes().to_vec());
-            batch.put(layout::change_key(2, 0), ghost("a", "ghost", 1));
-            batch.put(layout::change_key(2, 1), ghost("c", "ghost", 2));
+            batch.put(layout::change_key(2, 0), layout::change_value(0, b"a"));
+            batch.put(layout::change_key(2, 1), layout::change_value(0, b"c"));
             m.raw.apply(batch).expect("apply");
         }
         let m = open(dir.path(), true);
@@ -2036,7 +2027,7 @@ mod tests {
             for (rev, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "b")] {
                 batch.put(
                     layout::change_key(rev, 0),
-                    layout::change_value_before(rev * 1000, key.as_bytes()),
+                    layout::change_value(rev * 1000, key.as_bytes()),
                 );
             }
             for v in [&a1, &b3, &b4] {
@@ -2066,15 +2057,12 @@ mod tests {
             ]
         );
         assert_eq!(m.revision_at_time(2500).expect("time"), 2);
-        // The current version of the layout before has no change row that holds it: the
-        // update that supersedes it copies it, as before.
+        // The current version of the layout before has its change row: the update that
+        // supersedes it fills that row.
         assert_eq!(put(&m, "a", "a5"), 5);
         assert_eq!(value_at(&m, "a", Some(4)).as_deref(), Some("a2"));
-        assert_eq!(
-            rows(&m, layout::HISTORY).len(),
-            4,
-            "a1, b3, b4 and the copy of a2"
-        );
+        assert_eq!(rows(&m, layout::HISTORY).len(), 3, "a1, b3, b4");
+        assert_eq!(m.stats().versions, 4);
         m.compact(5).await.expect("compact");
         assert!(rows(&m, layout::HISTORY).is_empty(), "all below a5 went");
         assert_eq!(
@@ -2086,64 +2074,55 @@ mod tests {
         assert_eq!(value_at(&m, "a", Some(5)).as_deref(), Some("a5"));
     }
 
-    /// Compaction removes the change row of a version that is still current (its `l/` row
-    /// has it), keeps the row of one superseded after the compaction revision, and the write
-    /// that later supersedes the current one copies it.
+    /// Compaction keeps the small change row of a version that is still current (the write
+    /// that supersedes it fills it) and the row of one superseded after the compaction
+    /// revision; a version whose row is gone is copied under `h/` when it is superseded.
     #[tokio::test]
-    async fn compaction_keeps_a_version_once_and_a_later_update_copies_it() {
+    async fn compaction_keeps_the_rows_a_read_or_a_write_needs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = open(dir.path(), true);
         assert_eq!(put(&m, "quiet", "q1"), 1);
         assert_eq!(put(&m, "hot", "h1"), 2);
         assert_eq!(put(&m, "x", "x"), 3);
         assert_eq!(put(&m, "hot", "h2"), 4);
-        m.compact(3).await.expect("compact");
-        // quiet@1 is current: its change row went. hot@2 was current at 3 and is superseded:
-        // its row stays. x@3 is the compaction revision's own change.
+        assert_eq!(put(&m, "hot", "h3"), 5);
+        m.compact(4).await.expect("compact");
+        // quiet@1 is current; hot@4 was current at 4 and is superseded; hot@2 went.
         assert_eq!(
             rows(&m, layout::CHANGES),
             vec![
-                layout::change_key(2, 0),
+                layout::change_key(1, 0),
                 layout::change_key(3, 0),
-                layout::change_key(4, 0)
+                layout::change_key(4, 0),
+                layout::change_key(5, 0)
             ]
         );
-        assert_eq!(value_at(&m, "hot", Some(3)).as_deref(), Some("h1"));
-        assert_eq!(value_at(&m, "quiet", Some(3)).as_deref(), Some("q1"));
-        assert_eq!(put(&m, "quiet", "q5"), 5);
+        assert_eq!(value_at(&m, "hot", Some(4)).as_deref(), Some("h2"));
+        assert_eq!(value_at(&m, "quiet", Some(4)).as_deref(), Some("q1"));
+        assert_eq!(put(&m, "quiet", "q6"), 6);
+        assert!(rows(&m, layout::HISTORY).is_empty(), "filled, not copied");
+        assert_eq!(value_at(&m, "quiet", Some(5)).as_deref(), Some("q1"));
+        assert_eq!(m.stats().versions, 2, "hot@4 and quiet@1");
+        // A version whose change row is gone (as compaction left them before) is copied.
+        let mut batch = Batch::new();
+        batch.delete(layout::change_key(3, 0));
+        m.raw.apply(batch).expect("apply");
+        m.write_index().remove(b"x", 3);
+        assert_eq!(put(&m, "x", "x7"), 7);
         assert_eq!(
             rows(&m, layout::HISTORY),
-            vec![layout::history_key(b"quiet", 1)]
+            vec![layout::history_key(b"x", 3)]
         );
-        assert_eq!(value_at(&m, "quiet", Some(4)).as_deref(), Some("q1"));
-        assert_eq!(m.stats().versions, 2, "hot@2 and quiet@1");
-        m.compact(5).await.expect("compact");
+        assert_eq!(value_at(&m, "x", Some(6)).as_deref(), Some("x"));
+        m.compact(7).await.expect("compact");
         assert!(rows(&m, layout::HISTORY).is_empty());
         assert_eq!(m.stats().versions, 0);
-        assert_eq!(value_at(&m, "hot", Some(5)).as_deref(), Some("h2"));
-        assert_eq!(value_at(&m, "quiet", Some(5)).as_deref(), Some("q5"));
+        assert_eq!(value_at(&m, "hot", Some(7)).as_deref(), Some("h3"));
+        assert_eq!(value_at(&m, "quiet", Some(7)).as_deref(), Some("q6"));
     }
 
-    /// Resealing a current version rewrites its change row too, so that the value a later
-    /// read at its revision finds is the resealed one.
-    #[test]
-    fn resealing_a_current_version_rewrites_its_change_row() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let m = open(dir.path(), true);
-        assert_eq!(put(&m, "a", "sealed-by-old"), 1);
-        let all = m.stored_values(None, 10).expect("values");
-        assert_eq!(all.len(), 1);
-        let (n, _) = m
-            .replace_values(vec![(all[0].clone(), b"sealed-by-new".to_vec())])
-            .expect("replace");
-        assert_eq!(n, 1);
-        assert_eq!(put(&m, "a", "next"), 2);
-        assert_eq!(value_at(&m, "a", Some(1)).as_deref(), Some("sealed-by-new"));
-        assert_eq!(changes_of(&m, 0)[0].1, "sealed-by-new");
-    }
-
-    /// A read at an old revision, racing the writes that supersede versions whose change rows
-    /// compaction removed (each write copies its version then), always finds the version.
+    /// A read at an old revision, racing the writes that supersede the versions it reads (each
+    /// write fills the version's change row, behind a compaction), always finds the version.
     #[tokio::test]
     async fn reads_at_an_old_revision_never_miss_a_version_being_copied() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2178,11 +2157,6 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         assert!(reader.join().expect("reader") > 0);
-        // The last key was written at the compaction revision itself, whose change rows stay.
-        assert_eq!(
-            rows(&m, layout::HISTORY).len(),
-            KEYS - 1,
-            "each old version without a change row copied once"
-        );
+        assert!(rows(&m, layout::HISTORY).is_empty(), "filled in place");
     }
 }

@@ -3,16 +3,16 @@
 //!
 //! - `l/<key>`: the current version of each live key (an [`Entry`]). Reads at the latest revision
 //!   touch only these, so they cost what they cost before history existed.
-//! - `r/<rev><idx>`: the `idx`-th write of revision `rev`: when (unix milliseconds), which key,
-//!   and the version it wrote (a put's, or a delete's tombstone). Each version is written once,
-//!   here, appended in revision order, and stays when a later one supersedes it; an in-memory
-//!   index (`super::index`) says which rows hold a key's versions. Watches replay from these
-//!   rows; retention reads their times. Rows written by the layout before (time and key only)
-//!   are told apart by their first byte.
-//! - `h/<esc(key)>\0\x01<rev>`: a copy of a superseded version, for the versions whose change
-//!   row is gone or never held them: those written by the layout before (which copied every
-//!   superseded version and tombstone here), and a version compaction found current (its change
-//!   row goes; the write that supersedes it copies it here). `esc` doubles as an order- and
+//! - `r/<rev><idx>`: the change row of the `idx`-th write of revision `rev`: when (unix
+//!   milliseconds) and which key. Once the version it wrote is superseded, the row holds that
+//!   version too (rewritten in place by the write that supersedes it); a delete's row holds its
+//!   tombstone from the start. A current version's row is small, as its `l/` row has it. An
+//!   in-memory index (`super::index`) says which rows hold a key's versions. Watches replay
+//!   from these rows; retention reads their times. The two forms are told apart by their first
+//!   byte.
+//! - `h/<esc(key)>\0\x01<rev>`: a copy of a superseded version whose change row is gone: the
+//!   layout before copied every superseded version and tombstone here, and compaction may have
+//!   removed the change row of a version written before it. `esc` doubles as an order- and
 //!   prefix-preserving escape (`0x00` -> `0x00 0xFF`, then the terminator `0x00 0x01`), so one
 //!   key's versions are one contiguous range, in revision order, and no key's range contains
 //!   another's.
@@ -143,11 +143,19 @@ pub(super) fn parse_change_key(raw: &[u8]) -> Result<Revision, StorageError> {
         .ok_or_else(|| corrupt("change index key of a bad length"))
 }
 
-/// The first byte of a change row that holds its version (the layout before wrote a
-/// big-endian time first, whose first byte is 0 for the next two million years).
+/// The first byte of a change row that holds its version (a small row starts with its
+/// big-endian time, whose first byte is 0 for the next two million years).
 const CHANGE_WITH_VERSION: u8 = 0xC6;
 
-/// A change row's value: when, which key, and the version written (its encoded [`Entry`]).
+/// A small change row's value: when, and which key (the version is the key's current one).
+pub(super) fn change_value(unix_ms: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&unix_ms.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// A change row's value that holds its version: when, which key, and the encoded [`Entry`].
 pub(super) fn change_value_with(unix_ms: u64, key: &[u8], entry: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 8 + 4 + key.len() + entry.len());
     out.push(CHANGE_WITH_VERSION);
@@ -164,7 +172,7 @@ pub(super) struct ChangeRow<'a> {
     pub time: u64,
     /// Which key.
     pub key: &'a [u8],
-    /// The version's encoded [`Entry`] (`None` in a row of the layout before).
+    /// The version's encoded [`Entry`] (`None` in a small row).
     pub entry: Option<&'a [u8]>,
 }
 
@@ -213,15 +221,6 @@ pub(super) fn parse_change_index(raw: &[u8]) -> Result<u32, StorageError> {
         .and_then(|r| <[u8; 4]>::try_from(r).ok())
         .map(u32::from_be_bytes)
         .ok_or_else(|| corrupt("change index key of a bad length"))
-}
-
-/// A change row's value in the layout before (time and key), for tests of the upgrade.
-#[cfg(test)]
-pub(super) fn change_value_before(unix_ms: u64, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&unix_ms.to_be_bytes());
-    out.extend_from_slice(key);
-    out
 }
 
 /// The length of the entry inside a change row of `key` whose value is `row_len` bytes.
@@ -347,7 +346,7 @@ mod tests {
         assert_eq!(parse_change_key(&k).expect("rev"), 42);
         assert_eq!(parse_change_index(&k).expect("idx"), 3);
         assert!(change_key(9, 0) < change_key(10, 0));
-        let before = change_value_before(1_700_000_000_000, b"s/ns/name");
+        let before = change_value(1_700_000_000_000, b"s/ns/name");
         let row = parse_change_value(&before).expect("value");
         assert_eq!((row.time, row.key), (1_700_000_000_000, &b"s/ns/name"[..]));
         assert!(row.version().expect("none").is_none());
