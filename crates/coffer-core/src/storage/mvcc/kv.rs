@@ -22,10 +22,10 @@
 //! to go), then walks the change rows up to it in bounded batches, removing for each key it
 //! names every version older than the one that was current at the compaction revision (and that
 //! one too when it is a tombstone). The current version's small row stays, for the write that
-//! will fill it. Each batch holds the commit lock: a writer decides from the same index which
-//! row to fill. Resealing (`replace_values`) and compaction exclude each other with the
-//! maintenance lock, so a resealed value is never written back over a version compaction just
-//! removed.
+//! will fill it. Writers only add versions above the current revision and fill the row of a
+//! version that is current, which compaction keeps, so compaction needs no writer lock.
+//! Resealing (`replace_values`) and compaction exclude each other with the maintenance lock, so
+//! a resealed value is never written back over a version compaction just removed.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -602,11 +602,7 @@ impl KvMvcc {
     }
 
     /// One batch of [`Self::remove_compacted`]; true once nothing is left up to `to`.
-    ///
-    /// It holds the commit lock: whether a version keeps its change row is decided here and
-    /// read by a writer superseding that version (see the module docs).
     fn compact_step(&self, to: Revision) -> Result<bool, StorageError> {
-        let _commit = self.lock_commit();
         let from = layout::parse_u64(self.raw.get(layout::COMPACTED_KEY)?, "m/compacted")?;
         if from >= to {
             return Ok(true);
