@@ -171,6 +171,28 @@ impl EtcdCluster {
     }
 
     async fn start_inner(n: usize, tls: Option<[PathBuf; 3]>, progress_notify: bool) -> Self {
+        // A port picked free can be taken by another test before etcd binds it; etcd then
+        // exits at once, and the cluster starts again on other ports.
+        for _ in 0..3 {
+            let mut me = Self::spawn_all(n, tls.clone(), progress_notify);
+            let mut started = true;
+            for i in 0..n {
+                if !me.first_ready(i).await {
+                    started = false;
+                    break;
+                }
+            }
+            if started {
+                for i in 0..n {
+                    me.wait_ready(i).await;
+                }
+                return me;
+            }
+        }
+        panic!("etcd exited at start three times (ports taken?)");
+    }
+
+    fn spawn_all(n: usize, tls: Option<[PathBuf; 3]>, progress_notify: bool) -> Self {
         require("etcd");
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<Member> = (0..n)
@@ -196,10 +218,30 @@ impl EtcdCluster {
         for i in 0..n {
             me.spawn(i);
         }
-        for i in 0..n {
-            me.wait_ready(i).await;
-        }
         me
+    }
+
+    /// Whether member `i`, just started, is running once its client port accepts connections
+    /// (false: it exited, as etcd does at once when a port it was given is taken).
+    async fn first_ready(&mut self, i: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let exited = self.members[i]
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited {
+                return false;
+            }
+            if std::net::TcpStream::connect(self.addr(i)).is_ok() {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {i} did not listen in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn spawn(&mut self, i: usize) {
