@@ -1575,6 +1575,27 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+/// Retries `open` while sled's file lock is busy. A database just closed or dropped in
+/// this process may hold that lock for a moment more (sled's background threads let go of
+/// it last); a process that exits has no such window.
+pub(crate) fn retry_busy<T, E: std::fmt::Display>(
+    mut open: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
@@ -1584,24 +1605,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect()
-    }
-
-    /// Retries `open` while sled's file lock is busy. A database just closed or dropped in
-    /// this process may hold that lock for a moment more (sled's background threads let go of
-    /// it last); a process that exits has no such window.
-    fn retry_busy<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match open() {
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => return other,
-            }
-        }
     }
 
     /// Opens (again) a database with `config`, waiting out a lock a closed one still holds.

@@ -468,25 +468,34 @@ impl KvMvcc {
     /// Keeps `o`, the version of `key` a write supersedes: its change row is rewritten in place
     /// to hold it, or, without one, it is copied under `h/`. Returns the bytes kept.
     fn keep_superseded(&self, key: &[u8], o: &Version, staged: &mut Staged) -> i64 {
-        let entry = Entry::encode(o);
-        let bytes = entry.len() as u32;
         let row = self.read_index().exact(key, o.mod_revision);
-        let place = match row.map(|r| r.place) {
-            Some(Place::History) => return i64::from(bytes),
-            Some(Place::Change(idx)) => {
-                staged.history.push(Op::Put(
+        let entry = match row {
+            // Copied already (the layout before, or a crash that kept part of a write).
+            Some(Row {
+                place: Place::History,
+                bytes,
+                ..
+            }) => return i64::from(bytes),
+            _ => Entry::encode(o),
+        };
+        let bytes = entry.len() as u32;
+        let (place, op) = match row {
+            Some(Row {
+                place: Place::Change(idx),
+                ..
+            }) => (
+                Place::Change(idx),
+                Op::Put(
                     layout::change_key(o.mod_revision, idx),
                     layout::change_value_with(o.written_ms, key, &entry),
-                ));
-                Place::Change(idx)
-            }
-            None => {
-                staged
-                    .history
-                    .push(Op::Put(layout::history_key(key, o.mod_revision), entry));
-                Place::History
-            }
+                ),
+            ),
+            _ => (
+                Place::History,
+                Op::Put(layout::history_key(key, o.mod_revision), entry),
+            ),
         };
+        staged.history.push(op);
         staged.indexed.push((
             key.to_vec(),
             Row {
@@ -814,7 +823,10 @@ impl Mvcc for KvMvcc {
                     // A small row: the version is current, or (the layout before) copied
                     // under `h/`. `None` only when compaction removed it meanwhile, which the
                     // check below reports.
-                    None => self.version_at(key, rev)?,
+                    None => match self.latest(key)?.filter(|v| v.mod_revision == rev) {
+                        Some(v) => Some(v),
+                        None => self.version_at(key, rev)?,
+                    },
                 };
                 let Some(kv) = kv else { continue };
                 let prev = match kv.prev_revision {
@@ -1328,20 +1340,8 @@ mod tests {
 
     fn open(dir: &std::path::Path, keep_history: bool) -> KvMvcc {
         // A database just dropped may hold sled's file lock for a moment more.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let raw = loop {
-            match SledBackend::open(SledConfig::new(dir)) {
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other.expect("sled"),
-            }
-        };
-        // These tests count revisions from 0: a keyspace over a backend that already holds
-        // unversioned data (from before history) starts there. A new one starts at 1 (below).
+        let raw = crate::storage::sled::retry_busy(|| SledBackend::open(SledConfig::new(dir)))
+            .expect("sled");
         if raw.get(layout::REVISION_KEY).expect("get").is_none() {
             let mut batch = Batch::new();
             batch.put(b"k/unrelated".to_vec(), b"x".to_vec());
