@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coffer_core::storage::StorageError;
-use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
+use tokio::runtime::{Handle, Runtime};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto::etcdserverpb as pb;
@@ -210,13 +210,7 @@ impl EtcdClient {
             // The receiver is gone only if the caller went away: nothing to tell.
             let _ = tx.send(fut.await);
         });
-        let wait = move || rx.recv();
-        let out = match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
-            }
-            _ => wait(),
-        };
+        let out = coffer_core::storage::off_worker(move || rx.recv());
         out.unwrap_or_else(|_| Err(EtcdError::Closed.into()))
     }
 

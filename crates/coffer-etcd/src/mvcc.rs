@@ -640,12 +640,7 @@ impl Mvcc for EtcdMvcc {
         };
         // Waiting blocks the thread, as the etcd calls below do: a worker hands its other
         // tasks over first.
-        let _held = match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(lock_all)
-            }
-            _ => lock_all(),
-        };
+        let _held = coffer_core::storage::off_worker(lock_all);
         // The digest shards are compared by mod_revision in the Txn: a write by another replica
         // in between fails the compare, and the digest is planned again from what it wrote.
         for _ in 0..DIGEST_TRIES {

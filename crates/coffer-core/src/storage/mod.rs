@@ -27,6 +27,22 @@ pub use self::sled::{
 };
 pub use self::wal::decode_log as decode_wal;
 
+/// Runs synchronous storage work that may hold its thread for long (a large batch, a wait on
+/// a lock that such work holds) from async code. On a multi-threaded runtime's worker, the
+/// worker first hands its other tasks, and its turn at polling the I/O driver, to another
+/// thread (tokio's `block_in_place`): a worker that runs a large batch in place stalls every
+/// connection whose readiness only it would have polled, so pings go unanswered and clients
+/// drop their connections (etcdctl's keepalive gives up after 6 s). Anywhere else (a
+/// current-thread runtime, no runtime) `work` simply runs.
+pub fn off_worker<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// A position in the backend's log of applied batches; grows by one per batch.
 pub type Lsn = u64;
 

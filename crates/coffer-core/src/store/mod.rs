@@ -933,7 +933,7 @@ impl Store {
                 answer.push(tx);
             }
         }
-        let mut results = self.commit_group_locked(items).into_iter();
+        let mut results = commit_sized(items.len(), || self.commit_group_locked(items)).into_iter();
         let own = results.next().unwrap_or_else(|| {
             Err(StoreError::Unavailable(
                 "the write was not committed".into(),
@@ -1419,6 +1419,22 @@ enum Change<'a> {
 
 /// The most writes one group commit takes (the rest wait for the next).
 const MAX_GROUP: usize = 256;
+
+/// The number of writes above which a storage commit runs off the runtime's worker
+/// ([`crate::storage::off_worker`]). A door DeleteRange of 9,000 keys (etcdctl's `check perf`
+/// cleans up so) held a worker for seconds, and every connection waited with it. A batch this
+/// small takes less time than handing the worker over would cost the write path.
+const LARGE_BATCH: usize = 64;
+
+/// Runs `commit`, a storage commit of `writes` writes, in place or, when large, off the
+/// runtime's worker.
+fn commit_sized<R>(writes: usize, commit: impl FnOnce() -> R) -> R {
+    if writes > LARGE_BATCH {
+        crate::storage::off_worker(commit)
+    } else {
+        commit()
+    }
+}
 
 /// A write sealed outside the sequencer, with the version it was prepared against.
 struct SealedWrite {

@@ -685,10 +685,12 @@ impl RawWriter<'_> {
                 .collect();
             let (writes, secrets): (Vec<Write>, Vec<Option<SecretWrite>>) =
                 prepared.into_iter().map(|p| (p.write, p.secret)).unzip();
-            let committed = store.mvcc.commit(Txn {
-                conditions: Vec::new(),
-                writes,
-                meta,
+            let committed = super::commit_sized(writes.len() + meta.len(), || {
+                store.mvcc.commit(Txn {
+                    conditions: Vec::new(),
+                    writes,
+                    meta,
+                })
             })?;
             store.leases.follow(&leases, &committed.prev);
             let mut events = Vec::new();
