@@ -1114,6 +1114,53 @@ fn expected_digest(
     Ok(expected)
 }
 
+/// The state sled's records must be in at open: its digest, and the authenticated digest of
+/// the state at the lsn record's lsn that it builds on.
+struct ExpectedState {
+    /// The authenticated state at the lsn record's lsn.
+    base: StateDigest,
+    /// `base` with the part of the next batch that sled may hold, as its intent allows.
+    digest: StateDigest,
+}
+
+/// Which authenticated state at the lsn record's lsn (`stored`) sled's records (`actual`) build
+/// on. Two can be: the lsn record's (`stored_digest`), and the checkpoint's when it names
+/// `stored` with another digest. The second arises when an open counted a batch sled kept in
+/// part (without its log entry) as written and checkpointed that state, and a crash came
+/// before any later write's lsn record reached sled. A later batch's intent then replaced the
+/// kept batch's, and allows its keys from the checkpoint's state, not the lsn record's (the
+/// power-loss harness found this). Returns the one `actual` matches, or the lsn record's when
+/// neither does.
+fn expected_state(
+    data: &sled::Tree,
+    meta: &sled::Tree,
+    keys: &IntegrityKeys,
+    (stored, stored_digest): (Lsn, StateDigest),
+    checkpoint: Option<(Lsn, StateDigest)>,
+    actual: &StateDigest,
+) -> Result<ExpectedState, StorageError> {
+    let from_record = ExpectedState {
+        base: stored_digest,
+        digest: expected_digest(data, meta, keys, stored, stored_digest)?,
+    };
+    if from_record.digest == *actual {
+        return Ok(from_record);
+    }
+    if let Some((lsn, digest)) = checkpoint
+        && lsn == stored
+        && digest != stored_digest
+    {
+        let from_checkpoint = ExpectedState {
+            base: digest,
+            digest: expected_digest(data, meta, keys, stored, digest)?,
+        };
+        if from_checkpoint.digest == *actual {
+            return Ok(from_checkpoint);
+        }
+    }
+    Ok(from_record)
+}
+
 /// Recovery with integrity: authenticates the checkpoint record, sled's lsn record and every
 /// record in sled (the state digest), then replays the authenticated log, checking the digest
 /// after every entry, and refuses a state behind the checkpoint.
@@ -1149,8 +1196,18 @@ fn recover_verified(
         ))
     })?;
     let (stored, stored_digest) = read_lsn_record(meta, keys)?;
-    let expected = expected_digest(data, meta, keys, stored, stored_digest)?;
     let actual = scan_digest(data, keys)?;
+    let ExpectedState {
+        base,
+        digest: expected,
+    } = expected_state(
+        data,
+        meta,
+        keys,
+        (stored, stored_digest),
+        Some((*checkpointed, *checkpoint_digest)),
+        &actual,
+    )?;
     if actual != expected {
         return Err(StorageError::Corrupt(format!(
             "the database in {} does not match its authenticated state digest at lsn {stored} \
@@ -1164,13 +1221,10 @@ fn recover_verified(
             actual.short()
         )));
     }
-    // The checkpoint names the state at `stored`: the lsn record's, or (once an open counted
-    // a batch sled kept in part as written, and no write has replaced the lsn record since)
-    // that state with the part its intent allows, which `expected` is.
-    if stored == *checkpointed
-        && stored_digest != *checkpoint_digest
-        && expected != *checkpoint_digest
-    {
+    // The checkpoint names the state at `stored`: the one sled's records build on, or (once an
+    // open counted a batch sled kept in part as written, and no write has replaced the lsn
+    // record since) that state with the part its intent allows, which `expected` is.
+    if stored == *checkpointed && base != *checkpoint_digest && expected != *checkpoint_digest {
         return Err(StorageError::Corrupt(format!(
             "the database's state at lsn {stored} differs from the checkpoint record's: it was \
              replaced by another copy. Restore the data directory from a backup"
@@ -1178,7 +1232,7 @@ fn recover_verified(
     }
     let (wal, entries) = Wal::open(wal_path, Some(keys))?;
     let mut digest = actual;
-    let mut authenticated = stored_digest;
+    let mut authenticated = base;
     let mut last = stored;
     let mut previous: Option<Lsn> = None;
     if let Some(first) = entries.first()
@@ -1358,21 +1412,30 @@ pub fn verify_dir(
     let stored = match read_lsn_record(data, keys) {
         Ok((stored, digest)) => {
             report.lsn = stored;
-            match expected_digest(data, data, keys, stored, digest) {
-                Ok(expected) if expected != actual => report.mismatches.push(format!(
-                    "database: does not match its authenticated state digest at lsn {stored} \
-                     ({} records expected, {} found): records were added, removed, replaced or \
-                     put back",
-                    expected.count(),
-                    actual.count()
-                )),
-                Ok(_) => {}
-                Err(e) => report.mismatches.push(format!("database: {e}")),
-            }
-            // As at open: the lsn record's state, or that state with the part of a batch an
-            // open counted as written (which the database then holds: `actual`).
+            let checkpoint = checkpoint_digest.map(|d| (report.checkpoint_lsn, d));
+            let base = match expected_state(data, data, keys, (stored, digest), checkpoint, &actual)
+            {
+                Ok(expected) => {
+                    if expected.digest != actual {
+                        report.mismatches.push(format!(
+                            "database: does not match its authenticated state digest at lsn \
+                             {stored} ({} records expected, {} found): records were added, \
+                             removed, replaced or put back",
+                            expected.digest.count(),
+                            actual.count()
+                        ));
+                    }
+                    expected.base
+                }
+                Err(e) => {
+                    report.mismatches.push(format!("database: {e}"));
+                    digest
+                }
+            };
+            // As at open: the state sled's records build on, or that state with the part of a
+            // batch an open counted as written (which the database then holds: `actual`).
             if stored == report.checkpoint_lsn
-                && checkpoint_digest.is_some_and(|d| d != digest && d != actual)
+                && checkpoint_digest.is_some_and(|d| d != base && d != actual)
             {
                 report.mismatches.push(format!(
                     "database: its state at lsn {stored} differs from the checkpoint record's"
@@ -2116,6 +2179,97 @@ mod tests {
                 let error = result.unwrap_err().to_string();
                 assert!(error.contains("no authenticated write made"), "{error}");
             }
+        }
+    }
+
+    /// A crash image: sled holds the intent of batch `lsn` (`ops`, planned on what sled holds)
+    /// and, of its ops, only `kept`, as a crash in the middle of `apply_to_sled` leaves it.
+    fn keep_part(dir: &Path, integ: &StoreIntegrity, lsn: Lsn, ops: &[Op], kept: (&str, &str)) {
+        let raw = retry_busy(|| sled_tuning(sled::Config::new().path(dir.join(SLED_DIR))).open())
+            .unwrap();
+        let planned = integ::plan(&raw, &integ.keys, &StateDigest::EMPTY, ops).unwrap();
+        raw.insert(
+            INTENT_KEY,
+            integ::encode_intent(&integ.keys, lsn, &planned.ops),
+        )
+        .unwrap();
+        raw.insert(kept.0, kept.1).unwrap();
+        raw.flush().unwrap();
+    }
+
+    /// The power-loss harness's second case. An open counted a batch sled kept in part as
+    /// written (its checkpoint names that state); then the next batch, at the same lsn, was cut
+    /// short too before its lsn record reached sled. Its intent replaced the first one's, so
+    /// sled's records build on the checkpoint's state, not the lsn record's: accepted, with the
+    /// batch's log entry (replayed) and without it. The counted part put back to its value
+    /// before is refused: that state is neither the checkpoint's nor any write's.
+    #[tokio::test]
+    async fn a_batch_kept_in_part_after_an_open_that_counted_one_opens() {
+        let integ = integrity();
+        let second = [put_op("c", "3"), put_op("d", "3")];
+        for (with_log_entry, put_back) in [(false, false), (true, false), (false, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open_auth(dir.path(), &integ).unwrap();
+            db.apply(put("a", "1")).unwrap();
+            db.close().unwrap();
+            keep_part(
+                dir.path(),
+                &integ,
+                2,
+                &[put_op("a", "2"), put_op("b", "2")],
+                ("a", "2"),
+            );
+            // The open counts the kept part as written and checkpoints (lsn 1, a = 2).
+            open_auth(dir.path(), &integ).unwrap().close().unwrap();
+            let image = tempfile::tempdir().unwrap();
+            if with_log_entry {
+                // Batch 2 made durable through the log; sled kept none of it (the image's sled
+                // is the one from before it).
+                let sled_before = tempfile::tempdir().unwrap();
+                copy_tree(&dir.path().join(SLED_DIR), sled_before.path());
+                let db = open_auth(dir.path(), &integ).unwrap();
+                let mut batch = Batch::new();
+                batch.put("c", "3").put("d", "3");
+                let lsn = db.apply(batch).unwrap();
+                assert_eq!(lsn, 2);
+                db.wait_durable(lsn).await.unwrap();
+                copy_tree(dir.path(), image.path());
+                drop(db);
+                std::fs::remove_dir_all(image.path().join(SLED_DIR)).unwrap();
+                copy_tree(sled_before.path(), &image.path().join(SLED_DIR));
+            } else {
+                copy_tree(dir.path(), image.path());
+            }
+            keep_part(image.path(), &integ, 2, &second, ("c", "3"));
+            if put_back {
+                let raw = retry_busy(|| {
+                    sled_tuning(sled::Config::new().path(image.path().join(SLED_DIR))).open()
+                })
+                .unwrap();
+                raw.insert("a", "1").unwrap();
+                raw.flush().unwrap();
+                drop(raw);
+                let error = open_auth(image.path(), &integ).unwrap_err().to_string();
+                assert!(
+                    error.contains("differs from the checkpoint record's"),
+                    "{error}"
+                );
+                let (report, _) = verify_dir(image.path(), &integ, None).unwrap();
+                assert!(!report.mismatches.is_empty(), "{report:?}");
+                continue;
+            }
+            let (report, _) = verify_dir(image.path(), &integ, None).unwrap();
+            assert!(report.mismatches.is_empty(), "{report:?}");
+            let db = open_auth(image.path(), &integ).unwrap();
+            assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+            assert_eq!(db.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
+            let d = with_log_entry.then_some(&b"3"[..]);
+            assert_eq!(db.get(b"d").unwrap().as_deref(), d);
+            // And the state stays authenticated across a write and a reopen.
+            db.apply(put("e", "5")).unwrap();
+            db.close().unwrap();
+            let db = open_auth(image.path(), &integ).unwrap();
+            assert_eq!(db.get(b"e").unwrap().as_deref(), Some(&b"5"[..]));
         }
     }
 
