@@ -1232,7 +1232,14 @@ fn recover_verified(
     }
     let (wal, entries) = Wal::open(wal_path, Some(keys))?;
     let mut digest = actual;
-    let mut authenticated = base;
+    // The state at `stored` the store counts: the checkpoint's when sled's records are in it
+    // (with a kept part an open counted, it is not the lsn record's: an anchor written at that
+    // checkpoint names it), else the one they build on.
+    let mut authenticated = if stored == *checkpointed && expected == *checkpoint_digest {
+        *checkpoint_digest
+    } else {
+        base
+    };
     let mut last = stored;
     let mut previous: Option<Lsn> = None;
     if let Some(first) = entries.first()
@@ -2201,15 +2208,27 @@ mod tests {
     /// written (its checkpoint names that state); then the next batch, at the same lsn, was cut
     /// short too before its lsn record reached sled. Its intent replaced the first one's, so
     /// sled's records build on the checkpoint's state, not the lsn record's: accepted, with the
-    /// batch's log entry (replayed) and without it. The counted part put back to its value
-    /// before is refused: that state is neither the checkpoint's nor any write's.
+    /// batch's log entry (replayed) and without it. With an anchor file, an open before that
+    /// batch agrees with the anchor the counting open's checkpoint wrote (it once read the
+    /// state as rolled back). The counted part put back to its value before is refused: that
+    /// state is neither the checkpoint's nor any write's.
     #[tokio::test]
     async fn a_batch_kept_in_part_after_an_open_that_counted_one_opens() {
         let integ = integrity();
         let second = [put_op("c", "3"), put_op("d", "3")];
         for (with_log_entry, put_back) in [(false, false), (true, false), (false, true)] {
+            // With an anchor (outside the data directory, as `--anchor-file` is meant to be): each
+            // open also compares its state with the last checkpoint's.
+            let anchors = tempfile::tempdir().unwrap();
+            let open = |dir: &Path| {
+                open_with(SledConfig {
+                    integrity: Some(integ.clone()),
+                    anchor: Some(anchors.path().join("anchor")),
+                    ..SledConfig::new(dir)
+                })
+            };
             let dir = tempfile::tempdir().unwrap();
-            let db = open_auth(dir.path(), &integ).unwrap();
+            let db = open(dir.path()).unwrap();
             db.apply(put("a", "1")).unwrap();
             db.close().unwrap();
             keep_part(
@@ -2219,15 +2238,17 @@ mod tests {
                 &[put_op("a", "2"), put_op("b", "2")],
                 ("a", "2"),
             );
-            // The open counts the kept part as written and checkpoints (lsn 1, a = 2).
-            open_auth(dir.path(), &integ).unwrap().close().unwrap();
+            // The open counts the kept part as written and checkpoints (lsn 1, a = 2); the
+            // next open, before any write, agrees (the anchor names that state too).
+            open(dir.path()).unwrap().close().unwrap();
+            open(dir.path()).unwrap().close().unwrap();
             let image = tempfile::tempdir().unwrap();
             if with_log_entry {
                 // Batch 2 made durable through the log; sled kept none of it (the image's sled
                 // is the one from before it).
                 let sled_before = tempfile::tempdir().unwrap();
                 copy_tree(&dir.path().join(SLED_DIR), sled_before.path());
-                let db = open_auth(dir.path(), &integ).unwrap();
+                let db = open(dir.path()).unwrap();
                 let mut batch = Batch::new();
                 batch.put("c", "3").put("d", "3");
                 let lsn = db.apply(batch).unwrap();
@@ -2249,7 +2270,7 @@ mod tests {
                 raw.insert("a", "1").unwrap();
                 raw.flush().unwrap();
                 drop(raw);
-                let error = open_auth(image.path(), &integ).unwrap_err().to_string();
+                let error = open(image.path()).unwrap_err().to_string();
                 assert!(
                     error.contains("differs from the checkpoint record's"),
                     "{error}"
@@ -2260,7 +2281,7 @@ mod tests {
             }
             let (report, _) = verify_dir(image.path(), &integ, None).unwrap();
             assert!(report.mismatches.is_empty(), "{report:?}");
-            let db = open_auth(image.path(), &integ).unwrap();
+            let db = open(image.path()).unwrap();
             assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
             assert_eq!(db.get(b"c").unwrap().as_deref(), Some(&b"3"[..]));
             let d = with_log_entry.then_some(&b"3"[..]);
@@ -2268,7 +2289,7 @@ mod tests {
             // And the state stays authenticated across a write and a reopen.
             db.apply(put("e", "5")).unwrap();
             db.close().unwrap();
-            let db = open_auth(image.path(), &integ).unwrap();
+            let db = open(image.path()).unwrap();
             assert_eq!(db.get(b"e").unwrap().as_deref(), Some(&b"5"[..]));
         }
     }
