@@ -9,7 +9,9 @@
 #   CALLERS="16 64" OPS="create update" ROUNDS=3 scripts/bench-ab.sh A B
 #
 # Settings (environment): CALLERS ("1 16 64"), OPS ("create update get"), ROUNDS (2),
-# DURATION (seconds per phase, 4), NOETCD (set: A and B only), OUT (target/bench-ab).
+# DURATION (seconds per phase, 4), NOETCD (set: A and B only), OUT (target/bench-ab),
+# DOOR (set: drive A's and B's etcd doors with the etcd client, as etcd itself is driven,
+# instead of their Secret services).
 # Needs etcd (Debian's etcd-server) unless NOETCD, and coffer-load built with its `etcd`
 # feature (`cargo build --release -p coffer-load --features etcd`).
 set -euo pipefail
@@ -35,11 +37,18 @@ if [ -z "${NOETCD:-}" ]; then
     --initial-cluster ab=http://127.0.0.1:23800 --log-level warn >"$OUT/etcd.log" 2>&1 &
   ETCD=$!; pids+=("$ETCD")
 fi
-"$A" serve --data-dir "$OUT/a" --listen 127.0.0.1:27071 --token-cleaner-interval 0 >"$OUT/a.log" 2>&1 &
+if [ -n "${DOOR:-}" ]; then
+  TARGET=etcd; AT=127.0.0.1:27073; BT=127.0.0.1:27074
+else
+  TARGET=coffer; AT=127.0.0.1:27071; BT=127.0.0.1:27072
+fi
+"$A" serve --data-dir "$OUT/a" --listen 127.0.0.1:27071 --etcd-listen 127.0.0.1:27073 \
+  --token-cleaner-interval 0 >"$OUT/a.log" 2>&1 &
 SA=$!; pids+=("$SA")
-"$B" serve --data-dir "$OUT/b" --listen 127.0.0.1:27072 --token-cleaner-interval 0 >"$OUT/b.log" 2>&1 &
+"$B" serve --data-dir "$OUT/b" --listen 127.0.0.1:27072 --etcd-listen 127.0.0.1:27074 \
+  --token-cleaner-interval 0 >"$OUT/b.log" 2>&1 &
 SB=$!; pids+=("$SB")
-for port in 27071 27072 ${ETCD:+23790}; do
+for port in 27071 27072 27073 27074 ${ETCD:+23790}; do
   for _ in $(seq 1 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
@@ -69,8 +78,8 @@ for r in $(seq "$ROUNDS"); do
   for c in $CALLERS; do
     for op in $OPS; do
       [ -n "${ETCD:-}" ] && phase etcd etcd 127.0.0.1:23790 "$ETCD" "$c" "$op" "e$r-$op-$c"
-      phase A coffer 127.0.0.1:27071 "$SA" "$c" "$op" "a$r-$op-$c"
-      phase B coffer 127.0.0.1:27072 "$SB" "$c" "$op" "b$r-$op-$c"
+      phase A "$TARGET" "$AT" "$SA" "$c" "$op" "a$r-$op-$c"
+      phase B "$TARGET" "$BT" "$SB" "$c" "$op" "b$r-$op-$c"
     done
   done
 done

@@ -16,10 +16,8 @@ use coffer_core::store::StoreConfig;
 use coffer_core::store::quota::{QuotaLimits, Quotas};
 use coffer_server::proto::etcd::etcdserverpb as pb;
 use coffer_server::proto::etcd::mvccpb;
-use coffer_testkit::etcd::{Clients, EtcdCluster, etcd_store};
+use coffer_testkit::etcd::{Clients, EtcdCluster, etcd_store, get_kv, guarded_put};
 use coffer_testkit::server::{TestServer, create, get, secret};
-use pb::compare::{CompareResult, CompareTarget, TargetUnion};
-use pb::request_op::Request as Op;
 use tokio_stream::wrappers::ReceiverStream;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -31,48 +29,6 @@ async fn replica(etcd: &EtcdCluster, kek: &Path) -> TestServer {
 async fn replica_with(etcd: &EtcdCluster, kek: &Path, config: StoreConfig) -> TestServer {
     let store = etcd_store(etcd, "/coffer", kek, config).await;
     TestServer::builder().store(store).etcd().start().await
-}
-
-fn put_op(key: &[u8], value: &[u8], lease: i64) -> pb::RequestOp {
-    pb::RequestOp {
-        request: Some(Op::RequestPut(pb::PutRequest {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            lease,
-            ..Default::default()
-        })),
-    }
-}
-
-fn get_op(key: &[u8]) -> pb::RequestOp {
-    pb::RequestOp {
-        request: Some(Op::RequestRange(pb::RangeRequest {
-            key: key.to_vec(),
-            ..Default::default()
-        })),
-    }
-}
-
-fn mod_eq(key: &[u8], rev: i64) -> pb::Compare {
-    pb::Compare {
-        result: CompareResult::Equal as i32,
-        target: CompareTarget::Mod as i32,
-        key: key.to_vec(),
-        target_union: Some(TargetUnion::ModRevision(rev)),
-        ..Default::default()
-    }
-}
-
-/// kube-apiserver's shape: put if the key's mod_revision is `rev` (0: absent), else get it.
-async fn guarded_put(c: &mut Clients, key: &[u8], rev: i64, value: &[u8]) -> pb::TxnResponse {
-    c.kv.txn(pb::TxnRequest {
-        compare: vec![mod_eq(key, rev)],
-        success: vec![put_op(key, value, 0)],
-        failure: vec![get_op(key)],
-    })
-    .await
-    .expect("txn")
-    .into_inner()
 }
 
 async fn put(c: &mut Clients, key: &[u8], value: &[u8], lease: i64) -> i64 {
@@ -88,19 +44,6 @@ async fn put(c: &mut Clients, key: &[u8], value: &[u8], lease: i64) -> i64 {
     .header
     .expect("header")
     .revision
-}
-
-async fn get_kv(c: &mut Clients, key: &[u8]) -> Option<mvccpb::KeyValue> {
-    c.kv.range(pb::RangeRequest {
-        key: key.to_vec(),
-        ..Default::default()
-    })
-    .await
-    .expect("range")
-    .into_inner()
-    .kvs
-    .into_iter()
-    .next()
 }
 
 /// A door watch on `[key, end)` from `start` (0: now), with prev_kv.

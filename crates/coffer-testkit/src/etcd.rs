@@ -11,11 +11,78 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use coffer_server::proto::etcd::etcdserverpb as pb;
+use coffer_server::proto::etcd::mvccpb;
 use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
 use pb::maintenance_client::MaintenanceClient;
 use pb::watch_client::WatchClient;
 use tonic::transport::Channel;
+
+/// A transaction's Put.
+pub fn put_op(key: &[u8], value: &[u8], lease: i64) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+/// A transaction's Range of one key.
+pub fn get_op(key: &[u8]) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A compare: the key's mod_revision is `rev` (0: absent).
+pub fn mod_eq(key: &[u8], rev: i64) -> pb::Compare {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    pb::Compare {
+        result: CompareResult::Equal as i32,
+        target: CompareTarget::Mod as i32,
+        key: key.to_vec(),
+        target_union: Some(TargetUnion::ModRevision(rev)),
+        ..Default::default()
+    }
+}
+
+/// kube-apiserver's shape: put if the key's mod_revision is `rev` (0: absent), else get it.
+pub async fn guarded_put(c: &mut Clients, key: &[u8], rev: i64, value: &[u8]) -> pb::TxnResponse {
+    c.kv.txn(pb::TxnRequest {
+        compare: vec![mod_eq(key, rev)],
+        success: vec![put_op(key, value, 0)],
+        failure: vec![get_op(key)],
+    })
+    .await
+    .expect("txn")
+    .into_inner()
+}
+
+/// A key's current version.
+pub async fn get_kv(c: &mut Clients, key: &[u8]) -> Option<mvccpb::KeyValue> {
+    get_kv_at(c, key, 0).await
+}
+
+/// A key's version at `revision` (0: the current one).
+pub async fn get_kv_at(c: &mut Clients, key: &[u8], revision: i64) -> Option<mvccpb::KeyValue> {
+    c.kv.range(pb::RangeRequest {
+        key: key.to_vec(),
+        revision,
+        ..Default::default()
+    })
+    .await
+    .expect("range")
+    .into_inner()
+    .kvs
+    .into_iter()
+    .next()
+}
 
 /// etcd's gRPC clients over one channel.
 #[derive(Clone)]

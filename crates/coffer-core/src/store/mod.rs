@@ -48,7 +48,7 @@ use crate::model::validation::{
     self, FieldError, FieldErrorKind, ValidationErrors, validate_name, validate_namespace,
 };
 use crate::model::{Secret, codec, k8s};
-use crate::storage::mvcc::{Condition, KvMvcc, Mvcc, Txn, Version, Write};
+use crate::storage::mvcc::{Committed, Condition, KvMvcc, Mvcc, Txn, Version, Write};
 use crate::storage::{Backend, Durability, Lsn, SledBackend, SledConfig};
 
 const SECRET_PREFIX: &str = "s/";
@@ -878,23 +878,24 @@ impl Store {
         if self.shared {
             return self.commit_write_shared(prepared);
         }
-        if locked {
-            let mut results = self.commit_group_locked(vec![prepared]);
-            return results.pop().unwrap_or_else(|| {
-                Err(StoreError::Unavailable(
-                    "the write was not committed".into(),
-                ))
-            });
-        }
-        self.submit(prepared).await
+        let queued = Queued::Secret(prepared);
+        let committed = if locked {
+            self.commit_group_locked(vec![queued])
+                .pop()
+                .unwrap_or_else(not_committed)
+        } else {
+            self.submit(queued).await
+        }?;
+        Ok((committed.lsn, committed.revision))
     }
 
-    /// The group commit: queues a prepared write and waits for its result. The first writer
-    /// to find no leader leads: it takes the sequencer, then every queued write (up to
-    /// [`MAX_GROUP`]), commits them as one storage batch ([`Mvcc::commit_group`]), answers
-    /// each, and hands the lead to the oldest write still queued. The more writers wait, the
-    /// larger the group, so one log write and one sync cover more of them as load grows.
-    async fn submit(&self, prepared: SealedWrite) -> Result<(Lsn, u64), StoreError> {
+    /// The group commit: queues a prepared write (the Secret service's, or a door
+    /// transaction's) and waits for its result. The first writer to find no leader leads: it
+    /// takes the sequencer, then every queued write (up to [`MAX_GROUP`]), commits them as one
+    /// storage batch ([`Mvcc::commit_group`]), answers each, and hands the lead to the oldest
+    /// write still queued. The more writers wait, the larger the group, so one log write and
+    /// one sync cover more of them as load grows.
+    async fn submit(&self, prepared: Queued) -> Result<Committed, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = {
             let mut queue = self.write_queue();
@@ -933,12 +934,9 @@ impl Store {
                 answer.push(tx);
             }
         }
-        let mut results = commit_sized(items.len(), || self.commit_group_locked(items)).into_iter();
-        let own = results.next().unwrap_or_else(|| {
-            Err(StoreError::Unavailable(
-                "the write was not committed".into(),
-            ))
-        });
+        let writes = items.iter().map(Queued::writes).sum();
+        let mut results = commit_sized(writes, || self.commit_group_locked(items)).into_iter();
+        let own = results.next().unwrap_or_else(not_committed);
         for (result, tx) in results.zip(answer) {
             // A caller that stopped waiting: its write is made all the same.
             let _ = tx.send(Turn::Done(result));
@@ -950,15 +948,24 @@ impl Store {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits prepared writes to the local keyspace, in order, each only if its key is still
-    /// at the version it was prepared against, under the sequencer (the caller holds it);
-    /// queues their events. Quotas are checked here, one write after the other.
-    fn commit_group_locked(&self, items: Vec<SealedWrite>) -> Vec<Result<(Lsn, u64), StoreError>> {
-        let mut results: Vec<Option<Result<(Lsn, u64), StoreError>>> =
+    /// Commits prepared writes to the local keyspace, in order, each only if its conditions
+    /// hold (a Secret service write: its key still at the version it was prepared against; a
+    /// door transaction: every key it read still as read), under the sequencer (the caller
+    /// holds it); queues their events. Quotas are checked here, one write after the other.
+    fn commit_group_locked(&self, items: Vec<Queued>) -> Vec<Result<Committed, StoreError>> {
+        let mut results: Vec<Option<Result<Committed, StoreError>>> =
             items.iter().map(|_| None).collect();
         let mut txns = Vec::with_capacity(items.len());
         let mut admitted = Vec::with_capacity(items.len());
-        for (index, mut p) in items.into_iter().enumerate() {
+        for (index, item) in items.into_iter().enumerate() {
+            let mut p = match item {
+                Queued::Secret(p) => p,
+                Queued::Door(mut d) => {
+                    txns.push(d.take_txn());
+                    admitted.push((index, Queued::Door(d)));
+                    continue;
+                }
+            };
             match self.admit(&p) {
                 Ok(()) => {
                     // The sealed record moves into the transaction (no copy on the hot path).
@@ -971,19 +978,18 @@ impl Store {
                         writes: vec![write],
                         meta: Vec::new(),
                     });
-                    admitted.push((index, p));
+                    admitted.push((index, Queued::Secret(p)));
                 }
                 Err(e) => results[index] = Some(Err(e)),
             }
         }
         let committed = self.mvcc.commit_group(txns);
-        let mut pending = self.pending_events();
-        for ((index, p), outcome) in admitted.into_iter().zip(committed) {
-            results[index] = Some(match outcome {
-                Ok(c) => {
+        for ((index, item), outcome) in admitted.into_iter().zip(committed) {
+            results[index] = Some(match (item, outcome) {
+                (Queued::Secret(p), Ok(c)) => {
                     let mut object = p.object;
                     object.metadata.resource_version = c.revision;
-                    pending.push_back(Pending {
+                    self.pending_events().push_back(Pending {
                         lsn: c.lsn,
                         revision: c.revision,
                         event: Some(Arc::new(ChangeEvent {
@@ -992,20 +998,19 @@ impl Store {
                             revision: c.revision,
                         })),
                     });
-                    Ok((c.lsn, c.revision))
+                    Ok(c)
                 }
-                Err(e) => Err(condition_error(&p.key, p.expected, e)),
+                (Queued::Secret(p), Err(e)) => Err(condition_error(&p.key, p.expected, e)),
+                (Queued::Door(d), Ok(c)) => {
+                    d.committed(self, &c);
+                    Ok(c)
+                }
+                (Queued::Door(_), Err(e)) => Err(e.into()),
             });
         }
         results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(StoreError::Unavailable(
-                        "the write was not committed".into(),
-                    ))
-                })
-            })
+            .map(|r| r.unwrap_or_else(not_committed))
             .collect()
     }
 
@@ -1452,10 +1457,48 @@ struct SealedWrite {
     object: Secret,
 }
 
+/// A write for the group commit. The Secret service's is unboxed: each moves through the queue
+/// once, and boxing it would add an allocation to its hot path.
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    /// The Secret service's write.
+    Secret(SealedWrite),
+    /// A door transaction.
+    Door(Box<dyn DoorMember>),
+}
+
+/// A door transaction as the group commit takes it (the door's type lives with the door, which
+/// builds on this module, not the other way round).
+trait DoorMember: Send {
+    /// The storage transaction, moved out for the commit.
+    fn take_txn(&mut self) -> Txn;
+    /// How many keys it writes.
+    fn writes(&self) -> usize;
+    /// What follows its commit, under the sequencing lock.
+    fn committed(self: Box<Self>, store: &Store, committed: &Committed);
+}
+
+impl Queued {
+    /// How many keys it writes (for [`commit_sized`]).
+    fn writes(&self) -> usize {
+        match self {
+            Queued::Secret(_) => 1,
+            Queued::Door(d) => d.writes(),
+        }
+    }
+}
+
+/// The answer to a write the group commit took and did not answer (never expected).
+fn not_committed() -> Result<Committed, StoreError> {
+    Err(StoreError::Unavailable(
+        "the write was not committed".into(),
+    ))
+}
+
 /// Writes waiting for the group commit.
 #[derive(Default)]
 struct WriteQueue {
-    waiting: VecDeque<(SealedWrite, tokio::sync::oneshot::Sender<Turn>)>,
+    waiting: VecDeque<(Queued, tokio::sync::oneshot::Sender<Turn>)>,
     /// Whether a writer leads (takes the queue next).
     leading: bool,
 }
@@ -1473,9 +1516,9 @@ impl std::fmt::Debug for WriteQueue {
 /// What a queued writer hears back.
 enum Turn {
     /// Its write's result.
-    Done(Result<(Lsn, u64), StoreError>),
+    Done(Result<Committed, StoreError>),
     /// Its write was not taken: it leads the next group, with this write in it.
-    Lead(Box<SealedWrite>),
+    Lead(Box<Queued>),
 }
 
 /// Held by the group commit's leader: when dropped, the lead passes to the oldest queued

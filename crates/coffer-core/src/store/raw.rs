@@ -24,13 +24,15 @@ use std::sync::Arc;
 
 use super::quota::QuotaUsage;
 use super::{
-    ChangeEvent, EventKind, Pending, QUOTA_PREFIX, SECRET_PREFIX, Store, StoreError, decode_usage,
-    encode_usage, scan_usage_prefix,
+    ChangeEvent, DoorMember, EventKind, Pending, QUOTA_PREFIX, SECRET_PREFIX, Store, StoreError,
+    decode_usage, encode_usage, scan_usage_prefix,
 };
 use crate::crypto;
 use crate::model::validation::{validate_name, validate_namespace};
 use crate::model::{Secret, codec, k8s};
-use crate::storage::mvcc::{Change, Condition, RangeGuard, Revision, Txn, Version, Write};
+use crate::storage::mvcc::{
+    Change, Committed, Condition, RangeGuard, Revision, Txn, Version, Write,
+};
 use crate::storage::{Op, StorageError};
 
 pub use super::RAW_PREFIX;
@@ -371,18 +373,38 @@ impl Store {
     /// [`Store::raw_barrier`] first so that it reads every write acknowledged before.
     pub async fn raw_writer(&self) -> RawWriter<'_> {
         let seq = self.sequencer.lock().await;
-        let reads = self.shared.then(|| {
-            std::sync::Mutex::new(Reads {
-                at: self.mvcc.revision(),
-                keys: std::collections::BTreeMap::new(),
-                guards: Vec::new(),
-            })
-        });
+        let reads = self.shared.then(|| self.reads_from_now());
         RawWriter {
             store: self,
-            _seq: seq,
+            seq: Some(seq),
             reads,
         }
+    }
+
+    /// A door transaction that takes no lock while it reads and seals (on a shared keyspace,
+    /// the same as [`Store::raw_writer`]). Its commit's conditions are everything it read,
+    /// and it joins the Secret service's writes in the group commit, so that concurrent door
+    /// writes share a storage batch instead of queueing for the lock one at a time. It fails
+    /// as a lost race ([`lost_race`]) when something it read changed before the commit: the
+    /// caller evaluates again, and takes [`Store::raw_writer`] for its last try or when
+    /// [`RawWriter::needs_lock`] says so.
+    pub async fn raw_writer_optimistic(&self) -> RawWriter<'_> {
+        if self.shared {
+            return self.raw_writer().await;
+        }
+        RawWriter {
+            store: self,
+            seq: None,
+            reads: Some(self.reads_from_now()),
+        }
+    }
+
+    fn reads_from_now(&self) -> std::sync::Mutex<Reads> {
+        std::sync::Mutex::new(Reads {
+            at: self.mvcc.revision(),
+            keys: std::collections::BTreeMap::new(),
+            guards: Vec::new(),
+        })
     }
 
     /// Makes the door's next reads reflect every write acknowledged (to anyone) before the
@@ -495,16 +517,20 @@ impl Source {
     }
 }
 
-/// A door transaction in progress: it holds the store's sequencing lock, so what it reads
-/// stays current until it commits (or is dropped, writing nothing).
+/// A door transaction in progress. Taken with [`Store::raw_writer`] it holds the store's
+/// sequencing lock, so what it reads stays current until it commits (or is dropped, writing
+/// nothing). Taken with [`Store::raw_writer_optimistic`] on the local keyspace it holds no
+/// lock: what it reads becomes its commit's conditions, and the commit joins the group commit.
 pub struct RawWriter<'a> {
     store: &'a Store,
-    _seq: tokio::sync::MutexGuard<'a, ()>,
-    /// On a shared keyspace: what the transaction read, for the commit's conditions.
+    /// The sequencing lock (`None`: an optimistic writer on the local keyspace).
+    seq: Option<tokio::sync::MutexGuard<'a, ()>>,
+    /// On a shared keyspace, or without the lock: what the transaction read, for the commit's
+    /// conditions.
     reads: Option<std::sync::Mutex<Reads>>,
 }
 
-/// What a door transaction read on a shared keyspace.
+/// What a door transaction read on a shared keyspace (or without the lock).
 struct Reads {
     /// The revision the reads are at (the storage's when the writer was taken).
     at: Revision,
@@ -548,9 +574,30 @@ impl RawWriter<'_> {
         self.store
     }
 
-    /// Whether the keyspace is shared (the revision a write gets is the storage's).
-    pub fn is_shared(&self) -> bool {
+    /// Whether the commit picks the revision (a shared keyspace, or a writer without the
+    /// lock): the writes may get a later one than [`RawWriter::revision`] + 1.
+    pub fn revision_at_commit(&self) -> bool {
         self.reads.is_some()
+    }
+
+    /// Whether a writer without the lock cannot commit these writes after what it read: a
+    /// range read (its guard is checked only under the lock), or a lease attached (a lease
+    /// may be revoked between the check and the commit). Evaluate again with
+    /// [`Store::raw_writer`].
+    pub fn needs_lock(&self, writes: &[RawWrite]) -> bool {
+        if self.seq.is_some() || self.store.shared {
+            return false;
+        }
+        let ranged = self.reads.as_ref().is_some_and(|r| {
+            !r.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .guards
+                .is_empty()
+        });
+        ranged
+            || writes
+                .iter()
+                .any(|w| matches!(w, RawWrite::Put { lease, .. } if *lease != 0))
     }
 
     /// The revision the transaction reads at (a write gets a later one).
@@ -659,48 +706,23 @@ impl RawWriter<'_> {
         meta: Vec<Op>,
     ) -> Result<(Revision, Vec<Option<Version>>), StoreError> {
         let store = self.store;
+        let Some(seq) = self.seq else {
+            let reads = self
+                .reads
+                .map(|r| r.into_inner().unwrap_or_else(|p| p.into_inner()));
+            return store.commit_optimistic(reads, writes, meta).await;
+        };
         if let Some(reads) = self.reads {
             let reads = reads.into_inner().unwrap_or_else(|p| p.into_inner());
-            return store.commit_shared(self._seq, reads, writes, meta).await;
+            return store.commit_shared(seq, reads, writes, meta).await;
         }
         let (revision, prev, lsn) = {
-            let _seq = self._seq;
-            let revision = store.mvcc.revision() + 1;
-            // The seed is fetched only when something is sealed (a delete seals nothing).
-            let seed = if writes.iter().any(|w| matches!(w, RawWrite::Put { .. })) {
-                Some(store.seeds.for_write().await?)
-            } else {
-                None
-            };
-            let mut prepared = Vec::with_capacity(writes.len());
-            for w in writes {
-                prepared.push(store.prepare(w, revision, seed.as_ref()).await?);
-            }
-            let leases: Vec<(Vec<u8>, Option<i64>)> = prepared
-                .iter()
-                .map(|p| match &p.write {
-                    Write::Put { key, lease, .. } => (key.clone(), Some(*lease)),
-                    Write::Delete { key } => (key.clone(), None),
-                })
-                .collect();
-            let (writes, secrets): (Vec<Write>, Vec<Option<SecretWrite>>) =
-                prepared.into_iter().map(|p| (p.write, p.secret)).unzip();
-            let committed = super::commit_sized(writes.len() + meta.len(), || {
-                store.mvcc.commit(Txn {
-                    conditions: Vec::new(),
-                    writes,
-                    meta,
-                })
-            })?;
-            store.leases.follow(&leases, &committed.prev);
-            let mut events = Vec::new();
-            for s in secrets.into_iter().flatten() {
-                store.count_door_write(&s);
-                if let Some(event) = s.event(committed.revision) {
-                    events.push(event);
-                }
-            }
-            store.note_door_write(committed.lsn, committed.revision, events);
+            let _seq = seq;
+            let prepared = store.prepare_all(writes).await?;
+            let mut door = Box::new(DoorTxn::new(Vec::new(), prepared, meta));
+            let txn = door.take_txn();
+            let committed = super::commit_sized(door.writes(), || store.mvcc.commit(txn))?;
+            door.committed(store, &committed);
             (committed.revision, committed.prev, committed.lsn)
         };
         store.finish_write(lsn).await?;
@@ -708,7 +730,114 @@ impl RawWriter<'_> {
     }
 }
 
+/// A door transaction for the storage, with what its commit changes beside the keyspace.
+struct DoorTxn {
+    txn: Txn,
+    /// Each write's key and lease (`None`: a delete), for the lease table.
+    leases: Vec<(Vec<u8>, Option<i64>)>,
+    /// For each write to a Secret's key, what the Secret service sees change.
+    secrets: Vec<Option<SecretWrite>>,
+}
+
+impl DoorTxn {
+    fn new(conditions: Vec<Condition>, prepared: Vec<Prepared>, meta: Vec<Op>) -> Self {
+        let leases = prepared
+            .iter()
+            .map(|p| match &p.write {
+                Write::Put { key, lease, .. } => (key.clone(), Some(*lease)),
+                Write::Delete { key } => (key.clone(), None),
+            })
+            .collect();
+        let (writes, secrets) = prepared.into_iter().map(|p| (p.write, p.secret)).unzip();
+        DoorTxn {
+            txn: Txn {
+                conditions,
+                writes,
+                meta,
+            },
+            leases,
+            secrets,
+        }
+    }
+}
+
+impl DoorMember for DoorTxn {
+    fn take_txn(&mut self) -> Txn {
+        std::mem::take(&mut self.txn)
+    }
+
+    fn writes(&self) -> usize {
+        self.leases.len() + self.txn.meta.len()
+    }
+
+    /// The lease table follows its writes, and its Secret events (or only its revision) are
+    /// queued for publication.
+    fn committed(self: Box<Self>, store: &Store, committed: &Committed) {
+        let door = *self;
+        store.leases.follow(&door.leases, &committed.prev);
+        let mut events = Vec::new();
+        for s in door.secrets.into_iter().flatten() {
+            store.count_door_write(&s);
+            if let Some(event) = s.event(committed.revision) {
+                events.push(event);
+            }
+        }
+        store.note_door_write(committed.lsn, committed.revision, events);
+    }
+}
+
 impl Store {
+    /// A door transaction's commit without the lock on the local keyspace: sealed outside any
+    /// lock, then one group commit member whose conditions are everything it read (and each
+    /// Secret key it writes at the version it was sealed against). A read-only transaction
+    /// that read a key is checked the same way, so that what it answers was current together
+    /// at one revision.
+    async fn commit_optimistic(
+        &self,
+        reads: Option<Reads>,
+        writes: Vec<RawWrite>,
+        meta: Vec<Op>,
+    ) -> Result<(Revision, Vec<Option<Version>>), StoreError> {
+        let reads = reads.ok_or_else(|| StoreError::Unavailable("no reads recorded".into()))?;
+        let leased = writes
+            .iter()
+            .any(|w| matches!(w, RawWrite::Put { lease, .. } if *lease != 0));
+        if !reads.guards.is_empty() || !meta.is_empty() || leased {
+            return Err(StoreError::Unavailable(
+                "a door transaction with a range read, a lease or unversioned rows commits \
+                 under the sequencing lock"
+                    .into(),
+            ));
+        }
+        // What it read must be the state at the revision it reads at (its responses say so):
+        // a key written after that, while it ran, sends it round again.
+        if let Some((key, &current)) = reads.keys.iter().find(|(_, r)| **r > reads.at) {
+            return Err(StoreError::Storage(StorageError::ConditionFailed {
+                key: String::from_utf8_lossy(key).into_owned(),
+                expected: reads.at,
+                current,
+            }));
+        }
+        let mut keys = reads.keys;
+        if writes.is_empty() && keys.is_empty() {
+            return Ok((self.mvcc.revision(), Vec::new()));
+        }
+        let prepared = self.prepare_all(writes).await?;
+        for p in &prepared {
+            if let Some(s) = &p.secret {
+                keys.entry(p.write.key().to_vec()).or_insert(s.old_revision);
+            }
+        }
+        let conditions = keys
+            .into_iter()
+            .map(|(key, mod_revision)| Condition { key, mod_revision })
+            .collect();
+        let door = Box::new(DoorTxn::new(conditions, prepared, Vec::new()));
+        let committed = self.submit(super::Queued::Door(door)).await?;
+        self.finish_write(committed.lsn).await?;
+        Ok((committed.revision, committed.prev))
+    }
+
     /// A door transaction's commit on a shared keyspace: one storage transaction whose
     /// conditions are everything the door read (and the namespaces' quota counters it
     /// updates); the revision is the storage's. The Secret service's events come back through
@@ -746,17 +875,7 @@ impl Store {
         }
         let committed = {
             let _seq = seq;
-            // A prediction (sealed into a Secret's record; reads take the version's own).
-            let revision = self.mvcc.revision() + 1;
-            let seed = if writes.iter().any(|w| matches!(w, RawWrite::Put { .. })) {
-                Some(self.seeds.for_write().await?)
-            } else {
-                None
-            };
-            let mut prepared = Vec::with_capacity(writes.len());
-            for w in writes {
-                prepared.push(self.prepare(w, revision, seed.as_ref()).await?);
-            }
+            let prepared = self.prepare_all(writes).await?;
             let mut keys = reads.keys;
             let mut counters: std::collections::BTreeMap<String, (QuotaUsage, Revision)> =
                 std::collections::BTreeMap::new();
@@ -864,7 +983,24 @@ impl SecretWrite {
 }
 
 impl Store {
-    /// Seals one door write (under the sequencing lock, `revision` the one it will get).
+    /// Seals a transaction's writes for the next revision (with the lock, the one they get;
+    /// otherwise a prediction, sealed into a Secret's record, whose reads take the version's
+    /// own). The seed is fetched only when something is sealed (a delete seals nothing).
+    async fn prepare_all(&self, writes: Vec<RawWrite>) -> Result<Vec<Prepared>, StoreError> {
+        let revision = self.mvcc.revision() + 1;
+        let seed = if writes.iter().any(|w| matches!(w, RawWrite::Put { .. })) {
+            Some(self.seeds.for_write().await?)
+        } else {
+            None
+        };
+        let mut prepared = Vec::with_capacity(writes.len());
+        for w in writes {
+            prepared.push(self.prepare(w, revision, seed.as_ref()).await?);
+        }
+        Ok(prepared)
+    }
+
+    /// Seals one door write (`revision` the one it will get, or a prediction).
     async fn prepare(
         &self,
         w: RawWrite,

@@ -708,16 +708,49 @@ fn compare_one(c: &pb::Compare, n: i64, value: &[u8]) -> bool {
     }
 }
 
-/// How many times a transaction is evaluated on a shared keyspace while other replicas keep
-/// changing what it reads.
+/// How many times a transaction is evaluated while other writers keep changing what it reads:
+/// on a shared keyspace, other replicas; on the local one, other writers while it runs without
+/// the lock (its last try takes the lock, so it never fails for this).
 const SHARED_TRIES: usize = 16;
 
+/// Whether a transaction reads a range or attaches a lease on some branch, so that it cannot
+/// commit without the lock (`RawWriter::needs_lock` decides; this saves the evaluation that
+/// would find out).
+fn needs_lock(
+    compares: &[pb::Compare],
+    success: &[pb::RequestOp],
+    failure: &[pb::RequestOp],
+) -> bool {
+    use pb::request_op::Request;
+    compares.iter().any(|c| !c.range_end.is_empty())
+        || success.iter().chain(failure).any(|op| match &op.request {
+            Some(Request::RequestRange(r)) => !r.range_end.is_empty(),
+            Some(Request::RequestPut(p)) => p.lease != 0 || p.ignore_lease,
+            Some(Request::RequestDeleteRange(d)) => !d.range_end.is_empty(),
+            Some(Request::RequestTxn(t)) => needs_lock(&t.compare, &t.success, &t.failure),
+            None => false,
+        })
+}
+
+/// How one evaluation of a transaction ended.
+enum Once {
+    /// Committed (or read-only and current): whether the compares held, the responses, the
+    /// revision.
+    Done((bool, Vec<pb::ResponseOp>, Revision)),
+    /// Something it read changed before the commit; nothing was written.
+    Changed,
+    /// It cannot commit without the lock (see `RawWriter::needs_lock`); nothing was written.
+    NeedsLock,
+}
+
 /// Replaces the predicted revision `from` of a transaction's own writes by the one the storage
-/// gave them, in a response (and the responses of nested transactions).
-fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision) {
+/// gave them, in a response (and the responses of nested transactions). `writes`: false for a
+/// read-only transaction, whose headers alone move (to the revision its reads were checked at).
+fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision, writes: bool) {
     use pb::response_op::Response;
     let (from_rev, to_rev) = (from, to);
     let (from, to) = (from as i64, to as i64);
+    let from_kv = if writes { from } else { -1 };
     let header = |h: &mut Option<pb::ResponseHeader>| {
         if let Some(h) = h
             && h.revision == from
@@ -729,10 +762,10 @@ fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision) {
         Some(Response::ResponseRange(rr)) => {
             header(&mut rr.header);
             for kv in &mut rr.kvs {
-                if kv.mod_revision == from {
+                if kv.mod_revision == from_kv {
                     kv.mod_revision = to;
                 }
-                if kv.create_revision == from {
+                if kv.create_revision == from_kv {
                     kv.create_revision = to;
                 }
             }
@@ -742,7 +775,7 @@ fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision) {
         Some(Response::ResponseTxn(t)) => {
             header(&mut t.header);
             for r in &mut t.responses {
-                renumber(r, from_rev, to_rev);
+                renumber(r, from_rev, to_rev, writes);
             }
         }
         None => {}
@@ -758,9 +791,15 @@ impl Door {
         success: &[pb::RequestOp],
         failure: &[pb::RequestOp],
     ) -> Result<(bool, Vec<pb::ResponseOp>, Revision), Status> {
-        for _ in 0..SHARED_TRIES {
-            if let Some(done) = self.transact_once(compares, success, failure).await? {
-                return Ok(done);
+        // Without the lock first, so that concurrent transactions share the group commit; with
+        // it when that cannot commit, and for the last try.
+        let mut locked = needs_lock(compares, success, failure);
+        for attempt in 1..=SHARED_TRIES {
+            let lock = locked || attempt == SHARED_TRIES;
+            match self.transact_once(compares, success, failure, lock).await? {
+                Once::Done(done) => return Ok(done),
+                Once::Changed => {}
+                Once::NeedsLock => locked = true,
             }
         }
         Err(Status::unavailable(format!(
@@ -769,16 +808,20 @@ impl Door {
         )))
     }
 
-    /// One evaluation of a transaction; `None` when, on a shared keyspace, something it read
-    /// changed before it committed (nothing was written: evaluate again).
+    /// One evaluation of a transaction, with the store's sequencing lock (`lock`) or without.
     async fn transact_once(
         &self,
         compares: &[pb::Compare],
         success: &[pb::RequestOp],
         failure: &[pb::RequestOp],
-    ) -> Result<Option<(bool, Vec<pb::ResponseOp>, Revision)>, Status> {
+        lock: bool,
+    ) -> Result<Once, Status> {
         self.store.raw_barrier().await.map_err(se)?;
-        let writer = self.store.raw_writer().await;
+        let writer = if lock {
+            self.store.raw_writer().await
+        } else {
+            self.store.raw_writer_optimistic().await
+        };
         let next = writer.revision() + 1;
         let mut run = TxnRun {
             writer: &writer,
@@ -795,26 +838,30 @@ impl Door {
         let branch = if succeeded { success } else { failure };
         let mut responses = run.execute(branch).await?;
         let writes = run.into_writes();
+        if writer.needs_lock(&writes) {
+            return Ok(Once::NeedsLock);
+        }
         let wrote = !writes.is_empty();
-        let shared = writer.is_shared();
+        let at_commit = writer.revision_at_commit();
         let revision = match writer.commit(writes, Vec::new()).await {
             Ok((revision, _)) => revision,
-            Err(e) if lost_race(&e) => return Ok(None),
+            Err(e) if lost_race(&e) => return Ok(Once::Changed),
             Err(e) => return Err(se(e)),
         };
-        if wrote && revision != next {
-            if !shared {
+        let predicted = if wrote { next } else { next - 1 };
+        if revision != predicted {
+            if !at_commit {
                 return Err(Status::internal(format!(
-                    "transaction committed at revision {revision}, expected {next}"
+                    "transaction committed at revision {revision}, expected {predicted}"
                 )));
             }
-            // The storage chose the revision (other replicas write too): what the responses
-            // said of the transaction's own writes names it.
+            // The storage chose the revision (other writers commit too): what the responses
+            // said of the transaction's own writes, or of its reads, names it.
             for r in &mut responses {
-                renumber(r, next, revision);
+                renumber(r, predicted, revision, wrote);
             }
         }
-        Ok(Some((succeeded, responses, revision)))
+        Ok(Once::Done((succeeded, responses, revision)))
     }
 }
 
