@@ -11,7 +11,9 @@
 # Settings (environment): CALLERS ("1 16 64"), OPS ("create update get"), ROUNDS (2),
 # DURATION (seconds per phase, 4), NOETCD (set: A and B only), OUT (target/bench-ab),
 # DOOR (set: drive A's and B's etcd doors with the etcd client, as etcd itself is driven,
-# instead of their Secret services).
+# instead of their Secret services), WATCH (set: the watch fan-out of bench-vs-etcd.sh instead
+# of unary calls, WATCHERS streams (10000) on WATCH_KEYS keys (1000) over 100 connections,
+# WATCH_UPDATES_PER_SEC (100) for DURATION; with DOOR, A's and B's doors).
 # Needs etcd (Debian's etcd-server) unless NOETCD, and coffer-load built with its `etcd`
 # feature (`cargo build --release -p coffer-load --features etcd`).
 set -euo pipefail
@@ -73,7 +75,33 @@ print(f"{sys.argv[5]:5} {sys.argv[7]:7} {sys.argv[6]:>3} callers {ok / secs:9.0f
       f"  server {cpu / ok * 1e6:6.1f} us/op")
 PY
 }
+watch_phase() { # label target server pid namespace
+  local before after
+  before=$(cpu "$4")
+  "$LOAD" watch --target "$2" --server "$3" --server-pid "$4" --namespace "$5" \
+    --streams "${WATCHERS:-10000}" --connections 100 --secrets "${WATCH_KEYS:-1000}" \
+    --updates-per-sec "${WATCH_UPDATES_PER_SEC:-100}" --duration "$DURATION" --json \
+    >"$OUT/$5.json" || echo "$1: not every event delivered, or errors"
+  after=$(cpu "$4")
+  python3 - "$OUT/$5.json" "$before" "$after" "$TICK" "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4])
+s, u = d["delivery_from_send_us"], d["update_latency_us"]
+print(f"{sys.argv[5]:5} watch {d['streams']} streams: update->event p50 {s['p50']/1000:7.1f} ms"
+      f" p99 {s['p99']/1000:7.1f} ms; update p50 {u['p50']/1000:6.1f} ms;"
+      f" delivered {d['delivered']}/{d['expected']}; server CPU {cpu:5.1f} s")
+PY
+}
 echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "${WATCH:-}" ]; then
+  for r in $(seq "$ROUNDS"); do
+    [ -n "${ETCD:-}" ] && watch_phase etcd etcd 127.0.0.1:23790 "$ETCD" "we$r"
+    watch_phase A "$TARGET" "$AT" "$SA" "wa$r"
+    watch_phase B "$TARGET" "$BT" "$SB" "wb$r"
+  done
+  exit 0
+fi
 for r in $(seq "$ROUNDS"); do
   for c in $CALLERS; do
     for op in $OPS; do

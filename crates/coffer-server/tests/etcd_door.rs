@@ -78,6 +78,19 @@ impl Stream {
     }
 }
 
+/// Clients whose HTTP/2 windows are the protocol's initial 64 KiB rather than the client's
+/// larger defaults: a watch stream that is not read fills them after a few events.
+async fn small_window_clients(server: &TestServer) -> Clients {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.etcd_addr()))
+        .expect("endpoint")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    Clients::new(channel)
+}
+
 /// (watch id, event type, value, previous value) of an event received.
 type Seen = (i64, i32, Vec<u8>, Option<Vec<u8>>);
 
@@ -215,6 +228,151 @@ async fn progress_replies_come_after_every_event_at_or_below_them() {
             break;
         }
     }
+}
+
+/// A watch created from an old revision on a key another watch of its stream already follows,
+/// while that watch's events wait in the stream's inbox (its client is not reading): history
+/// serves the new watch up to the revision it was created at, the feed after, and no event
+/// comes twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_history_beside_a_live_one_sees_each_event_once() {
+    let server = TestServer::builder().etcd().start().await;
+    let mut c = small_window_clients(&server).await;
+    let mut s = Stream::open(&mut c).await;
+    let key = || pb::WatchCreateRequest {
+        key: b"/d/k".to_vec(),
+        ..Default::default()
+    };
+    let live = s.create(key()).await;
+    // More than the HTTP/2 windows and the stream's response queue hold: the stream's task
+    // waits with the rest of the live watch's events in its inbox.
+    let value = vec![b'v'; 4 << 10];
+    let mut revs = Vec::new();
+    for _ in 0..120 {
+        revs.push(put(&mut c, "/d/k", &value).await);
+    }
+    s.send(RequestUnion::CreateRequest(pb::WatchCreateRequest {
+        start_revision: revs[0],
+        ..key()
+    }))
+    .await;
+    let mut seen: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut old = None;
+    while old.is_none() {
+        let r = s.next().await;
+        if r.created {
+            old = Some(r.watch_id);
+        }
+        for e in r.events {
+            seen.entry(r.watch_id)
+                .or_default()
+                .push(e.kv.expect("kv").mod_revision);
+        }
+    }
+    let old = old.expect("created");
+    for _ in 0..5 {
+        revs.push(put(&mut c, "/d/k", b"after").await);
+    }
+    while seen.values().map(Vec::len).sum::<usize>() < 2 * revs.len() {
+        let r = s.next().await;
+        for e in r.events {
+            seen.entry(r.watch_id)
+                .or_default()
+                .push(e.kv.expect("kv").mod_revision);
+        }
+    }
+    assert_eq!(seen[&live], revs);
+    assert_eq!(seen[&old], revs);
+    s.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+        .await;
+    let r = s.next().await;
+    assert!(
+        r.events.is_empty() && r.watch_id == -1,
+        "nothing more: {r:?}"
+    );
+}
+
+/// A client that stops reading: its stream's inbox in the door's feed overflows (8 batches
+/// here, 1,024 by default), the stream reads what it missed from history, and the client still
+/// sees every event once, in order, with its previous value, on both of its watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stops_reading_catches_up_from_history() {
+    let mut options = test_options();
+    options.etcd = EtcdOptions {
+        watch_inbox_batches: 8,
+        ..EtcdOptions::default()
+    };
+    let server = TestServer::builder().options(options).etcd().start().await;
+    let mut c = small_window_clients(&server).await;
+    let mut s = Stream::open(&mut c).await;
+    let all = s
+        .create(pb::WatchCreateRequest {
+            prev_kv: true,
+            ..prefix("/lag/")
+        })
+        .await;
+    let one = s
+        .create(pb::WatchCreateRequest {
+            key: b"/lag/0".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    // Written while nobody reads the stream: 150 revisions of 4 KiB each are more than the
+    // HTTP/2 windows, the stream's response queue and its inbox hold.
+    const PUTS: usize = 150;
+    let value = |i: usize| {
+        let mut v = vec![b'x'; 4 << 10];
+        v[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        v
+    };
+    let mut last = 0;
+    for i in 0..PUTS {
+        last = put(&mut c, &format!("/lag/{}", i % 5), &value(i)).await;
+    }
+    // Per watch: (revision, value, previous value) of each event.
+    type Delivered = (i64, Vec<u8>, Option<Vec<u8>>);
+    let mut seen: BTreeMap<i64, Vec<Delivered>> = BTreeMap::new();
+    while seen.get(&all).map_or(0, Vec::len) < PUTS {
+        let r = s.next().await;
+        for e in r.events {
+            let kv = e.kv.expect("kv");
+            seen.entry(r.watch_id).or_default().push((
+                kv.mod_revision,
+                kv.value,
+                e.prev_kv.map(|p| p.value),
+            ));
+        }
+    }
+    s.send(RequestUnion::ProgressRequest(pb::WatchProgressRequest {}))
+        .await;
+    loop {
+        let r = s.next().await;
+        for e in r.events {
+            let kv = e.kv.expect("kv");
+            seen.entry(r.watch_id)
+                .or_default()
+                .push((kv.mod_revision, kv.value, None));
+        }
+        if r.watch_id == -1 {
+            assert_eq!(r.header.expect("header").revision, last);
+            break;
+        }
+    }
+    let first = last - PUTS as i64 + 1;
+    let on_all = &seen[&all];
+    assert_eq!(on_all.len(), PUTS, "every event once on the prefix watch");
+    for (i, (rev, v, prev)) in on_all.iter().enumerate() {
+        assert_eq!(*rev, first + i as i64, "in order, none missed");
+        assert_eq!(*v, value(i));
+        assert_eq!(
+            *prev,
+            i.checked_sub(5).map(value),
+            "previous value of event {i}"
+        );
+    }
+    let on_one: Vec<i64> = seen[&one].iter().map(|(r, _, _)| *r).collect();
+    let want: Vec<i64> = (0..PUTS).step_by(5).map(|i| first + i as i64).collect();
+    assert_eq!(on_one, want, "every event once on the single-key watch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

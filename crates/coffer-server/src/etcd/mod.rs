@@ -6,7 +6,7 @@
 //! - [`kv`]: Range, Put, DeleteRange, Txn, Compact (etcd's semantics over the store's versioned
 //!   keyspace; every value sealed under the store's keys, see `coffer_core::store::raw`).
 //! - `feed`: one task per server reads each published revision's changes once, decrypts the
-//!   door's keys once, and broadcasts them to the watch streams.
+//!   door's keys once, and routes them to the watch streams whose watches they concern.
 //! - `watch`: Watch streams: many watches per stream, start revisions served from history,
 //!   progress requests answered in order with the events, compaction cancels.
 //! - `lease`: Grant, Revoke, KeepAlive, TimeToLive, Leases, and the expiry task.
@@ -54,6 +54,9 @@ pub struct EtcdOptions {
     /// How often a watch created with `progress_notify` hears the revision while idle
     /// (etcd's default: 10 min).
     pub progress_notify_interval: Duration,
+    /// How many batches of changes a watch stream may have waiting before it reads what it
+    /// missed from the store's history instead (its client reads too slowly). Default 1024.
+    pub watch_inbox_batches: usize,
     /// kube-apiserver's `--etcd-prefix`: keys `<prefix>/secrets/<namespace>/<name>` are the
     /// Secrets the Secret service serves (see `coffer_core::store::raw`). Default `/registry`.
     pub prefix: String,
@@ -66,6 +69,7 @@ impl Default for EtcdOptions {
             max_request_bytes: 1536 * 1024,
             max_response_bytes: 256 << 20,
             progress_notify_interval: Duration::from_secs(600),
+            watch_inbox_batches: 1024,
             prefix: coffer_core::store::DEFAULT_ETCD_PREFIX.to_owned(),
         }
     }
@@ -99,7 +103,11 @@ impl Door {
         client_urls: Vec<String>,
         shutdown: CancellationToken,
     ) -> Self {
-        let feed = Feed::start(store.clone(), shutdown.clone());
+        let feed = Feed::start(
+            store.clone(),
+            shutdown.clone(),
+            options.watch_inbox_batches.max(1),
+        );
         let id = fnv(client_urls.first().map_or(&b"coffer"[..], |u| u.as_bytes()));
         Self {
             store,

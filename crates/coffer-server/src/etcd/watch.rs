@@ -2,21 +2,21 @@
 //! so that responses are in revision order and a progress reply comes after every event at or
 //! below its revision (the fix of etcd#15220).
 //!
-//! The task follows the feed: each batch's events go to the watches whose range they match,
-//! one response per watch and revision; `sent` is the revision the whole stream is synced to.
-//! A watch created with a start revision at or below `sent` first replays its range from the
-//! store's history; a compacted start is canceled with `compact_revision`, as in etcd. A stream
-//! that lags the feed's buffer catches every watch up from history.
+//! The task reads its inbox in the feed, which holds the batches that concern its watches: each
+//! batch's events go to the watches whose range they match, one response per watch and
+//! revision; `sent` is the revision the whole stream is synced to. A watch created with a start
+//! revision at or below the feed's first replays its range from the store's history; a
+//! compacted start is canceled with `compact_revision`, as in etcd. A stream whose inbox
+//! overflowed catches every watch up from history.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Door;
-use super::feed::{Batch, DoorEvent, read_changes};
+use super::feed::{Batch, DoorEvent, Inbox, read_changes};
 use crate::proto::etcd::etcdserverpb as pb;
 use crate::proto::etcd::mvccpb;
 use crate::server::status::EtcdError;
@@ -59,6 +59,7 @@ impl Watcher {
 struct WatchStream {
     door: Door,
     out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    inbox: Inbox,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     /// Every event at or below this revision has been sent to every watch.
@@ -136,10 +137,23 @@ impl WatchStream {
         Ok(())
     }
 
+    /// Removes a watch, and its route in the feed.
+    fn remove(&mut self, id: i64) -> bool {
+        match self.watchers.remove(&id) {
+            Some(w) => {
+                self.inbox.unwatch(id, &w.range);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Cancels every watch because the changes it needs were compacted.
     async fn cancel_all_compacted(&mut self, compacted: Revision) -> Result<(), Gone> {
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
-        self.watchers.clear();
+        for &id in &ids {
+            self.remove(id);
+        }
         for id in ids {
             // etcd's compaction cancel carries no revision in its header.
             let mut r = self.response(0, id);
@@ -180,7 +194,7 @@ impl WatchStream {
                 Err(StoreError::TooOld { compacted, .. }) => {
                     match only {
                         Some(id) => {
-                            self.watchers.remove(&id);
+                            self.remove(id);
                             let mut r = self.response(0, id);
                             r.canceled = true;
                             r.compact_revision = compacted as i64;
@@ -225,9 +239,18 @@ impl WatchStream {
         Ok(())
     }
 
-    /// Handles a lag of the feed: everything after `sent` is read from history.
+    /// Handles a batch, then a lag of the inbox if there was one.
+    async fn on_routed(&mut self, batch: &Batch) -> Result<(), Gone> {
+        self.on_batch(batch).await?;
+        if self.inbox.lagged() {
+            self.catch_up().await?;
+        }
+        Ok(())
+    }
+
+    /// Handles a lag of the inbox: everything after `sent` is read from history.
     async fn catch_up(&mut self) -> Result<(), Gone> {
-        let until = *self.door.store.published().borrow();
+        let until = self.inbox.resync();
         if until > self.sent {
             self.replay(self.sent, until, None).await?;
             self.sent = until;
@@ -235,9 +258,22 @@ impl WatchStream {
         Ok(())
     }
 
+    /// Brings the stream up to the feed: every batch routed so far is delivered, and `sent`
+    /// is at least the feed's revision then.
+    async fn sync(&mut self) -> Result<(), Gone> {
+        let through = self.inbox.through();
+        while let Some(b) = self.inbox.try_recv() {
+            self.on_batch(&b).await?;
+        }
+        if self.inbox.lagged() {
+            self.catch_up().await?;
+        }
+        self.sent = self.sent.max(through);
+        Ok(())
+    }
+
     async fn create(&mut self, c: pb::WatchCreateRequest) -> Result<(), Gone> {
-        let published = *self.door.store.published().borrow();
-        let now = self.sent.max(published);
+        let now = self.sent.max(*self.door.store.published().borrow());
         if c.start_revision < 0 {
             let mut r = self.response(now, -1);
             r.created = true;
@@ -271,24 +307,22 @@ impl WatchStream {
         if c.watch_id == 0 {
             self.next_id += 1;
         }
+        // Routed here from the feed's revision on, which may be behind the store's: a watch
+        // from "now" starts after the store's, and what is older comes from history.
+        let range = KeyRange::from_etcd(&c.key, &c.range_end);
+        let routed_after = self.inbox.watch(id, &range);
+        let now = self
+            .sent
+            .max(routed_after)
+            .max(*self.door.store.published().borrow());
         let start = match c.start_revision {
             0 => now + 1,
             s => s as u64,
         };
-        let mut created = self.response(now, id);
-        created.created = true;
-        self.send(created).await?;
-        let compacted = self.door.store.compact_revision();
-        if start < compacted {
-            let mut r = self.response(0, id);
-            r.canceled = true;
-            r.compact_revision = compacted as i64;
-            return self.send(r).await;
-        }
         self.watchers.insert(
             id,
             Watcher {
-                range: KeyRange::from_etcd(&c.key, &c.range_end),
+                range,
                 start,
                 prev_kv: c.prev_kv,
                 no_put: c.filters.contains(&FILTER_NOPUT),
@@ -297,14 +331,29 @@ impl WatchStream {
                 active: false,
             },
         );
-        if start <= self.sent {
-            self.replay(start - 1, self.sent, Some(id)).await?;
+        let mut created = self.response(now, id);
+        created.created = true;
+        self.send(created).await?;
+        let compacted = self.door.store.compact_revision();
+        if start < compacted {
+            self.remove(id);
+            let mut r = self.response(0, id);
+            r.canceled = true;
+            r.compact_revision = compacted as i64;
+            return self.send(r).await;
+        }
+        if start <= now {
+            self.replay(start - 1, now, Some(id)).await?;
+            // The inbox may hold the same revisions for another watch of this stream.
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.start = now + 1;
+            }
         }
         Ok(())
     }
 
     async fn cancel(&mut self, id: i64) -> Result<(), Gone> {
-        if self.watchers.remove(&id).is_some() {
+        if self.remove(id) {
             let mut r = self.response(self.sent, id);
             r.canceled = true;
             self.send(r).await?;
@@ -312,22 +361,17 @@ impl WatchStream {
         Ok(())
     }
 
-    /// Answers a progress request: first everything the feed has ready is delivered, then the
-    /// revision every watch is synced to.
-    async fn progress(&mut self, feed: &mut broadcast::Receiver<Arc<Batch>>) -> Result<(), Gone> {
-        loop {
-            match feed.try_recv() {
-                Ok(b) => self.on_batch(&b).await?,
-                Err(broadcast::error::TryRecvError::Lagged(_)) => self.catch_up().await?,
-                Err(_) => break,
-            }
-        }
+    /// Answers a progress request: first everything the feed has routed here is delivered,
+    /// then the revision every watch is synced to.
+    async fn progress(&mut self) -> Result<(), Gone> {
+        self.sync().await?;
         let r = self.response(self.sent, -1);
         self.send(r).await
     }
 
     /// Tells each idle watch that asked for progress notifications the current revision.
     async fn notify_idle(&mut self) -> Result<(), Gone> {
+        self.sync().await?;
         let mut idle = Vec::new();
         for (id, w) in self.watchers.iter_mut() {
             if w.progress_notify && !w.active {
@@ -342,11 +386,7 @@ impl WatchStream {
         Ok(())
     }
 
-    async fn run(
-        mut self,
-        mut inbound: Streaming<pb::WatchRequest>,
-        mut feed: broadcast::Receiver<Arc<Batch>>,
-    ) {
+    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>) {
         let shutdown = self.door.shutdown.clone();
         let period = self.door.options.progress_notify_interval;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -358,13 +398,12 @@ impl WatchStream {
                     return;
                 }
                 msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.request(req, &mut feed).await,
+                    Ok(Some(req)) => self.request(req).await,
                     _ => return,
                 },
-                batch = feed.recv() => match batch {
-                    Ok(b) => self.on_batch(&b).await,
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
-                    Err(broadcast::error::RecvError::Closed) => return,
+                batch = self.inbox.recv() => match batch {
+                    Some(b) => self.on_routed(&b).await,
+                    None => return,
                 },
                 _ = ticker.tick() => self.notify_idle().await,
             };
@@ -374,18 +413,21 @@ impl WatchStream {
         }
     }
 
-    async fn request(
-        &mut self,
-        req: pb::WatchRequest,
-        feed: &mut broadcast::Receiver<Arc<Batch>>,
-    ) -> Result<(), Gone> {
+    async fn request(&mut self, req: pb::WatchRequest) -> Result<(), Gone> {
         use pb::watch_request::RequestUnion;
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => self.cancel(c.watch_id).await,
-            Some(RequestUnion::ProgressRequest(_)) => self.progress(feed).await,
+            Some(RequestUnion::ProgressRequest(_)) => self.progress().await,
             None => Ok(()),
         }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        self.inbox
+            .close(self.watchers.iter().map(|(id, w)| (*id, &w.range)));
     }
 }
 
@@ -399,15 +441,16 @@ impl pb::watch_server::Watch for Door {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (call, inbound) = self.admit(request, "etcd.Watch")?;
         let (out, rx) = mpsc::channel(OUT_QUEUE);
-        let (feed, sent) = self.feed.subscribe();
+        let inbox = self.feed.open();
         let stream = WatchStream {
             door: self.clone(),
             out,
+            sent: inbox.start,
+            inbox,
             watchers: BTreeMap::new(),
             next_id: 0,
-            sent,
         };
-        tokio::spawn(stream.run(inbound, feed));
+        tokio::spawn(stream.run(inbound));
         self.finish(&call, Ok(ReceiverStream::new(rx)), |_| 0)
     }
 }
