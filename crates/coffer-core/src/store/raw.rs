@@ -158,6 +158,15 @@ pub enum RawWrite {
     },
 }
 
+impl RawWrite {
+    /// The key written.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            RawWrite::Put { key, .. } | RawWrite::Delete { key } => key,
+        }
+    }
+}
+
 impl std::fmt::Debug for RawWrite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

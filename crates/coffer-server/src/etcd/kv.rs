@@ -743,14 +743,25 @@ enum Once {
     NeedsLock,
 }
 
+/// Whether a response holds key-values (a range read, perhaps in a nested transaction).
+fn holds_kvs(r: &pb::ResponseOp) -> bool {
+    use pb::response_op::Response;
+    match &r.response {
+        Some(Response::ResponseRange(rr)) => !rr.kvs.is_empty(),
+        Some(Response::ResponseTxn(t)) => t.responses.iter().any(holds_kvs),
+        _ => false,
+    }
+}
+
 /// Replaces the predicted revision `from` of a transaction's own writes by the one the storage
-/// gave them, in a response (and the responses of nested transactions). `writes`: false for a
-/// read-only transaction, whose headers alone move (to the revision its reads were checked at).
-fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision, writes: bool) {
+/// gave them, in a response (and the responses of nested transactions). `written`: the keys
+/// the transaction wrote, whose versions read back inside it carry the predicted revision (a
+/// key another writer gave that same revision keeps it); empty for a read-only transaction,
+/// whose headers alone move (to the revision its reads were checked at).
+fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision, written: &HashSet<&[u8]>) {
     use pb::response_op::Response;
     let (from_rev, to_rev) = (from, to);
     let (from, to) = (from as i64, to as i64);
-    let from_kv = if writes { from } else { -1 };
     let header = |h: &mut Option<pb::ResponseHeader>| {
         if let Some(h) = h
             && h.revision == from
@@ -761,11 +772,15 @@ fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision, writes: bool) 
     match &mut r.response {
         Some(Response::ResponseRange(rr)) => {
             header(&mut rr.header);
-            for kv in &mut rr.kvs {
-                if kv.mod_revision == from_kv {
+            for kv in rr
+                .kvs
+                .iter_mut()
+                .filter(|kv| written.contains(kv.key.as_slice()))
+            {
+                if kv.mod_revision == from {
                     kv.mod_revision = to;
                 }
-                if kv.create_revision == from_kv {
+                if kv.create_revision == from {
                     kv.create_revision = to;
                 }
             }
@@ -775,7 +790,7 @@ fn renumber(r: &mut pb::ResponseOp, from: Revision, to: Revision, writes: bool) 
         Some(Response::ResponseTxn(t)) => {
             header(&mut t.header);
             for r in &mut t.responses {
-                renumber(r, from_rev, to_rev, writes);
+                renumber(r, from_rev, to_rev, written);
             }
         }
         None => {}
@@ -843,6 +858,12 @@ impl Door {
         }
         let wrote = !writes.is_empty();
         let at_commit = writer.revision_at_commit();
+        // Kept only when a read inside the transaction may have seen its own writes.
+        let written_keys: Vec<Vec<u8>> = if at_commit && responses.iter().any(holds_kvs) {
+            writes.iter().map(|w| w.key().to_vec()).collect()
+        } else {
+            Vec::new()
+        };
         let revision = match writer.commit(writes, Vec::new()).await {
             Ok((revision, _)) => revision,
             Err(e) if lost_race(&e) => return Ok(Once::Changed),
@@ -857,8 +878,9 @@ impl Door {
             }
             // The storage chose the revision (other writers commit too): what the responses
             // said of the transaction's own writes, or of its reads, names it.
+            let written = written_keys.iter().map(Vec::as_slice).collect();
             for r in &mut responses {
-                renumber(r, predicted, revision, wrote);
+                renumber(r, predicted, revision, &written);
             }
         }
         Ok(Once::Done((succeeded, responses, revision)))
@@ -999,5 +1021,99 @@ impl pb::kv_server::Kv for Door {
         self.finish(&call, result, |r| {
             r.header.as_ref().map_or(0, |h| h.revision)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::response_op::Response;
+
+    fn kv(key: &str, create: i64, modified: i64) -> mvccpb::KeyValue {
+        mvccpb::KeyValue {
+            key: key.as_bytes().to_vec(),
+            create_revision: create,
+            mod_revision: modified,
+            version: 1,
+            ..Default::default()
+        }
+    }
+
+    fn range(kvs: Vec<mvccpb::KeyValue>, revision: i64) -> pb::ResponseOp {
+        pb::ResponseOp {
+            response: Some(Response::ResponseRange(pb::RangeResponse {
+                header: Some(pb::ResponseHeader {
+                    revision,
+                    ..Default::default()
+                }),
+                count: kvs.len() as i64,
+                kvs,
+                more: false,
+            })),
+        }
+    }
+
+    fn kvs(r: &pb::ResponseOp) -> Vec<(String, i64, i64)> {
+        match &r.response {
+            Some(Response::ResponseRange(rr)) => rr
+                .kvs
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(&kv.key).into_owned(),
+                        kv.create_revision,
+                        kv.mod_revision,
+                    )
+                })
+                .collect(),
+            Some(Response::ResponseTxn(t)) => t.responses.iter().flat_map(kvs).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A transaction predicted revision 8 and committed at 10: its own write read back moves
+    /// to 10; a key another writer (a replica on the same etcd) gave revision 8 keeps it.
+    #[test]
+    fn only_the_transactions_own_writes_are_renumbered() {
+        let nested = pb::ResponseOp {
+            response: Some(Response::ResponseTxn(pb::TxnResponse {
+                header: Some(pb::ResponseHeader {
+                    revision: 8,
+                    ..Default::default()
+                }),
+                succeeded: true,
+                responses: vec![range(vec![kv("/mine", 8, 8), kv("/theirs", 8, 8)], 8)],
+            })),
+        };
+        let mut responses = vec![
+            range(vec![kv("/mine", 8, 8), kv("/theirs", 3, 8)], 8),
+            nested,
+        ];
+        assert!(responses.iter().all(holds_kvs));
+        let written = HashSet::from([&b"/mine"[..]]);
+        for r in &mut responses {
+            renumber(r, 8, 10, &written);
+        }
+        assert_eq!(
+            kvs(&responses[0]),
+            [("/mine".into(), 10, 10), ("/theirs".into(), 3, 8)]
+        );
+        assert_eq!(
+            kvs(&responses[1]),
+            [("/mine".into(), 10, 10), ("/theirs".into(), 8, 8)]
+        );
+        let Some(Response::ResponseTxn(t)) = &responses[1].response else {
+            panic!("a txn response")
+        };
+        assert_eq!(t.header.as_ref().map(|h| h.revision), Some(10));
+
+        // Read-only: headers move, no kv does.
+        let mut read = range(vec![kv("/mine", 9, 9)], 9);
+        renumber(&mut read, 9, 12, &HashSet::new());
+        assert_eq!(kvs(&read), [("/mine".into(), 9, 9)]);
+        let Some(Response::ResponseRange(rr)) = &read.response else {
+            panic!("a range response")
+        };
+        assert_eq!(rr.header.as_ref().map(|h| h.revision), Some(12));
     }
 }
