@@ -549,6 +549,18 @@ struct Reads {
     guards: Vec<RangeGuard>,
 }
 
+impl Reads {
+    /// Whether a commit without the lock cannot stand behind these reads and writes: a range
+    /// read (its guard is checked only under the lock), or a lease attached (a lease may be
+    /// revoked between the check and the commit).
+    fn need_lock(&self, writes: &[RawWrite]) -> bool {
+        !self.guards.is_empty()
+            || writes
+                .iter()
+                .any(|w| matches!(w, RawWrite::Put { lease, .. } if *lease != 0))
+    }
+}
+
 impl std::fmt::Debug for RawWriter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RawWriter")
@@ -597,16 +609,11 @@ impl RawWriter<'_> {
         if self.seq.is_some() || self.store.shared {
             return false;
         }
-        let ranged = self.reads.as_ref().is_some_and(|r| {
-            !r.lock()
+        self.reads.as_ref().is_some_and(|r| {
+            r.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .guards
-                .is_empty()
-        });
-        ranged
-            || writes
-                .iter()
-                .any(|w| matches!(w, RawWrite::Put { lease, .. } if *lease != 0))
+                .need_lock(writes)
+        })
     }
 
     /// The revision the transaction reads at (a write gets a later one).
@@ -808,10 +815,7 @@ impl Store {
         meta: Vec<Op>,
     ) -> Result<(Revision, Vec<Option<Version>>), StoreError> {
         let reads = reads.ok_or_else(|| StoreError::Unavailable("no reads recorded".into()))?;
-        let leased = writes
-            .iter()
-            .any(|w| matches!(w, RawWrite::Put { lease, .. } if *lease != 0));
-        if !reads.guards.is_empty() || !meta.is_empty() || leased {
+        if reads.need_lock(&writes) || !meta.is_empty() {
             return Err(StoreError::Unavailable(
                 "a door transaction with a range read, a lease or unversioned rows commits \
                  under the sequencing lock"
