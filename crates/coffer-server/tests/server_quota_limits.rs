@@ -210,6 +210,45 @@ async fn an_update_that_grows_past_the_bytes_quota_is_rejected() {
     assert!(ts.store.quota_usage("a").bytes < used);
 }
 
+/// Concurrent Creates of one name land in one group commit: each passes the check of the key
+/// against the store before the group, one is written, the others fail their condition. Only
+/// the one written counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_of_one_name_count_once() {
+    let ts = limited(
+        Quotas::unlimited().with_namespace("same", count(1000)),
+        LimitOptions::default(),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..32 {
+        clients.push(ts.client().await);
+    }
+    for round in 0..40 {
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+        let mut tasks = Vec::new();
+        for c in &clients {
+            let (mut c, start) = (c.clone(), start.clone());
+            tasks.push(tokio::spawn(async move {
+                start.wait().await;
+                create(&mut c, sized("same", &format!("s{round}"), 100))
+                    .await
+                    .map_err(|e| e.code())
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(_) => created += 1,
+                Err(code) => assert_eq!(code, Code::AlreadyExists),
+            }
+        }
+        assert_eq!(created, 1, "round {round}");
+        let usage = ts.store.quota_usage("same");
+        assert_eq!(usage.count, round + 1, "round {round}: {usage:?}");
+    }
+}
+
 #[tokio::test]
 async fn concurrent_creates_never_exceed_the_quota() {
     let ts = limited(

@@ -1000,7 +1000,15 @@ impl Store {
                     });
                     Ok(c)
                 }
-                (Queued::Secret(p), Err(e)) => Err(condition_error(&p.key, p.expected, e)),
+                (Queued::Secret(p), Err(e)) => {
+                    // Admitted and counted against the state before the group; an earlier
+                    // member of the group wrote its key (a racing Create of the same name).
+                    let mut quota = self.quota_state();
+                    if quota.enabled() {
+                        quota.uncount(quota::namespace_of(&p.key), p.old_len, p.new_len);
+                    }
+                    Err(condition_error(&p.key, p.expected, e))
+                }
                 (Queued::Door(d), Ok(c)) => {
                     d.committed(self, &c);
                     Ok(c)

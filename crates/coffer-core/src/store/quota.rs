@@ -273,6 +273,23 @@ impl QuotaState {
         }
     }
 
+    /// Takes back a write that was counted and then not applied (it failed its condition in
+    /// the group commit): a record of `new_len` bytes (`None`: a delete) that replaced one of
+    /// `old_len` (`None`: a create).
+    pub(crate) fn uncount(&mut self, namespace: &str, old_len: Option<u64>, new_len: Option<u64>) {
+        let used = self.usage(namespace);
+        let count = match (old_len, new_len) {
+            (None, Some(_)) => used.count.saturating_sub(1),
+            (Some(_), None) => used.count.saturating_add(1),
+            _ => used.count,
+        };
+        let bytes = used
+            .bytes
+            .saturating_sub(new_len.unwrap_or(0))
+            .saturating_add(old_len.unwrap_or(0));
+        self.set(namespace, QuotaUsage { count, bytes });
+    }
+
     /// Records a namespace's usage after a write was applied.
     pub(crate) fn set(&mut self, namespace: &str, usage: QuotaUsage) {
         if usage == QuotaUsage::default() {
