@@ -4,12 +4,16 @@
 //!   unencrypted `sled::Tree::insert` of the same bytes. Both without fsync (relaxed durability
 //!   on the store; a plain insert on raw sled), so the ratio is the engine's own cost.
 //! - `get/{1KiB,16KiB}`: `Store::get` (read, open, decode) vs raw `sled::Tree::get`.
+//! - `seal_only` / `open_only` in those groups: the record format alone (HKDF and
+//!   AES-256-GCM) over the same value, so the engine's cost beyond the envelope shows in the
+//!   same run.
 //! - `durable_put/{1,16,64}`: concurrent writers doing durable 1 KiB creates (fdatasync'd,
 //!   group commit); throughput is in elements (puts) per second.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coffer_core::crypto::{Algorithm, Seed, open, seal};
 use coffer_core::kms::LocalKek;
 use coffer_core::model::Secret;
 use coffer_core::storage::{Backend, Durability, SledBackend, SledConfig};
@@ -60,9 +64,17 @@ fn put_get(c: &mut Criterion) {
             raw.insert(format!("s/bench/s{i}"), payload(size, 0))
                 .expect("insert");
         }
+        let seed = Seed::generate();
+        let aad = b"s/bench/s1";
         let mut group = c.benchmark_group(format!("put/{label}"));
         group.throughput(Throughput::Elements(1));
         let mut n = 1u64;
+        group.bench_function("seal_only", |b| {
+            b.iter(|| {
+                n += 1;
+                seal(Algorithm::Aes256Gcm, 1, &seed, aad, &payload(size, n))
+            })
+        });
         group.bench_function("raw_sled", |b| {
             b.iter(|| {
                 n += 1;
@@ -83,6 +95,10 @@ fn put_get(c: &mut Criterion) {
         group.finish();
         let mut group = c.benchmark_group(format!("get/{label}"));
         group.throughput(Throughput::Elements(1));
+        let record = seal(Algorithm::Aes256Gcm, 1, &seed, aad, &payload(size, 0));
+        group.bench_function("open_only", |b| {
+            b.iter(|| open(&record, aad, |_| Some(&seed)).expect("open"))
+        });
         group.bench_function("raw_sled", |b| {
             b.iter(|| {
                 n += 1;

@@ -242,14 +242,15 @@ impl WatchStream {
     /// Handles a batch, then a lag of the inbox if there was one.
     async fn on_routed(&mut self, batch: &Batch) -> Result<(), Gone> {
         self.on_batch(batch).await?;
-        if self.inbox.lagged() {
-            self.catch_up().await?;
-        }
-        Ok(())
+        self.catch_up().await
     }
 
-    /// Handles a lag of the inbox: everything after `sent` is read from history.
+    /// Handles a lag of the inbox, if there was one: everything after `sent` is read from
+    /// history.
     async fn catch_up(&mut self) -> Result<(), Gone> {
+        if !self.inbox.lagged() {
+            return Ok(());
+        }
         let until = self.inbox.resync();
         if until > self.sent {
             self.replay(self.sent, until, None).await?;
@@ -265,9 +266,7 @@ impl WatchStream {
         while let Some(b) = self.inbox.try_recv() {
             self.on_batch(&b).await?;
         }
-        if self.inbox.lagged() {
-            self.catch_up().await?;
-        }
+        self.catch_up().await?;
         self.sent = self.sent.max(through);
         Ok(())
     }
