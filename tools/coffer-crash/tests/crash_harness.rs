@@ -48,7 +48,7 @@ fn crash_harness_25_kill_cycles() {
 
 /// The documented long run: 500 kill cycles.
 #[test]
-#[ignore = "long run (~5 min): cargo test --test crash_harness -- --ignored --nocapture"]
+#[ignore = "long run (~15 min, release): cargo test --release -p coffer-crash --test crash_harness -- --ignored --nocapture"]
 fn crash_harness_500_kill_cycles() {
     harness(500, 500, 300);
 }
