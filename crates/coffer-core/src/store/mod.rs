@@ -957,6 +957,10 @@ impl Store {
             items.iter().map(|_| None).collect();
         let mut txns = Vec::with_capacity(items.len());
         let mut admitted = Vec::with_capacity(items.len());
+        // Each namespace's usage with every Secret write admitted so far in this group; a
+        // write is counted in the store's usage only once committed.
+        let mut held = HashMap::new();
+        let quotas = self.quota_state().enabled();
         for (index, item) in items.into_iter().enumerate() {
             let mut p = match item {
                 Queued::Secret(p) => p,
@@ -966,7 +970,7 @@ impl Store {
                     continue;
                 }
             };
-            match self.admit(&p) {
+            match self.admit(&p, &mut held) {
                 Ok(()) => {
                     // The sealed record moves into the transaction (no copy on the hot path).
                     let write = std::mem::replace(&mut p.write, Write::Delete { key: Vec::new() });
@@ -987,6 +991,10 @@ impl Store {
         for ((index, item), outcome) in admitted.into_iter().zip(committed) {
             results[index] = Some(match (item, outcome) {
                 (Queued::Secret(p), Ok(c)) => {
+                    if quotas {
+                        self.quota_state()
+                            .count(quota::namespace_of(&p.key), p.old_len, p.new_len);
+                    }
                     let mut object = p.object;
                     object.metadata.resource_version = c.revision;
                     self.pending_events().push_back(Pending {
@@ -1000,15 +1008,9 @@ impl Store {
                     });
                     Ok(c)
                 }
-                (Queued::Secret(p), Err(e)) => {
-                    // Admitted and counted against the state before the group; an earlier
-                    // member of the group wrote its key (a racing Create of the same name).
-                    let mut quota = self.quota_state();
-                    if quota.enabled() {
-                        quota.uncount(quota::namespace_of(&p.key), p.old_len, p.new_len);
-                    }
-                    Err(condition_error(&p.key, p.expected, e))
-                }
+                // An earlier member of the group wrote its key (a racing Create of the same
+                // name): nothing was counted.
+                (Queued::Secret(p), Err(e)) => Err(condition_error(&p.key, p.expected, e)),
                 (Queued::Door(d), Ok(c)) => {
                     d.committed(self, &c);
                     Ok(c)
@@ -1022,12 +1024,16 @@ impl Store {
             .collect()
     }
 
-    /// Admits a prepared write to its namespace's quota and counts it (quotas on only: the
-    /// key's version is checked here first, since a write that then fails its condition
-    /// must not count; the caller holds the sequencer, so nothing changes it before the
-    /// commit).
-    fn admit(&self, p: &SealedWrite) -> Result<(), StoreError> {
-        let mut quota = self.quota_state();
+    /// Admits a prepared write to its namespace's quota over `held`, the group's usage with
+    /// the writes admitted before it, and adds it there (quotas on only). The key's version is
+    /// checked first, so that a write refused for its condition holds no room; the caller
+    /// holds the sequencer, so nothing but the group changes it before the commit.
+    fn admit(
+        &self,
+        p: &SealedWrite,
+        held: &mut HashMap<String, QuotaUsage>,
+    ) -> Result<(), StoreError> {
+        let quota = self.quota_state();
         if !quota.enabled() {
             return Ok(());
         }
@@ -1047,11 +1053,15 @@ impl Store {
             ));
         }
         let namespace = quota::namespace_of(&p.key);
+        let used = held
+            .get(namespace)
+            .copied()
+            .unwrap_or_else(|| quota.usage(namespace));
         let after = match p.new_len {
-            Some(len) => quota.admit_put(namespace, p.old_len, len)?,
-            None => quota.after_delete(namespace, p.old_len.unwrap_or(0)),
+            Some(len) => quota.admit_put_over(namespace, used, p.old_len, len)?,
+            None => used.after(p.old_len, None),
         };
-        quota.set(namespace, after);
+        held.insert(namespace.to_owned(), after);
         Ok(())
     }
 

@@ -193,6 +193,25 @@ pub struct QuotaUsage {
     pub bytes: u64,
 }
 
+impl QuotaUsage {
+    /// The usage after a write that replaced a record of `old_len` bytes (`None`: a create)
+    /// with one of `new_len` bytes (`None`: a delete).
+    pub(crate) fn after(self, old_len: Option<u64>, new_len: Option<u64>) -> QuotaUsage {
+        let count = match (old_len, new_len) {
+            (None, Some(_)) => self.count.saturating_add(1),
+            (Some(_), None) => self.count.saturating_sub(1),
+            _ => self.count,
+        };
+        QuotaUsage {
+            count,
+            bytes: self
+                .bytes
+                .saturating_sub(old_len.unwrap_or(0))
+                .saturating_add(new_len.unwrap_or(0)),
+        }
+    }
+}
+
 /// The quotas and every namespace's usage. Changed only under the store's sequencing lock.
 #[derive(Debug, Default)]
 pub(crate) struct QuotaState {
@@ -221,8 +240,19 @@ impl QuotaState {
         old_len: Option<u64>,
         new_len: u64,
     ) -> Result<QuotaUsage, StoreError> {
-        let used = self.usage(namespace);
-        let next = self.after_put(namespace, old_len, new_len);
+        self.admit_put_over(namespace, self.usage(namespace), old_len, new_len)
+    }
+
+    /// As [`QuotaState::admit_put`], over `used` rather than the namespace's counted usage (a
+    /// group commit admits each write over the writes admitted before it in the group).
+    pub(crate) fn admit_put_over(
+        &self,
+        namespace: &str,
+        used: QuotaUsage,
+        old_len: Option<u64>,
+        new_len: u64,
+    ) -> Result<QuotaUsage, StoreError> {
+        let next = used.after(old_len, Some(new_len));
         if let Some(q) = self.quotas.for_namespace(namespace) {
             if old_len.is_none()
                 && let Some(limit) = q.limits.count
@@ -250,44 +280,19 @@ impl QuotaState {
         old_len: Option<u64>,
         new_len: u64,
     ) -> QuotaUsage {
-        let used = self.usage(namespace);
-        QuotaUsage {
-            count: if old_len.is_none() {
-                used.count.saturating_add(1)
-            } else {
-                used.count
-            },
-            bytes: used
-                .bytes
-                .saturating_sub(old_len.unwrap_or(0))
-                .saturating_add(new_len),
-        }
+        self.usage(namespace).after(old_len, Some(new_len))
     }
 
     /// The usage after a delete of a record of `old_len` bytes.
     pub(crate) fn after_delete(&self, namespace: &str, old_len: u64) -> QuotaUsage {
-        let used = self.usage(namespace);
-        QuotaUsage {
-            count: used.count.saturating_sub(1),
-            bytes: used.bytes.saturating_sub(old_len),
-        }
+        self.usage(namespace).after(Some(old_len), None)
     }
 
-    /// Takes back a write that was counted and then not applied (it failed its condition in
-    /// the group commit): a record of `new_len` bytes (`None`: a delete) that replaced one of
-    /// `old_len` (`None`: a create).
-    pub(crate) fn uncount(&mut self, namespace: &str, old_len: Option<u64>, new_len: Option<u64>) {
-        let used = self.usage(namespace);
-        let count = match (old_len, new_len) {
-            (None, Some(_)) => used.count.saturating_sub(1),
-            (Some(_), None) => used.count.saturating_add(1),
-            _ => used.count,
-        };
-        let bytes = used
-            .bytes
-            .saturating_sub(new_len.unwrap_or(0))
-            .saturating_add(old_len.unwrap_or(0));
-        self.set(namespace, QuotaUsage { count, bytes });
+    /// Counts a write once it is committed: a record of `new_len` bytes (`None`: a delete)
+    /// that replaced one of `old_len` (`None`: a create).
+    pub(crate) fn count(&mut self, namespace: &str, old_len: Option<u64>, new_len: Option<u64>) {
+        let after = self.usage(namespace).after(old_len, new_len);
+        self.set(namespace, after);
     }
 
     /// Records a namespace's usage after a write was applied.
@@ -381,6 +386,43 @@ mod tests {
         );
         assert!(s.admit_put("a", Some(500), 400).is_ok());
         assert!(s.admit_put("a", Some(500), 501).is_err());
+    }
+
+    #[test]
+    fn a_group_admits_over_its_held_usage_and_counts_only_what_committed() {
+        let mut s = state(Quotas::unlimited().with_namespace(
+            "a",
+            QuotaLimits {
+                count: Some(2),
+                bytes: None,
+            },
+        ));
+        // Two creates admitted in one group fill the namespace; a third is refused, though
+        // nothing is counted yet.
+        let held = s.admit_put_over("a", s.usage("a"), None, 10).expect("room");
+        let held = s.admit_put_over("a", held, None, 10).expect("room");
+        assert!(s.admit_put_over("a", held, None, 10).is_err());
+        assert_eq!(s.usage("a"), QuotaUsage::default());
+        // Only the first committed (the second raced a create of the same name).
+        s.count("a", None, Some(10));
+        assert_eq!(
+            s.usage("a"),
+            QuotaUsage {
+                count: 1,
+                bytes: 10
+            }
+        );
+        // An update that grows, then a delete.
+        s.count("a", Some(10), Some(25));
+        assert_eq!(
+            s.usage("a"),
+            QuotaUsage {
+                count: 1,
+                bytes: 25
+            }
+        );
+        s.count("a", Some(25), None);
+        assert_eq!(s.usage("a"), QuotaUsage::default());
     }
 
     #[test]
