@@ -26,8 +26,9 @@ fn put_req(key: &str, value: &[u8]) -> pb::PutRequest {
 }
 
 async fn put(c: &mut Clients, key: &str, value: &[u8]) -> i64 {
-    c.kv.put(put_req(key, value))
+    tokio::time::timeout(Duration::from_secs(10), c.kv.put(put_req(key, value)))
         .await
+        .expect("a put answered within 10 s")
         .expect("put")
         .into_inner()
         .header
@@ -79,7 +80,9 @@ impl Stream {
 }
 
 /// Clients whose HTTP/2 windows are the protocol's initial 64 KiB rather than the client's
-/// larger defaults: a watch stream that is not read fills them after a few events.
+/// larger defaults: a watch stream that is not read fills them after a few events. Only for
+/// the watch stream: its unread events hold the connection's window too, so a unary call on
+/// the same connection could wait behind them forever (write through another client).
 async fn small_window_clients(server: &TestServer) -> Clients {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.etcd_addr()))
         .expect("endpoint")
@@ -237,8 +240,9 @@ async fn progress_replies_come_after_every_event_at_or_below_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_from_history_beside_a_live_one_sees_each_event_once() {
     let server = TestServer::builder().etcd().start().await;
-    let mut c = small_window_clients(&server).await;
-    let mut s = Stream::open(&mut c).await;
+    let mut c = server.etcd().await;
+    let mut reader = small_window_clients(&server).await;
+    let mut s = Stream::open(&mut reader).await;
     let key = || pb::WatchCreateRequest {
         key: b"/d/k".to_vec(),
         ..Default::default()
@@ -303,8 +307,9 @@ async fn a_stream_whose_client_stops_reading_catches_up_from_history() {
         ..EtcdOptions::default()
     };
     let server = TestServer::builder().options(options).etcd().start().await;
-    let mut c = small_window_clients(&server).await;
-    let mut s = Stream::open(&mut c).await;
+    let mut c = server.etcd().await;
+    let mut reader = small_window_clients(&server).await;
+    let mut s = Stream::open(&mut reader).await;
     let all = s
         .create(pb::WatchCreateRequest {
             prev_kv: true,
